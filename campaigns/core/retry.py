@@ -1,0 +1,205 @@
+"""Retry policy: how long to wait before the next attempt, which retry tier it goes to, or the DLQ.
+
+Attempt numbering: ``attempt`` is the 0-based number of the delivery attempt that just failed (0 = the
+first try). A policy with ``max_retries = N`` allows ``N`` retries, so at most ``N + 1`` attempts; the
+failure of attempt ``N`` exhausts it.
+
+Guarantees:
+
+* All functions are pure: randomness (``rand`` in ``[0, 1)``) and time (``now``) are passed in.
+* :func:`next_delay_s` is ``min(base * 2**attempt, max)`` scaled by a jitter factor in
+  ``[1 - jitter, 1 + jitter)``; so it is never negative, never more than ``max * (1 + jitter)``, and for a
+  fixed ``rand`` it never decreases as ``attempt`` grows. It never overflows, whatever the attempt.
+* :func:`decide` sends permanent failures and exhausted retries to the dead-letter queue with the reason
+  ``permanent_failure`` / ``retries_exhausted``; everything else is retried at a ``not_before`` time in a
+  tier from :func:`retry_tier`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from campaigns.errors import ValidationError
+
+__all__ = [
+    "ErrorKind",
+    "RetryDecision",
+    "RetryPolicy",
+    "decide",
+    "next_delay_s",
+    "retry_tier",
+]
+
+ErrorKind = Literal["transient", "throttled", "permanent"]
+_ERROR_KINDS: frozenset[str] = frozenset({"transient", "throttled", "permanent"})
+
+MAX_RETRIES_LIMIT = 10
+
+# 2.0 ** 1024 overflows a float; beyond ~60 doublings every real policy is at its cap anyway.
+_MAX_EXPONENT = 1023
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a campaign retries transient failures.
+
+    ``max_retries`` 0..10; ``backoff_base_s`` > 0 (the first retry's delay, seconds); ``backoff_max_s`` >=
+    ``backoff_base_s`` (the cap before jitter, seconds); ``jitter`` 0..1 (the fraction each delay may move
+    up or down). Construction raises :class:`ValidationError` listing every broken bound.
+    """
+
+    max_retries: int = 3
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        problems = policy_problems(
+            self.max_retries, self.backoff_base_s, self.backoff_max_s, self.jitter, prefix="retry_policy"
+        )
+        if problems:
+            raise ValidationError(problems)
+
+
+def policy_problems(
+    max_retries: object, base: object, cap: object, jitter: object, *, prefix: str
+) -> list[str]:
+    """Every bound a would-be :class:`RetryPolicy` breaks, as ``"<prefix>.<field>: ..."`` messages."""
+    problems: list[str] = []
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+        problems.append(f"{prefix}.max_retries: must be an integer, got {type(max_retries).__name__}")
+    elif not 0 <= max_retries <= MAX_RETRIES_LIMIT:
+        problems.append(
+            f"{prefix}.max_retries: must be between 0 and {MAX_RETRIES_LIMIT}, got {max_retries}"
+        )
+    base_ok = _is_number(base)
+    if not base_ok:
+        problems.append(f"{prefix}.backoff_base_s: must be a finite number, got {_describe(base)}")
+    elif not float(base) > 0:  # type: ignore[arg-type]
+        problems.append(f"{prefix}.backoff_base_s: must be greater than 0, got {base}")
+        base_ok = False
+    if not _is_number(cap):
+        problems.append(f"{prefix}.backoff_max_s: must be a finite number, got {_describe(cap)}")
+    elif base_ok and float(cap) < float(base):  # type: ignore[arg-type]
+        problems.append(
+            f"{prefix}.backoff_max_s: must be at least backoff_base_s ({base}), got {cap}"
+        )
+    elif not float(cap) > 0:  # type: ignore[arg-type]
+        problems.append(f"{prefix}.backoff_max_s: must be greater than 0, got {cap}")
+    if not _is_number(jitter):
+        problems.append(f"{prefix}.jitter: must be a finite number, got {_describe(jitter)}")
+    elif not 0 <= float(jitter) <= 1:  # type: ignore[arg-type]
+        problems.append(f"{prefix}.jitter: must be between 0 and 1, got {jitter}")
+    return problems
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return type(value).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    """What to do with a failed message.
+
+    ``action == "retry"``: produce it to retry tier ``tier`` (1-based) with ``not_before`` (tz-aware,
+    ``now + delay_s``) and ``attempt`` = the number of the next attempt. ``action == "dead_letter"``:
+    produce it to the DLQ; ``reason`` is ``"permanent_failure"`` or ``"retries_exhausted"`` and the
+    retry fields are ``None``.
+    """
+
+    action: Literal["retry", "dead_letter"]
+    reason: Literal["permanent_failure", "retries_exhausted"] | None = None
+    attempt: int | None = None
+    tier: int | None = None
+    delay_s: float | None = None
+    not_before: datetime | None = None
+
+    @property
+    def not_before_ms(self) -> int | None:
+        """``not_before`` as integer epoch milliseconds (rounded up, so never earlier), for Avro."""
+        if self.not_before is None:
+            return None
+        return math.ceil(self.not_before.timestamp() * 1000)
+
+
+def next_delay_s(policy: RetryPolicy, attempt: int, rand: float) -> float:
+    """Seconds to wait after the failure of attempt ``attempt`` (0-based).
+
+    ``min(base * 2**attempt, max)`` times ``1 + jitter * (2 * rand - 1)``; ``rand`` must be in ``[0, 1)``
+    (``random.random()`` in production, a constant in tests; ``rand = 0.5`` means no jitter).
+    """
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    if not 0.0 <= rand < 1.0:
+        raise ValueError(f"rand must be in [0, 1), got {rand}")
+    raw = policy.backoff_base_s * 2.0 ** min(attempt, _MAX_EXPONENT)
+    capped = min(raw, policy.backoff_max_s)
+    return capped * (1.0 + policy.jitter * (2.0 * rand - 1.0))
+
+
+def retry_tier(attempt: int, tiers: int) -> int:
+    """The retry tier (1..``tiers``) for the retry after attempt ``attempt`` (0-based) failed.
+
+    The first retry goes to tier 1, the second to tier 2, ...; retries beyond the last tier stay in it.
+    """
+    if tiers < 1:
+        raise ValueError(f"tiers must be >= 1, got {tiers}")
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    return min(attempt + 1, tiers)
+
+
+def decide(
+    policy: RetryPolicy,
+    attempt: int,
+    error_kind: ErrorKind,
+    rand: float,
+    now: datetime,
+    *,
+    tiers: int = 3,
+    retry_after_s: float | None = None,
+) -> RetryDecision:
+    """Retry or dead-letter the message whose attempt ``attempt`` (0-based) just failed.
+
+    * ``permanent`` -> dead letter, ``permanent_failure`` (whatever the attempt).
+    * ``transient`` / ``throttled`` with retries left -> retry after :func:`next_delay_s`; a provider's
+      ``retry_after_s`` hint (HTTP ``Retry-After``) is honoured as a lower bound on the delay. Throttled
+      attempts count against ``max_retries`` like transient ones (so a provider that throttles forever
+      cannot keep a message alive forever); the sender is expected to slow down its rate on throttling.
+    * retries used up -> dead letter, ``retries_exhausted``.
+
+    ``now`` must be timezone-aware; ``not_before`` is in the same timezone.
+    """
+    if error_kind not in _ERROR_KINDS:
+        raise ValueError(f"error_kind must be one of transient, throttled, permanent; got {error_kind!r}")
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    if error_kind == "permanent":
+        return RetryDecision(action="dead_letter", reason="permanent_failure")
+    if attempt >= policy.max_retries:
+        return RetryDecision(action="dead_letter", reason="retries_exhausted")
+    delay = next_delay_s(policy, attempt, rand)
+    if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > delay:
+        delay = float(retry_after_s)
+    return RetryDecision(
+        action="retry",
+        attempt=attempt + 1,
+        tier=retry_tier(attempt, tiers),
+        delay_s=delay,
+        not_before=now + timedelta(seconds=delay),
+    )

@@ -1,0 +1,113 @@
+"""One typed settings object, read from the environment (prefix ``CAMPAIGNS_``, nested with ``__``).
+
+Example: ``CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:19092``, ``CAMPAIGNS_DATABASE__PORT=15432``.
+Nothing is read at import: call :func:`load_settings` where the process starts.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CHANNELS = ("whatsapp", "sms", "email")
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    topic_prefix: str = ""  # tests set a unique prefix so runs never share topics
+    partitions: int = 6
+    replication_factor: int = 1
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    client_id: str = "campaigns"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def as_librdkafka(self, **overrides: Any) -> dict[str, Any]:
+        """The dotted librdkafka configuration for confluent-kafka clients."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+        }
+        conf.update(overrides)
+        return conf
+
+    @property
+    def faust_broker(self) -> str:
+        return ";".join(f"kafka://{hostport}" for hostport in self.bootstrap_servers.split(","))
+
+
+class DatabaseSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 15432
+    user: str = "campaigns"
+    password: SecretStr = SecretStr("campaigns")
+    name: str = "campaigns"
+    pool_size: int = 10
+
+    def url(self, *, hide_password: bool = False) -> str:
+        password = "***" if hide_password else self.password.get_secret_value()
+        return f"postgresql+psycopg2://{self.user}:{password}@{self.host}:{self.port}/{self.name}"
+
+    def dsn(self) -> str:
+        """libpq DSN for raw psycopg2 connections (COPY, execute_values on the hot path)."""
+        return (
+            f"host={self.host} port={self.port} user={self.user} "
+            f"password={self.password.get_secret_value()} dbname={self.name}"
+        )
+
+
+class ProviderSettings(BaseModel):
+    """Where the channel transports send. Defaults point at the local provider simulator."""
+
+    whatsapp_base_url: str = "http://127.0.0.1:18080/whatsapp"
+    whatsapp_phone_number_id: str = "100000000000001"
+    whatsapp_token: SecretStr = SecretStr("dev-whatsapp-token")
+    sms_base_url: str = "http://127.0.0.1:18080/sms"
+    sms_account_sid: str = "AC00000000000000000000000000000000"
+    sms_auth_token: SecretStr = SecretStr("dev-sms-token")
+    sms_from: str = "+15550000000"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 18025
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "campaigns@example.com"
+    timeout_s: float = 10.0
+    max_connections: int = 100
+
+
+class SenderSettings(BaseModel):
+    batch_size: int = 500
+    poll_timeout_s: float = 0.2
+    max_in_flight: int = 200  # concurrent provider calls per channel per worker
+    claim_lease_s: float = 60.0  # a claim older than this whose send never recorded may be retried
+    retry_tiers: int = 3
+
+
+class AnalyticsSettings(BaseModel):
+    window_s: int = 60
+    flush_interval_s: float = 1.0
+    failure_min_sample: int = 20
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAMPAIGNS_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    providers: ProviderSettings = Field(default_factory=ProviderSettings)
+    sender: SenderSettings = Field(default_factory=SenderSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
+    scheduler_interval_s: float = 0.2
+    log_level: str = "info"
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,137 @@
+"""Service fixtures shared by every test layer.
+
+Kafka and PostgreSQL are the real ones: the project's own (``make services``), an address given in the
+environment, or containers via testcontainers when a Docker engine is available. When none can be
+reached a test fails under ``CI`` (a green CI run must have touched the services) and skips locally.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from campaigns.settings import DatabaseSettings, KafkaSettings, Settings
+
+CI = bool(os.environ.get("CI"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def service_unreachable(what: str, detail: str) -> None:
+    message = f"{what} is unreachable ({detail}); run `make services` or set CAMPAIGNS_* addresses"
+    if CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _docker_engine_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _kafka_reachable(bootstrap: str) -> str | None:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5)
+    except Exception as exc:  # any client error means "not reachable" here
+        return str(exc)
+    return None if metadata.brokers else "no brokers in metadata"
+
+
+def _broker_version() -> str:
+    """The version the running broker logged at start (the project's own broker), else the pinned one."""
+    log = REPO_ROOT / ".state" / "kafka" / "logs" / "server.log"
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines():
+            if "Kafka version:" in line:
+                return line.rsplit("Kafka version:", 1)[1].strip()
+    return "unknown"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    bootstrap = os.environ.get("CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS", KafkaSettings().bootstrap_servers)
+    return [f"kafka broker: Apache Kafka {_broker_version()} at {bootstrap}; CI={CI}"]
+
+
+@pytest.fixture(scope="session")
+def kafka_settings() -> Iterator[KafkaSettings]:
+    configured = "CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS" in os.environ
+    settings = Settings().kafka
+    error = _kafka_reachable(settings.bootstrap_servers)
+    if error is None:
+        yield settings
+        return
+    if not configured and _docker_engine_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.4.0").with_kraft() as container:
+            yield settings.model_copy(update={"bootstrap_servers": container.get_bootstrap_server()})
+        return
+    service_unreachable(f"Kafka at {settings.bootstrap_servers}", error)
+
+
+@pytest.fixture(scope="session")
+def database_server() -> Iterator[DatabaseSettings]:
+    import psycopg2
+
+    configured = any(k.startswith("CAMPAIGNS_DATABASE__") for k in os.environ)
+    settings = Settings().database
+    try:
+        psycopg2.connect(settings.dsn(), connect_timeout=5).close()
+    except psycopg2.OperationalError as exc:
+        if not configured and _docker_engine_available():
+            from testcontainers.postgres import PostgresContainer
+
+            with PostgresContainer("postgres:15", username="campaigns", password="campaigns") as pg:
+                yield settings.model_copy(
+                    update={"host": pg.get_container_host_ip(), "port": int(pg.get_exposed_port(5432))}
+                )
+            return
+        service_unreachable(f"PostgreSQL at {settings.host}:{settings.port}", str(exc).strip())
+    yield settings
+
+
+@pytest.fixture(scope="session")
+def database_settings(database_server: DatabaseSettings) -> Iterator[DatabaseSettings]:
+    """A fresh database for this test session, migrated to head and dropped afterwards."""
+    import psycopg2
+
+    from campaigns.db.engine import upgrade
+
+    name = f"campaigns_test_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(database_server.dsn())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    settings = database_server.model_copy(update={"name": name})
+    try:
+        upgrade(settings)
+        yield settings
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """Unique per test, so tests never share topics or consumer groups."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def settings(kafka_settings: KafkaSettings, database_settings: DatabaseSettings, topic_prefix: str) -> Settings:
+    return Settings(
+        kafka=kafka_settings.model_copy(update={"topic_prefix": topic_prefix}),
+        database=database_settings,
+    )
