@@ -162,8 +162,6 @@ def upgrade() -> None:
     op.create_table('segment_members',
     sa.Column('segment_id', sa.BigInteger(), nullable=False),
     sa.Column('customer_id', sa.BigInteger(), nullable=False),
-    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['segment_id'], ['customer_segments.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('segment_id', 'customer_id')
     )
     op.create_table('campaign_analytics',

@@ -10,6 +10,15 @@ DB_PASSWORD="${CAMPAIGNS_PG_PASSWORD:-campaigns}"
 DB_NAME="${CAMPAIGNS_PG_DB:-campaigns}"
 DATA="$STATE_DIR/postgres"
 
+# As root, the server runs as the 'postgres' OS user, which may not be able to reach a checkout under a
+# private directory (mktemp -d makes 0700 ones). Then the cluster lives in /var/tmp, one per checkout,
+# and .state/postgres links to it.
+if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$STATE_DIR" 2>/dev/null; then
+  real_data="/var/tmp/campaigns-postgres-$(echo -n "$REPO_ROOT" | md5sum | cut -c1-12)"
+  [ -L "$DATA" ] || { rm -rf "$DATA"; ln -s "$real_data" "$DATA"; }
+  DATA="$real_data"
+fi
+
 find_bin() {
   local d
   for d in /usr/lib/postgresql/*/bin; do

@@ -1,0 +1,243 @@
+"""Data functions over a caller-owned :class:`~sqlalchemy.orm.Session`.
+
+None of these commit: the caller owns the transaction (one unit of work per API call or per batch), so a
+state change, its outbox row and its audit row always land together or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from campaigns.db.models import (
+    AuditLog,
+    Campaign,
+    CampaignManualRecipient,
+    CampaignMessage,
+    CampaignRecipientLog,
+    CampaignSegment,
+    Channel,
+    CustomerSegment,
+    Outbox,
+    Principal,
+    ProcessedCommand,
+    RolePermission,
+    Template,
+)
+
+# --- principals and roles ------------------------------------------------------------------------
+
+
+def principal_permissions(session: Session, principal: str) -> frozenset[str] | None:
+    """The permissions granted to ``principal`` through its role, or None if the principal is unknown."""
+    role = session.scalar(select(Principal.role_name).where(Principal.name == principal))
+    if role is None:
+        return None
+    rows = session.scalars(select(RolePermission.permission).where(RolePermission.role_name == role))
+    return frozenset(rows)
+
+
+def role_exists(session: Session, role: str) -> bool:
+    return session.scalar(select(func.count()).select_from(RolePermission).where(RolePermission.role_name == role)) > 0
+
+
+def upsert_principal(session: Session, name: str, role: str) -> None:
+    stmt = pg_insert(Principal).values(name=name, role_name=role)
+    session.execute(stmt.on_conflict_do_update(index_elements=[Principal.name], set_={"role_name": role}))
+
+
+# --- channels, templates, segments ---------------------------------------------------------------
+
+
+def upsert_channel(
+    session: Session, *, id: str, kind: str, provider: str, rate_per_s: float, burst: int,
+    config: Mapping[str, Any] | None = None,
+) -> None:
+    values = {"id": id, "kind": kind, "provider": provider, "rate_per_s": rate_per_s, "burst": burst,
+              "config": dict(config or {})}
+    stmt = pg_insert(Channel).values(**values)
+    session.execute(stmt.on_conflict_do_update(index_elements=[Channel.id], set_=values))
+
+
+def enabled_channel(session: Session, kind: str) -> Channel | None:
+    return session.scalar(select(Channel).where(Channel.kind == kind, Channel.enabled.is_(True)))
+
+
+def channel_limits(session: Session) -> dict[str, tuple[float, int]]:
+    """(rate per second, burst) per enabled channel kind."""
+    rows = session.execute(select(Channel.kind, Channel.rate_per_s, Channel.burst).where(Channel.enabled.is_(True)))
+    return {kind: (float(rate), burst) for kind, rate, burst in rows}
+
+
+def add_template(
+    session: Session, *, name: str, channel_kind: str, body: str, variables: Sequence[str],
+    subject: str | None = None, locale: str = "en", version: int | None = None,
+) -> Template:
+    if version is None:
+        current = session.scalar(
+            select(func.max(Template.version)).where(Template.name == name, Template.locale == locale)
+        )
+        version = (current or 0) + 1
+    template = Template(
+        name=name, version=version, channel_kind=channel_kind, locale=locale, subject=subject, body=body,
+        variables=sorted(variables), status="pending",
+    )
+    session.add(template)
+    session.flush()
+    return template
+
+
+def approve_template(session: Session, template_id: int, approver: str, now: datetime) -> bool:
+    result = session.execute(
+        update(Template)
+        .where(Template.id == template_id, Template.status.in_(("draft", "pending")))
+        .values(status="approved", approved_by=approver, approved_at=now)
+    )
+    return result.rowcount == 1
+
+
+def find_template(session: Session, name: str, locale: str, version: int | None) -> Template | None:
+    """The given version, or else the newest approved version, of a template."""
+    query = select(Template).where(Template.name == name, Template.locale == locale)
+    if version is not None:
+        return session.scalar(query.where(Template.version == version))
+    return session.scalar(query.where(Template.status == "approved").order_by(Template.version.desc()).limit(1))
+
+
+def existing_segments(session: Session, segment_ids: Iterable[int]) -> set[int]:
+    ids = list(segment_ids)
+    return set(session.scalars(select(CustomerSegment.id).where(CustomerSegment.id.in_(ids)))) if ids else set()
+
+
+def existing_customers(session: Session, customer_ids: Sequence[int]) -> set[int]:
+    if not customer_ids:
+        return set()
+    rows = session.execute(
+        text("SELECT c.id FROM customers c JOIN unnest(:ids) AS u(id) ON u.id = c.id"), {"ids": list(customer_ids)}
+    )
+    return {row[0] for row in rows}
+
+
+# --- campaigns -----------------------------------------------------------------------------------
+
+
+def insert_campaign(
+    session: Session, campaign: Campaign, *, segment_ids: Sequence[int], manual_recipients: Sequence[int],
+    messages: Sequence[CampaignMessage],
+) -> None:
+    session.add(campaign)
+    session.flush()
+    if segment_ids:
+        session.execute(insert(CampaignSegment), [{"campaign_id": campaign.id, "segment_id": s} for s in segment_ids])
+    if manual_recipients:
+        session.execute(
+            insert(CampaignManualRecipient),
+            [{"campaign_id": campaign.id, "customer_id": c} for c in manual_recipients],
+        )
+    for message in messages:
+        message.campaign_id = campaign.id
+        session.add(message)
+    session.flush()
+
+
+def get_campaign(session: Session, campaign_id: uuid.UUID) -> Campaign | None:
+    return session.get(Campaign, campaign_id)
+
+
+def campaign_segment_ids(session: Session, campaign_id: uuid.UUID) -> list[int]:
+    return list(session.scalars(select(CampaignSegment.segment_id).where(CampaignSegment.campaign_id == campaign_id)))
+
+
+def campaign_messages(session: Session, campaign_id: uuid.UUID) -> list[CampaignMessage]:
+    return list(session.scalars(select(CampaignMessage).where(CampaignMessage.campaign_id == campaign_id)))
+
+
+def change_campaign_status(
+    session: Session, campaign_id: uuid.UUID, *, expected_version: int, expected_status: str, new_status: str,
+    now: datetime, **extra: Any,
+) -> int | None:
+    """Conditional UPDATE (optimistic concurrency): succeeds only if nobody changed the campaign since it was
+    read. Returns the new version, or None when another writer won."""
+    result = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.version == expected_version, Campaign.status == expected_status)
+        .values(status=new_status, version=Campaign.version + 1, updated_at=now, **extra)
+        .returning(Campaign.version)
+    )
+    row = result.first()
+    return None if row is None else int(row[0])
+
+
+def due_campaign_ids(session: Session, now: datetime, limit: int = 100) -> list[uuid.UUID]:
+    """Scheduled campaigns whose start time has come (uses the partial index ix_campaigns_due)."""
+    return list(
+        session.scalars(
+            select(Campaign.id)
+            .where(Campaign.status == "scheduled", Campaign.start_at <= now)
+            .order_by(Campaign.start_at)
+            .limit(limit)
+        )
+    )
+
+
+def next_start_at(session: Session) -> datetime | None:
+    return session.scalar(select(func.min(Campaign.start_at)).where(Campaign.status == "scheduled"))
+
+
+def recipient_status_counts(session: Session, campaign_id: uuid.UUID) -> dict[str, int]:
+    rows = session.execute(
+        select(CampaignRecipientLog.status, func.count())
+        .where(CampaignRecipientLog.campaign_id == campaign_id)
+        .group_by(CampaignRecipientLog.status)
+    )
+    return {status: int(count) for status, count in rows}
+
+
+def failure_reasons(session: Session, campaign_id: uuid.UUID, limit: int = 10) -> dict[str, int]:
+    rows = session.execute(
+        select(CampaignRecipientLog.failure_reason, func.count())
+        .where(CampaignRecipientLog.campaign_id == campaign_id, CampaignRecipientLog.status.in_(("failed", "skipped")))
+        .group_by(CampaignRecipientLog.failure_reason)
+        .order_by(func.count().desc())
+        .limit(limit)
+    )
+    return {str(reason): int(count) for reason, count in rows}
+
+
+# --- outbox, audit, commands ---------------------------------------------------------------------
+
+
+def add_outbox_event(
+    session: Session, *, topic: str, key: str, event_type: str, payload: Mapping[str, Any],
+    event_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    event_id = event_id or uuid.uuid4()
+    session.execute(
+        insert(Outbox).values(event_id=event_id, topic=topic, key=key, event_type=event_type, payload=dict(payload))
+    )
+    return event_id
+
+
+def add_audit(
+    session: Session, *, principal: str, action: str, campaign_id: uuid.UUID | None, detail: Mapping[str, Any],
+) -> None:
+    session.execute(
+        insert(AuditLog).values(principal=principal, action=action, campaign_id=campaign_id, detail=dict(detail))
+    )
+
+
+def claim_command(session: Session, command_id: str, outcome: str, detail: str | None = None) -> bool:
+    """Record a command id as processed; False when it was already processed (a repeat is a no-op)."""
+    stmt = (
+        pg_insert(ProcessedCommand)
+        .values(command_id=command_id, outcome=outcome, detail=detail)
+        .on_conflict_do_nothing(index_elements=[ProcessedCommand.command_id])
+        .returning(ProcessedCommand.command_id)
+    )
+    return session.execute(stmt).first() is not None
