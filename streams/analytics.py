@@ -1,0 +1,243 @@
+"""Delivery analytics: ``delivery.outcomes`` -> ``campaign_analytics`` (+ ``campaign.analytics``), completion
+and the failure threshold.
+
+Exactly-once counting without trusting the transport: each micro-batch (up to a few thousand outcomes)
+is applied in ONE PostgreSQL transaction that (1) inserts the batch's outcome ids into
+``analytics_seen_outcomes`` with ON CONFLICT DO NOTHING RETURNING, and (2) adds only the outcomes that
+came back new to the per-window and running-total rows. A redelivered batch, a crash before the offset
+commit, or an operator replaying the whole topic therefore changes nothing. The same idea in Faust tables
+would need the changelog and the offsets to commit atomically with the database; here the database is the
+single source of truth, and the published ``campaign.analytics`` records are the rows it returned.
+
+Completion: when a campaign's expansion is done and its terminal outcomes reach its recipient count, the
+recipient log itself is counted (the authority) before the campaign is completed through the service (so
+the event goes through the outbox). A periodic sweep re-checks active campaigns, so a crash at any point
+cannot leave one "active" forever; and a campaign is never completed while a recipient lacks a terminal row.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+from confluent_kafka import Consumer, KafkaError, Message
+
+from campaigns.codec import get_codec
+from campaigns.core.states import CampaignAction
+from campaigns.core.windows import window_bounds
+from campaigns.errors import SchemaError
+from campaigns.service import CampaignService
+from campaigns.settings import Settings
+from producers.batch import BatchProducer
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("sent", "failed", "retried", "skipped", "cancelled", "delivered", "read", "clicked", "bounced")
+STATUS_TO_COUNTER = {
+    "SENT": "sent", "FAILED": "failed", "RETRYING": "retried", "SKIPPED": "skipped", "CANCELLED": "cancelled",
+    "DELIVERED": "delivered", "READ": "read", "CLICKED": "clicked", "BOUNCED": "bounced",
+}
+RECEIPTS = {"DELIVERED", "READ", "CLICKED", "BOUNCED"}  # external receipts: ``attempt`` carries the count
+TERMINAL_LOG_SQL = (
+    "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s "
+    "AND status IN ('sent', 'failed', 'skipped', 'cancelled')"
+)
+
+
+class Aggregate:
+    __slots__ = ("counts", "latency_count", "latency_max", "latency_sum")
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.latency_count = 0
+        self.latency_sum = 0.0
+        self.latency_max = 0.0
+
+    def add(self, status: str, attempt: int, latency_ms: float | None) -> None:
+        self.counts[STATUS_TO_COUNTER[status]] += attempt if status in RECEIPTS else 1
+        if latency_ms is not None:
+            self.latency_count += 1
+            self.latency_sum += latency_ms
+            self.latency_max = max(self.latency_max, latency_ms)
+
+
+UPSERT_SQL = f"""
+INSERT INTO campaign_analytics (campaign_id, window_start, window_end, {", ".join(COUNTERS)},
+    latency_count, latency_sum_ms, latency_max_ms, updated_at)
+VALUES %s
+ON CONFLICT (campaign_id, window_start) DO UPDATE SET
+    {", ".join(f"{c} = campaign_analytics.{c} + EXCLUDED.{c}" for c in COUNTERS)},
+    latency_count = campaign_analytics.latency_count + EXCLUDED.latency_count,
+    latency_sum_ms = campaign_analytics.latency_sum_ms + EXCLUDED.latency_sum_ms,
+    latency_max_ms = GREATEST(campaign_analytics.latency_max_ms, EXCLUDED.latency_max_ms),
+    updated_at = EXCLUDED.updated_at
+RETURNING campaign_id::text, window_start, window_end, {", ".join(COUNTERS)},
+    latency_count, latency_sum_ms, latency_max_ms, updated_at
+"""
+
+
+class AnalyticsStage:
+    """Consumes ``delivery.outcomes`` in micro-batches. Run :meth:`run_forever` in its own thread."""
+
+    def __init__(
+        self, settings: Settings, producer: BatchProducer, service: CampaignService,
+        clock: Callable[[], float] = time.time, batch_size: int = 5000,
+    ) -> None:
+        self._settings = settings
+        self._producer = producer
+        self._service = service
+        self._clock = clock
+        self._batch_size = batch_size
+        self._codec = get_codec()
+        self._window_s = settings.analytics.window_s
+        kafka = settings.kafka
+        self._topic = kafka.topic("delivery.outcomes")
+        self._analytics_topic = kafka.topic("campaign.analytics")
+        self._consumer = Consumer(
+            kafka.as_librdkafka(
+                **{
+                    "group.id": kafka.topic("analytics"),
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": 50,
+                }
+            )
+        )
+        self._conn = psycopg2.connect(settings.database.dsn())
+        self._last_sweep = 0.0
+        self.counted = 0
+        self.undecodable = 0
+
+    def run_forever(self, stop: threading.Event, sweep_every_s: float = 2.0) -> None:
+        self._consumer.subscribe([self._topic])
+        try:
+            while not stop.is_set():
+                self.run_once()
+                if self._clock() - self._last_sweep >= sweep_every_s:
+                    self.sweep()
+        finally:
+            self._consumer.close()
+            self._conn.close()
+
+    def run_once(self) -> int:
+        messages = self._consumer.consume(num_messages=self._batch_size, timeout=0.2)
+        if messages:
+            self.process(messages)
+        return len(messages)
+
+    def process(self, messages: list[Message]) -> None:
+        outcomes = []
+        for msg in messages:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("analytics: consume error %s", msg.error())
+                continue
+            try:
+                outcomes.append(self._codec.decode(msg.value(), "DeliveryOutcome"))
+            except SchemaError as exc:
+                self.undecodable += 1
+                log.warning("analytics: skipping undecodable outcome at %s[%d]@%d: %s",
+                            msg.topic(), msg.partition(), msg.offset(), exc)
+        touched = self.apply(outcomes)
+        self._producer.flush()
+        self._consumer.commit(asynchronous=False)
+        if touched:
+            self.check_campaigns(touched)
+
+    def apply(self, outcomes: list[dict[str, Any]]) -> set[str]:
+        """Count the outcomes not counted before; publish the updated rows. Returns the campaigns touched."""
+        if not outcomes:
+            return set()
+        by_id = {o["outcome_id"]: o for o in outcomes}
+        with self._conn.cursor() as cur:
+            new_ids = psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO analytics_seen_outcomes (outcome_id, campaign_id) VALUES %s "
+                "ON CONFLICT DO NOTHING RETURNING outcome_id",
+                [(oid, o["campaign_id"]) for oid, o in by_id.items()],
+                page_size=len(by_id), fetch=True,
+            )
+            aggregates: dict[tuple[str, datetime | None], Aggregate] = defaultdict(Aggregate)
+            ends: dict[tuple[str, datetime | None], datetime | None] = {}
+            for (oid,) in new_ids:
+                o = by_id[oid]
+                occurred = o["occurred_at"]
+                if not isinstance(occurred, datetime):
+                    occurred = datetime.fromtimestamp(occurred / 1000, UTC)
+                start, end = window_bounds(occurred, self._window_s)
+                for key in ((o["campaign_id"], start), (o["campaign_id"], None)):
+                    aggregates[key].add(o["status"], o["attempt"], o["latency_ms"])
+                ends[(o["campaign_id"], start)] = end
+                ends.setdefault((o["campaign_id"], None), None)
+            if not aggregates:
+                self._conn.commit()
+                return set()
+            now = datetime.now(UTC)
+            rows = [
+                (cid, start, ends[(cid, start)], *a.counts.values(), a.latency_count, a.latency_sum, a.latency_max, now)
+                for (cid, start), a in sorted(aggregates.items(), key=lambda kv: (kv[0][0], kv[0][1] is None))
+            ]
+            updated = psycopg2.extras.execute_values(cur, UPSERT_SQL, rows, page_size=len(rows), fetch=True)
+        self._conn.commit()
+        self.counted += len(new_ids)
+        for row in updated:
+            record = dict(zip(("campaign_id", "window_start", "window_end", *COUNTERS, "latency_count",
+                               "latency_sum_ms", "latency_max_ms", "updated_at"), row, strict=True))
+            self._producer.produce(self._analytics_topic, record["campaign_id"],
+                                   self._codec.encode("CampaignAnalytics", record))
+        return {cid for cid, _ in aggregates}
+
+    # --- completion and failure threshold ----------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Re-check every active campaign (catches anything a crash or a race left behind)."""
+        self._last_sweep = self._clock()
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT id::text FROM campaigns WHERE status = 'active' AND expansion_done")
+            ids = {row[0] for row in cur.fetchall()}
+        self._conn.commit()
+        if ids:
+            self.check_campaigns(ids, count_log=True)
+
+    def check_campaigns(self, campaign_ids: set[str], *, count_log: bool = False) -> None:
+        """Fail campaigns over their failure threshold; complete those whose every recipient is terminal.
+
+        ``count_log`` checks the recipient log even when the analytics totals say it is not done yet."""
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT c.id::text, c.status, c.expansion_done, c.total_recipients, c.failure_threshold, "
+                "c.failure_min_sample, coalesce(a.sent, 0), coalesce(a.failed, 0), "
+                "coalesce(a.sent + a.failed + a.skipped + a.cancelled, 0) "
+                "FROM campaigns AS c LEFT JOIN campaign_analytics AS a "
+                "ON a.campaign_id = c.id AND a.window_start IS NULL WHERE c.id = ANY(%s::uuid[])",
+                (list(campaign_ids),),
+            )
+            rows = cur.fetchall()
+        self._conn.commit()
+        for cid, status, expanded, total, threshold, min_sample, sent, failed, terminal in rows:
+            if status != "active":
+                continue
+            attempted = sent + failed
+            if attempted >= max(min_sample, 1) and failed / attempted > threshold:
+                if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.FAIL,
+                                                 {"failed": failed, "sent": sent, "threshold": threshold}):
+                    log.warning("campaign %s failed: %d of %d sends failed", cid, failed, attempted)
+                continue
+            if expanded and total is not None and (terminal >= total or count_log) and self._log_complete(cid, total):
+                if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.COMPLETE, {"recipients": total}):
+                    log.info("campaign %s completed: %d recipients", cid, total)
+
+    def _log_complete(self, campaign_id: str, total: int) -> bool:
+        with self._conn.cursor() as cur:
+            cur.execute(TERMINAL_LOG_SQL, (campaign_id,))
+            terminal = cur.fetchone()[0]
+        self._conn.commit()
+        return bool(terminal >= total)

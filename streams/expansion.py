@@ -1,0 +1,255 @@
+"""Campaign expansion: one message per recipient onto ``campaign.messages.<channel>``, keyed by recipient.
+
+Runs as a loop in the worker (``run_forever``) over the campaigns that need it:
+
+* ``active`` and not yet expanded: page through the audience (``streams.audience``), produce a
+  RecipientMessage per eligible recipient with a deterministic message id (uuid5 of campaign and
+  recipient), record ineligible ones as ``skipped`` rows with the reason (and a SKIPPED outcome), then
+  checkpoint the page's last customer id. A crash re-produces at most the pages after the last checkpoint,
+  which is harmless: senders claim (campaign, recipient) before sending.
+* ``cancelled`` or ``failed`` (after activation): the sweep pages through the audience and records every
+  recipient who has no row yet as ``cancelled``, so every recipient still ends with one terminal row.
+
+Several workers may run this loop: a session-level advisory lock per campaign (released by PostgreSQL if
+the worker dies) lets exactly one of them work on a campaign at a time. Every checkpoint is guarded by the
+campaign's version, so a pause, resume or cancel arriving mid-page is never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg2
+import psycopg2.extras
+
+from campaigns.codec import get_codec
+from campaigns.core.ids import message_id
+from campaigns.settings import Settings
+from producers.batch import BatchProducer
+from streams.audience import Recipient, count_audience, fetch_page
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_SQL = """
+SELECT id FROM campaigns
+WHERE NOT expansion_done AND activated_at IS NOT NULL AND status IN ('active', 'cancelled', 'failed')
+ORDER BY activated_at LIMIT 20
+"""
+
+
+@dataclass
+class CampaignPlan:
+    id: uuid.UUID
+    status: str
+    version: int
+    channel: str
+    batch_size: int
+    cursor: int
+    segments: list[int]
+    content: dict[str, tuple[str | None, str, str | None]]  # locale -> (subject, body, template name)
+    default_locale: str
+
+
+def _millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class Expander:
+    """Expands and sweeps campaigns. Not thread-safe: one per thread, each with its own connection."""
+
+    def __init__(
+        self, settings: Settings, producer: BatchProducer, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self._settings = settings
+        self._producer = producer
+        self._clock = clock
+        self._codec = get_codec()
+        self._conn = psycopg2.connect(settings.database.dsn())
+        self._outcomes_topic = settings.kafka.topic("delivery.outcomes")
+        self.expanded = 0  # messages produced, for metrics and the benchmark
+        self.on_page: Callable[[uuid.UUID, int], None] | None = None  # test and metrics hook
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def run_forever(self, stop: threading.Event, idle_s: float = 0.1) -> None:
+        while not stop.is_set():
+            try:
+                worked = self.run_once()
+            except psycopg2.OperationalError as exc:
+                log.warning("expansion: database unavailable (%s); retrying", exc)
+                self._reconnect(stop)
+                continue
+            if not worked:
+                stop.wait(idle_s)
+
+    def _reconnect(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self._conn.close()
+                self._conn = psycopg2.connect(self._settings.database.dsn())
+                return
+            except psycopg2.OperationalError:
+                stop.wait(1.0)
+
+    def run_once(self) -> int:
+        """Work on every campaign that needs expansion or a sweep; returns how many it handled."""
+        with self._conn.cursor() as cur:
+            cur.execute(CANDIDATES_SQL)
+            candidates = [row[0] for row in cur.fetchall()]
+        self._conn.commit()
+        handled = 0
+        for campaign_id in candidates:
+            if self._with_lock(uuid.UUID(str(campaign_id)), self._process):
+                handled += 1
+        return handled
+
+    def _with_lock(self, campaign_id: uuid.UUID, work: Callable[[uuid.UUID], None]) -> bool:
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 7))", (str(campaign_id),))
+            locked = cur.fetchone()[0]
+        self._conn.commit()
+        if not locked:
+            return False
+        try:
+            work(campaign_id)
+        finally:
+            self._conn.rollback()
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 7))", (str(campaign_id),))
+            self._conn.commit()
+        return True
+
+    def _load(self, campaign_id: uuid.UUID) -> CampaignPlan | None:
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT status, version, channel_kind, batch_size, coalesce(expansion_cursor, 0), locale, "
+                "expansion_done FROM campaigns WHERE id = %s",
+                (str(campaign_id),),
+            )
+            row = cur.fetchone()
+            if row is None or row[6]:
+                return None
+            cur.execute("SELECT segment_id FROM campaign_segments WHERE campaign_id = %s", (str(campaign_id),))
+            segments = [r[0] for r in cur.fetchall()]
+            cur.execute(
+                "SELECT locale, subject, body, template_name FROM campaign_messages WHERE campaign_id = %s",
+                (str(campaign_id),),
+            )
+            content = {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
+        return CampaignPlan(
+            id=campaign_id, status=row[0], version=row[1], channel=row[2], batch_size=row[3], cursor=row[4],
+            segments=segments, content=content, default_locale=row[5],
+        )
+
+    def _process(self, campaign_id: uuid.UUID) -> None:
+        plan = self._load(campaign_id)
+        if plan is None:
+            return
+        sweeping = plan.status in ("cancelled", "failed")
+        while True:
+            page = fetch_page(
+                self._conn.cursor(), plan.id, plan.segments, plan.channel, plan.cursor, plan.batch_size
+            )
+            if not page:
+                self._finish(plan)
+                return
+            if sweeping:
+                self._record(plan, page, status="cancelled", reason=f"campaign_{plan.status}")
+            else:
+                self._record(plan, [r for r in page if r.skip_reason], status="skipped", reason=None)
+                self._produce_messages(plan, [r for r in page if r.skip_reason is None])
+            # Messages and outcomes must be on the broker before the checkpoint says they are.
+            self._producer.flush()
+            if not self._checkpoint(plan, page[-1].customer_id):
+                return  # the campaign changed (pause, cancel, resume): start over from its new state
+            if self.on_page is not None:
+                self.on_page(plan.id, len(page))
+
+    def _produce_messages(self, plan: CampaignPlan, recipients: list[Recipient]) -> None:
+        topic = self._settings.kafka.topic(f"campaign.messages.{plan.channel}")
+        now_ms = _millis(self._clock())
+        encode = self._codec.encode
+        campaign = str(plan.id)
+        for r in recipients:
+            subject, body, template_name = plan.content.get(r.locale) or plan.content[plan.default_locale]
+            recipient = str(r.customer_id)
+            record = {
+                "message_id": message_id(campaign, recipient), "campaign_id": campaign, "recipient_id": recipient,
+                "channel": plan.channel, "address": r.address, "subject": subject, "body": body,
+                "template_name": template_name, "locale": r.locale, "attempt": 0, "not_before": 0,
+                "created_at": now_ms, "last_error": None,
+            }
+            self._producer.produce(topic, recipient, encode("RecipientMessage", record))
+        self.expanded += len(recipients)
+
+    def _record(self, plan: CampaignPlan, recipients: list[Recipient], *, status: str, reason: str | None) -> None:
+        """Insert terminal rows for recipients not logged yet, and one outcome per row actually inserted."""
+        if not recipients:
+            return
+        now = self._clock()
+        campaign = str(plan.id)
+        rows = [
+            (campaign, r.customer_id, message_id(campaign, str(r.customer_id)), plan.channel, status,
+             reason or r.skip_reason, now, now)
+            for r in recipients
+        ]
+        with self._conn.cursor() as cur:
+            inserted = psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
+                "failure_reason, created_at, updated_at) VALUES %s "
+                "ON CONFLICT (campaign_id, recipient_id) DO NOTHING RETURNING recipient_id, message_id, failure_reason",
+                rows,
+                page_size=len(rows),
+                fetch=True,
+            )
+        outcome_status = status.upper()
+        occurred = _millis(now)
+        for recipient_id, msg_id, failure_reason in inserted:
+            self._producer.produce(
+                self._outcomes_topic,
+                str(recipient_id),
+                self._codec.encode(
+                    "DeliveryOutcome",
+                    {
+                        "outcome_id": f"{msg_id}:0:{outcome_status}", "message_id": str(msg_id),
+                        "campaign_id": campaign, "recipient_id": str(recipient_id), "channel": plan.channel,
+                        "status": outcome_status, "attempt": 0, "latency_ms": None,
+                        "failure_reason": failure_reason, "provider_message_id": None, "occurred_at": occurred,
+                    },
+                ),
+            )
+
+    def _checkpoint(self, plan: CampaignPlan, last_id: int) -> bool:
+        """Commit the page: skipped/cancelled rows and the cursor, only if the campaign did not change."""
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "UPDATE campaigns SET expansion_cursor = %s WHERE id = %s AND version = %s",
+                (last_id, str(plan.id), plan.version),
+            )
+            if cur.rowcount != 1:
+                self._conn.rollback()
+                return False
+        self._conn.commit()
+        plan.cursor = last_id
+        return True
+
+    def _finish(self, plan: CampaignPlan) -> None:
+        with self._conn.cursor() as cur:
+            total = count_audience(cur, plan.id, plan.segments)
+            cur.execute(
+                "UPDATE campaigns SET expansion_done = true, total_recipients = %s, skipped_recipients = "
+                "(SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s AND status = 'skipped') "
+                "WHERE id = %s AND version = %s",
+                (total, str(plan.id), str(plan.id), plan.version),
+            )
+        self._conn.commit()
+        log.info("expansion of %s done: %d recipients", plan.id, total)
+
+

@@ -1,0 +1,583 @@
+"""Channel senders: one per channel, consuming ``campaign.messages.<channel>`` and its retry tiers.
+
+This stage runs on a batched confluent-kafka consumer, not a Faust agent: per-event Faust machinery capped
+a prototype of this hot path at ~4.5k messages/s, a batched consumer at ~24k/s (DESIGN.md). Each batch:
+
+1. decode (undecodable -> DLQ, the partition keeps flowing); retry-tier records that are not due yet
+   pause their partition until they are (never sent early, nothing sleeps);
+2. look up the campaigns' states; messages of cancelled/failed campaigns are recorded ``cancelled``;
+   paused ones are dropped (resume re-expands the campaign, and claims make that harmless);
+3. **claim** every (campaign, recipient) in ``campaign_recipient_log`` in one statement: the UNIQUE
+   constraint lets exactly one claim win, so a redelivered, replayed or re-expanded message is never sent
+   twice. A claim is a lease: a claim left by a crashed worker is taken over after ``claim_lease_s``;
+4. send the claimed messages concurrently, under this worker's share of the channel's rate;
+5. record the outcomes in one UPDATE; produce retries, dead letters and ``delivery.outcomes`` records;
+   flush the producer; only then commit the consumer offsets.
+
+The one unavoidable window: a crash after the provider accepted a message and before step 5 committed
+leaves the claim unrecorded; after the lease expires the message is sent again. The code leans towards
+at-least-once there (a recipient is never silently lost) and passes the message id to providers as an
+idempotency key / correlation id so those that dedupe (the SMS API) drop the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from campaigns.codec import get_codec
+from campaigns.core.rate import AimdRate, TokenBucket, worker_share
+from campaigns.core.retry import RetryPolicy, decide
+from campaigns.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    SchemaError,
+    ThrottledError,
+    TransientDeliveryError,
+)
+from campaigns.settings import Settings
+from campaigns.transports.base import OutgoingMessage, Transport
+from producers.batch import BatchProducer
+
+log = logging.getLogger(__name__)
+
+CAMPAIGN_STATE_TTL_S = 0.5
+UNLIMITED = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignState:
+    status: str
+    policy: RetryPolicy
+    expires: float
+
+
+@dataclass(slots=True)
+class Pending:
+    """A decoded message on its way through one batch."""
+
+    msg: Message
+    record: dict[str, Any]
+    claimed_attempts: int = 0  # provider calls already made before this one
+    result: str = ""  # sent | retry | failed
+    reason: str | None = None
+    provider_id: str | None = None
+    latency_ms: float | None = None
+    retry_after: float | None = None
+
+
+@dataclass
+class SenderStats:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    duplicates_dropped: int = 0
+    dead_lettered: int = 0
+    throttled: int = 0
+    send_latency_ms: list[float] = field(default_factory=list)
+
+
+class ChannelSender:
+    """Sends one channel's messages. Run :meth:`run_forever` in its own thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        channel: str,
+        transport: Transport,
+        producer: BatchProducer,
+        *,
+        group_id: str | None = None,
+        rate_per_s: float | None = None,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._channel = channel
+        self._transport = transport
+        self._producer = producer
+        self._clock = clock
+        self._codec = get_codec()
+        kafka = settings.kafka
+        self._main_topic = kafka.topic(f"campaign.messages.{channel}")
+        self._retry_topics = [
+            kafka.topic(f"campaign.messages.{channel}.retry.{n}") for n in range(1, settings.sender.retry_tiers + 1)
+        ]
+        self._dlq_topic = kafka.topic("campaign.messages.dlq")
+        self._outcomes_topic = kafka.topic("delivery.outcomes")
+        self._consumer = Consumer(
+            kafka.as_librdkafka(
+                **{
+                    "group.id": group_id or kafka.topic(f"sender-{channel}"),
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "max.poll.interval.ms": 300_000,
+                    "fetch.wait.max.ms": 50,
+                }
+            )
+        )
+        self._conn = psycopg2.connect(settings.database.dsn())
+        self._campaigns: dict[str, CampaignState] = {}
+        self._paused_until: dict[tuple[str, int], float] = {}  # retry partitions waiting for their head
+        self._assigned: set[tuple[str, int]] = set()
+        self._channel_rate = rate_per_s
+        self._channel_burst = burst
+        self._bucket: TokenBucket | None = None
+        self._aimd: AimdRate | None = None
+        self._semaphore_size = settings.sender.max_in_flight
+        self.stats = SenderStats()
+        self._loop = asyncio.new_event_loop()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._consumer.subscribe(
+            [self._main_topic, *self._retry_topics], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+
+    def run_forever(self, stop: threading.Event) -> None:
+        self.start()
+        try:
+            while not stop.is_set():
+                self.run_once()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        finally:
+            self._loop.run_until_complete(self._transport.aclose())
+            self._loop.close()
+            self._conn.close()
+
+    # --- rebalancing and rate share --------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned |= {(p.topic, p.partition) for p in partitions}
+        self._recompute_share()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self._assigned.discard((p.topic, p.partition))
+            self._paused_until.pop((p.topic, p.partition), None)
+        self._recompute_share()
+
+    def _recompute_share(self) -> None:
+        """This worker's share of the channel's rate: the fraction of the main topic's partitions it owns."""
+        if self._channel_rate is None:
+            self._bucket = None
+            return
+        total = self._settings.kafka.partitions
+        owned = sum(1 for topic, _ in self._assigned if topic == self._main_topic)
+        share = worker_share(self._channel_rate, owned, total)
+        now = self._clock()
+        if share <= 0:
+            self._bucket = None if not self._assigned else TokenBucket(1e-9, 1, now, tokens=0)
+            return
+        burst = max(1.0, (self._channel_burst or 1) * owned / total)
+        self._aimd = AimdRate(share, now)
+        self._bucket = TokenBucket(share, burst, now, tokens=0)
+        log.info("%s sender: %d/%d partitions, %.2f msg/s, burst %.1f", self._channel, owned, total, share, burst)
+
+    def _tokens(self, wanted: int) -> int:
+        if self._bucket is None:
+            return wanted
+        now = self._clock()
+        if self._aimd is not None and abs(self._aimd.rate - self._bucket.rate) > 1e-9:
+            self._bucket.set_rate(self._aimd.rate, now)
+        return self._bucket.try_take(wanted, now)
+
+    def _refund(self, n: int) -> None:
+        if self._bucket is not None and n > 0:
+            # A token taken for a message that was not sent (duplicate, not due, cancelled) goes back.
+            self._bucket = TokenBucket(
+                self._bucket.rate, self._bucket.burst, self._clock(),
+                tokens=self._bucket.available(self._clock()) + n,
+            )
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """One batch; returns the number of records consumed."""
+        self._resume_due_partitions()
+        tokens = self._tokens(self._settings.sender.batch_size)
+        if tokens == 0:
+            self._wait_for_tokens()
+            return 0
+        messages = self._consumer.consume(num_messages=tokens, timeout=self._settings.sender.poll_timeout_s)
+        if not messages:
+            self._refund(tokens)
+            return 0
+        self._refund(tokens - len(messages))
+        self.process(messages)
+        return len(messages)
+
+    def _wait_for_tokens(self) -> None:
+        """Pause every partition, keep polling (the group sees us alive), resume when tokens are due."""
+        assert self._bucket is not None
+        wait = min(self._bucket.seconds_until(1, self._clock()), 0.5)
+        partitions = [TopicPartition(t, p) for t, p in self._assigned]
+        if partitions:
+            self._consumer.pause(partitions)
+        self._consumer.poll(max(wait, 0.001))
+        if partitions:
+            self._consumer.resume([TopicPartition(t, p) for t, p in self._assigned
+                                   if (t, p) not in self._paused_until])
+
+    def _resume_due_partitions(self) -> None:
+        now = self._clock()
+        due = [key for key, until in self._paused_until.items() if until <= now]
+        if due:
+            for key in due:
+                del self._paused_until[key]
+            self._consumer.resume([TopicPartition(t, p) for t, p in due])
+
+    def process(self, messages: list[Message]) -> None:
+        pending: list[Pending] = []
+        held: set[tuple[str, int]] = set()
+        now_ms = self._clock() * 1000
+        not_sent = 0
+        for msg in messages:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s sender: consume error %s", self._channel, msg.error())
+                not_sent += 1
+                continue
+            key = (msg.topic(), msg.partition())
+            if key in held:
+                not_sent += 1
+                continue
+            try:
+                record = self._codec.decode(msg.value(), "RecipientMessage")
+            except SchemaError as exc:
+                self._dead_letter(msg, None, "undecodable", str(exc))
+                not_sent += 1
+                continue
+            not_before_ms = _as_millis(record["not_before"])
+            if msg.topic() != self._main_topic and not_before_ms > now_ms:
+                # The head of this retry partition is not due: rewind to it and pause until it is.
+                held.add(key)
+                self._consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+                self._consumer.pause([TopicPartition(msg.topic(), msg.partition())])
+                self._paused_until[key] = not_before_ms / 1000
+                not_sent += 1
+                continue
+            if record["channel"] != self._channel:
+                self._dead_letter(msg, record, "wrong_channel", f"{record['channel']} message on {msg.topic()}")
+                not_sent += 1
+                continue
+            pending.append(Pending(msg, record))
+
+        states = self._campaign_states({p.record["campaign_id"] for p in pending})
+        to_claim, to_cancel = [], []
+        for p in pending:
+            state = states.get(p.record["campaign_id"])
+            if state is None:
+                self._dead_letter(p.msg, p.record, "unknown_campaign", "no such campaign")
+            elif state.status == "active":
+                to_claim.append(p)
+            elif state.status in ("cancelled", "failed", "completed"):
+                to_cancel.append(p)
+            # paused/scheduled/draft: dropped; resuming re-expands the campaign.
+        self._record_cancelled(to_cancel)
+        claimed = self._claim(to_claim)
+        self._refund(not_sent + len(pending) - len(claimed))
+        if claimed:
+            self._loop.run_until_complete(self._send_all(claimed))
+            self._record_results(claimed, states)
+        self._producer.flush()
+        self._commit(messages)
+
+    def _commit(self, messages: list[Message]) -> None:
+        offsets: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            if msg.error() is None:
+                key = (msg.topic(), msg.partition())
+                if key in self._paused_until:
+                    continue  # rewound: its position is the held record, committed below
+                offsets[key] = max(offsets.get(key, -1), msg.offset() + 1)
+        commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        commit += [TopicPartition(t, p, self._position(t, p)) for (t, p) in self._paused_until
+                   if self._position(t, p) >= 0]
+        if commit:
+            try:
+                self._consumer.commit(offsets=commit, asynchronous=False)
+            except Exception as exc:  # a rebalance took the partition: it will be redelivered, claims dedupe
+                log.warning("%s sender: offset commit failed (%s); records will be redelivered", self._channel, exc)
+
+    def _position(self, topic: str, partition: int) -> int:
+        positions = self._consumer.position([TopicPartition(topic, partition)])
+        return positions[0].offset if positions else -1
+
+    # --- campaign state ----------------------------------------------------------------------------
+
+    def _campaign_states(self, ids: set[str]) -> dict[str, CampaignState]:
+        now = self._clock()
+        missing = [i for i in ids if i not in self._campaigns or self._campaigns[i].expires <= now]
+        if missing:
+            valid = [i for i in missing if _is_uuid(i)]
+            with self._conn.cursor() as cur:
+                cur.execute(
+                    "SELECT id::text, status, max_retries, backoff_base_s, backoff_max_s, retry_jitter "
+                    "FROM campaigns WHERE id = ANY(%s::uuid[])",
+                    (valid,),
+                )
+                for cid, status, retries, base, cap, jitter in cur.fetchall():
+                    self._campaigns[cid] = CampaignState(
+                        status, RetryPolicy(retries, base, cap, jitter), now + CAMPAIGN_STATE_TTL_S
+                    )
+            self._conn.commit()
+        return {i: self._campaigns[i] for i in ids if i in self._campaigns}
+
+    # --- claims ------------------------------------------------------------------------------------
+
+    def _claim(self, pending: list[Pending]) -> list[Pending]:
+        """Claim (campaign, recipient) for each message; returns those this worker may send now."""
+        if not pending:
+            return []
+        now = datetime.now(UTC)
+        lease = now + timedelta(seconds=self._settings.sender.claim_lease_s)
+        by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p for p in pending}
+        rows = [(c, r, p.record["message_id"], self._channel, now, lease) for (c, r), p in by_key.items()]
+        claimed: list[Pending] = []
+        with self._conn.cursor() as cur:
+            inserted = psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
+                "attempts, claimed_at, lease_until, created_at, updated_at) "
+                "SELECT v.c::uuid, v.r, v.m::uuid, v.k, 'claimed', 0, v.t, v.l, v.t, v.t "
+                "FROM (VALUES %s) AS v(c, r, m, k, t, l) "
+                "ON CONFLICT (campaign_id, recipient_id) DO NOTHING RETURNING campaign_id::text, recipient_id",
+                rows, page_size=len(rows), fetch=True,
+            )
+            for c, r in inserted:
+                claimed.append(by_key.pop((c, r)))
+            if by_key:
+                # Rows that exist: take over a retrying one (this is its retry) or an expired claim.
+                taken = self._take_over(cur, list(by_key), now, lease)
+                for c, r, attempts in taken:
+                    p = by_key.pop((c, r))
+                    p.claimed_attempts = attempts
+                    claimed.append(p)
+            if by_key:
+                self._settle_unclaimed(cur, by_key)
+        self._conn.commit()
+        return claimed
+
+    def _take_over(self, cur: Any, keys: list[tuple[str, int]], now: datetime, lease: datetime) -> list[tuple]:
+        values = ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in keys)
+        cur.execute(
+            "UPDATE campaign_recipient_log AS l SET status = 'claimed', claimed_at = %s, lease_until = %s, "
+            f"updated_at = %s FROM (VALUES {values}) AS v(c, r) "
+            "WHERE l.campaign_id = v.c AND l.recipient_id = v.r "
+            "AND (l.status = 'retrying' OR (l.status = 'claimed' AND l.lease_until < %s)) "
+            "RETURNING l.campaign_id::text, l.recipient_id, l.attempts",
+            (now, lease, now, now),
+        )
+        return cur.fetchall()
+
+    def _settle_unclaimed(self, cur: Any, unclaimed: dict[tuple[str, int], Pending]) -> None:
+        """Messages whose recipient already has a row this worker cannot take.
+
+        Terminal row: a duplicate; its outcome is produced again (same outcome id, so analytics count it
+        once) in case the crash that caused the redelivery lost it. Live claim of another worker: held in
+        retry tier 1 until the lease ends, so a claim left by a dead worker is never stuck.
+        """
+        values = ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in unclaimed)
+        cur.execute(
+            "SELECT l.campaign_id::text, l.recipient_id, l.status, l.attempts, l.failure_reason, "
+            "l.provider_message_id, l.lease_until FROM campaign_recipient_log AS l "
+            f"JOIN (VALUES {values}) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r"
+        )
+        for c, r, status, attempts, reason, provider_id, lease_until in cur.fetchall():
+            p = unclaimed[(c, r)]
+            if status in ("sent", "failed", "skipped", "cancelled"):
+                self.stats.duplicates_dropped += 1
+                # Same outcome id as the first time: skipped/cancelled carry attempt 0, sent/failed their count.
+                attempt = 0 if status in ("skipped", "cancelled") else attempts
+                self._outcome(p.record, status.upper(), attempt, reason, provider_id, None)
+            elif status == "claimed":
+                record = dict(p.record, not_before=int(lease_until.timestamp() * 1000) + 100)
+                self._producer.produce(self._retry_topics[0], p.record["recipient_id"],
+                                       self._codec.encode("RecipientMessage", record))
+
+    def _record_cancelled(self, pending: list[Pending]) -> None:
+        if not pending:
+            return
+        now = datetime.now(UTC)
+        with self._conn.cursor() as cur:
+            values = ",".join(
+                cur.mogrify(
+                    "(%s::uuid, %s::bigint, %s::uuid)",
+                    (p.record["campaign_id"], int(p.record["recipient_id"]), p.record["message_id"]),
+                ).decode()
+                for p in pending
+            )
+            cur.execute(
+                "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
+                "failure_reason, created_at, updated_at) "
+                f"SELECT v.c, v.r, v.m, %s, 'cancelled', 'campaign_' || c.status, %s, %s "
+                f"FROM (VALUES {values}) AS v(c, r, m) JOIN campaigns AS c ON c.id = v.c "
+                "ON CONFLICT (campaign_id, recipient_id) DO UPDATE SET status = 'cancelled', "
+                "failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at "
+                "WHERE campaign_recipient_log.status = 'retrying' "
+                "RETURNING campaign_id::text, recipient_id, failure_reason",
+                (self._channel, now, now),
+            )
+            rows = cur.fetchall()
+        self._conn.commit()
+        by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p for p in pending}
+        for c, r, reason in rows:
+            self._outcome(by_key[(c, r)].record, "CANCELLED", 0, reason, None, None)
+        self.stats.cancelled += len(rows)
+
+    # --- sending -----------------------------------------------------------------------------------
+
+    async def _send_all(self, claimed: list[Pending]) -> None:
+        semaphore = asyncio.Semaphore(self._semaphore_size)
+
+        async def send_one(p: Pending) -> None:
+            r = p.record
+            message = OutgoingMessage(
+                message_id=r["message_id"], campaign_id=r["campaign_id"], recipient_id=r["recipient_id"],
+                channel=self._channel, address=r["address"], body=r["body"], subject=r["subject"],
+                template_name=r["template_name"], locale=r["locale"],
+            )
+            async with semaphore:
+                started = time.perf_counter()
+                try:
+                    receipt = await self._transport.send(message)
+                except ThrottledError as exc:
+                    p.result, p.reason, p.retry_after = "retry", f"throttled: {exc.reason}", exc.retry_after
+                    self.stats.throttled += 1
+                except TransientDeliveryError as exc:
+                    p.result, p.reason, p.retry_after = "retry", exc.reason, exc.retry_after
+                except PermanentDeliveryError as exc:
+                    p.result, p.reason = "failed", exc.reason
+                except DeliveryError as exc:
+                    p.result, p.reason = "retry", str(exc)
+                except Exception as exc:  # a transport bug must not lose the batch: treat it as transient
+                    log.exception("%s transport raised unexpectedly", self._channel)
+                    p.result, p.reason = "retry", f"transport_error: {type(exc).__name__}"
+                else:
+                    p.result, p.provider_id = "sent", receipt.provider_message_id
+                p.latency_ms = (time.perf_counter() - started) * 1000
+
+        await asyncio.gather(*(send_one(p) for p in claimed))
+
+    def _record_results(self, claimed: list[Pending], states: dict[str, CampaignState]) -> None:
+        now = datetime.now(UTC)
+        rows = []
+        throttled = False
+        for p in claimed:
+            r = p.record
+            attempt = p.claimed_attempts  # 0-based number of this provider call
+            if p.result == "sent":
+                rows.append((r["campaign_id"], int(r["recipient_id"]), "sent", attempt + 1, None, p.provider_id, now))
+                self._outcome(r, "SENT", attempt + 1, None, p.provider_id, p.latency_ms)
+                self.stats.sent += 1
+                self.stats.send_latency_ms.append(p.latency_ms or 0.0)
+                continue
+            throttled = throttled or (p.reason or "").startswith("throttled")
+            kind = "permanent" if p.result == "failed" else "transient"
+            decision = decide(states[r["campaign_id"]].policy, attempt, kind, random.random(), now,
+                              tiers=len(self._retry_topics), retry_after_s=p.retry_after)
+            if decision.action == "retry":
+                rows.append((r["campaign_id"], int(r["recipient_id"]), "retrying", attempt + 1, p.reason, None, None))
+                retry = dict(r, attempt=decision.attempt, not_before=decision.not_before_ms, last_error=p.reason)
+                self._producer.produce(self._retry_topics[decision.tier - 1], r["recipient_id"],
+                                       self._codec.encode("RecipientMessage", retry))
+                self._outcome(r, "RETRYING", attempt + 1, p.reason, None, p.latency_ms)
+                self.stats.retried += 1
+            else:
+                reason = p.reason if decision.reason == "permanent_failure" else f"retries_exhausted: {p.reason}"
+                rows.append((r["campaign_id"], int(r["recipient_id"]), "failed", attempt + 1, reason, None, None))
+                self._outcome(r, "FAILED", attempt + 1, reason, None, p.latency_ms)
+                self._dead_letter(p.msg, r, decision.reason or "failed", reason, attempts=attempt + 1)
+                self.stats.failed += 1
+        if self._aimd is not None:
+            clock = self._clock()
+            if throttled:
+                self._aimd.on_throttled(clock)
+            else:
+                self._aimd.on_success(len(claimed), clock)
+        with self._conn.cursor() as cur:
+            psycopg2.extras.execute_values(
+                cur,
+                "UPDATE campaign_recipient_log AS l SET status = v.s, attempts = v.a, failure_reason = v.f, "
+                "provider_message_id = v.p, sent_at = v.t::timestamptz, updated_at = now(), lease_until = NULL "
+                "FROM (VALUES %s) AS v(c, r, s, a, f, p, t) "
+                "WHERE l.campaign_id = v.c::uuid AND l.recipient_id = v.r AND l.status = 'claimed'",
+                rows, page_size=len(rows),
+            )
+        self._conn.commit()
+
+    # --- output records ----------------------------------------------------------------------------
+
+    def _outcome(
+        self, r: dict[str, Any], status: str, attempt: int, reason: str | None, provider_id: str | None,
+        latency_ms: float | None,
+    ) -> None:
+        self._producer.produce(
+            self._outcomes_topic,
+            r["recipient_id"],
+            self._codec.encode(
+                "DeliveryOutcome",
+                {
+                    "outcome_id": f"{r['message_id']}:{attempt}:{status}", "message_id": r["message_id"],
+                    "campaign_id": r["campaign_id"], "recipient_id": r["recipient_id"], "channel": self._channel,
+                    "status": status, "attempt": attempt, "latency_ms": latency_ms, "failure_reason": reason,
+                    "provider_message_id": provider_id, "occurred_at": int(self._clock() * 1000),
+                },
+            ),
+        )
+
+    def _dead_letter(
+        self, msg: Message, record: dict[str, Any] | None, reason: str, detail: str | None, attempts: int = 0
+    ) -> None:
+        key = msg.key() or b""
+        self._producer.produce(
+            self._dlq_topic,
+            key,
+            self._codec.encode(
+                "DeadLetter",
+                {
+                    "dead_letter_id": str(uuid.uuid4()),
+                    "message_id": record["message_id"] if record else None,
+                    "campaign_id": record["campaign_id"] if record else None,
+                    "recipient_id": record["recipient_id"] if record else None,
+                    "channel": self._channel, "source_topic": msg.topic(), "source_partition": msg.partition(),
+                    "source_offset": msg.offset(), "reason": reason, "detail": (detail or "")[:2000],
+                    "attempts": attempts, "failed_at": int(self._clock() * 1000), "original_value": msg.value(),
+                },
+            ),
+        )
+        self.stats.dead_lettered += 1
+
+
+def _as_millis(value: Any) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp() * 1000
+    return float(value or 0)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
