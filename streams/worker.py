@@ -54,13 +54,13 @@ class Worker:
     errors: list[BaseException] = field(default_factory=list)
 
     def start(self) -> Worker:
-        from producers.topics import ensure_topics
+        from producers.topics import ensure_topics, topic_specs
 
         stages = set(self.stages)
         unknown = stages - set(STAGES)
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
-        ensure_topics(self.settings)
+        ensure_topics(self.settings.kafka, topic_specs(self.settings))
         engine = make_engine(self.settings.database)
         sessions = make_sessionmaker(engine)
         service = CampaignService(sessions, clock=self.clock)

@@ -1,0 +1,46 @@
+"""Fixtures for whole-pipeline tests: a seeded audience, channels, a principal and a service."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import pytest
+
+from campaigns.db import repository as repo
+from campaigns.db.engine import make_engine, make_sessionmaker, transaction
+from campaigns.db.seed import SeedPlan, seed
+from campaigns.service import CampaignService
+
+_next_block = itertools.count(1)
+
+
+@pytest.fixture
+def sessions(settings):
+    engine = make_engine(settings.database)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def service(sessions):
+    service = CampaignService(sessions)
+    with transaction(sessions) as session:
+        for kind, rate, burst in (("email", 1000, 100), ("sms", 100, 10), ("whatsapp", 80, 80)):
+            repo.upsert_channel(session, id=f"{kind}-main", kind=kind, provider="simulator",
+                                rate_per_s=rate, burst=burst)
+    service.bootstrap_principal("marketer-1", "marketer")
+    return service
+
+
+@pytest.fixture
+def audience(settings):
+    """A function seeding a fresh block of customers (ids never collide between tests)."""
+
+    def make(customers: int, **overrides) -> tuple[SeedPlan, list[int]]:
+        block = next(_next_block)
+        plan = SeedPlan(customers=customers, first_id=block * 10_000_000 + (uuid.uuid4().int % 1000) * 10_000,
+                        segment_prefix=f"seg-{uuid.uuid4().hex[:8]}", **overrides)
+        return plan, seed(settings.database.dsn(), plan)
+
+    return make
