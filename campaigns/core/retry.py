@@ -22,14 +22,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from campaigns.core._values import shown
 from campaigns.errors import ValidationError
 
 __all__ = [
+    "MAX_BACKOFF_S",
+    "MAX_RETRIES_LIMIT",
     "ErrorKind",
     "RetryDecision",
     "RetryPolicy",
     "decide",
     "next_delay_s",
+    "policy_problems",
     "retry_tier",
 ]
 
@@ -37,6 +41,8 @@ ErrorKind = Literal["transient", "throttled", "permanent"]
 _ERROR_KINDS: frozenset[str] = frozenset({"transient", "throttled", "permanent"})
 
 MAX_RETRIES_LIMIT = 10
+MAX_BACKOFF_S = 86_400.0
+"""Upper bound for ``backoff_base_s`` / ``backoff_max_s`` and for an honoured ``retry_after_s``: one day."""
 
 # 2.0 ** 1024 overflows a float; beyond ~60 doublings every real policy is at its cap anyway.
 _MAX_EXPONENT = 1023
@@ -46,9 +52,10 @@ _MAX_EXPONENT = 1023
 class RetryPolicy:
     """How a campaign retries transient failures.
 
-    ``max_retries`` 0..10; ``backoff_base_s`` > 0 (the first retry's delay, seconds); ``backoff_max_s`` >=
-    ``backoff_base_s`` (the cap before jitter, seconds); ``jitter`` 0..1 (the fraction each delay may move
-    up or down). Construction raises :class:`ValidationError` listing every broken bound.
+    ``max_retries`` 0..10; ``backoff_base_s`` in (0, 86400] (the first retry's delay, seconds);
+    ``backoff_max_s`` in [``backoff_base_s``, 86400] (the cap before jitter, seconds); ``jitter`` 0..1
+    (the fraction each delay may move up or down). Construction raises :class:`ValidationError` listing
+    every broken bound.
     """
 
     max_retries: int = 3
@@ -70,44 +77,43 @@ def policy_problems(
     """Every bound a would-be :class:`RetryPolicy` breaks, as ``"<prefix>.<field>: ..."`` messages."""
     problems: list[str] = []
     if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-        problems.append(f"{prefix}.max_retries: must be an integer, got {type(max_retries).__name__}")
+        problems.append(f"{prefix}.max_retries: must be an integer, got {shown(max_retries)}")
     elif not 0 <= max_retries <= MAX_RETRIES_LIMIT:
+        problems.append(f"{prefix}.max_retries: must be between 0 and {MAX_RETRIES_LIMIT}, got {max_retries}")
+    base_s = _as_number(base)
+    if base_s is None:
+        problems.append(f"{prefix}.backoff_base_s: must be a finite number, got {shown(base)}")
+    elif not 0 < base_s <= MAX_BACKOFF_S:
         problems.append(
-            f"{prefix}.max_retries: must be between 0 and {MAX_RETRIES_LIMIT}, got {max_retries}"
+            f"{prefix}.backoff_base_s: must be greater than 0 and at most {MAX_BACKOFF_S:g}, got {base}"
         )
-    base_ok = _is_number(base)
-    if not base_ok:
-        problems.append(f"{prefix}.backoff_base_s: must be a finite number, got {_describe(base)}")
-    elif not float(base) > 0:  # type: ignore[arg-type]
-        problems.append(f"{prefix}.backoff_base_s: must be greater than 0, got {base}")
-        base_ok = False
-    if not _is_number(cap):
-        problems.append(f"{prefix}.backoff_max_s: must be a finite number, got {_describe(cap)}")
-    elif base_ok and float(cap) < float(base):  # type: ignore[arg-type]
+        base_s = None
+    cap_s = _as_number(cap)
+    if cap_s is None:
+        problems.append(f"{prefix}.backoff_max_s: must be a finite number, got {shown(cap)}")
+    elif not 0 < cap_s <= MAX_BACKOFF_S:
         problems.append(
-            f"{prefix}.backoff_max_s: must be at least backoff_base_s ({base}), got {cap}"
+            f"{prefix}.backoff_max_s: must be greater than 0 and at most {MAX_BACKOFF_S:g}, got {cap}"
         )
-    elif not float(cap) > 0:  # type: ignore[arg-type]
-        problems.append(f"{prefix}.backoff_max_s: must be greater than 0, got {cap}")
-    if not _is_number(jitter):
-        problems.append(f"{prefix}.jitter: must be a finite number, got {_describe(jitter)}")
-    elif not 0 <= float(jitter) <= 1:  # type: ignore[arg-type]
+    elif base_s is not None and cap_s < base_s:
+        problems.append(f"{prefix}.backoff_max_s: must be at least backoff_base_s ({base}), got {cap}")
+    jitter_f = _as_number(jitter)
+    if jitter_f is None:
+        problems.append(f"{prefix}.jitter: must be a finite number, got {shown(jitter)}")
+    elif not 0 <= jitter_f <= 1:
         problems.append(f"{prefix}.jitter: must be between 0 and 1, got {jitter}")
     return problems
 
 
-def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    return type(value).__name__
+def _as_number(value: object) -> float | None:
+    """``value`` as a float if it is a finite int or float (bools are not numbers here), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too big for a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +182,10 @@ def decide(
 
     * ``permanent`` -> dead letter, ``permanent_failure`` (whatever the attempt).
     * ``transient`` / ``throttled`` with retries left -> retry after :func:`next_delay_s`; a provider's
-      ``retry_after_s`` hint (HTTP ``Retry-After``) is honoured as a lower bound on the delay. Throttled
-      attempts count against ``max_retries`` like transient ones (so a provider that throttles forever
-      cannot keep a message alive forever); the sender is expected to slow down its rate on throttling.
+      ``retry_after_s`` hint (HTTP ``Retry-After``) is honoured as a lower bound on the delay, up to
+      :data:`MAX_BACKOFF_S`. Throttled attempts count against ``max_retries`` like transient ones (so a
+      provider that throttles forever cannot keep a message alive forever); the sender is expected to
+      slow down its rate on throttling (:class:`~campaigns.core.rate.AimdRate`).
     * retries used up -> dead letter, ``retries_exhausted``.
 
     ``now`` must be timezone-aware; ``not_before`` is in the same timezone.
@@ -194,8 +201,8 @@ def decide(
     if attempt >= policy.max_retries:
         return RetryDecision(action="dead_letter", reason="retries_exhausted")
     delay = next_delay_s(policy, attempt, rand)
-    if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > delay:
-        delay = float(retry_after_s)
+    if retry_after_s is not None and math.isfinite(retry_after_s):
+        delay = max(delay, min(float(retry_after_s), MAX_BACKOFF_S))
     return RetryDecision(
         action="retry",
         attempt=attempt + 1,

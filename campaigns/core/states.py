@@ -103,9 +103,7 @@ _RULES: Mapping[CampaignStatus, Mapping[CampaignAction, CampaignStatus]] = Mappi
                 _A.CANCEL: _S.CANCELLED,
             }
         ),
-        _S.PAUSED: MappingProxyType(
-            {_A.RESUME: _S.SCHEDULED, _A.FAIL: _S.FAILED, _A.CANCEL: _S.CANCELLED}
-        ),
+        _S.PAUSED: MappingProxyType({_A.RESUME: _S.SCHEDULED, _A.FAIL: _S.FAILED, _A.CANCEL: _S.CANCELLED}),
         _S.COMPLETED: MappingProxyType({}),
         _S.FAILED: MappingProxyType({}),
         _S.CANCELLED: MappingProxyType({}),

@@ -13,7 +13,9 @@ Guarantees:
   evaluated, imported, opened or formatted (``str.format`` / ``%`` are never applied to template text).
 * :func:`render` raises one :class:`~campaigns.errors.ValidationError` listing every missing variable and
   every malformed placeholder, not only the first.
-* :func:`sanitize_text` and :func:`sanitize_html` are idempotent.
+* :func:`sanitize_text` is idempotent. :func:`sanitize_html` output is always safe, but HTML5 parsing of
+  badly nested markup means a second pass may re-nest it (``<li><select><li>``), so it is not promised
+  to be idempotent: sanitise once, when the content is stored.
 """
 
 from __future__ import annotations
@@ -119,11 +121,7 @@ def sanitize_text(s: str) -> str:
     e.g. the zero-width joiner inside emoji sequences and bidi marks needed by RTL text) are kept.
     """
     s = _NEWLINES.sub("\n", s)
-    return "".join(
-        ch
-        for ch in s
-        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs")
-    )
+    return "".join(ch for ch in s if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs"))
 
 
 def sanitize_html(s: str) -> str:

@@ -1,0 +1,238 @@
+"""Logic-less templates and sanitisers."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from campaigns.core.templates import (
+    render,
+    sanitize_html,
+    sanitize_text,
+    template_problems,
+    template_variables,
+)
+from campaigns.errors import ValidationError
+
+names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,10}", fullmatch=True)
+
+
+def test_variables_found_with_or_without_spaces() -> None:
+    text = "Hi {{name}}, {{ discount }} off {{   code\t}} ({{name}})"
+    assert template_variables(text) == {"name", "discount", "code"}
+
+
+def test_no_placeholders() -> None:
+    assert template_variables("plain text { not } {{ unclosed") == frozenset()
+    assert render("plain {text} {{ unclosed", {}) == "plain {text} {{ unclosed"
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        "{{ user.name }}",
+        "{{ }}",
+        "{{ 1abc }}",
+        "{{ a|upper }}",
+        "{{ a b }}",
+        "{{ __import__('os') }}",
+        "{{ x[0] }}",
+        "{{ naïve }}",
+    ],
+)
+def test_malformed_placeholders_are_errors(placeholder: str) -> None:
+    text = f"Hello {placeholder}!"
+    with pytest.raises(ValidationError) as info:
+        template_variables(text)
+    assert placeholder in str(info.value)
+    assert template_problems(text, field="content.body")[0].startswith("content.body: malformed placeholder")
+    with pytest.raises(ValidationError):
+        render(text, {"user": "x", "a": "x", "x": "x"})
+
+
+def test_render_substitutes() -> None:
+    assert render("Hi {{ name }}, {{discount}} off", {"name": "Ana", "discount": "20%"}) == "Hi Ana, 20% off"
+
+
+def test_extra_variables_are_ignored() -> None:
+    assert render("Hi {{ name }}", {"name": "Ana", "unused": "x"}) == "Hi Ana"
+
+
+def test_render_lists_every_missing_variable() -> None:
+    with pytest.raises(ValidationError) as info:
+        render("{{ a }} {{ b }} {{ c }} {{ a }}", {"b": "x"})
+    assert info.value.problems == [
+        "variables.a: missing (the template uses {{ a }})",
+        "variables.c: missing (the template uses {{ c }})",
+    ]
+
+
+def test_render_reports_malformed_and_missing_together() -> None:
+    with pytest.raises(ValidationError) as info:
+        render("{{ a.b }} {{ c }}", {})
+    assert len(info.value.problems) == 2
+
+
+def test_non_string_value_is_an_error() -> None:
+    with pytest.raises(ValidationError, match=r"variables\.n: must be a string, got int"):
+        render("{{ n }}", {"n": 3})  # type: ignore[dict-item]
+
+
+def test_values_are_not_re_expanded() -> None:
+    out = render("Hi {{ name }} and {{ other }}", {"name": "{{ other }}", "other": "{{name}}"})
+    assert out == "Hi {{ other }} and {{name}}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "{0.__class__}",
+        "%(name)s %s",
+        "\\1 \\g<0>",
+        "${HOME}",
+        "{{ __import__('os').system('id') }}",
+        "{% for x in y %}",
+    ],
+)
+def test_values_are_inserted_literally(value: str) -> None:
+    assert render("[{{ v }}]", {"v": value}) == f"[{value}]"
+
+
+def test_format_string_syntax_in_the_template_is_plain_text() -> None:
+    assert render("{0} {name} %s {{ v }}", {"v": "x", "name": "no"}) == "{0} {name} %s x"
+
+
+def test_html_escaping_of_values() -> None:
+    variables = {"url": '" onclick="x', "name": "<b>&"}
+    out = render('<a href="{{ url }}">{{ name }}</a>', variables, escape_html=True)
+    assert out == '<a href="&quot; onclick=&quot;x">&lt;b&gt;&amp;</a>'
+
+
+@given(st.dictionaries(names, st.text(max_size=30), max_size=5))
+def test_render_round_trip(variables: dict[str, str]) -> None:
+    text = "|".join(f"{{{{ {k} }}}}" for k in variables)
+    assert template_variables(text) == set(variables)
+    assert render(text, variables) == "|".join(variables.values())
+
+
+@given(st.text(max_size=200), st.dictionaries(names, st.text(max_size=20), max_size=5))
+def test_render_never_raises_anything_but_validation_error(text: str, variables: dict[str, str]) -> None:
+    try:
+        render(text, variables)
+    except ValidationError:
+        pass
+
+
+# --- sanitisers -------------------------------------------------------------------------------------
+
+
+def test_sanitize_text_removes_control_characters() -> None:
+    assert sanitize_text("a\x00b\x07c\x1bd\x7fe\x85f\x9fg") == "abcdefg"
+
+
+def test_sanitize_text_keeps_newline_tab_and_unicode() -> None:
+    text = "Olá\tmundo\n¡hola! 👩\u200d💻 שלום\u200f"
+    assert sanitize_text(text) == text
+
+
+def test_sanitize_text_normalises_carriage_returns() -> None:
+    assert sanitize_text("a\r\nb\rc\n") == "a\nb\nc\n"
+
+
+def test_sanitize_text_removes_lone_surrogates() -> None:
+    assert sanitize_text("a\ud800b") == "ab"
+
+
+@given(st.text())
+def test_sanitize_text_properties(s: str) -> None:
+    clean = sanitize_text(s)
+    assert sanitize_text(clean) == clean
+    clean.encode("utf-8")  # always encodable
+    assert all(ch in "\n\t" or ord(ch) >= 0x20 for ch in clean)
+    assert "\x7f" not in clean
+
+
+def test_sanitize_html_removes_scripts_and_handlers() -> None:
+    dirty = (
+        '<p onclick="steal()">Hi {{ name }}</p><script>alert(1)</script>'
+        '<a href="javascript:alert(1)">x</a><img src="https://cdn.example/a.png" onerror="x()">'
+    )
+    clean = sanitize_html(dirty)
+    assert "script" not in clean
+    assert "onclick" not in clean
+    assert "onerror" not in clean
+    assert "javascript" not in clean
+    assert "<p>Hi {{ name }}</p>" in clean
+    assert '<img src="https://cdn.example/a.png">' in clean
+
+
+def test_sanitize_html_keeps_placeholders_in_links() -> None:
+    clean = sanitize_html('<a href="https://shop.example/?u={{ customer_id }}">Shop</a>')
+    assert "{{ customer_id }}" in clean
+    assert template_variables(clean) == {"customer_id"}
+
+
+def test_sanitize_html_removes_control_characters() -> None:
+    assert sanitize_html("<b>a\x00b</b>") == "<b>ab</b>"
+
+
+html_pieces = st.sampled_from(
+    [
+        *"<>/\"'=&ab {}\n",
+        "<p>",
+        "</p>",
+        "<b>",
+        "<script>",
+        "</script>",
+        "<style>",
+        "<a href=",
+        "javascript:",
+        " onclick=",
+        "<img src=x",
+        "<svg>",
+        "<math>",
+        "<select>",
+        "<li>",
+        "<!--",
+        "-->",
+        "<![CDATA[",
+        "<iframe>",
+        "\x00",
+    ]
+)
+
+
+class _TagCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.comments: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+    def handle_comment(self, data: str) -> None:
+        self.comments.append(data)
+
+
+def _assert_safe(markup: str) -> None:
+    parser = _TagCollector()
+    parser.feed(markup)
+    parser.close()
+    assert not parser.comments
+    for tag, attrs in parser.tags:
+        assert tag not in {"script", "style", "iframe", "svg", "math", "object", "embed"}
+        for name, value in attrs:
+            assert not name.startswith("on")
+            assert not (value or "").strip().lower().startswith("javascript:")
+
+
+@given(st.lists(html_pieces, max_size=40).map("".join))
+def test_sanitize_html_output_is_safe(s: str) -> None:
+    clean = sanitize_html(s)
+    assert "\x00" not in clean
+    _assert_safe(clean)
+    _assert_safe(sanitize_html(clean))
