@@ -71,9 +71,10 @@ class CampaignView:
     @classmethod
     def of(cls, c: Campaign) -> CampaignView:
         return cls(
-            id=c.id, name=c.name, channel=c.channel_kind, status=c.status, version=c.version, start_at=c.start_at,
-            created_by=c.created_by, total_recipients=c.total_recipients, skipped_recipients=c.skipped_recipients,
-            expansion_done=c.expansion_done, activated_at=c.activated_at, finished_at=c.finished_at,
+            id=c.id, name=c.name, channel=c.channel_kind, status=c.status, version=c.version,
+            start_at=c.start_at, created_by=c.created_by, total_recipients=c.total_recipients,
+            skipped_recipients=c.skipped_recipients, expansion_done=c.expansion_done,
+            activated_at=c.activated_at, finished_at=c.finished_at,
         )
 
 
@@ -96,7 +97,8 @@ class CampaignStatusView:
             "activated_at": c.activated_at.isoformat() if c.activated_at else None,
             "finished_at": c.finished_at.isoformat() if c.finished_at else None,
             "total_recipients": c.total_recipients, "skipped_recipients": c.skipped_recipients,
-            "expansion_done": c.expansion_done, "recipients": dict(self.recipients), "terminal": self.terminal,
+            "expansion_done": c.expansion_done, "recipients": dict(self.recipients),
+            "terminal": self.terminal,
             "failures_by_reason": dict(self.failures_by_reason),
         }
 
@@ -149,12 +151,16 @@ class CampaignService:
         known = {p.value for p in rbac.Permission}
         # A grant this code version does not know (added by hand, or by a newer version) grants nothing
         # here rather than crashing the check.
-        permissions = None if granted is None else frozenset(rbac.Permission(p) for p in granted if p in known)
+        permissions = (
+            None if granted is None else frozenset(rbac.Permission(p) for p in granted if p in known)
+        )
         rbac.require(actor, permissions, rbac.permission_for(operation))
 
     # --- create ----------------------------------------------------------------------------------
 
-    def create_campaign(self, actor: str, payload: object, *, campaign_id: uuid.UUID | None = None) -> uuid.UUID:
+    def create_campaign(
+        self, actor: str, payload: object, *, campaign_id: uuid.UUID | None = None
+    ) -> uuid.UUID:
         """Validate, sanitise and persist a draft campaign with its content and a CREATED event.
 
         ``campaign_id`` (optional) is the id to give the campaign; a new random one otherwise. Raises
@@ -219,14 +225,21 @@ class CampaignService:
             except ValidationError as error:
                 problems.extend(error.problems)
                 return None, None
-            return CampaignMessage(channel_kind=channel, locale=draft.locale, subject=subject, body=body), None
+            message = CampaignMessage(channel_kind=channel, locale=draft.locale, subject=subject, body=body)
+            return message, None
         assert draft.template is not None  # the payload validation guarantees one of the two
         ref = draft.template
         template = repo.find_template(session, ref.name, draft.locale, ref.version)
         if template is None:
-            wanted = f"version {ref.version}" if ref.version is not None else "an approved version"
-            problems.append(f"template: no template {ref.name!r} with {wanted} for locale {draft.locale} "
-                            "(add and approve one with `campaigns template add FILE --approve`)")
+            latest = repo.latest_template(session, ref.name, draft.locale) if ref.version is None else None
+            if latest is not None:
+                problems.append(f"template: {ref.name!r} has no approved version for locale {draft.locale}; "
+                                f"v{latest.version} is {latest.status} (approve it with "
+                                f"`campaigns template approve {latest.id}`)")
+            else:
+                wanted = f"version {ref.version}" if ref.version is not None else "an approved version"
+                problems.append(f"template: no template {ref.name!r} with {wanted} for locale {draft.locale} "
+                                "(add and approve one with `campaigns template add FILE --approve`)")
             return None, None
         found: list[str] = []
         if template.status != "approved":
@@ -279,10 +292,17 @@ class CampaignService:
         return self._apply(actor, campaign_id, CampaignAction.PAUSE, "pause_campaign")
 
     def resume_campaign(self, actor: str, campaign_id: uuid.UUID) -> int:
-        return self._apply(actor, campaign_id, CampaignAction.RESUME, "resume_campaign")
+        """paused -> active (or scheduled if it never started). Expansion restarts from the first recipient:
+        senders drop messages of paused campaigns, and the claims make re-producing the rest harmless."""
+        return self._apply(actor, campaign_id, CampaignAction.RESUME, "resume_campaign",
+                           extra={"expansion_cursor": None, "expansion_done": False})
 
     def cancel_campaign(self, actor: str, campaign_id: uuid.UUID) -> int:
-        return self._apply(actor, campaign_id, CampaignAction.CANCEL, "cancel_campaign")
+        """Any non-terminal state -> cancelled. The expansion stage then records every recipient not yet
+        logged as ``cancelled`` (the sweep, from the first recipient), so the campaign still ends with one
+        terminal row per recipient."""
+        return self._apply(actor, campaign_id, CampaignAction.CANCEL, "cancel_campaign",
+                           extra={"expansion_cursor": None, "expansion_done": False, "finished_at": self._clock()})
 
     def activate_due(self, limit: int = 100) -> list[uuid.UUID]:
         """scheduled -> active for every campaign whose start time has come. Safe to run from several
@@ -301,12 +321,17 @@ class CampaignService:
             activated.append(campaign_id)
         return activated
 
-    def finish_campaign(self, campaign_id: uuid.UUID, action: CampaignAction, detail: Mapping[str, Any]) -> bool:
+    def finish_campaign(
+        self, campaign_id: uuid.UUID, action: CampaignAction, detail: Mapping[str, Any]
+    ) -> bool:
         """active -> completed|failed (the analytics stage decides which). False if it lost a race or the
         campaign is no longer in a state that allows it (paused, cancelled, already finished)."""
+        extra: dict[str, Any] = {"finished_at": self._clock()}
+        if action == CampaignAction.FAIL:
+            # The sweep then records every recipient never sent to as cancelled.
+            extra.update(expansion_cursor=None, expansion_done=False)
         try:
-            self._apply(SYSTEM_PRINCIPAL, campaign_id, action, None, extra={"finished_at": self._clock()},
-                        detail=detail)
+            self._apply(SYSTEM_PRINCIPAL, campaign_id, action, None, extra=extra, detail=detail)
         except TransitionNotAllowed:  # includes ConcurrentUpdate
             return False
         return True
@@ -320,7 +345,8 @@ class CampaignService:
 
     def _apply_in(
         self, session: Session, actor: str, campaign_id: uuid.UUID, action: CampaignAction,
-        operation: str | None, extra: Mapping[str, Any] | None = None, detail: Mapping[str, Any] | None = None,
+        operation: str | None, extra: Mapping[str, Any] | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> int:
         """Apply ``action`` inside the caller's transaction; RBAC for ``operation`` unless it is None."""
         now = self._clock()
@@ -343,7 +369,8 @@ class CampaignService:
         )
         if version is None:
             raise ConcurrentUpdate(
-                f"campaign {campaign_id} changed while {action.value} was being applied; read it again and retry"
+                f"campaign {campaign_id} changed while {action.value} was being applied; "
+                "read it again and retry"
             )
         self._event(session, campaign_id, _EVENT_FOR_ACTION[action], version, actor, now, details)
         repo.add_audit(session, principal=actor, action=operation or f"{action.value}_campaign",
@@ -351,8 +378,8 @@ class CampaignService:
         return version
 
     def _event(
-        self, session: Session, campaign_id: uuid.UUID, event_type: str, version: int, actor: str, now: datetime,
-        detail: Mapping[str, Any],
+        self, session: Session, campaign_id: uuid.UUID, event_type: str, version: int, actor: str,
+        now: datetime, detail: Mapping[str, Any],
     ) -> None:
         event_id = uuid.uuid4()
         repo.add_outbox_event(
@@ -381,7 +408,9 @@ class CampaignService:
         if not command.command_id or len(command.command_id) > COMMAND_ID_MAX:
             problems.append(f"command_id: 1..{COMMAND_ID_MAX} characters, got {len(command.command_id)}")
         if command.command_type not in COMMAND_TYPES:
-            problems.append(f"command_type: must be one of {', '.join(COMMAND_TYPES)}, got {command.command_type!r}")
+            problems.append(
+                f"command_type: must be one of {', '.join(COMMAND_TYPES)}, got {command.command_type!r}"
+            )
         elif command.command_type != "CREATE" and command.campaign_id is None:
             problems.append(f"campaign_id: required for {command.command_type}")
         if problems:
@@ -395,8 +424,8 @@ class CampaignService:
             if not repo.claim_command(session, command.command_id, "applied", detail):
                 previous = repo.processed_command(session, command.command_id)
                 prev_outcome, prev_detail = previous if previous is not None else (None, None)
-                return CommandResult(command.command_id, "duplicate", campaign_id=_detail_campaign(prev_detail),
-                                     previous_outcome=prev_outcome)
+                return CommandResult(command.command_id, "duplicate",
+                                     campaign_id=_detail_campaign(prev_detail), previous_outcome=prev_outcome)
             actor = command.principal
             if command.command_type == "CREATE":
                 self._create_in(session, actor, command.payload, campaign_id)
@@ -446,7 +475,8 @@ class CampaignService:
         problems = [f"metrics.{k}: unknown receipt kind (use {', '.join(RECEIPT_KINDS)})"
                     for k in metrics_delta if k not in RECEIPT_KINDS]
         problems += [f"metrics.{k}: must be a non-negative integer, got {v!r}"
-                     for k, v in metrics_delta.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+                     for k, v in metrics_delta.items()
+                     if not isinstance(v, int) or isinstance(v, bool) or v < 0]
         if problems:
             raise ValidationError(problems)
         now = self._clock()
@@ -460,9 +490,11 @@ class CampaignService:
                     continue
                 event_id = uuid.uuid5(receipt_id, kind)
                 repo.add_outbox_event(
-                    session, topic=OUTCOMES_TOPIC, key=str(campaign_id), event_type=kind.upper(), event_id=event_id,
+                    session, topic=OUTCOMES_TOPIC, key=str(campaign_id), event_type=kind.upper(),
+                    event_id=event_id,
                     payload={
-                        "outcome_id": str(event_id), "message_id": str(receipt_id), "campaign_id": str(campaign_id),
+                        "outcome_id": str(event_id), "message_id": str(receipt_id),
+                        "campaign_id": str(campaign_id),
                         "recipient_id": "", "channel": "", "status": kind.upper(), "attempt": count,
                         "latency_ms": None, "failure_reason": None, "provider_message_id": None,
                         "occurred_at": to_millis(now),

@@ -327,7 +327,12 @@ class ChannelSender:
 
     def _campaign_states(self, ids: set[str]) -> dict[str, CampaignState]:
         now = self._clock()
-        missing = [i for i in ids if i not in self._campaigns or self._campaigns[i].expires <= now]
+        # Only "active" is cached: a message is never dropped or cancelled on a stale state (a resume
+        # re-expands at once, and its messages must not meet a cached "paused").
+        missing = [
+            i for i in ids
+            if i not in self._campaigns or self._campaigns[i].expires <= now or self._campaigns[i].status != "active"
+        ]
         if missing:
             valid = [i for i in missing if _is_uuid(i)]
             with self._conn.cursor() as cur:

@@ -1,0 +1,222 @@
+"""``campaigns demo``: the whole product on real services, in about a minute.
+
+Migrates, seeds customers (some opted out, some inactive, some with addresses the provider rejects),
+starts the provider simulator (WhatsApp Cloud API, Twilio-style SMS, SMTP) and a worker, creates one
+campaign per channel under realistic rate limits (the SMS one is paused and resumed on the way), shows
+live progress, and ends with the analytics per campaign. Exit code 0 only if every campaign reached a
+terminal state and its analytics equal its recipient log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from campaigns.db import repository as repo
+from campaigns.db.engine import make_engine, make_sessionmaker, transaction, upgrade
+from campaigns.db.seed import SeedPlan, invalid_addresses, seed
+from campaigns.service import CampaignService
+from campaigns.settings import Settings
+from producers.topics import ensure_topics, topic_specs
+from simulator.server import ProviderSimulator
+from streams.worker import Worker
+
+TERMINAL = ("completed", "failed", "cancelled")
+COUNTED = ("sent", "failed", "skipped", "cancelled")
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    customers: int
+    rates: dict[str, tuple[float, int]]  # channel -> (messages/s, burst)
+    timeout_s: float
+
+
+FULL = DemoSize(6000, {"whatsapp": (80, 80), "sms": (100, 20), "email": (150, 50)}, 300)
+QUICK = DemoSize(900, {"whatsapp": (150, 50), "sms": (150, 50), "email": (300, 50)}, 180)
+
+
+class SimulatorThread:
+    """The provider simulator on its own event loop in a background thread."""
+
+    def __init__(self, **config: Any) -> None:
+        self.simulator = ProviderSimulator(**config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="simulator", daemon=True)
+
+    def __enter__(self) -> ProviderSimulator:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.simulator.start(), self._loop).result(30)
+        return self.simulator
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.simulator.stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def run_demo(settings: Settings, *, quick: bool = False, console: Console | None = None) -> int:
+    console = console or Console()
+    size = QUICK if quick else FULL
+    console.print("[bold]campaigns demo[/bold]: migrating, creating topics, seeding")
+    upgrade(settings.database)
+    ensure_topics(settings.kafka, topic_specs(settings))
+    sessions = make_sessionmaker(make_engine(settings.database))
+    service = CampaignService(sessions)
+    run = uuid.uuid4().hex[:6]
+    plan = SeedPlan(customers=size.customers, first_id=_next_free_customer_id(settings), segments=3,
+                    segment_prefix=f"demo-{run}", invalid_every=37)
+    started = time.monotonic()
+    segments = seed(settings.database.dsn(), plan)
+    console.print(f"seeded {plan.customers} customers in 3 segments in {time.monotonic() - started:.1f}s "
+                  f"(opted out: every 50th, inactive: every 97th, rejected by the provider: every 37th)")
+    with transaction(sessions) as session:
+        for channel, (rate, burst) in size.rates.items():
+            repo.upsert_channel(session, id=f"{channel}-demo", kind=channel, provider="simulator",
+                                rate_per_s=rate, burst=burst)
+    service.bootstrap_principal("demo-marketer", "marketer")
+    templates = {
+        "whatsapp": ("spring_sale", None, "Hi! {{ discount }} off everything this week."),
+        "sms": ("spring_sale_sms", None, "Spring sale: {{ discount }} off. Reply STOP to opt out."),
+        "email": ("spring_sale_email", "Spring sale: {{ discount }} off", "<p>Hello! <b>{{ discount }}</b> off.</p>"),
+    }
+    campaign_ids: dict[str, uuid.UUID] = {}
+    for channel, (name, subject, body) in templates.items():
+        service.add_template(None, name=f"{name}_{run}", channel=channel, body=body, subject=subject, approve=True)
+        campaign_ids[channel] = service.create_campaign("demo-marketer", {
+            "name": f"Spring sale ({channel})", "channel": channel,
+            "template": {"name": f"{name}_{run}"}, "variables": {"discount": "20%"},
+            "segments": [str(s) for s in segments[:2]] if channel != "email" else [str(s) for s in segments],
+            "batch_size": 500,
+            "retry_policy": {"max_retries": 3, "backoff_base_s": 0.5, "backoff_max_s": 4, "jitter": 0.2},
+            "failure_threshold": 0.5,
+        })
+        service.schedule_campaign("demo-marketer", campaign_ids[channel])
+
+    with SimulatorThread(latency_ms=(2, 20), transient_error_rate=0.03, seed=7,
+                         permanent_failures=frozenset(invalid_addresses(plan))) as simulator:
+        worker_settings = settings.model_copy(update={"providers": simulator.provider_settings()})
+        with Worker(worker_settings, stages=("scheduler", "expander", "senders", "analytics")) as worker:
+            ok = _watch(console, service, settings, campaign_ids, size.timeout_s, pause_channel="sms")
+            errors = list(worker.errors)
+        stats = simulator.stats()
+    ok = _report(console, settings, campaign_ids, service) and ok and not errors
+    console.print(f"provider simulator saw: {stats}")
+    console.print(
+        "\nnext: metrics at http://127.0.0.1:%d/metrics while a worker runs; topics: "
+        "campaign.messages.<channel>, delivery.outcomes, campaign.analytics; dead letters: "
+        "`campaigns dlq list`" % settings.metrics_port
+    )
+    if errors:
+        console.print(f"[red]worker stage errors: {errors}[/red]")
+    console.print("[green]demo OK[/green]" if ok else "[red]demo FAILED[/red]")
+    return 0 if ok else 1
+
+
+def _next_free_customer_id(settings: Settings) -> int:
+    with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT coalesce(max(id), 0) FROM customers")
+        top = cur.fetchone()[0]
+    conn.close()
+    return int(top) + 1
+
+
+def _log_counts(settings: Settings, ids: list[uuid.UUID]) -> dict[str, dict[str, int]]:
+    with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT campaign_id::text, status, count(*) FROM campaign_recipient_log "
+            "WHERE campaign_id = ANY(%s::uuid[]) GROUP BY 1, 2", ([str(i) for i in ids],),
+        )
+        counts: dict[str, dict[str, int]] = {str(i): {} for i in ids}
+        for cid, status, n in cur.fetchall():
+            counts[cid][status] = n
+    conn.close()
+    return counts
+
+
+def _watch(
+    console: Console, service: CampaignService, settings: Settings, campaign_ids: dict[str, uuid.UUID],
+    timeout_s: float, pause_channel: str,
+) -> bool:
+    deadline = time.monotonic() + timeout_s
+    paused_at: float | None = None
+    resumed = False
+    last: dict[str, tuple[float, int]] = {}
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while time.monotonic() < deadline:
+            views = {ch: service.get_campaign("demo-marketer", cid) for ch, cid in campaign_ids.items()}
+            counts = _log_counts(settings, list(campaign_ids.values()))
+            table = Table(title="campaigns (live)")
+            for column in ("channel", "status", "recipients", "sent", "failed", "retrying", "skipped",
+                           "cancelled", "rate/s", "progress"):
+                table.add_column(column)
+            now = time.monotonic()
+            for channel, view in views.items():
+                c = counts[str(view.id)]
+                done = sum(c.get(s, 0) for s in COUNTED)
+                prev_t, prev_sent = last.get(channel, (now, 0))
+                rate = (c.get("sent", 0) - prev_sent) / (now - prev_t) if now > prev_t else 0.0
+                last[channel] = (now, c.get("sent", 0))
+                total = view.total_recipients
+                bar = _bar(done, total)
+                table.add_row(channel, view.status, str(total or "…"), str(c.get("sent", 0)), str(c.get("failed", 0)),
+                              str(c.get("retrying", 0) + c.get("claimed", 0)), str(c.get("skipped", 0)),
+                              str(c.get("cancelled", 0)), f"{rate:.0f}", bar)
+            live.update(table)
+            # The operator's pause and resume, part of the show: pause once some are sent, resume 3 s later.
+            paused_view = views[pause_channel]
+            if paused_at is None and counts[str(paused_view.id)].get("sent", 0) >= 100 and paused_view.status == "active":
+                service.pause_campaign("demo-marketer", paused_view.id)
+                paused_at = now
+                console.print(f"[yellow]paused the {pause_channel} campaign[/yellow]")
+            elif paused_at is not None and not resumed and now - paused_at >= 3:
+                service.resume_campaign("demo-marketer", paused_view.id)
+                resumed = True
+                console.print(f"[yellow]resumed the {pause_channel} campaign[/yellow]")
+            if all(v.status in TERMINAL for v in views.values()):
+                return True
+            time.sleep(0.5)
+    console.print("[red]timed out waiting for the campaigns to finish[/red]")
+    return False
+
+
+def _bar(done: int, total: int | None, width: int = 20) -> str:
+    if not total:
+        return "expanding…"
+    filled = int(width * min(done, total) / total)
+    return "█" * filled + "░" * (width - filled) + f" {100 * done / total:.0f}%"
+
+
+def _report(console: Console, settings: Settings, campaign_ids: dict[str, uuid.UUID],
+            service: CampaignService) -> bool:
+    counts = _log_counts(settings, list(campaign_ids.values()))
+    table = Table(title="analytics per campaign (campaign_analytics totals vs campaign_recipient_log)")
+    for column in ("channel", "status", "recipients", "sent", "failed", "skipped", "cancelled", "retried",
+                   "avg latency ms", "analytics = log"):
+        table.add_column(column)
+    ok = True
+    with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
+        for channel, cid in campaign_ids.items():
+            cur.execute(
+                "SELECT sent, failed, skipped, cancelled, retried, latency_sum_ms / nullif(latency_count, 0) "
+                "FROM campaign_analytics WHERE campaign_id = %s AND window_start IS NULL", (str(cid),))
+            row = cur.fetchone() or (0, 0, 0, 0, 0, None)
+            analytics = dict(zip(COUNTED, row[:4], strict=True))
+            log = {s: counts[str(cid)].get(s, 0) for s in COUNTED}
+            view = service.get_campaign("demo-marketer", cid)
+            equal = analytics == log and sum(log.values()) == (view.total_recipients or -1)
+            ok = ok and equal and view.status in TERMINAL
+            table.add_row(channel, view.status, str(view.total_recipients), *(str(analytics[s]) for s in COUNTED),
+                          str(row[4]), f"{row[5]:.1f}" if row[5] else "-", "yes" if equal else "[red]NO[/red]")
+    conn.close()
+    console.print(table)
+    return ok
