@@ -137,3 +137,34 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``campaigns worker`` / ``python -m streams.worker``: run stages until SIGINT/SIGTERM."""
+    import argparse
+    import signal
+
+    from campaigns.logs import configure_logging
+    from campaigns.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="campaigns worker", description="run pipeline stages")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--channels", default=",".join(CHANNELS), help="channels to send (senders stage)")
+    parser.add_argument("--no-rate-limits", action="store_true", help="ignore the channels' rate limits (benchmarks)")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    worker = Worker(settings, stages=args.stages.split(","), channels=args.channels.split(","),
+                    rate_limits=not args.no_rate_limits)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.start()
+    log.info("worker running stages %s", args.stages)
+    stop.wait()
+    worker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
