@@ -104,8 +104,10 @@ class ChannelSender:
         rate_per_s: float | None = None,
         burst: int | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Any = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._channel = channel
         self._transport = transport
         self._producer = producer

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from campaigns.db import repository as repo
 from campaigns.db.engine import make_engine, make_sessionmaker, transaction
@@ -52,6 +53,7 @@ class Worker:
     expander: Expander | None = None
     analytics: AnalyticsStage | None = None
     errors: list[BaseException] = field(default_factory=list)
+    metrics: Any = None  # campaigns.metrics.PipelineMetrics, optional
 
     def start(self) -> Worker:
         from producers.topics import ensure_topics, topic_specs
@@ -67,33 +69,50 @@ class Worker:
         producer_for = lambda: BatchProducer(self.settings.kafka)  # noqa: E731 - one producer per thread
 
         if "scheduler" in stages:
-            self._spawn("scheduler", lambda: self._schedule(service, sessions))
+            self._spawn("scheduler", lambda: lambda: self._schedule(service, sessions))
         if "expander" in stages:
-            self.expander = Expander(self.settings, producer_for(), clock=self.clock)
-            self._spawn("expander", lambda: self.expander.run_forever(self.stop_event))  # type: ignore[union-attr]
+            def expander() -> Callable[[], None]:
+                self.expander = Expander(self.settings, producer_for(), clock=self.clock)
+                return lambda: self.expander.run_forever(self.stop_event)  # type: ignore[union-attr]
+
+            self._spawn("expander", expander)
         if "senders" in stages:
             with transaction(sessions) as session:
                 limits = repo.channel_limits(session)
-            transports = self.transports or build_transports(self.settings.providers)
+            transports = self.transports
             for channel in self.channels:
                 rate, burst = limits.get(channel, (None, None)) if self.rate_limits else (None, None)
-                sender = ChannelSender(self.settings, channel, transports[channel], producer_for(),
-                                       rate_per_s=rate, burst=burst)
-                self.senders[channel] = sender
-                self._spawn(f"sender-{channel}", lambda s=sender: s.run_forever(self.stop_event))
+
+                def sender(channel: str = channel, rate: float | None = rate, burst: int | None = burst):  # type: ignore[no-untyped-def]
+                    transport = (transports or build_transports(self.settings.providers))[channel]
+                    built = ChannelSender(self.settings, channel, transport, producer_for(),
+                                          rate_per_s=rate, burst=burst, metrics=self.metrics)
+                    self.senders[channel] = built
+                    return lambda: built.run_forever(self.stop_event)
+
+                self._spawn(f"sender-{channel}", sender)
         if "analytics" in stages:
-            self.analytics = AnalyticsStage(self.settings, producer_for(), service)
-            self._spawn("analytics", lambda: self.analytics.run_forever(self.stop_event))  # type: ignore[union-attr]
+            def analytics() -> Callable[[], None]:
+                self.analytics = AnalyticsStage(self.settings, producer_for(), service)
+                return lambda: self.analytics.run_forever(self.stop_event)  # type: ignore[union-attr]
+
+            self._spawn("analytics", analytics)
         if "relay" in stages:
             from producers.outbox_relay import OutboxRelay
 
-            relay = OutboxRelay(self.settings, sessions, producer_for())
-            self._spawn("relay", lambda: relay.run_forever(self.stop_event))
+            def relay() -> Callable[[], None]:
+                built = OutboxRelay(self.settings, sessions)
+                return lambda: built.run_forever(self.stop_event)
+
+            self._spawn("relay", relay)
         if "commands" in stages:
             from producers.commands import CommandConsumer
 
-            commands = CommandConsumer(self.settings, service)
-            self._spawn("commands", lambda: commands.run_forever(self.stop_event))
+            def commands() -> Callable[[], None]:
+                built = CommandConsumer(self.settings, service)
+                return lambda: built.run_forever(self.stop_event)
+
+            self._spawn("commands", commands)
         return self
 
     def _schedule(self, service: CampaignService, sessions) -> None:  # type: ignore[no-untyped-def]
@@ -108,15 +127,17 @@ class Worker:
                 wait = min(interval, max(0.0, (upcoming - self.clock()).total_seconds()))
             self.stop_event.wait(wait)
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+    def _spawn(self, name: str, build: Callable[[], Callable[[], None]]) -> None:
+        """Run a stage in a thread; if it crashes, log, keep the error, and build it afresh after 1 s."""
+
         def run() -> None:
             while not self.stop_event.is_set():
                 try:
-                    target()
+                    build()()
                     return
-                except Exception as exc:  # a stage that dies restarts; the error is kept for tests/status
+                except Exception as exc:
                     self.errors.append(exc)
-                    log.exception("stage %s crashed; restarting in 1 s", name)
+                    log.exception("stage %s crashed; restarting in 1 s", name, extra={"stage": name})
                     self.stop_event.wait(1.0)
 
         thread = threading.Thread(target=run, name=name, daemon=True)
