@@ -55,3 +55,33 @@ def consume_all(bootstrap: str, topic: str, *, expected: int, timeout: float, gr
     finally:
         consumer.close()
     return records
+
+
+def consume_to_end(bootstrap: str, topic: str, *, timeout: float = 60) -> list:
+    """Every record currently in ``topic``: reads each partition up to its high watermark (no guessing)."""
+    from confluent_kafka import TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"end-{time.monotonic_ns()}",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        records = []
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                if msg.error():
+                    continue
+                records.append(msg)
+                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                    ends.pop(msg.partition(), None)
+        if ends:
+            raise AssertionError(f"timed out reading {topic} to its end; partitions left: {sorted(ends)}")
+        return records
+    finally:
+        consumer.close()
