@@ -2,13 +2,29 @@
 
 Exit codes: 0 ok, 1 unexpected failure, 2 invalid input, 3 permission denied, 4 not found or transition
 not allowed, 5 a service (Kafka, PostgreSQL) unreachable.
+
+Commands that act on campaigns need the acting principal: ``--as NAME``, or the environment variable
+``CAMPAIGNS_ACTOR``. ``principal add``, ``template add|approve`` and ``channel add`` may run without one:
+that is an operator with database access (how the first admin comes to exist); the audit log names
+``operator``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from campaigns.errors import (
     CampaignError,
@@ -19,7 +35,11 @@ from campaigns.errors import (
     ValidationError,
 )
 
+if TYPE_CHECKING:
+    from campaigns.service import CampaignService
+
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_DENIED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
+ACTOR_ENV = "CAMPAIGNS_ACTOR"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -36,6 +56,109 @@ def exit_code_for(error: CampaignError) -> int:
     return EXIT_FAILURE
 
 
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _info(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _actor(args: argparse.Namespace, *, required: bool = True) -> str | None:
+    """The acting principal: ``--as``, else $CAMPAIGNS_ACTOR (read here, at the process edge)."""
+    actor = args.actor or os.environ.get(ACTOR_ENV) or None
+    if actor is None and required:
+        raise ValidationError(
+            f"--as: say who is acting, e.g. --as alice (or set {ACTOR_ENV}=alice); "
+            "create principals with `campaigns principal add NAME --role ROLE`"
+        )
+    return actor
+
+
+def _read_json(path: str) -> Any:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValidationError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{path}: cannot read it ({exc})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+
+
+def _campaign_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise ValidationError(
+            f"campaign id: {text!r} is not a UUID (use the id `campaigns create` printed)"
+        ) from None
+
+
+def _parse_at(text: str | None) -> datetime | None:
+    """``--at``: ``now``, or an ISO-8601 date-time with a UTC offset; None when not given."""
+    if text is None:
+        return None
+    if text.strip().lower() == "now":
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValidationError(
+            f"--at: {text!r} is not an ISO-8601 date-time "
+            "(e.g. 2026-05-01T09:00:00+02:00 or 2026-05-01T07:00:00Z) or 'now'"
+        ) from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValidationError(f"--at: {text!r} has no UTC offset; add one, e.g. {text}Z or {text}+02:00")
+    return moment
+
+
+@contextmanager
+def _service() -> Iterator[CampaignService]:
+    """A CampaignService on the configured database; the engine is disposed afterwards."""
+    from campaigns.db.engine import make_engine, make_sessionmaker
+    from campaigns.service import CampaignService
+    from campaigns.settings import load_settings
+
+    engine = make_engine(load_settings().database)
+    try:
+        yield CampaignService(make_sessionmaker(engine))
+    finally:
+        engine.dispose()
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM, so long-running commands stop cleanly (offsets committed)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        _info(f"stopping ({signal.Signals(signum).name}) ...")
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _setup_logging() -> None:
+    from campaigns.settings import load_settings
+
+    logging.basicConfig(
+        level=load_settings().log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# --- handlers ------------------------------------------------------------------------------------
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from campaigns.db.engine import downgrade, upgrade
     from campaigns.settings import load_settings
@@ -45,8 +168,279 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         downgrade(db, args.revision or "base")
     else:
         upgrade(db, args.revision or "head")
-    print(f"database {db.name} at {db.host}:{db.port} migrated", file=sys.stderr)
+    _info(f"database {db.name} at {db.host}:{db.port} migrated")
     return EXIT_OK
+
+
+def cmd_principal_add(args: argparse.Namespace) -> int:
+    actor = _actor(args, required=False)
+    with _service() as service:
+        if actor is None:
+            service.bootstrap_principal(args.name, args.role)
+        else:
+            service.add_principal(actor, args.name, args.role)
+    _info(f"principal {args.name} has role {args.role}")
+    return EXIT_OK
+
+
+TEMPLATE_FILE_KEYS = ("name", "channel", "body", "subject", "locale")
+
+
+def cmd_template_add(args: argparse.Namespace) -> int:
+    actor = _actor(args, required=False)
+    spec = _read_json(args.file)
+    if not isinstance(spec, dict):
+        raise ValidationError(f"{args.file}: must hold a JSON object with {', '.join(TEMPLATE_FILE_KEYS)}")
+    problems = [
+        f"{key}: unknown field (allowed: {', '.join(TEMPLATE_FILE_KEYS)})"
+        for key in spec
+        if key not in TEMPLATE_FILE_KEYS
+    ]
+    problems += [f"{key}: required" for key in ("name", "channel", "body") if not spec.get(key)]
+    problems += [
+        f"{key}: must be a string"
+        for key in TEMPLATE_FILE_KEYS
+        if spec.get(key) is not None and not isinstance(spec[key], str)
+    ]
+    if problems:
+        raise ValidationError([f"{args.file}: {p}" for p in problems])
+    with _service() as service:
+        template_id = service.add_template(
+            actor,
+            name=spec["name"],
+            channel=spec["channel"],
+            body=spec["body"],
+            subject=spec.get("subject"),
+            locale=spec.get("locale") or "en",
+            approve=args.approve,
+        )
+    _info(
+        f"template {spec['name']!r} stored as id {template_id}"
+        + (" (approved)" if args.approve else f" (pending: `campaigns template approve {template_id}`)")
+    )
+    _out(str(template_id))
+    return EXIT_OK
+
+
+def cmd_template_approve(args: argparse.Namespace) -> int:
+    actor = _actor(args, required=False)
+    with _service() as service:
+        service.approve_template(actor, args.id)
+    _info(f"template {args.id} approved")
+    return EXIT_OK
+
+
+def cmd_channel_add(args: argparse.Namespace) -> int:
+    from campaigns.db import repository as repo
+    from campaigns.db.engine import make_engine, make_sessionmaker, transaction
+    from campaigns.settings import CHANNELS, load_settings
+
+    problems = []
+    if args.kind not in CHANNELS:
+        problems.append(f"kind: must be one of {', '.join(CHANNELS)}, got {args.kind!r}")
+    if not args.rate > 0:
+        problems.append(f"--rate: messages per second, must be > 0, got {args.rate}")
+    if args.burst < 1:
+        problems.append(f"--burst: must be >= 1, got {args.burst}")
+    if problems:
+        raise ValidationError(problems)
+    engine = make_engine(load_settings().database)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            # One enabled channel per kind (the kind names the topic the senders consume): without --id,
+            # update the enabled one; a different --id would collide with it.
+            current = repo.enabled_channel(session, args.kind)
+            channel_id = args.id or (current.id if current is not None else args.kind)
+            if current is not None and current.id != channel_id:
+                raise ValidationError(
+                    f"--id: an enabled {args.kind} channel {current.id!r} exists and only one per kind "
+                    f"may be enabled; update it with --id {current.id} (or leave --id out)"
+                )
+            repo.upsert_channel(
+                session,
+                id=channel_id,
+                kind=args.kind,
+                provider=args.provider,
+                rate_per_s=args.rate,
+                burst=args.burst,
+            )
+            repo.add_audit(
+                session,
+                principal="operator",
+                action="add_channel",
+                campaign_id=None,
+                detail={"id": channel_id, "kind": args.kind, "rate_per_s": args.rate, "burst": args.burst},
+            )
+    finally:
+        engine.dispose()
+    _info(f"channel {channel_id} ({args.kind} via {args.provider}, {args.rate}/s, burst {args.burst})")
+    return EXIT_OK
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+    assert actor is not None
+    payload = _read_json(args.file)
+    with _service() as service:
+        campaign_id = service.create_campaign(actor, payload)
+    _out(json.dumps({"id": str(campaign_id), "status": "draft"}) if args.json else str(campaign_id))
+    _info(
+        f"campaign {campaign_id} created (draft); "
+        f"schedule it with `campaigns schedule {campaign_id} --at now`"
+    )
+    return EXIT_OK
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+    assert actor is not None
+    campaign_id = _campaign_id(args.id)
+    start_at = _parse_at(args.at)
+    with _service() as service:
+        version = service.schedule_campaign(actor, campaign_id, start_at)
+        view = service.get_campaign(actor, campaign_id)
+    when = view.start_at.isoformat() if view.start_at else "now"
+    _info(f"campaign {campaign_id} scheduled for {when} (version {version})")
+    return EXIT_OK
+
+
+def _transition(action: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        actor = _actor(args)
+        assert actor is not None
+        campaign_id = _campaign_id(args.id)
+        with _service() as service:
+            version = getattr(service, f"{action}_campaign")(actor, campaign_id)
+            status = service.get_campaign(actor, campaign_id).status
+        _info(f"campaign {campaign_id} is {status} (version {version})")
+        return EXIT_OK
+
+    return handler
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+    assert actor is not None
+    campaign_id = _campaign_id(args.id)
+    with _service() as service:
+        view = service.campaign_status(actor, campaign_id)
+    data = view.as_dict()
+    if args.json:
+        _out(json.dumps(data, sort_keys=True))
+        return EXIT_OK
+    lines = [
+        f"campaign   {data['id']}  {data['name']!r}",
+        f"status     {data['status']} (version {data['version']}), channel {data['channel']}",
+        f"start at   {data['start_at'] or '-'}",
+        f"recipients {data['total_recipients'] if data['total_recipients'] is not None else '-'} "
+        f"(expanded: {'yes' if data['expansion_done'] else 'no'}, skipped {data['skipped_recipients']})",
+        f"progress   {data['terminal']} terminal: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(data["recipients"].items())) or "none yet"),
+    ]
+    if data["failures_by_reason"]:
+        lines.append("failures   " + ", ".join(f"{k}: {v}" for k, v in data["failures_by_reason"].items()))
+    _out("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from campaigns.db.seed import SeedPlan, seed
+    from campaigns.settings import load_settings
+
+    problems = []
+    if args.customers < 1:
+        problems.append(f"--customers: must be >= 1, got {args.customers}")
+    if args.segments < 1:
+        problems.append(f"--segments: must be >= 1, got {args.segments}")
+    if args.first_id < 1:
+        problems.append(f"--first-id: must be >= 1, got {args.first_id}")
+    if problems:
+        raise ValidationError(problems)
+    import psycopg2
+
+    plan = SeedPlan(
+        customers=args.customers, first_id=args.first_id, segments=args.segments, segment_prefix=args.prefix
+    )
+    started = time.perf_counter()
+    try:
+        segment_ids = seed(load_settings().database.dsn(), plan)
+    except psycopg2.errors.UniqueViolation:
+        last = args.first_id + args.customers - 1
+        raise ValidationError(
+            f"--first-id: customer ids {args.first_id}..{last} overlap existing customers; "
+            "choose a free range with --first-id"
+        ) from None
+    elapsed = time.perf_counter() - started
+    names = ", ".join(f"{args.prefix}-{i}={sid}" for i, sid in enumerate(segment_ids))
+    _info(
+        f"seeded {args.customers} customers (ids {args.first_id}..{args.first_id + args.customers - 1}) "
+        f"in {elapsed:.2f}s ({args.customers / max(elapsed, 1e-9):,.0f}/s); segments: {names}"
+    )
+    _out(json.dumps({"segments": segment_ids, "customers": args.customers, "seconds": round(elapsed, 3)}))
+    return EXIT_OK
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from campaigns.settings import load_settings
+    from producers.topics import all_topic_names, ensure_topics
+
+    settings = load_settings()
+    created = ensure_topics(settings)
+    names = all_topic_names(settings)
+    _info(
+        f"{len(created)} topics created, {len(names) - len(created)} already existed "
+        f"({settings.kafka.partitions} partitions each on {settings.kafka.bootstrap_servers})"
+    )
+    for name in created:
+        _out(name)
+    return EXIT_OK
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from campaigns.db.engine import make_engine
+    from campaigns.settings import load_settings
+    from producers.kafka import KafkaPublisher
+    from producers.outbox_relay import OutboxRelay
+
+    _setup_logging()
+    settings = load_settings()
+    engine = make_engine(settings.database)
+    relay = OutboxRelay(settings, engine, KafkaPublisher(settings.kafka))
+    stop = _stop_on_signals()
+    _info(f"outbox relay publishing to {settings.kafka.bootstrap_servers}; Ctrl-C to stop")
+    try:
+        relay.run_forever(stop)
+    finally:
+        relay.close()
+        engine.dispose()
+    _info(f"relay stopped after publishing {relay.published} events")
+    return EXIT_OK
+
+
+def cmd_commands(args: argparse.Namespace) -> int:
+    from campaigns.settings import load_settings
+    from producers.commands import CommandConsumer
+    from producers.topics import COMMANDS
+
+    _setup_logging()
+    settings = load_settings()
+    stop = _stop_on_signals()
+    with _service() as service:
+        consumer = CommandConsumer(settings, service)
+        _info(f"applying commands from {settings.kafka.topic(COMMANDS)}; Ctrl-C to stop")
+        consumer.run_forever(stop)
+    _info(f"stopped: {consumer.applied} applied, {consumer.duplicates} repeats, {consumer.rejected} rejected")
+    return EXIT_OK
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def _add_actor(parser: argparse.ArgumentParser, *, optional_note: str | None = None) -> None:
+    help_text = f"acting principal (default: ${ACTOR_ENV})"
+    if optional_note:
+        help_text += f"; {optional_note}"
+    parser.add_argument("--as", dest="actor", metavar="PRINCIPAL", help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,11 +452,98 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--downgrade", action="store_true", help="downgrade instead of upgrade")
     migrate.set_defaults(handler=cmd_migrate)
 
+    principal = sub.add_parser("principal", help="manage principals (users and upstream systems)")
+    principal_sub = principal.add_subparsers(dest="principal_command", required=True)
+    principal_add = principal_sub.add_parser("add", help="create a principal or change its role")
+    principal_add.add_argument("name")
+    principal_add.add_argument("--role", required=True, help="admin, marketer or auditor")
+    _add_actor(principal_add, optional_note="without it: an operator with database access")
+    principal_add.set_defaults(handler=cmd_principal_add)
+
+    template = sub.add_parser("template", help="manage message templates")
+    template_sub = template.add_subparsers(dest="template_command", required=True)
+    template_add = template_sub.add_parser(
+        "add", help="store a template version from a JSON file {name, channel, body, subject?, locale?}"
+    )
+    template_add.add_argument("file", metavar="FILE.json")
+    template_add.add_argument("--approve", action="store_true", help="approve it at once")
+    _add_actor(template_add, optional_note="without it: an operator with database access")
+    template_add.set_defaults(handler=cmd_template_add)
+    template_approve = template_sub.add_parser("approve", help="approve a pending template version")
+    template_approve.add_argument("id", type=int)
+    _add_actor(template_approve, optional_note="without it: an operator with database access")
+    template_approve.set_defaults(handler=cmd_template_approve)
+
+    channel = sub.add_parser("channel", help="configure provider channels (operator with database access)")
+    channel_sub = channel.add_subparsers(dest="channel_command", required=True)
+    channel_add = channel_sub.add_parser("add", help="add or update the channel account of a kind")
+    channel_add.add_argument("kind", help="whatsapp, sms or email")
+    channel_add.add_argument("--id", help="channel id (default: the kind)")
+    channel_add.add_argument("--provider", default="simulator", help="provider name (default: simulator)")
+    channel_add.add_argument("--rate", type=float, default=100.0, help="messages per second (default 100)")
+    channel_add.add_argument("--burst", type=int, default=100, help="burst size (default 100)")
+    channel_add.set_defaults(handler=cmd_channel_add)
+
+    create = sub.add_parser("create", help="create a draft campaign from a JSON payload (prints its id)")
+    create.add_argument(
+        "file", metavar="FILE.json", help="see docs/campaign-payload.schema.json and examples/"
+    )
+    create.add_argument("--json", action="store_true", help='print {"id": ...} instead of the bare id')
+    _add_actor(create)
+    create.set_defaults(handler=cmd_create)
+
+    schedule = sub.add_parser("schedule", help="schedule a campaign")
+    schedule.add_argument("id")
+    schedule.add_argument(
+        "--at",
+        metavar="ISO8601|now",
+        help="start time with a UTC offset, or 'now' (default: the payload's start_at, else now)",
+    )
+    _add_actor(schedule)
+    schedule.set_defaults(handler=cmd_schedule)
+
+    for action, text in (
+        ("pause", "pause a scheduled or active campaign"),
+        ("resume", "resume a paused campaign"),
+        ("cancel", "cancel a campaign that has not finished"),
+    ):
+        transition = sub.add_parser(action, help=text)
+        transition.add_argument("id")
+        _add_actor(transition)
+        transition.set_defaults(handler=_transition(action))
+
+    status = sub.add_parser("status", help="show a campaign's state and progress")
+    status.add_argument("id")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_actor(status)
+    status.set_defaults(handler=cmd_status)
+
+    seed = sub.add_parser("seed", help="bulk-load deterministic customers and segments (COPY)")
+    seed.add_argument("--customers", type=int, required=True, help="how many customers")
+    seed.add_argument("--segments", type=int, default=3, help="how many segments (default 3)")
+    seed.add_argument("--first-id", type=int, default=1, help="first customer id (default 1)")
+    seed.add_argument("--prefix", default="segment", help="segment name prefix (default 'segment')")
+    seed.set_defaults(handler=cmd_seed)
+
+    topics = sub.add_parser("topics", help="manage Kafka topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    topics_create = topics_sub.add_parser("create", help="create every topic of the pipeline (idempotent)")
+    topics_create.set_defaults(handler=cmd_topics_create)
+
+    relay = sub.add_parser("relay", help="publish the transactional outbox to Kafka until Ctrl-C")
+    relay.set_defaults(handler=cmd_relay)
+
+    commands = sub.add_parser("commands", help="apply commands from campaign.commands until Ctrl-C")
+    commands.set_defaults(handler=cmd_commands)
+
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: usage errors are invalid input (2), --help is 0
+        return exit_.code if isinstance(exit_.code, int) else EXIT_INVALID
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -72,6 +553,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        code = _unavailable(error)
+        if code is None:
+            raise
+        return code
+
+
+def _unavailable(error: Exception) -> int | None:
+    """Exit 5 with a hint for a service that cannot be reached; None for anything else (a bug: re-raise)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if isinstance(error, OperationalError | InterfaceError):
+        from campaigns.settings import load_settings
+
+        db = load_settings().database
+        print(
+            f"error: PostgreSQL at {db.host}:{db.port} (database {db.name}) cannot be reached or refused the "
+            f"connection: {str(error.orig).strip().splitlines()[0] if error.orig else error}; "
+            "start it with `make services` or set CAMPAIGNS_DATABASE__*",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    import psycopg2
+
+    if isinstance(error, psycopg2.OperationalError):
+        print(
+            f"error: PostgreSQL cannot be reached: {str(error).strip()}; start it with `make services`",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    from confluent_kafka import KafkaException
+
+    if isinstance(error, KafkaException):
+        print(
+            f"error: Kafka: {error}; start it with `make services` or set CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    return None
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ terminal state and its analytics equal its recipient log.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from campaigns.db.seed import SeedPlan, invalid_addresses, seed
 from campaigns.service import CampaignService
 from campaigns.settings import Settings
 from producers.topics import ensure_topics, topic_specs
-from simulator.server import ProviderSimulator
+from simulator.thread import SimulatorThread
 from streams.worker import Worker
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -43,25 +41,6 @@ class DemoSize:
 
 FULL = DemoSize(6000, {"whatsapp": (80, 80), "sms": (100, 20), "email": (150, 50)}, 300)
 QUICK = DemoSize(900, {"whatsapp": (150, 50), "sms": (150, 50), "email": (300, 50)}, 180)
-
-
-class SimulatorThread:
-    """The provider simulator on its own event loop in a background thread."""
-
-    def __init__(self, **config: Any) -> None:
-        self.simulator = ProviderSimulator(**config)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="simulator", daemon=True)
-
-    def __enter__(self) -> ProviderSimulator:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.simulator.start(), self._loop).result(30)
-        return self.simulator
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.simulator.stop(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 def run_demo(settings: Settings, *, quick: bool = False, console: Console | None = None) -> int:

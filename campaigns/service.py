@@ -295,14 +295,22 @@ class CampaignService:
         """paused -> active (or scheduled if it never started). Expansion restarts from the first recipient:
         senders drop messages of paused campaigns, and the claims make re-producing the rest harmless."""
         return self._apply(actor, campaign_id, CampaignAction.RESUME, "resume_campaign",
-                           extra={"expansion_cursor": None, "expansion_done": False})
+                           extra=self._extra_for(CampaignAction.RESUME))
 
     def cancel_campaign(self, actor: str, campaign_id: uuid.UUID) -> int:
         """Any non-terminal state -> cancelled. The expansion stage then records every recipient not yet
         logged as ``cancelled`` (the sweep, from the first recipient), so the campaign still ends with one
         terminal row per recipient."""
         return self._apply(actor, campaign_id, CampaignAction.CANCEL, "cancel_campaign",
-                           extra={"expansion_cursor": None, "expansion_done": False, "finished_at": self._clock()})
+                           extra=self._extra_for(CampaignAction.CANCEL))
+
+    def _extra_for(self, action: CampaignAction) -> dict[str, Any]:
+        """Columns an operator's action sets besides status/version (the API and commands share this)."""
+        if action == CampaignAction.RESUME:
+            return {"expansion_cursor": None, "expansion_done": False}
+        if action == CampaignAction.CANCEL:
+            return {"expansion_cursor": None, "expansion_done": False, "finished_at": self._clock()}
+        return {}
 
     def activate_due(self, limit: int = 100) -> list[uuid.UUID]:
         """scheduled -> active for every campaign whose start time has come. Safe to run from several
@@ -434,7 +442,8 @@ class CampaignService:
                 version = self._schedule_in(session, actor, campaign_id, command.start_at)
             else:
                 action = CampaignAction(command.command_type.lower())
-                version = self._apply_in(session, actor, campaign_id, action, f"{action.value}_campaign")
+                version = self._apply_in(session, actor, campaign_id, action, f"{action.value}_campaign",
+                                         extra=self._extra_for(action))
             return CommandResult(command.command_id, "applied", campaign_id=campaign_id, version=version)
 
     def record_rejected_command(self, command_id: str, reason: str) -> bool:

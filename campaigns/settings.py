@@ -7,7 +7,7 @@ Nothing is read at import: call :func:`load_settings` where the process starts.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +64,7 @@ class ProviderSettings(BaseModel):
     """Where the channel transports send. Defaults point at the local provider simulator."""
 
     whatsapp_base_url: str = "http://127.0.0.1:18080/whatsapp"
+    whatsapp_api_version: str = "v21.0"  # Graph API version segment of the WhatsApp Cloud API URL
     whatsapp_phone_number_id: str = "100000000000001"
     whatsapp_token: SecretStr = SecretStr("dev-whatsapp-token")
     sms_base_url: str = "http://127.0.0.1:18080/sms"
@@ -76,8 +77,14 @@ class ProviderSettings(BaseModel):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_from: str = "campaigns@example.com"
+    smtp_use_tls: bool = False  # implicit TLS (port 465); mutually exclusive with smtp_starttls
+    smtp_validate_certs: bool = True
+    smtp_cert_bundle: str | None = None  # CA bundle (PEM path) to trust, e.g. a private relay's CA
+    smtp_pool_size: int = 8  # reusable SMTP connections per transport (one message at a time each)
     timeout_s: float = 10.0
     max_connections: int = 100
+    # HTTP client library for the WhatsApp/SMS transports; "aiohttp" measured far cheaper per request.
+    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
 
 
 class SenderSettings(BaseModel):
@@ -102,8 +109,9 @@ class Settings(BaseSettings):
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     sender: SenderSettings = Field(default_factory=SenderSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9108
+    metrics_enabled: bool = True  # the worker's Prometheus metrics and /metrics endpoint
+    metrics_host: str = "127.0.0.1"  # loopback by default: expose it on purpose, never by accident
+    metrics_port: int = 9108  # 0 picks a free port (tests); PipelineMetrics.port tells which
     scheduler_interval_s: float = 0.2
     log_level: str = "info"
 

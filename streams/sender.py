@@ -54,7 +54,8 @@ from producers.batch import BatchProducer
 log = logging.getLogger(__name__)
 
 CAMPAIGN_STATE_TTL_S = 0.5
-UNLIMITED = float("inf")
+SHORT_TOKEN_WAIT_S = 0.1
+RATE_HEADROOM = 0.98
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class SenderStats:
     dead_lettered: int = 0
     throttled: int = 0
     send_latency_ms: list[float] = field(default_factory=list)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)  # reason -> count, for metrics
 
 
 class ChannelSender:
@@ -137,7 +139,8 @@ class ChannelSender:
         self._assigned: set[tuple[str, int]] = set()
         self._channel_rate = rate_per_s
         self._channel_burst = burst
-        self._bucket: TokenBucket | None = None
+        self._bucket: TokenBucket | None = None if rate_per_s is None else self._idle_bucket()
+        self._carry: list[Message] = []  # consumed while waiting for tokens; sent once tokens are there
         self._aimd: AimdRate | None = None
         self._semaphore_size = settings.sender.max_in_flight
         self.stats = SenderStats()
@@ -188,12 +191,36 @@ class ChannelSender:
         share = worker_share(self._channel_rate, owned, total)
         now = self._clock()
         if share <= 0:
-            self._bucket = None if not self._assigned else TokenBucket(1e-9, 1, now, tokens=0)
+            self._bucket = self._idle_bucket()
             return
+        # The bucket times request *starts*; the provider counts *arrivals*, which event-loop and network
+        # jitter bunch up (measured: 67 arrivals in a 1 s window at 60/s + burst 6). Running 2% under the
+        # share absorbs that; the burst stays whole because it also bounds the batch size.
+        share *= RATE_HEADROOM
         burst = max(1.0, (self._channel_burst or 1) * owned / total)
         self._aimd = AimdRate(share, now)
         self._bucket = TokenBucket(share, burst, now, tokens=0)
         log.info("%s sender: %d/%d partitions, %.2f msg/s, burst %.1f", self._channel, owned, total, share, burst)
+
+    def rate_limiter_state(self) -> Any:
+        """The rate limiter now (``campaigns.metrics.RateLimiterState``), or None when unlimited.
+
+        Called from the metrics scrape thread: it only reads (``peek`` never refills the bucket)."""
+        from campaigns.metrics import RateLimiterState
+
+        bucket, aimd = self._bucket, self._aimd
+        if bucket is None or self._channel_rate is None:
+            return None
+        if aimd is None or bucket.rate < 1e-6:  # owns no main partition: a closed bucket, no share
+            rate = share = 0.0
+        else:
+            rate, share = aimd.rate, aimd.max_rate
+        return RateLimiterState(rate=rate, share=share, channel_rate=self._channel_rate,
+                                tokens=bucket.peek(self._clock()))
+
+    def _idle_bucket(self) -> TokenBucket:
+        """No partition owned (yet): no share of the rate, so no token until an assignment brings one."""
+        return TokenBucket(1e-9, 1, self._clock(), tokens=0)
 
     def _tokens(self, wanted: int) -> int:
         if self._bucket is None:
@@ -220,7 +247,10 @@ class ChannelSender:
         if tokens == 0:
             self._wait_for_tokens()
             return 0
-        messages = self._consumer.consume(num_messages=tokens, timeout=self._settings.sender.poll_timeout_s)
+        messages, self._carry = self._carry[:tokens], self._carry[tokens:]
+        if len(messages) < tokens:
+            timeout = 0 if messages else self._settings.sender.poll_timeout_s
+            messages += self._consumer.consume(num_messages=tokens - len(messages), timeout=timeout)
         if not messages:
             self._refund(tokens)
             return 0
@@ -229,13 +259,29 @@ class ChannelSender:
         return len(messages)
 
     def _wait_for_tokens(self) -> None:
-        """Pause every partition, keep polling (the group sees us alive), resume when tokens are due."""
+        """Wait for the next token without stalling the group.
+
+        A short wait (the usual case at tens of messages per second) is just that: the channel's rate limits
+        every key alike, and pausing would throw away the prefetched records (measured: 40/s instead of 60/s).
+        A long wait (1/s long codes, a throttled provider) pauses every partition and keeps polling, so the
+        consumer never exceeds ``max.poll.interval.ms``; partitions resume when tokens are due.
+        """
         assert self._bucket is not None
-        wait = min(self._bucket.seconds_until(1, self._clock()), 0.5)
+        # Wait for a batch worth of tokens (up to 100 ms of the rate), not for one: every batch costs a few
+        # round trips, so batches of one would cap the rate (measured: 32/s at a 60/s limit).
+        wanted = max(1, min(int(self._bucket.burst), int(self._bucket.rate * 0.1)))
+        wait = min(self._bucket.seconds_until(wanted, self._clock()), 0.5)
+        if wait <= SHORT_TOKEN_WAIT_S:
+            time.sleep(wait)
+            return
         partitions = [TopicPartition(t, p) for t, p in self._assigned]
         if partitions:
             self._consumer.pause(partitions)
-        self._consumer.poll(max(wait, 0.001))
+        # poll() serves the group protocol; a partition assigned during it is not paused yet and may hand
+        # us a record: keep it for when a token is there (it is never sent early nor dropped).
+        record = self._consumer.poll(max(wait, 0.001))
+        if record is not None:
+            self._carry.append(record)
         if partitions:
             self._consumer.resume([TopicPartition(t, p) for t, p in self._assigned
                                    if (t, p) not in self._paused_until])
@@ -303,6 +349,8 @@ class ChannelSender:
             self._record_results(claimed, states)
         self._producer.flush()
         self._commit(messages)
+        if self._metrics is not None:  # once per batch: counters grow by what the stats gained
+            self._metrics.sender_batch(self._channel, self.stats, claimed)
 
     def _commit(self, messages: list[Message]) -> None:
         offsets: dict[tuple[str, int], int] = {}
@@ -574,6 +622,7 @@ class ChannelSender:
             ),
         )
         self.stats.dead_lettered += 1
+        self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
 
 
 def _as_millis(value: Any) -> float:

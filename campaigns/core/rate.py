@@ -57,6 +57,12 @@ class TokenBucket:
         self._refill(now)
         return self._tokens
 
+    def peek(self, now: float) -> float:
+        """Tokens available at ``now``, without changing the bucket (safe to call from a metrics scrape on
+        another thread: it only reads)."""
+        tokens, last = self._tokens, self._last
+        return min(self._burst, tokens + max(0.0, now - last) * self._rate)
+
     def try_take(self, n: int, now: float) -> int:
         """Take up to ``n`` whole tokens; return how many were granted (0..n). Never blocks."""
         if n < 0:

@@ -241,3 +241,19 @@ def claim_command(session: Session, command_id: str, outcome: str, detail: str |
         .returning(ProcessedCommand.command_id)
     )
     return session.execute(stmt).first() is not None
+
+
+def processed_command(session: Session, command_id: str) -> tuple[str, str | None] | None:
+    """(outcome, detail) recorded for a processed command id, or None if it was never processed."""
+    row = session.execute(
+        select(ProcessedCommand.outcome, ProcessedCommand.detail).where(ProcessedCommand.command_id == command_id)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def latest_template(session: Session, name: str, locale: str) -> Template | None:
+    """The newest version of a template whatever its status (for error messages that say what exists)."""
+    return session.scalar(
+        select(Template).where(Template.name == name, Template.locale == locale)
+        .order_by(Template.version.desc()).limit(1)
+    )

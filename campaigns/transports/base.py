@@ -1,0 +1,69 @@
+"""The transport port: what a channel sender hands a provider, and what it gets back.
+
+A transport delivers one :class:`OutgoingMessage` per call and either returns a :class:`SendReceipt` or
+raises one of the project's delivery errors:
+
+* :class:`~campaigns.errors.ThrottledError` -- the provider throttled us (retry later, slow down);
+* :class:`~campaigns.errors.TransientDeliveryError` -- timeouts, connection errors, 5xx, SMTP 4xx;
+* :class:`~campaigns.errors.PermanentDeliveryError` -- will never succeed as is (bad address, rejected).
+
+Nothing else escapes ``send`` on purpose. No error, repr or log line carries a credential.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+CHANNELS = ("whatsapp", "sms", "email")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutgoingMessage:
+    """One rendered message for one recipient on one channel.
+
+    ``message_id`` is the deterministic id of this (campaign, recipient) message; transports pass it to
+    the provider (idempotency key, correlation data, Message-ID) so a redelivery can be recognised.
+    ``template_parameters`` fill a WhatsApp template's body variables in order; other channels ignore it.
+    """
+
+    message_id: str
+    campaign_id: str
+    recipient_id: str
+    channel: str
+    address: str
+    body: str
+    subject: str | None = None
+    template_name: str | None = None
+    template_parameters: tuple[str, ...] = ()
+    locale: str
+
+    def __post_init__(self) -> None:
+        if self.channel not in CHANNELS:
+            raise ValueError(f"unknown channel {self.channel!r}; expected one of {', '.join(CHANNELS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class SendReceipt:
+    """What the provider answered when it accepted a message.
+
+    ``provider_message_id`` is the provider's id (WhatsApp ``wamid.*``, SMS ``SM*``, the SMTP queue id or
+    our Message-ID); ``None`` only when the provider accepted (2xx/250) without returning one.
+    """
+
+    provider_message_id: str | None
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A channel adapter. Safe to call ``send`` concurrently from many tasks on one event loop."""
+
+    channel: str
+
+    async def send(self, message: OutgoingMessage) -> SendReceipt:
+        """Deliver ``message`` once; raise Throttled/Transient/PermanentDeliveryError if not delivered."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release pooled connections. The transport must not be used afterwards."""
+        ...

@@ -1,0 +1,435 @@
+"""``campaign.commands``: the consumer that applies upstream commands, and the helper that sends them.
+
+:class:`CommandConsumer` guarantees:
+
+* **Same rules as the API.** Each command is applied through
+  :meth:`CampaignService.execute_command <campaigns.service.CampaignService.execute_command>`: the acting
+  principal's permissions, payload validation, template approval and the state machine apply exactly as
+  for an API call.
+* **Exactly once per command id.** The command id is claimed in the same database transaction as the
+  change; a repeated id (a redelivery, or an upstream retry) is a no-op.
+* **A bad command never stops the partition.** A record that cannot be decoded, or a command that is
+  refused (invalid, permission denied, not found, transition not allowed, lost a race three times), is
+  published to ``campaign.commands.rejected`` as a ``DeadLetter`` with a machine-readable ``reason``, a
+  human-readable ``detail`` and the original bytes, and the consumer moves on.
+* **At least once, offsets last.** Offsets are committed manually, after the batch's changes are
+  committed and its rejections are acknowledged by Kafka. A crash before the commit re-reads the batch:
+  applied commands are duplicates (no-ops), and rejections are re-published with the same
+  ``dead_letter_id`` (derived from the source partition and offset), so readers can de-duplicate.
+* **Infrastructure failures are retried, not rejected.** If PostgreSQL cannot be reached the consumer
+  commits what it finished, rewinds to the first unfinished record and raises
+  :class:`~campaigns.errors.ServiceUnavailable`; ``run_forever`` backs off and tries again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from campaigns.codec import Codec, get_codec
+from campaigns.errors import (
+    CampaignError,
+    ConcurrentUpdate,
+    NotFound,
+    PermissionDenied,
+    SchemaError,
+    ServiceUnavailable,
+    SinkError,
+    TransitionNotAllowed,
+    ValidationError,
+)
+from campaigns.service import COMMAND_TYPES, CampaignService, CommandRequest, CommandResult
+from campaigns.settings import Settings
+from producers.batch import BatchProducer
+from producers.kafka import EventPublisher, KafkaPublisher, as_publisher
+from producers.topics import COMMANDS, COMMANDS_REJECTED
+
+log = logging.getLogger(__name__)
+
+COMMAND_RECORD = "CampaignCommand"
+DEAD_LETTER_RECORD = "DeadLetter"
+DEAD_LETTER_NAMESPACE = uuid.UUID("3f0b3a52-0c55-5a8e-9a43-3f6c1f0c2d11")
+"""Namespace of the deterministic ``dead_letter_id`` of rejected commands (uuid5 of source coordinates)."""
+
+
+def command_group_id(settings: Settings) -> str:
+    """The consumer group of the command consumer: ``<topic prefix><client id>.commands``."""
+    return f"{settings.kafka.topic_prefix}{settings.kafka.client_id}.commands"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a command record was refused: ``reason`` is machine-readable, ``detail`` says what to fix."""
+
+    reason: str
+    detail: str
+    command_id: str | None = None
+    campaign_id: str | None = None
+
+
+class CommandConsumer:
+    """Consumes ``campaign.commands`` and applies each command via the service (see module docstring).
+
+    ``publisher`` publishes the rejections (a :class:`~producers.kafka.KafkaPublisher` is built if none is
+    given). ``group_id`` defaults to :func:`command_group_id`. Not thread-safe: one thread drives it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: CampaignService,
+        publisher: EventPublisher | BatchProducer | None = None,
+        *,
+        group_id: str | None = None,
+        codec: Codec | None = None,
+        batch_size: int = 100,
+        conflict_retries: int = 3,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._service = service
+        self._publisher = as_publisher(publisher) if publisher is not None else KafkaPublisher(settings.kafka)
+        self._codec = codec or get_codec()
+        self._batch_size = batch_size
+        self._conflict_retries = conflict_retries
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._topic = settings.kafka.topic(COMMANDS)
+        self._rejected_topic = settings.kafka.topic(COMMANDS_REJECTED)
+        self._consumer = Consumer(
+            settings.kafka.as_librdkafka(
+                **{
+                    "group.id": group_id or command_group_id(settings),
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": False,
+                }
+            )
+        )
+        self._consumer.subscribe([self._topic])
+        self.applied = 0
+        self.duplicates = 0
+        self.rejected = 0
+
+    # --- one batch -------------------------------------------------------------------------------
+
+    def run_once(self, timeout: float = 1.0) -> int:
+        """Consume one batch (waiting at most ``timeout`` seconds for it) and process it; returns how many
+        records were processed (applied, duplicate or rejected). Offsets are committed at the end."""
+        messages = self._consumer.consume(self._batch_size, timeout=timeout)
+        done: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to commit
+        rejections: list[tuple[Message, Rejection]] = []
+        rejected_ids: set[str] = set()
+        # Partitions to rewind to their first unfinished record (PostgreSQL was unreachable for it).
+        unfinished: dict[tuple[str, int], Message] = {}
+        failure: Exception | None = None
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.fatal():
+                    raise ServiceUnavailable(f"command consumer: fatal Kafka error: {error.str()}")
+                log.warning("command consumer: %s", error.str())
+                continue
+            topic, partition, offset = _where(msg)
+            tp = (topic, partition)
+            if tp in unfinished:
+                continue  # this partition is rewound to its first unfinished record
+            try:
+                rejection = self._handle(msg, rejected_ids)
+            except ServiceUnavailable as exc:
+                unfinished[tp], failure = msg, exc
+                continue
+            if rejection is not None:
+                rejections.append((msg, rejection))
+                if rejection.command_id:
+                    rejected_ids.add(rejection.command_id)
+                self._publish_rejection(msg, rejection)
+            done[tp] = offset + 1
+        try:
+            if rejections:
+                self._publisher.flush(30.0)
+                for _msg, rejection in rejections:
+                    if rejection.command_id:
+                        self._record_rejection(rejection)
+        except (SinkError, ServiceUnavailable):
+            self._rewind(messages)
+            raise
+        self._commit(done)
+        self.rejected += len(rejections)
+        if unfinished:
+            for msg in unfinished.values():
+                self._consumer.seek(TopicPartition(*_where(msg)))
+            where = ", ".join(f"{m.topic()}[{m.partition()}]@{m.offset()}" for m in unfinished.values())
+            raise ServiceUnavailable(f"command consumer: will retry from {where}: {failure}") from failure
+        return sum(1 for m in messages if m.error() is None)
+
+    def _handle(self, msg: Message, rejected_in_batch: set[str]) -> Rejection | None:
+        """Apply one record; a :class:`Rejection` if it is refused. Raises ServiceUnavailable only.
+
+        ``rejected_in_batch``: command ids rejected earlier in this batch (their rejection is recorded in
+        the database only after the batch's rejections are acknowledged); a repeat of one is a no-op.
+        """
+        raw = msg.value()
+        if not raw:
+            return Rejection("undecodable", "empty record value (expected an Avro CampaignCommand)")
+        try:
+            record = self._codec.decode(raw, COMMAND_RECORD)
+        except SchemaError as exc:
+            return Rejection("undecodable", f"not a CampaignCommand: {exc}")
+        command_id = record.get("command_id") or None
+        campaign_id = record.get("campaign_id")
+        if command_id in rejected_in_batch:
+            self.duplicates += 1
+            log.info("command %s is a repeat (first rejected); nothing done", command_id)
+            return None
+        try:
+            request = command_request(record)
+        except ValidationError as exc:
+            return Rejection("invalid", str(exc), command_id, campaign_id)
+        for attempt in range(self._conflict_retries + 1):
+            try:
+                result = self._service.execute_command(request)
+            except ConcurrentUpdate as exc:
+                if attempt < self._conflict_retries:
+                    continue  # lost an optimistic-concurrency race: re-read and try again
+                return Rejection("concurrent_update", str(exc), command_id, campaign_id)
+            except CampaignError as exc:
+                return Rejection(_reason(exc), str(exc), command_id, campaign_id)
+            except (OperationalError, InterfaceError, DisconnectionError, PoolTimeout) as exc:
+                raise ServiceUnavailable(f"PostgreSQL unreachable: {type(exc).__name__}") from exc
+            except DBAPIError as exc:  # data the database refuses (too long, out of range): the input's fault
+                return Rejection(
+                    "invalid",
+                    f"the database refused the command ({type(exc.orig).__name__}); "
+                    "check field lengths and ranges",
+                    command_id,
+                    campaign_id,
+                )
+            except Exception as exc:
+                log.exception("command %s failed unexpectedly; rejecting it", command_id)
+                return Rejection("internal_error", f"{type(exc).__name__}: {exc}", command_id, campaign_id)
+            self._count(result)
+            return None
+        raise AssertionError("unreachable")
+
+    def _count(self, result: CommandResult) -> None:
+        if result.outcome == "duplicate":
+            self.duplicates += 1
+            log.info(
+                "command %s is a repeat (first %s); nothing done", result.command_id, result.previous_outcome
+            )
+        else:
+            self.applied += 1
+            log.info(
+                "command %s applied to campaign %s (version %s)",
+                result.command_id,
+                result.campaign_id,
+                result.version,
+            )
+
+    def _publish_rejection(self, msg: Message, rejection: Rejection) -> None:
+        topic, partition, offset = _where(msg)
+        coordinates = f"{topic}:{partition}:{offset}"
+        record = {
+            "dead_letter_id": str(uuid.uuid5(DEAD_LETTER_NAMESPACE, coordinates)),
+            "message_id": rejection.command_id,  # a command's message id is its command id
+            "campaign_id": rejection.campaign_id,
+            "recipient_id": None,
+            "channel": None,
+            "source_topic": topic,
+            "source_partition": partition,
+            "source_offset": offset,
+            "reason": rejection.reason,
+            "detail": rejection.detail[:4000],
+            "attempts": 0,
+            "failed_at": self._clock(),
+            "original_value": msg.value(),
+        }
+        key = msg.key() or (rejection.command_id.encode() if rejection.command_id else None)
+        log.warning("command rejected (%s) at %s: %s", rejection.reason, coordinates, rejection.detail)
+        self._publisher.produce(
+            self._rejected_topic,
+            self._codec.encode(DEAD_LETTER_RECORD, record),
+            key=key,
+            headers={"reason": rejection.reason},
+        )
+
+    def _record_rejection(self, rejection: Rejection) -> None:
+        assert rejection.command_id is not None
+        try:
+            self._service.record_rejected_command(
+                rejection.command_id, f"{rejection.reason}: {rejection.detail}"
+            )
+        except (OperationalError, InterfaceError, DisconnectionError, PoolTimeout) as exc:
+            raise ServiceUnavailable(f"PostgreSQL unreachable: {type(exc).__name__}") from exc
+
+    def _commit(self, done: Mapping[tuple[str, int], int]) -> None:
+        if not done:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in done.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # A rebalance took the partition away: its new owner re-reads, and re-applying is a no-op.
+            log.warning("command consumer: offset commit failed (the batch will be re-read): %s", exc)
+
+    def _rewind(self, messages: list[Message]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            if msg.error() is None:
+                topic, partition, offset = _where(msg)
+                first.setdefault((topic, partition), offset)
+        for (topic, partition), offset in first.items():
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                log.warning("command consumer: cannot rewind %s[%s]: %s", topic, partition, exc)
+
+    # --- loop ------------------------------------------------------------------------------------
+
+    def run_forever(self, stop_event: threading.Event, poll_timeout: float = 0.5) -> None:
+        """Process commands until ``stop_event`` is set, then close. Backs off (up to 5 s) while PostgreSQL
+        or Kafka fail; never stops on a bad command. Any other exception propagates with the consumer still
+        open, so a supervisor may call ``run_forever`` again (uncommitted records are re-read)."""
+        backoff = 0.0
+        while not stop_event.is_set():
+            try:
+                self.run_once(poll_timeout)
+                backoff = 0.0
+            except (ServiceUnavailable, SinkError, KafkaException) as exc:
+                backoff = min(5.0, max(0.1, backoff * 2))
+                log.warning("command consumer: %s (retrying in %.1fs)", exc, backoff)
+                stop_event.wait(backoff)
+        self.close()
+
+    def close(self) -> None:
+        """Leave the group (so partitions move at once) and deliver queued rejections. Idempotent."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        try:
+            self._publisher.close()
+        finally:
+            self._consumer.close()
+
+
+# --- decoding and sending ------------------------------------------------------------------------
+
+
+def command_request(record: Mapping[str, Any]) -> CommandRequest:
+    """A decoded CampaignCommand record as a :class:`CommandRequest`; ValidationError lists what is wrong."""
+    problems: list[str] = []
+    command_type = str(record.get("command_type"))
+    campaign_id: uuid.UUID | None = None
+    if record.get("campaign_id") is not None:
+        try:
+            campaign_id = uuid.UUID(str(record["campaign_id"]))
+        except ValueError:
+            problems.append(f"campaign_id: must be a UUID, got {str(record['campaign_id'])[:60]!r}")
+    payload: object = None
+    payload_json = record.get("payload_json")
+    if command_type == "CREATE":
+        if payload_json is None:
+            problems.append("payload_json: required for CREATE (the create payload as a JSON document)")
+        else:
+            try:
+                payload = json.loads(payload_json)
+            except ValueError as exc:
+                problems.append(f"payload_json: not valid JSON ({exc})")
+    elif payload_json is not None:
+        problems.append(f"payload_json: only CREATE commands carry a payload, not {command_type}")
+    start_at = record.get("start_at")
+    if isinstance(start_at, int):
+        start_at = datetime.fromtimestamp(start_at / 1000, UTC)
+    if start_at is not None and command_type != "SCHEDULE":
+        problems.append(f"start_at: only SCHEDULE commands carry a start time, not {command_type}")
+    if problems:
+        raise ValidationError(problems)
+    return CommandRequest(
+        command_id=str(record.get("command_id") or ""),
+        command_type=command_type,
+        principal=str(record.get("principal") or ""),
+        campaign_id=campaign_id,
+        payload=payload,
+        start_at=start_at,
+    )
+
+
+def build_command(command: Mapping[str, Any]) -> dict[str, Any]:
+    """A complete CampaignCommand record from a dict.
+
+    Fields as in ``schemas/campaign_command.avsc``; conveniences: ``command_id`` defaults to a new UUID,
+    ``issued_at`` to now, ``payload`` (a dict) is serialised into ``payload_json``, and ``campaign_id``
+    may be a UUID.
+    """
+    record = dict(command)
+    if "payload" in record:
+        record["payload_json"] = json.dumps(record.pop("payload"))
+    record.setdefault("command_id", str(uuid.uuid4()))
+    record.setdefault("issued_at", datetime.now(UTC))
+    record.setdefault("campaign_id", None)
+    record.setdefault("payload_json", None)
+    record.setdefault("start_at", None)
+    if isinstance(record["campaign_id"], uuid.UUID):
+        record["campaign_id"] = str(record["campaign_id"])
+    if record.get("command_type") not in COMMAND_TYPES:
+        raise ValidationError(
+            f"command_type: must be one of {', '.join(COMMAND_TYPES)}, got {record.get('command_type')!r}"
+        )
+    return record
+
+
+def send_command(
+    producer: EventPublisher | BatchProducer,
+    settings: Settings,
+    command: Mapping[str, Any],
+    *,
+    flush: bool = True,
+) -> str:
+    """Produce one command to ``campaign.commands`` (see :func:`build_command`); returns its command id.
+
+    The key is the campaign id (or, for a CREATE without one, the command id), so a campaign's commands
+    are applied in the order they were sent. With ``flush`` (the default) it returns only once Kafka
+    acknowledged the record (SinkError if not).
+    """
+    record = build_command(command)
+    value = get_codec().encode(COMMAND_RECORD, record)
+    publisher = as_publisher(producer)
+    publisher.produce(
+        settings.kafka.topic(COMMANDS),
+        value,
+        key=record["campaign_id"] or record["command_id"],
+        headers={"command_id": record["command_id"]},
+    )
+    if flush:
+        publisher.flush(30.0)
+    return str(record["command_id"])
+
+
+def _where(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed record (always set for records without an error)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def _reason(error: CampaignError) -> str:
+    if isinstance(error, ValidationError):
+        return "invalid"
+    if isinstance(error, PermissionDenied):
+        return "permission_denied"
+    if isinstance(error, NotFound):
+        return "not_found"
+    if isinstance(error, TransitionNotAllowed):
+        return "transition_not_allowed"
+    return type(error).__name__

@@ -1,0 +1,130 @@
+"""``python3 -m simulator``: run the provider simulator until SIGINT/SIGTERM.
+
+Credentials come from the project settings (``CAMPAIGNS_PROVIDERS__WHATSAPP_TOKEN`` etc.), so the real
+transports configured by the same environment authenticate against it. Behaviour can be changed live
+with ``POST /_control/config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from campaigns.settings import load_settings
+
+from .server import CHANNELS, ProviderSimulator
+
+
+def _latency(text: str) -> float | tuple[float, float]:
+    if "-" in text:
+        low, high = text.split("-", 1)
+        return (float(low), float(high))
+    return float(text)
+
+
+def _per_channel_number(text: str) -> float | dict[str, float]:
+    """``"50"`` for every channel, or ``"sms=10,whatsapp=80"``."""
+    if "=" not in text:
+        return float(text)
+    values: dict[str, float] = {}
+    for item in text.split(","):
+        channel, _, number = item.partition("=")
+        if channel.strip() not in CHANNELS:
+            raise argparse.ArgumentTypeError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
+        values[channel.strip()] = float(number)
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m simulator",
+        description="Run the provider simulator (WhatsApp Cloud API, Twilio-style SMS, SMTP) until stopped.",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)"
+    )
+    parser.add_argument("--http-port", type=int, default=18080)
+    parser.add_argument("--smtp-port", type=int, default=18025)
+    parser.add_argument("--latency-ms", type=_latency, default=0.0, help="fixed ms, or MIN-MAX")
+    parser.add_argument(
+        "--rate-limit",
+        type=_per_channel_number,
+        default=None,
+        help="requests/s: N for every channel, or sms=10,whatsapp=80,email=20",
+    )
+    parser.add_argument(
+        "--transient-error-rate",
+        type=_per_channel_number,
+        default=0.0,
+        help="0..1 for every channel, or sms=0.1,...",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for injected errors and latency")
+    parser.add_argument(
+        "--permanent", default="", help="comma-separated addresses that always fail permanently"
+    )
+    parser.add_argument("--smtp-user", default=None, help="require SMTP AUTH with this user ...")
+    parser.add_argument("--smtp-password", default=None, help="... and this password")
+    parser.add_argument("--log-level", default="info")
+    return parser
+
+
+def _rates(value: float | dict[str, float] | None) -> Any:
+    if isinstance(value, dict):
+        return {k: int(v) if v else None for k, v in value.items()}
+    return int(value) if value else None
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    smtp_auth = None
+    if args.smtp_user is not None:
+        smtp_auth = (args.smtp_user, args.smtp_password or "")
+    simulator = ProviderSimulator(
+        host=args.host,
+        http_port=args.http_port,
+        smtp_port=args.smtp_port,
+        credentials=load_settings().providers,
+        smtp_auth=smtp_auth,
+        latency_ms=args.latency_ms,
+        rate_limit_per_s=_rates(args.rate_limit),
+        transient_error_rate=args.transient_error_rate,
+        seed=args.seed,
+        permanent_failures=[a.strip() for a in args.permanent.split(",") if a.strip()],
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await simulator.start()
+    print(
+        f"provider simulator: http://{args.host}:{simulator.http_port}"
+        f" smtp {args.host}:{simulator.smtp_port}",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await simulator.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        asyncio.run(_serve(args))
+    except ValueError as exc:
+        print(f"simulator: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"simulator: cannot bind: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The ``campaigns`` CLI against the real test database: principals, templates, seed, create, schedule,
+status, transitions and the exit codes of refusals."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+
+import pytest
+
+from campaigns import cli
+from campaigns.settings import load_settings
+from producers.topics import all_topic_names
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def cli_env(database_settings, monkeypatch):
+    """Points the CLI's settings at the session's test database (environment, as a user would)."""
+    db = database_settings
+    for key, value in {
+        "HOST": db.host,
+        "PORT": str(db.port),
+        "USER": db.user,
+        "PASSWORD": db.password.get_secret_value(),
+        "NAME": db.name,
+    }.items():
+        monkeypatch.setenv(f"CAMPAIGNS_DATABASE__{key}", value)
+    monkeypatch.delenv(cli.ACTOR_ENV, raising=False)
+    load_settings.cache_clear()
+    yield uuid.uuid4().hex[:8]
+    load_settings.cache_clear()
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_operator_flow_create_schedule_status(cli_env, capsys, tmp_path):
+    tag = cli_env
+    admin, marketer, auditor = f"admin-{tag}", f"marketer-{tag}", f"auditor-{tag}"
+    assert _run(capsys, "principal", "add", admin, "--role", "admin")[0] == 0  # bootstrap: no --as
+    assert _run(capsys, "principal", "add", marketer, "--role", "marketer", "--as", admin)[0] == 0
+    assert _run(capsys, "principal", "add", auditor, "--role", "auditor", "--as", admin)[0] == 0
+    code, _, err = _run(capsys, "principal", "add", f"x-{tag}", "--role", "admin", "--as", marketer)
+    assert code == 3 and "principals.manage" in err
+    code, _, err = _run(capsys, "principal", "add", f"x-{tag}", "--role", "overlord")
+    assert code == 2 and "unknown role 'overlord'" in err
+
+    assert _run(capsys, "channel", "add", "sms", "--rate", "50", "--burst", "10")[0] == 0
+    code, _, err = _run(capsys, "channel", "add", "sms", "--id", f"other-{tag}")
+    assert code == 2 and "only one per kind" in err
+
+    template = json.loads(
+        (cli.Path(__file__).resolve().parents[2] / "examples" / "template-sms.json").read_text()
+    )
+    template["name"] = f"sms-{tag}"
+    template_file = tmp_path / "template.json"
+    template_file.write_text(json.dumps(template))
+    code, out, _ = _run(capsys, "template", "add", str(template_file), "--as", admin)
+    template_id = int(out)
+    assert code == 0
+
+    first_id = random.randrange(10**12, 10**13)
+    code, out, err = _run(
+        capsys,
+        "seed",
+        "--customers",
+        "40",
+        "--segments",
+        "2",
+        "--first-id",
+        str(first_id),
+        "--prefix",
+        f"cli-{tag}",
+    )
+    assert code == 0 and "seeded 40 customers" in err
+    segments = json.loads(out)["segments"]
+    assert len(segments) == 2
+
+    payload = {
+        "name": f"CLI {tag}",
+        "channel": "sms",
+        "template": {"name": f"sms-{tag}"},
+        "variables": {"discount": "10%", "end_date": "Friday"},
+        "segments": segments,
+    }
+    payload_file = tmp_path / "campaign.json"
+    payload_file.write_text(json.dumps(payload))
+
+    code, _, err = _run(capsys, "create", str(payload_file), "--as", marketer)
+    assert code == 2 and f"template approve {template_id}" in err  # the template is still pending
+    code, _, err = _run(capsys, "template", "approve", str(template_id), "--as", marketer)
+    assert code == 3 and "templates.manage" in err
+    assert _run(capsys, "template", "approve", str(template_id), "--as", admin)[0] == 0
+    code, _, err = _run(capsys, "template", "approve", str(template_id), "--as", admin)
+    assert code == 4 and "not pending" in err
+
+    code, _, err = _run(capsys, "create", str(payload_file), "--as", auditor)
+    assert code == 3 and "campaigns.create" in err
+    code, out, _ = _run(capsys, "create", str(payload_file), "--as", marketer, "--json")
+    assert code == 0
+    campaign_id = json.loads(out)["id"]
+
+    code, _, err = _run(capsys, "schedule", campaign_id, "--at", "now", "--as", marketer)
+    assert code == 0 and "scheduled for" in err
+    code, out, _ = _run(capsys, "status", campaign_id, "--json", "--as", auditor)
+    status = json.loads(out)
+    assert code == 0 and status["status"] == "scheduled" and status["version"] == 2
+    assert status["name"] == f"CLI {tag}" and status["channel"] == "sms"
+    code, out, _ = _run(capsys, "status", campaign_id, "--as", auditor)
+    assert code == 0 and "scheduled (version 2)" in out
+
+    assert _run(capsys, "pause", campaign_id, "--as", marketer)[0] == 0
+    assert _run(capsys, "cancel", campaign_id, "--as", marketer)[0] == 0
+    code, _, err = _run(capsys, "resume", campaign_id, "--as", marketer)
+    assert code == 4 and "terminal state" in err
+    code, _, err = _run(capsys, "pause", campaign_id, "--as", auditor)
+    assert code == 3 and "campaigns.send" in err
+    code, _, err = _run(capsys, "status", str(uuid.uuid4()), "--as", auditor)
+    assert code == 4 and "does not exist" in err
+    code, _, err = _run(capsys, "status", campaign_id, "--as", "nobody-at-all")
+    assert code == 3 and "unknown principal 'nobody-at-all'" in err
+
+
+def test_seed_refuses_customer_ids_in_use(cli_env, capsys):
+    first_id = random.randrange(10**12, 10**13)
+    args = ("seed", "--customers", "5", "--first-id", str(first_id), "--prefix", f"dup-{cli_env}")
+    assert _run(capsys, *args)[0] == 0
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and "overlap existing customers" in err
+
+
+def test_an_unreachable_database_is_exit_5_with_a_hint(cli_env, monkeypatch, capsys):
+    monkeypatch.setenv("CAMPAIGNS_DATABASE__PORT", "1")  # nothing listens there
+    load_settings.cache_clear()
+    code, _, err = _run(capsys, "status", str(uuid.uuid4()), "--as", "anyone")
+    assert code == 5 and "cannot be reached" in err and "make services" in err
+
+
+@pytest.mark.kafka
+def test_topics_create_is_idempotent(cli_env, kafka_settings, monkeypatch, capsys):
+    monkeypatch.setenv("CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS", kafka_settings.bootstrap_servers)
+    monkeypatch.setenv("CAMPAIGNS_KAFKA__TOPIC_PREFIX", f"cli{cli_env}.")
+    monkeypatch.setenv("CAMPAIGNS_KAFKA__PARTITIONS", "2")
+    load_settings.cache_clear()
+    code, out, _ = _run(capsys, "topics", "create")
+    assert code == 0 and sorted(out.split()) == sorted(all_topic_names(load_settings()))
+    code, out, err = _run(capsys, "topics", "create")
+    assert code == 0 and out == "" and "0 topics created" in err
