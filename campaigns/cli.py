@@ -322,12 +322,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     actor = _actor(args)
     assert actor is not None
     campaign_id = _campaign_id(args.id)
+    previous: tuple[float, int] | None = None
     with _service() as service:
-        view = service.campaign_status(actor, campaign_id)
-    data = view.as_dict()
-    if args.json:
-        _out(json.dumps(data, sort_keys=True))
-        return EXIT_OK
+        while True:
+            data = service.campaign_status(actor, campaign_id).as_dict()
+            now = time.monotonic()
+            if previous is not None and now > previous[0]:
+                data["rate_per_s"] = round((data["terminal"] - previous[1]) / (now - previous[0]), 1)
+                remaining = (data["total_recipients"] or 0) - data["terminal"]
+                if data["rate_per_s"] > 0 and data["total_recipients"]:
+                    data["eta_s"] = round(remaining / data["rate_per_s"])
+            previous = (now, data["terminal"])
+            _out(json.dumps(data, sort_keys=True) if args.json else _status_text(data))
+            if not getattr(args, "watch", False) or data["status"] in ("completed", "failed", "cancelled"):
+                return EXIT_OK
+            time.sleep(2.0)
+
+
+def _status_text(data: dict[str, Any]) -> str:
     lines = [
         f"campaign   {data['id']}  {data['name']!r}",
         f"status     {data['status']} (version {data['version']}), channel {data['channel']}",
@@ -337,10 +349,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"progress   {data['terminal']} terminal: "
         + (", ".join(f"{k} {v}" for k, v in sorted(data["recipients"].items())) or "none yet"),
     ]
+    if "rate_per_s" in data:
+        eta = f", ETA {data['eta_s']} s" if "eta_s" in data else ""
+        lines.append(f"rate       {data['rate_per_s']}/s{eta}")
     if data["failures_by_reason"]:
         lines.append("failures   " + ", ".join(f"{k}: {v}" for k, v in data["failures_by_reason"].items()))
-    _out("\n".join(lines))
-    return EXIT_OK
+    return "\n".join(lines)
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
@@ -443,6 +457,83 @@ def _add_actor(parser: argparse.ArgumentParser, *, optional_note: str | None = N
     parser.add_argument("--as", dest="actor", metavar="PRINCIPAL", help=help_text)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import main as worker_main
+
+    argv = ["--stages", args.stages, "--channels", args.channels]
+    if args.no_rate_limits:
+        argv.append("--no-rate-limits")
+    return worker_main(argv)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from campaigns.demo import run_demo
+    from campaigns.settings import load_settings
+
+    logging.basicConfig(level=logging.WARNING)
+    return run_demo(load_settings(), quick=args.quick)
+
+
+def _span(args: argparse.Namespace) -> Any:
+    from campaigns.operate import Range
+
+    if (args.from_offset is not None or args.to_offset is not None) and (args.from_time or args.to_time):
+        raise ValidationError("give offsets (--from-offset/--to-offset) or times (--from-time/--to-time), not both")
+    return Range(partition=args.partition, from_offset=args.from_offset, to_offset=args.to_offset,
+                 from_time=_parse_at(args.from_time), to_time=_parse_at(args.to_time))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from campaigns.operate import replay
+    from campaigns.settings import load_settings
+
+    settings = load_settings()
+    topic = settings.kafka.topic(args.topic) if not args.topic.startswith(settings.kafka.topic_prefix or "\0") else args.topic
+    report = replay(settings, topic, _span(args), campaign=args.campaign,
+                    to_topic=settings.kafka.topic(args.to) if args.to else None, dry_run=args.dry_run,
+                    rate_per_s=args.rate)
+    verb = "would re-drive" if args.dry_run else "re-drove"
+    _out(f"read {report.read} records from {topic}; {verb} {report.matched}"
+         + (f" (campaign {args.campaign})" if args.campaign else ""))
+    return EXIT_OK
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from campaigns.operate import dead_letters
+    from campaigns.settings import load_settings
+
+    records = dead_letters(load_settings(), campaign=args.campaign, reason=args.reason)
+    if args.json:
+        _out(json.dumps([{k: v for k, v in r.items() if k != "original_value"} for r in records], default=str))
+        return EXIT_OK
+    by_reason: dict[str, int] = {}
+    for r in records:
+        by_reason[r.get("reason", "?")] = by_reason.get(r.get("reason", "?"), 0) + 1
+        if len(records) <= args.limit or by_reason[r.get("reason", "?")] <= 3:
+            _out(f"{r['_position']:>10}  {r.get('reason')}  campaign={r.get('campaign_id')} "
+                 f"recipient={r.get('recipient_id')}  {str(r.get('detail') or '')[:80]}")
+    _out(f"{len(records)} dead letters: " + (", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())) or "none"))
+    return EXIT_OK
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from campaigns.operate import redrive
+    from campaigns.settings import load_settings
+
+    report = redrive(load_settings(), campaign=args.campaign, reason=args.reason, rate_per_s=args.rate,
+                     dry_run=args.dry_run)
+    verb = "would re-drive" if args.dry_run else "re-drove"
+    _out(f"{report.read} dead letters matched; {verb} {report.matched} to their source topics "
+         "(recipients that already have a terminal row are not re-sent)")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="campaigns", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -513,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         transition.set_defaults(handler=_transition(action))
 
     status = sub.add_parser("status", help="show a campaign's state and progress")
+    status.add_argument("--watch", action="store_true", help="refresh every 2 s until the campaign ends")
     status.add_argument("id")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     _add_actor(status)
@@ -535,6 +627,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands = sub.add_parser("commands", help="apply commands from campaign.commands until Ctrl-C")
     commands.set_defaults(handler=cmd_commands)
+
+    worker = sub.add_parser("worker", help="run pipeline stages (all by default) until Ctrl-C")
+    worker.add_argument("--stages", default="scheduler,expander,senders,analytics,relay,commands",
+                        help="comma-separated: scheduler,expander,senders,analytics,relay,commands")
+    worker.add_argument("--channels", default="whatsapp,sms,email", help="channels for the senders stage")
+    worker.add_argument("--no-rate-limits", action="store_true", help="ignore channel rate limits (benchmarks)")
+    worker.set_defaults(handler=cmd_worker)
+
+    demo = sub.add_parser("demo", help="run the whole product end to end on the local services")
+    demo.add_argument("--quick", action="store_true", help="a small, fast configuration (CI)")
+    demo.set_defaults(handler=cmd_demo)
+
+    replay = sub.add_parser("replay", help="re-drive a range of a topic (idempotent sends make it safe)")
+    replay.add_argument("--topic", required=True, help="logical topic name, e.g. campaign.messages.sms")
+    replay.add_argument("--partition", type=int)
+    replay.add_argument("--from-offset", type=int)
+    replay.add_argument("--to-offset", type=int, help="inclusive")
+    replay.add_argument("--from-time", help="ISO-8601 with offset")
+    replay.add_argument("--to-time", help="ISO-8601 with offset")
+    replay.add_argument("--campaign", help="only records of this campaign id")
+    replay.add_argument("--to", help="target topic (default: the same topic)")
+    replay.add_argument("--rate", type=float, help="records per second (default: as fast as possible)")
+    replay.add_argument("--dry-run", action="store_true", help="count what would be re-driven")
+    replay.set_defaults(handler=cmd_replay)
+
+    dlq = sub.add_parser("dlq", help="inspect and redrive campaign.messages.dlq")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="list dead letters")
+    dlq_redrive = dlq_sub.add_parser("redrive", help="re-produce dead letters to their source topics")
+    for p in (dlq_list, dlq_redrive):
+        p.add_argument("--campaign")
+        p.add_argument("--reason", help="reason prefix, e.g. permanent_failure, undecodable")
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_list.add_argument("--limit", type=int, default=50)
+    dlq_list.set_defaults(handler=cmd_dlq_list)
+    dlq_redrive.add_argument("--rate", type=float, help="records per second")
+    dlq_redrive.add_argument("--dry-run", action="store_true")
+    dlq_redrive.set_defaults(handler=cmd_dlq_redrive)
+
+    bench = sub.add_parser("bench", help="run the benchmark harness (see docs/benchmarks.md)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the harness")
+    bench.set_defaults(handler=cmd_bench)
 
     return parser
 

@@ -89,9 +89,10 @@ class AnalyticsStage:
 
     def __init__(
         self, settings: Settings, producer: BatchProducer, service: CampaignService,
-        clock: Callable[[], float] = time.time, batch_size: int = 5000,
+        clock: Callable[[], float] = time.time, batch_size: int = 5000, metrics: Any = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics  # campaigns.metrics.PipelineMetrics, optional
         self._producer = producer
         self._service = service
         self._clock = clock
@@ -113,6 +114,7 @@ class AnalyticsStage:
         )
         self._conn = psycopg2.connect(settings.database.dsn())
         self._last_sweep = 0.0
+        self.received = 0  # outcomes decoded (counted or recognised as already counted)
         self.counted = 0
         self.undecodable = 0
 
@@ -146,6 +148,7 @@ class AnalyticsStage:
                 self.undecodable += 1
                 log.warning("analytics: skipping undecodable outcome at %s[%d]@%d: %s",
                             msg.topic(), msg.partition(), msg.offset(), exc)
+        self.received += len(outcomes)
         touched = self.apply(outcomes)
         self._producer.flush()
         self._consumer.commit(asynchronous=False)
@@ -188,6 +191,8 @@ class AnalyticsStage:
             updated = psycopg2.extras.execute_values(cur, UPSERT_SQL, rows, page_size=len(rows), fetch=True)
         self._conn.commit()
         self.counted += len(new_ids)
+        if self._metrics is not None:  # once per batch, aggregated by (channel, status) inside
+            self._metrics.outcomes_counted(by_id[oid] for (oid,) in new_ids)
         for row in updated:
             record = dict(zip(("campaign_id", "window_start", "window_end", *COUNTERS, "latency_count",
                                "latency_sum_ms", "latency_max_ms", "updated_at"), row, strict=True))
@@ -229,10 +234,14 @@ class AnalyticsStage:
             if attempted >= max(min_sample, 1) and failed / attempted > threshold:
                 if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.FAIL,
                                                  {"failed": failed, "sent": sent, "threshold": threshold}):
+                    if self._metrics is not None:
+                        self._metrics.campaign_transition("failed")
                     log.warning("campaign %s failed: %d of %d sends failed", cid, failed, attempted)
                 continue
             if expanded and total is not None and (terminal >= total or count_log) and self._log_complete(cid, total):
                 if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.COMPLETE, {"recipients": total}):
+                    if self._metrics is not None:
+                        self._metrics.campaign_transition("completed")
                     log.info("campaign %s completed: %d recipients", cid, total)
 
     def _log_complete(self, campaign_id: str, total: int) -> bool:

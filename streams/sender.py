@@ -81,6 +81,7 @@ class Pending:
 
 @dataclass
 class SenderStats:
+    received: int = 0  # records consumed (main and retry topics), whatever became of them
     sent: int = 0
     failed: int = 0
     retried: int = 0
@@ -88,7 +89,6 @@ class SenderStats:
     duplicates_dropped: int = 0
     dead_lettered: int = 0
     throttled: int = 0
-    send_latency_ms: list[float] = field(default_factory=list)
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)  # reason -> count, for metrics
 
 
@@ -295,6 +295,7 @@ class ChannelSender:
             self._consumer.resume([TopicPartition(t, p) for t, p in due])
 
     def process(self, messages: list[Message]) -> None:
+        self.stats.received += len(messages)
         pending: list[Pending] = []
         held: set[tuple[str, int]] = set()
         now_ms = self._clock() * 1000
@@ -545,7 +546,6 @@ class ChannelSender:
                 rows.append((r["campaign_id"], int(r["recipient_id"]), "sent", attempt + 1, None, p.provider_id, now))
                 self._outcome(r, "SENT", attempt + 1, None, p.provider_id, p.latency_ms)
                 self.stats.sent += 1
-                self.stats.send_latency_ms.append(p.latency_ms or 0.0)
                 continue
             throttled = throttled or (p.reason or "").startswith("throttled")
             kind = "permanent" if p.result == "failed" else "transient"

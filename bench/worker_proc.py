@@ -1,0 +1,60 @@
+"""``python -m bench.worker_proc``: the production worker (``streams.worker.Worker``) in its own process,
+with the benchmark's :class:`~bench.transport.CountingTransport` instead of the real providers.
+
+Everything but the transport is what ``python -m streams.worker --channels email --no-rate-limits`` runs:
+the same stages, threads, settings from the environment and logging. It exists because a subprocess
+cannot be handed an in-process transport; ``docs/benchmarks.md`` proposes a ``--transport null`` option
+for ``streams.worker`` that would make this wrapper unnecessary. On SIGTERM it stops the worker and
+writes the transport's counts (calls, duplicates, first call per campaign) to ``--report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from campaigns.logs import configure_logging
+    from campaigns.settings import load_settings
+    from streams.worker import STAGES, Worker
+
+    from .transport import CountingTransport
+
+    parser = argparse.ArgumentParser(prog="python -m bench.worker_proc")
+    parser.add_argument("--stages", default="scheduler,expander,senders,analytics",
+                        help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--channels", default="email")
+    parser.add_argument("--no-rate-limits", action="store_true")
+    parser.add_argument("--first-id", type=int, default=0, help="recipient id range counted in a bytearray")
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--report", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    channels = args.channels.split(",")
+    transports = {c: CountingTransport(c, first_id=args.first_id, count=args.count) for c in channels}
+    worker = Worker(settings, stages=args.stages.split(","), channels=channels, transports=transports,
+                    rate_limits=not args.no_rate_limits)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.start()
+    stop.wait()
+    worker.stop()
+    report = {
+        "transports": {c: t.report() for c, t in transports.items()},
+        "errors": [repr(e) for e in worker.errors],
+        "sender_stats": {c: dict(vars(s.stats))
+                         for c, s in worker.senders.items()},
+    }
+    args.report.write_text(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""Operator tools: replay a topic range, list and redrive the dead-letter topic, watch a campaign.
+
+Replays and redrives are safe by construction: senders claim (campaign, recipient) before sending, so a
+re-driven message whose recipient already has a row is dropped, never sent twice; analytics dedupe
+outcome ids, so a replayed ``delivery.outcomes`` range changes no count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+from campaigns.codec import get_codec
+from campaigns.errors import SchemaError, ValidationError
+from campaigns.settings import Settings
+from producers.batch import BatchProducer
+
+SCHEMA_FOR_TOPIC = (
+    (".retry.", "RecipientMessage"),
+    ("campaign.messages.dlq", "DeadLetter"),
+    ("campaign.messages.", "RecipientMessage"),
+    ("delivery.outcomes", "DeliveryOutcome"),
+    ("campaign.events", "CampaignEvent"),
+    ("campaign.commands.rejected", "DeadLetter"),
+    ("campaign.commands", "CampaignCommand"),
+    ("campaign.analytics", "CampaignAnalytics"),
+)
+
+
+def schema_for(topic: str) -> str | None:
+    for marker, record in SCHEMA_FOR_TOPIC:
+        if marker in topic:
+            return record
+    return None
+
+
+@dataclass(frozen=True)
+class Range:
+    partition: int | None = None
+    from_offset: int | None = None
+    to_offset: int | None = None  # inclusive
+    from_time: datetime | None = None
+    to_time: datetime | None = None
+
+
+def read_range(settings: Settings, topic: str, span: Range, *, timeout_s: float = 30.0) -> Iterator[Any]:
+    """Every record of ``topic`` in ``span`` (offsets inclusive, or a time range), partition by partition.
+
+    Reads up to the high watermark seen at the start, so it always ends."""
+    consumer = Consumer(settings.kafka.as_librdkafka(**{
+        "group.id": f"{settings.kafka.topic('operator')}-{time.monotonic_ns()}", "enable.auto.commit": False}))
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise ValidationError(f"--topic: {topic!r} does not exist (list topics with `campaigns topics list`)")
+        partitions = [span.partition] if span.partition is not None else sorted(metadata.partitions)
+        starts: dict[int, int] = {}
+        ends: dict[int, int] = {}
+        for p in partitions:
+            low, high = _watermarks(consumer, TopicPartition(topic, p))
+            start, end = low, high  # end exclusive
+            if span.from_offset is not None:
+                start = max(low, span.from_offset)
+            if span.to_offset is not None:
+                end = min(high, span.to_offset + 1)
+            if span.from_time is not None:
+                found = consumer.offsets_for_times(
+                    [TopicPartition(topic, p, int(span.from_time.timestamp() * 1000))], timeout=10)[0].offset
+                start = max(start, high if found in (-1, OFFSET_END) else found)
+            if span.to_time is not None:
+                found = consumer.offsets_for_times(
+                    [TopicPartition(topic, p, int(span.to_time.timestamp() * 1000) + 1)], timeout=10)[0].offset
+                end = min(end, high if found in (-1, OFFSET_END) else found)
+            if end > start:
+                starts[p], ends[p] = start, end
+        consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+        deadline = time.monotonic() + timeout_s
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                if msg.error() or msg.partition() not in ends:
+                    continue
+                if msg.offset() < ends[msg.partition()]:
+                    yield msg
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    del ends[msg.partition()]
+    finally:
+        consumer.close()
+
+
+def _watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float = 15.0) -> tuple[int, int]:
+    """Low and high watermarks; a partition whose leader is still being elected (a new topic, a broker
+    restart) is asked again until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=5)
+        except KafkaException as exc:
+            retriable = exc.args[0].code() in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+            if not retriable or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+def campaign_of(record_name: str | None, value: bytes) -> str | None:
+    if record_name is None:
+        return None
+    try:
+        return get_codec().decode(value, record_name).get("campaign_id")
+    except SchemaError:
+        return None
+
+
+@dataclass
+class ReplayReport:
+    read: int = 0
+    matched: int = 0
+    produced: int = 0
+
+
+def replay(
+    settings: Settings, topic: str, span: Range, *, campaign: str | None = None, to_topic: str | None = None,
+    dry_run: bool = False, rate_per_s: float | None = None, on_record: Callable[[Any], None] | None = None,
+) -> ReplayReport:
+    """Re-produce the records of a range (same key, value, headers) to ``to_topic`` (default: the same)."""
+    record_name = schema_for(topic)
+    if campaign is not None and record_name is None:
+        raise ValidationError(f"--campaign: records of {topic!r} carry no campaign id")
+    report = ReplayReport()
+    producer = None if dry_run else BatchProducer(settings.kafka)
+    started = time.monotonic()
+    for msg in read_range(settings, topic, span):
+        report.read += 1
+        if campaign is not None and campaign_of(record_name, msg.value()) != campaign:
+            continue
+        report.matched += 1
+        if on_record is not None:
+            on_record(msg)
+        if producer is not None:
+            producer.produce(to_topic or topic, msg.key() or b"", msg.value(), headers=msg.headers())
+            report.produced += 1
+            _pace(started, report.produced, rate_per_s)
+    if producer is not None:
+        producer.flush()
+    return report
+
+
+def _pace(started: float, done: int, rate_per_s: float | None) -> None:
+    if rate_per_s:
+        ahead = done / rate_per_s - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def dead_letters(settings: Settings, *, campaign: str | None = None, reason: str | None = None) -> list[dict[str, Any]]:
+    """Decoded DLQ records (with their topic position), filtered by campaign and reason."""
+    codec = get_codec()
+    out = []
+    for msg in read_range(settings, settings.kafka.topic("campaign.messages.dlq"), Range()):
+        try:
+            record = codec.decode(msg.value(), "DeadLetter")
+        except SchemaError as exc:
+            record = {"reason": "undecodable_dead_letter", "detail": str(exc), "original_value": msg.value()}
+        if campaign is not None and record.get("campaign_id") != campaign:
+            continue
+        if reason is not None and not str(record.get("reason", "")).startswith(reason):
+            continue
+        record["_position"] = f"{msg.partition()}@{msg.offset()}"
+        out.append(record)
+    return out
+
+
+def redrive(
+    settings: Settings, *, campaign: str | None = None, reason: str | None = None, rate_per_s: float | None = None,
+    dry_run: bool = False,
+) -> ReplayReport:
+    """Re-produce dead-lettered messages to the topic they came from, at ``rate_per_s``.
+
+    A recipient whose row is terminal (``failed`` after a permanent error or exhausted retries) is not
+    re-sent: the claim drops the message. Redrive is for records that never reached a claim (poison
+    records after a fix, unknown campaigns created since); to retry failed recipients, create a follow-up
+    campaign for them."""
+    report = ReplayReport()
+    producer = None if dry_run else BatchProducer(settings.kafka)
+    started = time.monotonic()
+    for record in dead_letters(settings, campaign=campaign, reason=reason):
+        report.read += 1
+        value = record.get("original_value")
+        source = record.get("source_topic")
+        if not value or not source:
+            continue
+        report.matched += 1
+        if producer is not None:
+            producer.produce(source, (record.get("recipient_id") or "").encode(), value)
+            report.produced += 1
+            _pace(started, report.produced, rate_per_s)
+    if producer is not None:
+        producer.flush()
+    return report
