@@ -59,8 +59,11 @@ def upsert_channel(
     session: Session, *, id: str, kind: str, provider: str, rate_per_s: float, burst: int,
     config: Mapping[str, Any] | None = None,
 ) -> None:
+    """Add or update a channel account and make it the enabled one of its kind (one enabled per kind: the
+    kind names the topic the senders consume)."""
+    session.execute(update(Channel).where(Channel.kind == kind, Channel.id != id).values(enabled=False))
     values = {"id": id, "kind": kind, "provider": provider, "rate_per_s": rate_per_s, "burst": burst,
-              "config": dict(config or {})}
+              "config": dict(config or {}), "enabled": True}
     stmt = pg_insert(Channel).values(**values)
     session.execute(stmt.on_conflict_do_update(index_elements=[Channel.id], set_=values))
 
