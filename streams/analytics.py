@@ -102,6 +102,7 @@ class AnalyticsStage:
         kafka = settings.kafka
         self._topic = kafka.topic("delivery.outcomes")
         self._analytics_topic = kafka.topic("campaign.analytics")
+        self._counts_topic = kafka.topic("campaign.outcome_counts")
         self._consumer = Consumer(
             kafka.as_librdkafka(
                 **{
@@ -193,6 +194,17 @@ class AnalyticsStage:
         self.counted += len(new_ids)
         if self._metrics is not None:  # once per batch, aggregated by (channel, status) inside
             self._metrics.outcomes_counted(by_id[oid] for (oid,) in new_ids)
+        # The deduplicated deltas of this batch, per campaign and window (not the totals row), for live
+        # consumers such as the Faust view (streams/live.py). PostgreSQL stays the source of truth.
+        batch_id = str(uuid.uuid5(uuid.NAMESPACE_OID, min(oid for (oid,) in new_ids)))
+        for (cid, start), a in aggregates.items():
+            if start is None:
+                continue
+            self._producer.produce(self._counts_topic, cid, self._codec.encode("OutcomeCounts", {
+                "batch_id": batch_id, "campaign_id": cid, "window_start": start, "window_end": ends[(cid, start)],
+                **a.counts, "latency_count": a.latency_count, "latency_sum_ms": a.latency_sum,
+                "latency_max_ms": a.latency_max,
+            }))
         for row in updated:
             record = dict(zip(("campaign_id", "window_start", "window_end", *COUNTERS, "latency_count",
                                "latency_sum_ms", "latency_max_ms", "updated_at"), row, strict=True))
