@@ -488,7 +488,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from campaigns.settings import load_settings
 
     settings = load_settings()
-    topic = settings.kafka.topic(args.topic) if not args.topic.startswith(settings.kafka.topic_prefix or "\0") else args.topic
+    topic = settings.kafka.topic(args.topic)
     report = replay(settings, topic, _span(args), campaign=args.campaign,
                     to_topic=settings.kafka.topic(args.to) if args.to else None, dry_run=args.dry_run,
                     rate_per_s=args.rate)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg2
 from rich.console import Console
@@ -91,9 +90,9 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
     ok = _report(console, settings, campaign_ids, service) and ok and not errors
     console.print(f"provider simulator saw: {stats}")
     console.print(
-        "\nnext: metrics at http://127.0.0.1:%d/metrics while a worker runs; topics: "
+        f"\nnext: metrics at http://127.0.0.1:{settings.metrics_port}/metrics while a worker runs; topics: "
         "campaign.messages.<channel>, delivery.outcomes, campaign.analytics; dead letters: "
-        "`campaigns dlq list`" % settings.metrics_port
+        "`campaigns dlq list`"
     )
     if errors:
         console.print(f"[red]worker stage errors: {errors}[/red]")
@@ -153,7 +152,8 @@ def _watch(
             live.update(table)
             # The operator's pause and resume, part of the show: pause once some are sent, resume 3 s later.
             paused_view = views[pause_channel]
-            if paused_at is None and counts[str(paused_view.id)].get("sent", 0) >= 100 and paused_view.status == "active":
+            sent_so_far = counts[str(paused_view.id)].get("sent", 0)
+            if paused_at is None and sent_so_far >= 100 and paused_view.status == "active":
                 service.pause_campaign("demo-marketer", paused_view.id)
                 paused_at = now
                 console.print(f"[yellow]paused the {pause_channel} campaign[/yellow]")

@@ -12,8 +12,8 @@ import psycopg2
 import pytest
 
 from campaigns.codec import get_codec
-from streams.worker import Worker
 from simulator.thread import SimulatorThread
+from streams.worker import Worker
 from tests.helpers import consume_to_end, wait_for
 
 TERMINAL = ("sent", "failed", "skipped", "cancelled")
@@ -42,7 +42,8 @@ def create(service, segments, channel="sms", **extra):
 
 def set_rate(settings, channel: str, rate: float, burst: int) -> None:
     with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
-        cur.execute("UPDATE channels SET rate_per_s = %s, burst = %s WHERE kind = %s AND enabled", (rate, burst, channel))
+        cur.execute("UPDATE channels SET rate_per_s = %s, burst = %s WHERE kind = %s AND enabled",
+                    (rate, burst, channel))
 
 
 def finished(service, campaign_id):
@@ -77,7 +78,7 @@ def test_transient_failures_retried_then_sent_once_permanent_to_dlq(settings, se
 
 
 def test_pause_then_resume_sends_every_recipient_exactly_once(settings, service, audience):
-    plan, segments = audience(600)
+    _, segments = audience(600)
     set_rate(settings, "sms", 150, 20)
     with SimulatorThread() as simulator:
         campaign_id = create(service, segments)
@@ -102,7 +103,7 @@ def test_pause_then_resume_sends_every_recipient_exactly_once(settings, service,
 
 
 def test_cancel_mid_campaign_records_the_rest_cancelled(settings, service, audience):
-    plan, segments = audience(800)
+    _, segments = audience(800)
     set_rate(settings, "sms", 100, 10)
     with SimulatorThread() as simulator:
         campaign_id = create(service, segments)
@@ -126,7 +127,7 @@ def test_cancel_mid_campaign_records_the_rest_cancelled(settings, service, audie
 @pytest.mark.parametrize("workers", [1, 2])
 def test_rate_limit_held_at_the_provider(settings, service, audience, workers):
     rate, burst = 60.0, 6
-    plan, segments = audience(1100)
+    _, segments = audience(1100)
     set_rate(settings, "sms", rate, burst)
     with SimulatorThread() as simulator:
         campaign_id = create(service, segments)
