@@ -124,14 +124,32 @@ def database_settings(database_server: DatabaseSettings) -> Iterator[DatabaseSet
 
 
 @pytest.fixture
-def topic_prefix() -> str:
-    """Unique per test, so tests never share topics or consumer groups."""
-    return f"t{uuid.uuid4().hex[:10]}."
+def topic_prefix(kafka_settings: KafkaSettings) -> Iterator[str]:
+    """Unique per test, so tests never share topics or consumer groups; the test's topics are deleted
+    afterwards (thousands of leftover partitions would slow every broker restart and fault scenario)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    yield prefix
+    _delete_topics_with_prefix(kafka_settings.bootstrap_servers, prefix)
+
+
+def _delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
+        if names:
+            for future in admin.delete_topics(names, operation_timeout=30).values():
+                future.result(timeout=30)
+    except Exception as exc:  # cleanup must never hide the test's own result
+        print(f"warning: could not delete topics {prefix}*: {exc}")
 
 
 @pytest.fixture
 def settings(kafka_settings: KafkaSettings, database_settings: DatabaseSettings, topic_prefix: str) -> Settings:
     return Settings(
-        kafka=kafka_settings.model_copy(update={"topic_prefix": topic_prefix}),
+        # 3 partitions per topic: enough to exercise rebalances and shares, and cheap for the broker.
+        kafka=kafka_settings.model_copy(update={"topic_prefix": topic_prefix, "partitions": 3}),
         database=database_settings,
+        metrics_port=0,  # a worker's /metrics endpoint on a free port: tests never fight over 9108
     )

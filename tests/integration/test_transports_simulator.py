@@ -404,8 +404,6 @@ async def test_smtp_auth(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def _self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    crypto = pytest.importorskip("cryptography")  # ships with the environment, not a project dependency
-    del crypto
     import datetime as dt
 
     from cryptography import x509

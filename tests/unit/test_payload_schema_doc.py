@@ -6,12 +6,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from campaigns.core.payload import validate_create_payload
 from campaigns.errors import ValidationError
-
-jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
