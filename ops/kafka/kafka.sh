@@ -69,10 +69,10 @@ is_running() {
 }
 
 answers_metadata() {
-  "$PYTHON" - "$PORT" <<'PY'
+  "$PYTHON" - "$PORT" 2>/dev/null <<'PY'
 import sys
 from confluent_kafka.admin import AdminClient
-admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{sys.argv[1]}"})
+admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{sys.argv[1]}", "log_level": 0})
 md = admin.list_topics(timeout=2)
 sys.exit(0 if md.brokers else 1)
 PY
