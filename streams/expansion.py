@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg2
 import psycopg2.extras
@@ -63,9 +64,11 @@ class Expander:
     """Expands and sweeps campaigns. Not thread-safe: one per thread, each with its own connection."""
 
     def __init__(
-        self, settings: Settings, producer: BatchProducer, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self, settings: Settings, producer: BatchProducer,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC), metrics: Any = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics  # campaigns.metrics.PipelineMetrics, optional
         self._producer = producer
         self._clock = clock
         self._codec = get_codec()
@@ -187,6 +190,8 @@ class Expander:
             }
             self._producer.produce(topic, recipient, encode("RecipientMessage", record))
         self.expanded += len(recipients)
+        if self._metrics is not None:  # once per page
+            self._metrics.expansion_page(plan.channel, len(recipients))
 
     def _record(self, plan: CampaignPlan, recipients: list[Recipient], *, status: str, reason: str | None) -> None:
         """Insert terminal rows for recipients not logged yet, and one outcome per row actually inserted."""
@@ -227,16 +232,18 @@ class Expander:
             )
 
     def _checkpoint(self, plan: CampaignPlan, last_id: int) -> bool:
-        """Commit the page: skipped/cancelled rows and the cursor, only if the campaign did not change."""
+        """Commit the page: its skipped/cancelled rows always (their outcomes are already on the broker, so
+        the rows must exist too, or a later sweep would give those recipients a second terminal outcome),
+        and the cursor only if the campaign did not change meanwhile (pause, resume, cancel)."""
         with self._conn.cursor() as cur:
             cur.execute(
                 "UPDATE campaigns SET expansion_cursor = %s WHERE id = %s AND version = %s",
                 (last_id, str(plan.id), plan.version),
             )
-            if cur.rowcount != 1:
-                self._conn.rollback()
-                return False
+            changed = cur.rowcount != 1
         self._conn.commit()
+        if changed:
+            return False
         plan.cursor = last_id
         return True
 
