@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -54,6 +55,7 @@ from producers.batch import BatchProducer
 log = logging.getLogger(__name__)
 
 CAMPAIGN_STATE_TTL_S = 0.5
+_BIGINT_MAX = 2**63 - 1
 SHORT_TOKEN_WAIT_S = 0.1
 RATE_HEADROOM = 0.98
 
@@ -72,6 +74,7 @@ class Pending:
     msg: Message
     record: dict[str, Any]
     claimed_attempts: int = 0  # provider calls already made before this one
+    claimed_at: datetime | None = None  # identifies this worker's claim (a take-over writes a new one)
     result: str = ""  # sent | retry | failed
     reason: str | None = None
     provider_id: str | None = None
@@ -329,6 +332,11 @@ class ChannelSender:
                 self._dead_letter(msg, record, "wrong_channel", f"{record['channel']} message on {msg.topic()}")
                 not_sent += 1
                 continue
+            invalid = _invalid_ids(record)
+            if invalid is not None:  # would fail the batch's claim statement, on every redelivery
+                self._dead_letter(msg, record, "invalid_record", invalid)
+                not_sent += 1
+                continue
             pending.append(Pending(msg, record))
 
         states = self._campaign_states({p.record["campaign_id"] for p in pending})
@@ -421,13 +429,16 @@ class ChannelSender:
                 rows, page_size=len(rows), fetch=True,
             )
             for c, r in inserted:
-                claimed.append(by_key.pop((c, r)))
+                p = by_key.pop((c, r))
+                p.claimed_at = now
+                claimed.append(p)
             if by_key:
                 # Rows that exist: take over a retrying one (this is its retry) or an expired claim.
                 taken = self._take_over(cur, list(by_key), now, lease)
                 for c, r, attempts in taken:
                     p = by_key.pop((c, r))
                     p.claimed_attempts = attempts
+                    p.claimed_at = now
                     claimed.append(p)
             if by_key:
                 self._settle_unclaimed(cur, by_key)
@@ -536,34 +547,32 @@ class ChannelSender:
         await asyncio.gather(*(send_one(p) for p in claimed))
 
     def _record_results(self, claimed: list[Pending], states: dict[str, CampaignState]) -> None:
+        """Write every result in one UPDATE, then emit outcomes, retries and dead letters only for the rows
+        this worker still held: if a slow call outlived its lease and another worker took the claim over,
+        that worker's result is the one recorded and counted (one terminal outcome per recipient)."""
         now = datetime.now(UTC)
         rows = []
+        effects: dict[tuple[str, int], Callable[[], None]] = {}
         throttled = False
         for p in claimed:
             r = p.record
+            key = (r["campaign_id"], int(r["recipient_id"]))
             attempt = p.claimed_attempts  # 0-based number of this provider call
             if p.result == "sent":
-                rows.append((r["campaign_id"], int(r["recipient_id"]), "sent", attempt + 1, None, p.provider_id, now))
-                self._outcome(r, "SENT", attempt + 1, None, p.provider_id, p.latency_ms)
-                self.stats.sent += 1
+                rows.append((*key, "sent", attempt + 1, None, p.provider_id, now, p.claimed_at))
+                effects[key] = partial(self._on_sent, p, attempt + 1)
                 continue
             throttled = throttled or (p.reason or "").startswith("throttled")
             kind = "permanent" if p.result == "failed" else "transient"
             decision = decide(states[r["campaign_id"]].policy, attempt, kind, random.random(), now,
                               tiers=len(self._retry_topics), retry_after_s=p.retry_after)
             if decision.action == "retry":
-                rows.append((r["campaign_id"], int(r["recipient_id"]), "retrying", attempt + 1, p.reason, None, None))
-                retry = dict(r, attempt=decision.attempt, not_before=decision.not_before_ms, last_error=p.reason)
-                self._producer.produce(self._retry_topics[decision.tier - 1], r["recipient_id"],
-                                       self._codec.encode("RecipientMessage", retry))
-                self._outcome(r, "RETRYING", attempt + 1, p.reason, None, p.latency_ms)
-                self.stats.retried += 1
+                rows.append((*key, "retrying", attempt + 1, p.reason, None, None, p.claimed_at))
+                effects[key] = partial(self._on_retry, p, attempt + 1, decision)
             else:
                 reason = p.reason if decision.reason == "permanent_failure" else f"retries_exhausted: {p.reason}"
-                rows.append((r["campaign_id"], int(r["recipient_id"]), "failed", attempt + 1, reason, None, None))
-                self._outcome(r, "FAILED", attempt + 1, reason, None, p.latency_ms)
-                self._dead_letter(p.msg, r, decision.reason or "failed", reason, attempts=attempt + 1)
-                self.stats.failed += 1
+                rows.append((*key, "failed", attempt + 1, reason, None, None, p.claimed_at))
+                effects[key] = partial(self._on_failed, p, attempt + 1, reason, decision.reason or "failed")
         if self._aimd is not None:
             clock = self._clock()
             if throttled:
@@ -571,15 +580,41 @@ class ChannelSender:
             else:
                 self._aimd.on_success(len(claimed), clock)
         with self._conn.cursor() as cur:
-            psycopg2.extras.execute_values(
+            recorded = psycopg2.extras.execute_values(
                 cur,
                 "UPDATE campaign_recipient_log AS l SET status = v.s, attempts = v.a, failure_reason = v.f, "
                 "provider_message_id = v.p, sent_at = v.t::timestamptz, updated_at = now(), lease_until = NULL "
-                "FROM (VALUES %s) AS v(c, r, s, a, f, p, t) "
-                "WHERE l.campaign_id = v.c::uuid AND l.recipient_id = v.r AND l.status = 'claimed'",
-                rows, page_size=len(rows),
+                "FROM (VALUES %s) AS v(c, r, s, a, f, p, t, ca) "
+                "WHERE l.campaign_id = v.c::uuid AND l.recipient_id = v.r AND l.status = 'claimed' "
+                "AND l.claimed_at = v.ca::timestamptz "
+                "RETURNING l.campaign_id::text, l.recipient_id",
+                rows, page_size=len(rows), fetch=True,
             )
         self._conn.commit()
+        for key in recorded:
+            effects[(key[0], key[1])]()
+        lost = len(rows) - len(recorded)
+        if lost:
+            log.warning("%s sender: %d claims were taken over by another worker before their results were "
+                        "recorded (calls slower than the %.0f s lease)", self._channel, lost,
+                        self._settings.sender.claim_lease_s)
+
+    def _on_sent(self, p: Pending, attempts: int) -> None:
+        self._outcome(p.record, "SENT", attempts, None, p.provider_id, p.latency_ms)
+        self.stats.sent += 1
+
+    def _on_retry(self, p: Pending, attempts: int, decision: Any) -> None:
+        r = p.record
+        retry = dict(r, attempt=decision.attempt, not_before=decision.not_before_ms, last_error=p.reason)
+        self._producer.produce(self._retry_topics[decision.tier - 1], r["recipient_id"],
+                               self._codec.encode("RecipientMessage", retry))
+        self._outcome(r, "RETRYING", attempts, p.reason, None, p.latency_ms)
+        self.stats.retried += 1
+
+    def _on_failed(self, p: Pending, attempts: int, reason: str, dead_letter_reason: str) -> None:
+        self._outcome(p.record, "FAILED", attempts, reason, None, p.latency_ms)
+        self._dead_letter(p.msg, p.record, dead_letter_reason, reason, attempts=attempts)
+        self.stats.failed += 1
 
     # --- output records ----------------------------------------------------------------------------
 
@@ -629,6 +664,16 @@ def _as_millis(value: Any) -> float:
     if isinstance(value, datetime):
         return value.timestamp() * 1000
     return float(value or 0)
+
+
+def _invalid_ids(record: dict[str, Any]) -> str | None:
+    """Why the record cannot be claimed (the log keys it by a bigint recipient and a uuid message id), or None."""
+    recipient = record["recipient_id"]
+    if not (recipient.isascii() and recipient.isdigit() and len(recipient) <= 19 and int(recipient) <= _BIGINT_MAX):
+        return f"recipient_id {recipient[:40]!r} is not a customer id"
+    if not _is_uuid(record["message_id"]):
+        return f"message_id {record['message_id'][:40]!r} is not a UUID"
+    return None
 
 
 def _is_uuid(value: str) -> bool:
