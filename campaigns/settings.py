@@ -101,6 +101,19 @@ class AnalyticsSettings(BaseModel):
     failure_min_sample: int = 20
 
 
+class LiveSettings(BaseModel):
+    """The Faust live view (``streams/live.py``): windowed per-campaign tables fed by ``campaign.outcome_counts``."""
+
+    web_host: str = "127.0.0.1"  # bind address and the host in the worker's canonical URL; loopback by default
+    web_port: int = 6066
+    store: str = "memory://"  # tables are rebuilt from their changelog topics at start; no RocksDB needed
+    datadir: str | None = None  # Faust's data directory; None = <system temp>/campaigns-live/<app id>
+    windows_kept: int = 10  # windows kept per campaign: table expiry and changelog retention = window_s * this
+    batch_size: int = 1000  # OutcomeCounts records per agent micro-batch (at most)
+    batch_within_s: float = 0.5  # a micro-batch is applied after at most this long
+    session_timeout_s: float = 10.0  # a crashed worker's partitions move after this long (Faust's default: 60)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAMPAIGNS_", env_nested_delimiter="__", extra="ignore")
 
@@ -109,6 +122,7 @@ class Settings(BaseSettings):
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     sender: SenderSettings = Field(default_factory=SenderSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
+    live: LiveSettings = Field(default_factory=LiveSettings)
     metrics_enabled: bool = True  # the worker's Prometheus metrics and /metrics endpoint
     metrics_host: str = "127.0.0.1"  # loopback by default: expose it on purpose, never by accident
     metrics_port: int = 9108  # 0 picks a free port (tests); PipelineMetrics.port tells which

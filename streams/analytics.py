@@ -46,6 +46,7 @@ STATUS_TO_COUNTER = {
     "DELIVERED": "delivered", "READ": "read", "CLICKED": "clicked", "BOUNCED": "bounced",
 }
 RECEIPTS = {"DELIVERED", "READ", "CLICKED", "BOUNCED"}  # external receipts: ``attempt`` carries the count
+OUTCOME_ID_MAX = 128  # analytics_seen_outcomes.outcome_id is VARCHAR(128)
 TERMINAL_LOG_SQL = (
     "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s "
     "AND status IN ('sent', 'failed', 'skipped', 'cancelled')"
@@ -150,11 +151,44 @@ class AnalyticsStage:
                 log.warning("analytics: skipping undecodable outcome at %s[%d]@%d: %s",
                             msg.topic(), msg.partition(), msg.offset(), exc)
         self.received += len(outcomes)
-        touched = self.apply(outcomes)
+        touched = self.apply(self._countable(outcomes))
         self._producer.flush()
         self._consumer.commit(asynchronous=False)
         if touched:
             self.check_campaigns(touched)
+
+    def _countable(self, outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drop (and log) outcomes that would fail the batch on every redelivery, stopping the partition:
+        an outcome id longer than its column, a campaign id that is no known campaign, a negative attempt
+        (receipts add it to their counter), a time whose window cannot be represented."""
+        ids: dict[str, str] = {}
+        for o in outcomes:
+            try:
+                ids[o["campaign_id"]] = str(uuid.UUID(o["campaign_id"]))
+            except ValueError:
+                continue
+        known: set[str] = set()
+        if ids:
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT id::text FROM campaigns WHERE id = ANY(%s::uuid[])", (sorted(set(ids.values())),))
+                known = {row[0] for row in cur.fetchall()}
+            self._conn.commit()
+        kept = []
+        for o in outcomes:
+            campaign = ids.get(o["campaign_id"])
+            if campaign in known and len(o["outcome_id"]) <= OUTCOME_ID_MAX and o["attempt"] >= 0:
+                occurred = o["occurred_at"]
+                try:  # the window must be representable (not past the end of year 9999)
+                    window_bounds(occurred if isinstance(occurred, datetime)
+                                  else datetime.fromtimestamp(occurred / 1000, UTC), self._window_s)
+                except (OverflowError, ValueError, OSError):
+                    continue
+                kept.append(dict(o, campaign_id=campaign))
+        if len(kept) < len(outcomes):
+            self.undecodable += len(outcomes) - len(kept)
+            log.warning("analytics: skipping %d outcomes of unknown campaigns or with invalid values",
+                        len(outcomes) - len(kept))
+        return kept
 
     def apply(self, outcomes: list[dict[str, Any]]) -> set[str]:
         """Count the outcomes not counted before; publish the updated rows. Returns the campaigns touched."""

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 CAMPAIGN_STATE_TTL_S = 0.5
 _BIGINT_MAX = 2**63 - 1
+# A dead letter must fit the producer's message.max.bytes (librdkafka's default 1,000,000) with its own fields.
+DLQ_MAX_ORIGINAL_BYTES = 990_000
 SHORT_TOKEN_WAIT_S = 0.1
 RATE_HEADROOM = 0.98
 
@@ -640,6 +642,12 @@ class ChannelSender:
         self, msg: Message, record: dict[str, Any] | None, reason: str, detail: str | None, attempts: int = 0
     ) -> None:
         key = msg.key() or b""
+        original = msg.value()
+        if original is not None and len(original) > DLQ_MAX_ORIGINAL_BYTES:
+            # Too large to fit a DLQ record: keep where it is (source topic/partition/offset) instead, so
+            # the dead letter can still be written and the partition keeps flowing.
+            detail = f"original value of {len(original)} bytes not copied (too large); {detail or ''}"
+            original = None
         self._producer.produce(
             self._dlq_topic,
             key,
@@ -652,7 +660,7 @@ class ChannelSender:
                     "recipient_id": record["recipient_id"] if record else None,
                     "channel": self._channel, "source_topic": msg.topic(), "source_partition": msg.partition(),
                     "source_offset": msg.offset(), "reason": reason, "detail": (detail or "")[:2000],
-                    "attempts": attempts, "failed_at": int(self._clock() * 1000), "original_value": msg.value(),
+                    "attempts": attempts, "failed_at": int(self._clock() * 1000), "original_value": original,
                 },
             ),
         )

@@ -2,7 +2,7 @@
 
 | stage      | runs on                               | why                                              |
 |------------|---------------------------------------|--------------------------------------------------|
-| scheduler  | a loop over the due-campaign index    | conditional UPDATE activates exactly once, with any number of workers |
+| scheduler  | a loop over the due-campaign index    | conditional UPDATE: activated once by any number |
 | expander   | PostgreSQL keyset pages -> librdkafka | one query and one flush per page                 |
 | senders    | batched confluent-kafka consumers     | per-event Faust machinery capped this stage at ~4.5k/s |
 | analytics  | batched confluent-kafka consumer      | exactly-once counts in PostgreSQL                |
@@ -62,6 +62,11 @@ class Worker:
         unknown = stages - set(STAGES)
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
+        self.channels = tuple(self.channels)  # iterated more than once below
+        if self.metrics is None and self.settings.metrics_enabled:
+            from campaigns.metrics import PipelineMetrics
+
+            self.metrics = PipelineMetrics(self.settings, channels=self.channels)
         ensure_topics(self.settings.kafka, topic_specs(self.settings))
         engine = make_engine(self.settings.database)
         sessions = make_sessionmaker(engine)
@@ -72,7 +77,8 @@ class Worker:
             self._spawn("scheduler", lambda: lambda: self._schedule(service, sessions))
         if "expander" in stages:
             def expander() -> Callable[[], None]:
-                self.expander = Expander(self.settings, producer_for(), clock=self.clock)
+                self.expander = Expander(self.settings, producer_for(), clock=self.clock,
+                                         metrics=self.metrics)
                 return lambda: self.expander.run_forever(self.stop_event)  # type: ignore[union-attr]
 
             self._spawn("expander", expander)
@@ -88,12 +94,14 @@ class Worker:
                     built = ChannelSender(self.settings, channel, transport, producer_for(),
                                           rate_per_s=rate, burst=burst, metrics=self.metrics)
                     self.senders[channel] = built
+                    if self.metrics is not None:
+                        self.metrics.watch_rate_limiter(channel, built.rate_limiter_state)
                     return lambda: built.run_forever(self.stop_event)
 
                 self._spawn(f"sender-{channel}", sender)
         if "analytics" in stages:
             def analytics() -> Callable[[], None]:
-                self.analytics = AnalyticsStage(self.settings, producer_for(), service)
+                self.analytics = AnalyticsStage(self.settings, producer_for(), service, metrics=self.metrics)
                 return lambda: self.analytics.run_forever(self.stop_event)  # type: ignore[union-attr]
 
             self._spawn("analytics", analytics)
@@ -113,13 +121,21 @@ class Worker:
                 return lambda: built.run_forever(self.stop_event)
 
             self._spawn("commands", commands)
+        if self.metrics is not None and self.settings.metrics_enabled:
+            try:
+                self.metrics.start_http_server(self.settings.metrics_host, self.settings.metrics_port)
+            except OSError as exc:  # e.g. a second worker on this host: keep working, without /metrics
+                log.error("metrics endpoint %s:%d unavailable (%s); set CAMPAIGNS_METRICS_PORT",
+                          self.settings.metrics_host, self.settings.metrics_port, exc)
         return self
 
     def _schedule(self, service: CampaignService, sessions) -> None:  # type: ignore[no-untyped-def]
         """Activate due campaigns; wake at the next start time (or every ``scheduler_interval_s``)."""
         interval = self.settings.scheduler_interval_s
         while not self.stop_event.is_set():
-            service.activate_due()
+            activated = service.activate_due()
+            if activated and self.metrics is not None:
+                self.metrics.campaign_transition("active", len(activated))
             with transaction(sessions) as session:
                 upcoming = repo.next_start_at(session)
             wait = interval
@@ -152,6 +168,8 @@ class Worker:
         alive = [t.name for t in self.threads if t.is_alive()]
         if alive:
             log.warning("stages still running after %.0fs: %s", timeout, alive)
+        if self.metrics is not None:
+            self.metrics.stop_http_server()
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -172,8 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--channels", default=",".join(CHANNELS), help="channels to send (senders stage)")
     parser.add_argument("--no-rate-limits", action="store_true", help="ignore the channels' rate limits (benchmarks)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="port of the /metrics endpoint (default: CAMPAIGNS_METRICS_PORT, 9108)")
+    parser.add_argument("--no-metrics", action="store_true", help="no metrics, no /metrics endpoint")
     args = parser.parse_args(argv)
     settings = load_settings()
+    if args.metrics_port is not None or args.no_metrics:
+        update = {"metrics_enabled": not args.no_metrics}
+        if args.metrics_port is not None:
+            update["metrics_port"] = args.metrics_port
+        settings = settings.model_copy(update=update)
     configure_logging(settings.log_level)
     worker = Worker(settings, stages=args.stages.split(","), channels=args.channels.split(","),
                     rate_limits=not args.no_rate_limits)

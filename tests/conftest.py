@@ -102,13 +102,13 @@ def database_server() -> Iterator[DatabaseSettings]:
 
 
 @pytest.fixture(scope="session")
-def database_settings(database_server: DatabaseSettings) -> Iterator[DatabaseSettings]:
-    """A fresh database for this test session, migrated to head and dropped afterwards."""
+def template_database(database_server: DatabaseSettings) -> Iterator[DatabaseSettings]:
+    """A database migrated to head once per session; every test gets a copy of it."""
     import psycopg2
 
     from campaigns.db.engine import upgrade
 
-    name = f"campaigns_test_{uuid.uuid4().hex[:8]}"
+    name = f"campaigns_tmpl_{uuid.uuid4().hex[:8]}"
     admin = psycopg2.connect(database_server.dsn())
     admin.autocommit = True
     with admin.cursor() as cur:
@@ -117,6 +117,25 @@ def database_settings(database_server: DatabaseSettings) -> Iterator[DatabaseSet
     try:
         upgrade(settings)
         yield settings
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def database_settings(template_database: DatabaseSettings) -> Iterator[DatabaseSettings]:
+    """A fresh, migrated database for this test alone (a copy of the session's template, ~0.2 s), dropped
+    afterwards: no test sees another's campaigns, so a worker's scheduler never picks up a stranger's."""
+    import psycopg2
+
+    name = f"campaigns_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(template_database.model_copy(update={"name": "postgres"}).dsn())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database.name}"')
+    try:
+        yield template_database.model_copy(update={"name": name})
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
