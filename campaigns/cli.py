@@ -528,6 +528,17 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_live(args: argparse.Namespace) -> int:
+    from streams.live import main as live_main
+
+    argv = ["worker", "-l", args.log_level]
+    if args.port:
+        argv += ["--web-port", str(args.port)]
+    if args.host:
+        argv += ["--web-host", args.host, "--web-bind", args.host]
+    return int(live_main(argv) or 0)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.__main__ import main as bench_main
 
@@ -665,6 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_redrive.add_argument("--rate", type=float, help="records per second")
     dlq_redrive.add_argument("--dry-run", action="store_true")
     dlq_redrive.set_defaults(handler=cmd_dlq_redrive)
+
+    live = sub.add_parser("live", help="run the Faust live view of campaign analytics (windowed tables)")
+    live.add_argument("--port", type=int, help="web port (default CAMPAIGNS_LIVE__WEB_PORT, 6066)")
+    live.add_argument("--host", help="web host (default 127.0.0.1)")
+    live.add_argument("-l", "--log-level", default="info", help="faust log level (keep info: warn is slower)")
+    live.set_defaults(handler=cmd_live)
 
     bench = sub.add_parser("bench", help="run the benchmark harness (see docs/benchmarks.md)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the harness")

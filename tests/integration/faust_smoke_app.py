@@ -14,6 +14,7 @@ app = faust.App(
     store="memory://",
     topic_partitions=3,
     web_enabled=False,
+    datadir=os.environ.get("SMOKE_DATADIR", "/tmp/campaigns-faust-smoke"),
 )
 source = app.topic(os.environ["SMOKE_IN"], key_serializer="raw", value_serializer="raw")
 sink = app.topic(os.environ["SMOKE_OUT"], key_serializer="raw", value_serializer="raw")
