@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     from .transport import CountingTransport
 
     parser = argparse.ArgumentParser(prog="python -m bench.worker_proc")
-    parser.add_argument("--stages", default="scheduler,expander,senders,analytics",
-                        help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument(
+        "--stages",
+        default="scheduler,expander,senders,analytics",
+        help=f"comma-separated subset of {','.join(STAGES)}",
+    )
     parser.add_argument("--channels", default="email")
     parser.add_argument("--no-rate-limits", action="store_true")
     parser.add_argument("--first-id", type=int, default=0, help="recipient id range counted in a bytearray")
@@ -34,12 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args(argv)
 
+    _producer_overrides()
+    _consumer_overrides()
+    for module in filter(None, os.environ.get("BENCH_PRELOAD", "").split(",")):
+        # Experiments only: a module imported before the worker starts (e.g. one that patches a stage, to
+        # measure a proposed change against the current code in interleaved rounds).
+        __import__(module.strip())
     settings = load_settings()
     configure_logging(settings.log_level)
     channels = args.channels.split(",")
     transports = {c: CountingTransport(c, first_id=args.first_id, count=args.count) for c in channels}
-    worker = Worker(settings, stages=args.stages.split(","), channels=channels, transports=transports,
-                    rate_limits=not args.no_rate_limits)
+    worker = Worker(
+        settings,
+        stages=args.stages.split(","),
+        channels=channels,
+        transports=transports,
+        rate_limits=not args.no_rate_limits,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -49,11 +65,47 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "transports": {c: t.report() for c, t in transports.items()},
         "errors": [repr(e) for e in worker.errors],
-        "sender_stats": {c: dict(vars(s.stats))
-                         for c, s in worker.senders.items()},
+        "sender_stats": {c: dict(vars(s.stats)) for c, s in worker.senders.items()},
     }
     args.report.write_text(json.dumps(report))
     return 0
+
+
+def _producer_overrides() -> None:
+    """Experiments only: ``BENCH_PRODUCER_OVERRIDES="linger.ms=20,compression.type=none"`` changes the
+    librdkafka configuration of every ``BatchProducer`` in this process (there is no setting for it)."""
+    text = os.environ.get("BENCH_PRODUCER_OVERRIDES", "").strip()
+    if not text:
+        return
+    import producers.batch
+
+    conf = dict(item.split("=", 1) for item in text.split(","))
+    original = producers.batch.BatchProducer.__init__
+
+    def patched(self: Any, kafka: Any, **overrides: Any) -> None:
+        original(self, kafka, **{**conf, **overrides})
+
+    producers.batch.BatchProducer.__init__ = patched  # type: ignore[method-assign]
+
+
+def _consumer_overrides() -> None:
+    """Experiments only: ``BENCH_CONSUMER_OVERRIDES="queued.max.messages.kbytes=8192"`` adds librdkafka
+    configuration to the senders' and the analytics stage's consumers."""
+    text = os.environ.get("BENCH_CONSUMER_OVERRIDES", "").strip()
+    if not text:
+        return
+    import confluent_kafka
+
+    import streams.analytics
+    import streams.sender
+
+    conf = dict(item.split("=", 1) for item in text.split(","))
+
+    def consumer(config: dict[str, Any]) -> Any:
+        return confluent_kafka.Consumer({**config, **conf})
+
+    streams.sender.Consumer = consumer  # type: ignore[assignment]
+    streams.analytics.Consumer = consumer  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

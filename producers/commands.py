@@ -57,6 +57,8 @@ from producers.topics import COMMANDS, COMMANDS_REJECTED
 log = logging.getLogger(__name__)
 
 COMMAND_RECORD = "CampaignCommand"
+# A rejection must fit the producer's message.max.bytes (librdkafka's default 1,000,000) with its own fields.
+REJECTION_MAX_ORIGINAL_BYTES = 990_000
 DEAD_LETTER_RECORD = "DeadLetter"
 DEAD_LETTER_NAMESPACE = uuid.UUID("3f0b3a52-0c55-5a8e-9a43-3f6c1f0c2d11")
 """Namespace of the deterministic ``dead_letter_id`` of rejected commands (uuid5 of source coordinates)."""
@@ -240,6 +242,12 @@ class CommandConsumer:
     def _publish_rejection(self, msg: Message, rejection: Rejection) -> None:
         topic, partition, offset = _where(msg)
         coordinates = f"{topic}:{partition}:{offset}"
+        original, detail = msg.value(), rejection.detail
+        if original is not None and len(original) > REJECTION_MAX_ORIGINAL_BYTES:
+            # Too large to fit a rejection record (the producer's message.max.bytes): point at the source
+            # coordinates instead, so the rejection is still written and the partition keeps flowing.
+            detail = f"original value of {len(original)} bytes not copied (too large); {detail}"
+            original = None
         record = {
             "dead_letter_id": str(uuid.uuid5(DEAD_LETTER_NAMESPACE, coordinates)),
             "message_id": rejection.command_id,  # a command's message id is its command id
@@ -250,10 +258,10 @@ class CommandConsumer:
             "source_partition": partition,
             "source_offset": offset,
             "reason": rejection.reason,
-            "detail": rejection.detail[:4000],
+            "detail": detail[:4000],
             "attempts": 0,
             "failed_at": self._clock(),
-            "original_value": msg.value(),
+            "original_value": original,
         }
         key = msg.key() or (rejection.command_id.encode() if rejection.command_id else None)
         log.warning("command rejected (%s) at %s: %s", rejection.reason, coordinates, rejection.detail)

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from campaigns.codec import get_codec
 from campaigns.core.states import CampaignAction
@@ -153,7 +153,13 @@ class AnalyticsStage:
         self.received += len(outcomes)
         touched = self.apply(self._countable(outcomes))
         self._producer.flush()
-        self._consumer.commit(asynchronous=False)
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            # E.g. the coordinator is loading after a broker restart. The batch is counted in PostgreSQL,
+            # so a redelivery changes nothing; crashing here instead would rebuild the consumer, and the
+            # old member, unable to leave the group, would stall the new one's join for a session timeout.
+            log.warning("analytics: offset commit failed (%s); the batch may be redelivered", exc)
         if touched:
             self.check_campaigns(touched)
 

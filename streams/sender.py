@@ -77,7 +77,8 @@ class Pending:
     record: dict[str, Any]
     claimed_attempts: int = 0  # provider calls already made before this one
     claimed_at: datetime | None = None  # identifies this worker's claim (a take-over writes a new one)
-    result: str = ""  # sent | retry | failed
+    lease_deadline: float = float("inf")  # time.monotonic() after which the claim may belong to another worker
+    result: str = ""  # sent | retry | failed | expired (not sent: the lease ran out first)
     reason: str | None = None
     provider_id: str | None = None
     latency_ms: float | None = None
@@ -415,6 +416,7 @@ class ChannelSender:
         """Claim (campaign, recipient) for each message; returns those this worker may send now."""
         if not pending:
             return []
+        deadline = time.monotonic() + self._settings.sender.claim_lease_s  # taken before the lease starts
         now = datetime.now(UTC)
         lease = now + timedelta(seconds=self._settings.sender.claim_lease_s)
         by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p for p in pending}
@@ -432,7 +434,7 @@ class ChannelSender:
             )
             for c, r in inserted:
                 p = by_key.pop((c, r))
-                p.claimed_at = now
+                p.claimed_at, p.lease_deadline = now, deadline
                 claimed.append(p)
             if by_key:
                 # Rows that exist: take over a retrying one (this is its retry) or an expired claim.
@@ -440,7 +442,7 @@ class ChannelSender:
                 for c, r, attempts in taken:
                     p = by_key.pop((c, r))
                     p.claimed_attempts = attempts
-                    p.claimed_at = now
+                    p.claimed_at, p.lease_deadline = now, deadline
                     claimed.append(p)
             if by_key:
                 self._settle_unclaimed(cur, by_key)
@@ -527,6 +529,11 @@ class ChannelSender:
                 template_name=r["template_name"], locale=r["locale"],
             )
             async with semaphore:
+                if time.monotonic() >= p.lease_deadline:
+                    # The lease ran out before the call (a long pause, a stalled batch): another worker may
+                    # hold the claim and have sent it. Not sending is safe; the message is handed back.
+                    p.result = "expired"
+                    return
                 started = time.perf_counter()
                 try:
                     receipt = await self._transport.send(message)
@@ -556,10 +563,16 @@ class ChannelSender:
         rows = []
         effects: dict[tuple[str, int], Callable[[], None]] = {}
         throttled = False
+        expired = 0
         for p in claimed:
             r = p.record
             key = (r["campaign_id"], int(r["recipient_id"]))
             attempt = p.claimed_attempts  # 0-based number of this provider call
+            if p.result == "expired":  # claimed again from retry tier 1 (a take-over, or a terminal duplicate)
+                self._producer.produce(self._retry_topics[0], r["recipient_id"], self._codec.encode(
+                    "RecipientMessage", dict(r, not_before=int(self._clock() * 1000))))
+                expired += 1
+                continue
             if p.result == "sent":
                 rows.append((*key, "sent", attempt + 1, None, p.provider_id, now, p.claimed_at))
                 effects[key] = partial(self._on_sent, p, attempt + 1)
@@ -581,20 +594,25 @@ class ChannelSender:
                 self._aimd.on_throttled(clock)
             else:
                 self._aimd.on_success(len(claimed), clock)
-        with self._conn.cursor() as cur:
-            recorded = psycopg2.extras.execute_values(
-                cur,
-                "UPDATE campaign_recipient_log AS l SET status = v.s, attempts = v.a, failure_reason = v.f, "
-                "provider_message_id = v.p, sent_at = v.t::timestamptz, updated_at = now(), lease_until = NULL "
-                "FROM (VALUES %s) AS v(c, r, s, a, f, p, t, ca) "
-                "WHERE l.campaign_id = v.c::uuid AND l.recipient_id = v.r AND l.status = 'claimed' "
-                "AND l.claimed_at = v.ca::timestamptz "
-                "RETURNING l.campaign_id::text, l.recipient_id",
-                rows, page_size=len(rows), fetch=True,
-            )
+        recorded: list[tuple[str, int]] = []
+        if rows:  # none when every claim expired before its call
+            with self._conn.cursor() as cur:
+                recorded = psycopg2.extras.execute_values(
+                    cur,
+                    "UPDATE campaign_recipient_log AS l SET status = v.s, attempts = v.a, failure_reason = v.f, "
+                    "provider_message_id = v.p, sent_at = v.t::timestamptz, updated_at = now(), lease_until = NULL "
+                    "FROM (VALUES %s) AS v(c, r, s, a, f, p, t, ca) "
+                    "WHERE l.campaign_id = v.c::uuid AND l.recipient_id = v.r AND l.status = 'claimed' "
+                    "AND l.claimed_at = v.ca::timestamptz "
+                    "RETURNING l.campaign_id::text, l.recipient_id",
+                    rows, page_size=len(rows), fetch=True,
+                )
         self._conn.commit()
         for key in recorded:
             effects[(key[0], key[1])]()
+        if expired:
+            log.warning("%s sender: %d claims outlived their %.0f s lease before their call; not sent, handed "
+                        "back", self._channel, expired, self._settings.sender.claim_lease_s)
         lost = len(rows) - len(recorded)
         if lost:
             log.warning("%s sender: %d claims were taken over by another worker before their results were "

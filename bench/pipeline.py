@@ -1,0 +1,525 @@
+"""The pipeline's own scenarios: end to end, schedule-to-first-send latency, expansion alone, and the
+same end to end over real HTTP through the provider simulator.
+
+End to end = from the campaign's ``activated_at`` (set by the scheduler when the start time comes) to its
+``finished_at`` (set when the analytics stage has counted every recipient and the recipient log has a
+terminal row for each). Both are written by the worker, so the harness's own polling is not in the figure.
+The worker is a subprocess (``bench.worker_proc``: the production ``Worker`` with a counting transport), so
+its CPU seconds and peak RSS are its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from campaigns.codec import get_codec
+from producers.batch import BatchProducer
+from producers.topics import ensure_topics, topic_specs
+from streams.expansion import Expander
+
+from .env import (
+    BenchEnv,
+    CpuMeter,
+    Subprocess,
+    delete_run_topics,
+    free_port,
+    percentile,
+    proc_peak_rss_mb,
+    python,
+    read_json,
+    wait_for,
+    wait_groups_ready,
+)
+
+log = logging.getLogger("bench")
+TERMINAL = ("sent", "failed", "skipped", "cancelled")
+
+
+def _worker(
+    env: BenchEnv,
+    prefix: str,
+    tag: str,
+    *,
+    first_id: int = 0,
+    count: int = 0,
+    channel: str = "email",
+    extra_env: dict[str, str] | None = None,
+) -> tuple[Subprocess, Path]:
+    name = f"{tag}-{prefix.strip('.')}"
+    report = env.log_dir / f"{name}.json"
+    sub = Subprocess(
+        [
+            python(),
+            "-m",
+            "bench.worker_proc",
+            "--stages",
+            "scheduler,expander,senders,analytics",
+            "--channels",
+            channel,
+            "--no-rate-limits",
+            "--first-id",
+            str(first_id),
+            "--count",
+            str(count),
+            "--report",
+            str(report),
+        ],
+        env.child_env(prefix, **(extra_env or {})),
+        env.log_dir / f"{name}.log",
+    )
+    return sub, report
+
+
+def _ready(env: BenchEnv, prefix: str, channel: str, sub: Subprocess) -> None:
+    settings = env.settings(prefix)
+    try:
+        wait_groups_ready(
+            settings,
+            {
+                f"{prefix}sender-{channel}": f"{prefix}campaign.messages.{channel}",
+                f"{prefix}analytics": f"{prefix}delivery.outcomes",
+            },
+            timeout=90,
+        )
+    except TimeoutError:
+        raise RuntimeError(f"worker not ready; its log ends:\n{sub.tail()}") from None
+
+
+def e2e_run(
+    env: BenchEnv,
+    n: int,
+    batch: int,
+    *,
+    workers: int = 1,
+    sender_batch: int | None = None,
+    worker_env: dict[str, str] | None = None,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """One campaign of ``n`` recipients through ``workers`` fresh worker processes; figures and checks.
+
+    ``sender_batch`` overrides ``CAMPAIGNS_SENDER__BATCH_SIZE`` for the workers; ``worker_env`` adds any other
+    environment (settings, or ``BENCH_PRODUCER_OVERRIDES``, see ``bench.worker_proc``). ``profile``: sample the
+    (first) worker with py-spy from activation to completion and PostgreSQL's active statements; the
+    collapsed stacks go to ``bench/results/logs/profile-*.txt``."""
+    plan, segment = env.audience(n)
+    env.reset_tables()
+    prefix = env.new_prefix("e2e")
+    settings = env.settings(prefix)
+    ensure_topics(settings.kafka, topic_specs(settings), timeout=120)
+    extra = dict(worker_env or {})
+    if sender_batch:
+        extra["CAMPAIGNS_SENDER__BATCH_SIZE"] = str(sender_batch)
+    subs = [_worker(env, prefix, f"e2e-w{i}", first_id=plan.first_id, count=n, extra_env=extra) for i in range(workers)]
+    for sub, _ in subs:
+        sub.start()
+    codes: list[int | None] = []
+    try:
+        for sub, _ in subs:
+            _ready(env, prefix, "email", sub)
+        campaign = env.create_campaign(channel="email", batch_size=batch, segment=segment, name=f"e2e-{n}")
+        first = subs[0][0]
+        spy = _py_spy(env, first.pid, f"e2e-{n}x{batch}-{prefix.strip('.')}") if profile else None
+        pg = PgSampler(env) if profile else None
+        meter = CpuMeter(env.dbname, [sub.pid for sub, _ in subs])
+        meter.start()
+        env.schedule(campaign)
+        env.wait_finished([campaign], timeout=max(300.0, n / 500), alive=lambda: all(sub.alive() for sub, _ in subs))
+        cpu = meter.stop()
+        peak_rss = max(proc_peak_rss_mb(sub.pid) for sub, _ in subs)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        pg_profile = pg.stop() if pg is not None else None
+    finally:
+        codes = [sub.stop(timeout=60) for sub, _ in subs]
+        delete_run_topics(settings, prefix)
+    reports = [read_json(path) for _, path in subs]
+    transports = [r.get("transports", {}).get("email", {}) for r in reports]
+    row = env.campaign_row(campaign)
+    counts = env.log_counts(campaign)
+    totals = env.analytics_totals(campaign)
+    elapsed = (row["finished_at"] - row["activated_at"]).total_seconds()
+    total = row["total_recipients"] or 0
+    firsts = [t["first_call_at"][str(campaign)] for t in transports if str(campaign) in t.get("first_call_at", {})]
+    result = {
+        "n": n,
+        "batch": batch,
+        "workers": workers,
+        "sender_batch": sender_batch or env.base.sender.batch_size,
+        "worker_env": extra,
+        "campaign_id": str(campaign),
+        "status": row["status"],
+        "total_recipients": total,
+        "elapsed_s": elapsed,
+        "recipients_per_s": total / elapsed if elapsed else None,
+        "first_send_after_activation_s": min(firsts) - row["activated_at"].timestamp() if firsts else None,
+        "peak_rss_mb": peak_rss,
+        **cpu,
+        "worker_cpu_s_per_1k": cpu["worker_cpu_s"] / total * 1000 if total else None,
+        "postgres_cpu_s_per_1k": cpu["postgres_cpu_s"] / total * 1000 if total else None,
+        "log_counts": counts,
+        "analytics": totals,
+        "transport_calls": sum(t.get("calls", 0) for t in transports),
+        # Duplicates within one worker's transport, plus any recipient sent by two workers (calls > rows).
+        "transport_duplicates": sum(t.get("duplicates", 0) for t in transports)
+        + max(0, sum(t.get("distinct_recipients", 0) for t in transports) - counts.get("sent", 0)),
+        "worker_errors": [e for r in reports for e in r.get("errors", [])],
+        "worker_exit": codes,
+    }
+    if profile:
+        result["postgres_active_samples"] = pg_profile
+    result["checks"] = _checks(result)
+    return result
+
+
+class PgSampler:
+    """A sampling profiler for PostgreSQL: which statements of our database are running, every 10 ms.
+
+    ``pg_stat_statements`` needs a server restart to load; this needs nothing, and its sample counts are
+    proportional to the time backends spend in each statement (waiting for a lock included)."""
+
+    def __init__(self, env: BenchEnv, interval_s: float = 0.01) -> None:
+        import threading
+        from collections import Counter
+
+        self._env = env
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.samples: Counter[str] = Counter()
+        self.ticks = 0
+        self._thread = threading.Thread(target=self._run, name="pg-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = self._env.connect()
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                while not self._stop.wait(self._interval):
+                    cur.execute(
+                        "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), wait_event_type "
+                        "FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+                        "AND pid <> pg_backend_pid()"
+                    )
+                    self.ticks += 1
+                    for query, wait in cur.fetchall():
+                        self.samples[f"{query}{' [wait ' + wait + ']' if wait else ''}"] += 1
+        finally:
+            conn.close()
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(10)
+        return {"ticks": self.ticks, "interval_s": self._interval, "top": self.samples.most_common(15)}
+
+
+def _py_spy(env: BenchEnv, pid: int, tag: str) -> subprocess.Popen[bytes] | None:
+    exe = shutil.which("py-spy")
+    if exe is None:
+        log.warning("py-spy not found (pip install py-spy): not profiling")
+        return None
+    out = env.log_dir / f"profile-{tag}.txt"
+    log.info("profiling the worker into %s", out)
+    return subprocess.Popen(  # noqa: S603 - our own arguments, no shell
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "97",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _checks(r: dict[str, Any]) -> dict[str, bool]:
+    counts = r["log_counts"]
+    terminal = sum(counts.get(s, 0) for s in TERMINAL)
+    return {
+        "completed": r["status"] == "completed",
+        "every_recipient_terminal": terminal == r["total_recipients"] == sum(counts.values()) > 0,
+        "no_duplicate_sends": r["transport_duplicates"] == 0,
+        "one_call_per_sent_row": r["transport_calls"] == counts.get("sent", 0),
+        "analytics_equal_log": all(r["analytics"].get(s, 0) == counts.get(s, 0) for s in TERMINAL),
+    }
+
+
+def latency_run(env: BenchEnv, campaigns: int = 10, recipients: int = 50, spacing_s: float = 0.7) -> dict[str, Any]:
+    """Small campaigns with start times in the near future; first provider call minus ``start_at``."""
+    plan, _segment = env.audience(10_000)
+    env.reset_tables()
+    prefix = env.new_prefix("lat")
+    settings = env.settings(prefix)
+    ensure_topics(settings.kafka, topic_specs(settings), timeout=120)
+    sub, report_path = _worker(env, prefix, "latency", first_id=plan.first_id, count=plan.customers)
+    sub.start()
+    ids: list[uuid.UUID] = []
+    starts: dict[str, datetime] = {}
+    try:
+        _ready(env, prefix, "email", sub)
+        # Eligible recipients only, so the first page always has something to send.
+        eligible = [c for c in plan.ids() if c % 50 and c % 97]
+        created = [
+            env.create_campaign(
+                channel="email",
+                batch_size=1000,
+                name=f"lat-{i}",
+                manual=eligible[i * recipients : (i + 1) * recipients],
+            )
+            for i in range(campaigns)
+        ]
+        base = datetime.now(UTC) + timedelta(seconds=2)
+        for i, cid in enumerate(created):
+            start = base + timedelta(seconds=i * spacing_s)
+            env.schedule(cid, start)
+            ids.append(cid)
+            starts[str(cid)] = start
+        env.wait_finished(ids, timeout=120, alive=sub.alive)
+    finally:
+        sub.stop(timeout=60)
+        delete_run_topics(settings, prefix)
+    first = read_json(report_path).get("transports", {}).get("email", {}).get("first_call_at", {})
+    samples, activation = [], []
+    for cid in ids:
+        row = env.campaign_row(cid)
+        activation.append((row["activated_at"] - starts[str(cid)]).total_seconds())
+        if str(cid) in first:
+            samples.append(first[str(cid)] - starts[str(cid)].timestamp())
+    return {
+        "campaigns": campaigns,
+        "recipients_each": recipients,
+        "latency_s": samples,
+        "activation_lag_s": activation,
+        "p50_s": percentile(samples, 50),
+        "p99_s": percentile(samples, 99),
+        "max_s": max(samples) if samples else None,
+        "checks": {"every_campaign_sent": len(samples) == campaigns},
+    }
+
+
+def expansion_run(env: BenchEnv, n: int, batch: int) -> dict[str, Any]:
+    """The expander alone (this process, one thread): recipients/s from the database into Kafka."""
+    _plan, segment = env.audience(n)
+    env.reset_tables()
+    prefix = env.new_prefix("exp")
+    settings = env.settings(prefix)
+    ensure_topics(settings.kafka, topic_specs(settings), timeout=120)
+    producer = BatchProducer(settings.kafka)
+    expander = Expander(settings, producer)
+    try:
+        campaign = env.create_campaign(channel="email", batch_size=batch, segment=segment, name=f"exp-{n}")
+        env.schedule(campaign, datetime.now(UTC) - timedelta(milliseconds=1))
+        assert env.service is not None
+        env.service.activate_due()
+        cpu0, t0 = time.thread_time(), time.perf_counter()
+        expander.run_once()
+        elapsed, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+    finally:
+        expander.close()
+        producer.close()
+        delete_run_topics(settings, prefix)
+    row = env.campaign_row(campaign)
+    total = row["total_recipients"] or 0
+    return {
+        "n": n,
+        "batch": batch,
+        "elapsed_s": elapsed,
+        "recipients_per_s": total / elapsed,
+        "messages_produced": expander.expanded,
+        "messages_per_s": expander.expanded / elapsed,
+        "expander_cpu_s": cpu,
+        "checks": {"expansion_done": bool(row["expansion_done"]), "all_recipients": total == n},
+    }
+
+
+def simulator_run(env: BenchEnv, n: int, channel: str = "sms", batch: int = 1000) -> dict[str, Any]:
+    """The production worker entry point (``python -m streams.worker``) sending over HTTP to the simulator."""
+    import json
+    import urllib.request
+
+    _plan, segment = env.audience(n)
+    env.reset_tables()
+    prefix = env.new_prefix("sim")
+    settings = env.settings(prefix)
+    ensure_topics(settings.kafka, topic_specs(settings), timeout=120)
+    http_port, smtp_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{http_port}"
+    child = env.child_env(
+        prefix,
+        CAMPAIGNS_PROVIDERS__SMS_BASE_URL=f"{base}/sms",
+        CAMPAIGNS_PROVIDERS__WHATSAPP_BASE_URL=f"{base}/whatsapp",
+        CAMPAIGNS_PROVIDERS__SMTP_PORT=str(smtp_port),
+    )
+    tag = prefix.strip(".")
+    simulator = Subprocess(
+        [
+            python(),
+            "-m",
+            "simulator",
+            "--http-port",
+            str(http_port),
+            "--smtp-port",
+            str(smtp_port),
+            "--log-level",
+            "warning",
+        ],
+        child,
+        env.log_dir / f"simulator-{tag}.log",
+    )
+    worker = Subprocess(
+        [
+            python(),
+            "-m",
+            "streams.worker",
+            "--stages",
+            "scheduler,expander,senders,analytics",
+            "--channels",
+            channel,
+            "--no-rate-limits",
+        ],
+        child,
+        env.log_dir / f"sim-worker-{tag}.log",
+    )
+
+    def stats() -> dict[str, Any]:
+        with urllib.request.urlopen(f"{base}/_control/stats", timeout=10) as resp:  # noqa: S310 - loopback
+            return json.loads(resp.read())[channel]
+
+    simulator.start()
+    try:
+        wait_for(lambda: _http_ok(f"{base}/_control/health"), timeout=30, what="the provider simulator")
+        worker.start()
+        try:
+            _ready(env, prefix, channel, worker)
+            campaign = env.create_campaign(channel=channel, batch_size=batch, segment=segment, name=f"sim-{n}")
+            meter = CpuMeter(env.dbname, [worker.pid, simulator.pid])
+            meter_worker = CpuMeter(env.dbname, [worker.pid])
+            meter.start()
+            meter_worker.start()
+            env.schedule(campaign)
+            env.wait_finished([campaign], timeout=max(300.0, n / 100), alive=worker.alive)
+            cpu, cpu_worker = meter.stop(), meter_worker.stop()
+            peak_rss = proc_peak_rss_mb(worker.pid)
+            sim_stats = stats()
+        finally:
+            worker.stop(timeout=60)
+    finally:
+        simulator.stop()
+        delete_run_topics(settings, prefix)
+    row = env.campaign_row(campaign)
+    counts = env.log_counts(campaign)
+    elapsed = (row["finished_at"] - row["activated_at"]).total_seconds()
+    total = row["total_recipients"] or 0
+    return {
+        "n": n,
+        "channel": channel,
+        "batch": batch,
+        "status": row["status"],
+        "total_recipients": total,
+        "elapsed_s": elapsed,
+        "recipients_per_s": total / elapsed,
+        "messages_per_s": counts.get("sent", 0) / elapsed,
+        "worker_cpu_s": cpu_worker["worker_cpu_s"],
+        "simulator_cpu_s": cpu["worker_cpu_s"] - cpu_worker["worker_cpu_s"],
+        "postgres_cpu_s": cpu["postgres_cpu_s"],
+        "machine_util": cpu["machine_util"],
+        "peak_rss_mb": peak_rss,
+        "log_counts": counts,
+        "simulator": sim_stats,
+        "checks": {
+            "completed": row["status"] == "completed",
+            "every_recipient_terminal": sum(counts.get(s, 0) for s in TERMINAL) == total > 0,
+            "no_duplicates_at_provider": sim_stats.get("duplicates") == 0,
+            "accepted_equals_sent": sim_stats.get("accepted") == counts.get("sent", 0),
+        },
+    }
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def python_client_ceiling(env: BenchEnv, records: int) -> dict[str, Any]:
+    """confluent-kafka from Python on this broker: produce encoded RecipientMessages, then consume+decode."""
+    from confluent_kafka import Consumer
+
+    prefix = env.new_prefix("cli")
+    settings = env.settings(prefix)
+    ensure_topics(settings.kafka, topic_specs(settings), timeout=120)
+    topic = settings.kafka.topic("campaign.messages.email")
+    codec = get_codec()
+    record = {
+        "message_id": str(uuid.uuid4()),
+        "campaign_id": str(uuid.uuid4()),
+        "recipient_id": "10000001",
+        "channel": "email",
+        "address": "user10000001@example.com",
+        "subject": "Spring sale",
+        "body": "<p>Hello! 20% off everything this week.</p>",
+        "template_name": None,
+        "locale": "en",
+        "attempt": 0,
+        "not_before": 0,
+        "created_at": int(time.time() * 1000),
+        "last_error": None,
+    }
+    value = codec.encode("RecipientMessage", record)
+    producer = BatchProducer(settings.kafka)
+    try:
+        t0 = time.perf_counter()
+        for i in range(records):
+            producer.produce(topic, str(10_000_000 + i), value)
+        producer.flush()
+        produce_s = time.perf_counter() - t0
+        consumer = Consumer(
+            settings.kafka.as_librdkafka(
+                **{
+                    "group.id": f"{prefix}ceiling",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                }
+            )
+        )
+        consumer.subscribe([topic])
+        got, t0, started = 0, time.perf_counter(), None
+        deadline = time.monotonic() + 120
+        while got < records and time.monotonic() < deadline:
+            batch = consumer.consume(1000, timeout=0.5)
+            if batch and started is None:
+                started = time.perf_counter()
+            for msg in batch:
+                if msg.error() is None:
+                    codec.decode(msg.value(), "RecipientMessage")
+                    got += 1
+        consume_s = time.perf_counter() - (started or t0)
+        consumer.close()
+    finally:
+        producer.close()
+        delete_run_topics(settings, prefix)
+    return {
+        "records": records,
+        "record_bytes": len(value),
+        "produce_per_s": records / produce_s,
+        "consume_decode_per_s": got / consume_s if consume_s else None,
+    }

@@ -1,0 +1,42 @@
+"""The benchmark harness measures what it claims to: a small end-to-end scenario through ``bench.main``
+(one round, 10,000 recipients, a real worker process on real Kafka and PostgreSQL) must leave every
+recipient with exactly one terminal row, send nobody twice, and write its JSON and Markdown. Speed is not
+checked here; ``python -m bench`` measures it."""
+
+from __future__ import annotations
+
+import json
+
+import bench
+from bench.env import BenchEnv
+from bench.pipeline import e2e_run
+
+
+def test_bench_quick_e2e_writes_results(settings, tmp_path):
+    out, doc = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    code = bench.main(["e2e", "--quick", "--json", str(out), "--markdown", str(doc)])
+    result = json.loads(out.read_text())
+    assert code == 0, result["failures"]
+    (run,) = result["results"]["e2e"]["10000x1000"]
+    assert run["status"] == "completed"
+    assert run["checks"] == {
+        "completed": True, "every_recipient_terminal": True, "no_duplicate_sends": True,
+        "one_call_per_sent_row": True, "analytics_equal_log": True,
+    }
+    assert run["total_recipients"] == 10_000
+    assert sum(run["log_counts"].values()) == 10_000
+    assert run["transport_duplicates"] == 0
+    assert run["transport_calls"] == run["log_counts"]["sent"]
+    assert run["recipients_per_s"] > 0 and run["peak_rss_mb"] > 0 and run["worker_cpu_s"] > 0
+    assert result["meta"]["machine"]["cores"] >= 1
+    text = doc.read_text()
+    assert "<!-- bench:begin" in text and "| 10,000 | 1,000 | 1 worker | 1 |" in text
+
+
+def test_two_workers_share_a_campaign_without_duplicates(settings):
+    """The harness's own duplicate accounting across worker processes (each has its own transport)."""
+    with BenchEnv(settings) as env:
+        run = e2e_run(env, 3000, 500, workers=2)
+    assert all(run["checks"].values()), run["checks"]
+    assert run["transport_duplicates"] == 0
+    assert sum(run["log_counts"].values()) == run["total_recipients"] == 3000
