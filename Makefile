@@ -44,6 +44,7 @@ demo: services
 	@$(VENV)/bin/campaigns demo $(DEMO_ARGS)
 
 bench: services
+	@$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	@$(VENV)/bin/campaigns bench $(BENCH_ARGS)
 
 lint: venv
