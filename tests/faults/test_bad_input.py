@@ -14,7 +14,6 @@ import time
 import uuid
 from typing import Any
 
-import pytest
 from confluent_kafka import Producer
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
@@ -112,8 +111,7 @@ def test_sender_keeps_running_on_random_input(settings, service, sessions, audie
 # --- analytics --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [0])
-def test_analytics_keeps_running_on_random_input(settings, service, sessions, audience, seed):
+def test_analytics_keeps_running_on_random_input(settings, service, sessions, audience):
     _plan, segments = audience(20)
     campaign_id = create_campaign(service, "email", segments[:1])
     codec = get_codec()

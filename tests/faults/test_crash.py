@@ -10,7 +10,8 @@ the set of claims in flight at the kill is the only place a duplicate may come f
 log at the kill says exactly which of them were already delivered. The test asserts that prediction.
 
 One kill covers both scenarios (each SIGKILL costs the consumer group's 45 s session timeout before the
-restarted worker gets the partitions back), on three campaigns at once:
+restarted worker gets the partitions back), on three campaigns at once, timed to land inside provider
+calls (a kill between two batches leaves nothing in flight and proves little):
 
 * WhatsApp (scenario 1): killed mid-flight; no idempotency key, so every in-flight message the provider
   had accepted is delivered a second time after the lease, and nothing else is;
@@ -64,12 +65,22 @@ def test_sigkill_worker_mid_campaign_then_restart(settings, service, sessions, a
             _progress(simulator, channel, 250)
 
         dsn = settings.database.dsn()
+        # Make the kill land inside provider calls: the provider accepts at once and answers after 1.5 s
+        # (WhatsApp, SMS), and the SMTP traffic is held before it reaches the provider (email).
+        simulator.configure(latency_ms=1500)
         smtp_proxy.hold()
-        wait_for(lambda: smtp_proxy.held_requests() > 0 and in_flight_claims(dsn, campaigns["email"]),
-                 timeout=30, what="email claims in flight behind the held SMTP proxy")
+
+        def caught() -> bool:
+            delivered_unrecorded = [set(in_flight_claims(dsn, campaigns[c]).values()) & set(simulator.accepted_ids(c))
+                                    for c in ("whatsapp", "sms")]
+            return (all(delivered_unrecorded) and smtp_proxy.held_requests() > 0
+                    and bool(in_flight_claims(dsn, campaigns["email"])))
+
+        wait_for(caught, timeout=30, interval=0.1, what="calls in flight on every channel")
         held = smtp_proxy.held_requests()
         worker.kill()
         killed_at = time.monotonic()
+        simulator.configure(latency_ms=[10, 60])
         smtp_proxy.drop_held()  # the dead worker's SMTP bytes never reach the provider
         in_flight = {c: in_flight_claims(dsn, campaigns[c]) for c in channels}
         accepted_at_kill = {c: wait_stable(lambda c=c: simulator.accepted_ids(c), quiet_s=1.0, timeout=20,

@@ -20,6 +20,12 @@ from tests.faults.history import check, in_flight_claims, settle
 from tests.helpers import wait_for
 
 
+def _owns_partitions(proc, channel: str) -> bool:
+    """The worker logged an assignment with at least one partition of the channel's topics."""
+    return any(str(r.get("msg")).startswith(f"{channel} sender: ") and "partitions" in str(r.get("msg"))
+               and not str(r.get("msg")).startswith(f"{channel} sender: 0/") for r in proc.log_records())
+
+
 def test_worker_joins_then_leaves_mid_campaign(settings, service, sessions, audience, cluster):
     channel = "whatsapp"
     set_channel(sessions, channel, 100, 20)  # ~19 s of sending: both rebalances land mid-campaign
@@ -32,8 +38,7 @@ def test_worker_joins_then_leaves_mid_campaign(settings, service, sessions, audi
 
     second = cluster.start_worker("senders", channel)
     # Joined: the second worker logged its share of the partitions.
-    wait_for(lambda: any("partitions" in str(r.get("msg")) for r in second.log_records()), timeout=60,
-             what="second worker assigned partitions")
+    wait_for(lambda: _owns_partitions(second, channel), timeout=60, what="second worker assigned partitions")
     joined_at = simulator.accepted_count(channel)
     wait_for(lambda: simulator.accepted_count(channel) >= joined_at + 150, timeout=60, what="both sending")
     assert first.terminate() == 0  # graceful: finishes its batch, commits, leaves the group
@@ -62,8 +67,7 @@ def test_sigstopped_worker_is_evicted_and_thawed(settings, service, sessions, au
     other = cluster.start_worker("senders", channel, CAMPAIGNS_PROVIDERS__TIMEOUT_S="120",
                                  CAMPAIGNS_SENDER__CLAIM_LEASE_S="10")
     for proc in (frozen, other):
-        wait_for(lambda proc=proc: any("partitions" in str(r.get("msg")) and not str(r.get("msg")).startswith(
-            f"{channel} sender: 0/") for r in proc.log_records()), timeout=60, what=f"{proc.name} owns partitions")
+        wait_for(lambda proc=proc: _owns_partitions(proc, channel), timeout=60, what=f"{proc.name} owns partitions")
     campaign_id = create_campaign(service, channel, segments[:2], batch_size=200)
     wait_for(lambda: simulator.accepted_count(channel) >= 300, timeout=60, what="campaign under way")
 
