@@ -29,9 +29,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import psycopg2
