@@ -73,7 +73,13 @@ def test_sigstopped_worker_is_evicted_and_thawed(settings, service, sessions, au
 
     dsn = settings.database.dsn()
     simulator.configure(latency_ms=200)  # the freeze lands inside a batch: some calls made, most queued
-    wait_for(lambda: len(in_flight_claims(dsn, campaign_id)) >= 20, timeout=30, what="claims in flight")
+
+    def queued() -> bool:
+        # The other worker makes all its calls at once and the provider accepts each on arrival, so claims
+        # the provider has not seen are the frozen worker's, queued behind its 5 calls in flight.
+        return len(set(in_flight_claims(dsn, campaign_id).values()) - set(simulator.accepted_ids(channel))) >= 10
+
+    wait_for(queued, timeout=30, interval=0.05, what="claims queued in the worker about to freeze")
     frozen.pause()
     stopped_at, stopped_wall = time.monotonic(), datetime.now(UTC)
     simulator.configure(latency_ms=0)
