@@ -387,6 +387,9 @@ class PipelineMetrics:
         self.transitions = Counter("campaigns_campaign_transitions",
                                    "campaign state changes made by this worker, by the state entered", ["to"],
                                    registry=reg)
+        self.stage_restarts = Counter("campaigns_stage_restarts",
+                                      "stage crashes the worker recovered from by rebuilding the stage", ["stage"],
+                                      registry=reg)
         # Series exist (at 0) from the start, so rate() and ratios work before the first event.
         for channel in self.channels:
             for counter in (*self.sender_counters.values(), self.expansion_messages, self.expansion_pages):
@@ -489,6 +492,9 @@ class PipelineMetrics:
             self.analytics_outcomes.labels(
                 self._channel(channel), status if status in OUTCOME_STATUSES else OTHER
             ).inc(n)
+
+    def stage_restarted(self, stage: str) -> None:
+        self.stage_restarts.labels(stage).inc()
 
     def campaign_transition(self, to: str, count: int = 1) -> None:
         """``count`` campaigns entered state ``to`` through this worker."""

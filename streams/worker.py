@@ -34,6 +34,9 @@ from streams.sender import ChannelSender
 
 log = logging.getLogger(__name__)
 
+# A stage crashing this often is not recovering: the worker stops (and exits non-zero) instead of looping.
+MAX_RESTARTS_PER_MINUTE = 5
+
 STAGES = ("scheduler", "expander", "senders", "analytics", "relay", "commands")
 
 
@@ -54,6 +57,8 @@ class Worker:
     analytics: AnalyticsStage | None = None
     errors: list[BaseException] = field(default_factory=list)
     metrics: Any = None  # campaigns.metrics.PipelineMetrics, optional
+    restarts: dict[str, int] = field(default_factory=dict)  # stage -> crashes survived by a restart
+    failed: str | None = None  # why the worker stopped itself (a stage that cannot run), else None
 
     def start(self) -> Worker:
         from producers.topics import ensure_topics, topic_specs
@@ -106,10 +111,11 @@ class Worker:
 
             self._spawn("analytics", analytics)
         if "relay" in stages:
+            from producers.kafka import KafkaPublisher
             from producers.outbox_relay import OutboxRelay
 
             def relay() -> Callable[[], None]:
-                built = OutboxRelay(self.settings, sessions)
+                built = OutboxRelay(self.settings, sessions, KafkaPublisher(self.settings.kafka))
                 return lambda: built.run_forever(self.stop_event)
 
             self._spawn("relay", relay)
@@ -144,21 +150,47 @@ class Worker:
             self.stop_event.wait(wait)
 
     def _spawn(self, name: str, build: Callable[[], Callable[[], None]]) -> None:
-        """Run a stage in a thread; if it crashes, log, keep the error, and build it afresh after 1 s."""
+        """Run a stage in a thread; if it crashes, log at error level, count it and build it afresh after 1 s.
+
+        Never a silent crash loop: every restart is counted (``restarts``, ``campaigns_stage_restarts_total``)
+        and logged; a stage that cannot even be *built* (a programming or configuration error, which a
+        restart cannot fix) or that crashes ``MAX_RESTARTS_PER_MINUTE`` times in a minute is fatal: the
+        worker stops every stage and ``failed`` is set, so ``campaigns worker`` exits non-zero.
+        """
 
         def run() -> None:
+            crashes: list[float] = []
             while not self.stop_event.is_set():
                 try:
-                    build()()
+                    body = build()
+                except Exception as exc:
+                    self._fatal(name, exc, "could not be built")
+                    return
+                try:
+                    body()
                     return
                 except Exception as exc:
                     self.errors.append(exc)
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    if self.metrics is not None:
+                        self.metrics.stage_restarted(name)
+                    now = time.monotonic()
+                    crashes = [t for t in crashes if now - t < 60.0] + [now]
+                    if len(crashes) >= MAX_RESTARTS_PER_MINUTE:
+                        self._fatal(name, exc, f"crashed {len(crashes)} times in a minute")
+                        return
                     log.exception("stage %s crashed; restarting in 1 s", name, extra={"stage": name})
                     self.stop_event.wait(1.0)
 
         thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
         self.threads.append(thread)
+
+    def _fatal(self, name: str, exc: BaseException, what: str) -> None:
+        self.errors.append(exc)
+        self.failed = f"stage {name} {what}: {type(exc).__name__}: {exc}"
+        log.critical("%s; stopping the worker", self.failed, exc_info=exc, extra={"stage": name})
+        self.stop_event.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stop_event.set()
@@ -182,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     """``campaigns worker`` / ``python -m streams.worker``: run stages until SIGINT/SIGTERM."""
     import argparse
     import signal
+    import sys
 
     from campaigns.logs import configure_logging
     from campaigns.settings import load_settings
@@ -208,8 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     worker.start()
     log.info("worker running stages %s", args.stages)
-    stop.wait()
+    while not stop.wait(0.5) and not worker.stop_event.is_set():
+        pass
     worker.stop()
+    if worker.failed:
+        print(f"error: {worker.failed}", file=sys.stderr)
+        return 1
     return 0
 
 
