@@ -192,12 +192,26 @@ def key_partition(campaign_id: str, partitions: int) -> int:
     return zlib.crc32(campaign_id.encode()) % partitions
 
 
+def data_dir(settings: Settings) -> Path:
+    """Faust's data directory for the live app, created with its parents.
+
+    ``live.datadir``, else ``<system temp>/campaigns-live/<app id>``. Faust itself creates only the last level
+    (``Path.mkdir`` without ``parents``) when the app starts, so a default or configured path whose parent does
+    not exist yet (a fresh machine, a new ``/var/lib/...``) would crash the worker at start. With the ``memory://``
+    store nothing but Faust's empty version and table directories lives there.
+    """
+    app_id = settings.kafka.topic(APP_NAME)
+    path = Path(settings.live.datadir) if settings.live.datadir else Path(tempfile.gettempdir()) / APP_NAME / app_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def build_app(settings: Settings) -> LiveApp:
     """Build the Faust app, its tables, the ``count_outcomes`` agent and the web views from ``settings``."""
     kafka, live = settings.kafka, settings.live
     window_s = settings.analytics.window_s
     app_id = kafka.topic(APP_NAME)
-    datadir = live.datadir or str(Path(tempfile.gettempdir()) / "campaigns-live" / app_id)
+    datadir = data_dir(settings)
     app = faust.App(
         app_id,
         broker=kafka.faust_broker,
