@@ -27,12 +27,12 @@ Guarantees:
   UTC ``datetime`` objects (what fastavro returns). Naive datetimes are refused: fastavro would silently
   read them in the process's *local* time zone.
 
-Speed: for flat records of primitive, enum, ``["null", T]`` and timestamp-millis fields (all of ours)
-the codec compiles a specialised encoder and decoder per schema at start-up. They produce exactly the
-bytes and values fastavro does (the unit tests check this property against fastavro), and hand
-anything they do not handle on the fast path (``Mapping`` subclasses, ``str``/``int`` subclasses,
-values that may be invalid) to the fastavro path, which validates fully. Decoding values written with
-an older schema always goes through fastavro's schema resolution.
+Speed: for flat records of primitive, enum, ``["null", T]``, timestamp-millis and array-of-primitive
+fields (all of ours) the codec compiles a specialised encoder and decoder per schema at start-up. They
+produce exactly the bytes and values fastavro does (the unit tests check this property against
+fastavro), and hand anything they do not handle on the fast path (``Mapping`` subclasses,
+``str``/``int`` subclasses, values that may be invalid) to the fastavro path, which validates fully.
+Decoding values written with an older schema always goes through fastavro's schema resolution.
 
 Nothing is parsed at import; build a :class:`Codec` or call :func:`get_codec` once per process.
 """
@@ -184,7 +184,8 @@ class Codec:
 
     def is_compiled(self, record_name: str) -> bool:
         """Whether the record has compiled fast paths (false with ``compiled=False`` or when a field
-        type - array, map, fixed, nested record, other logical type, wider union - needs fastavro)."""
+        type - map, fixed, nested record, array of anything but primitives/enums, other logical type,
+        wider union - needs fastavro)."""
         record = self._record(record_name)
         return record.fast_encode is not None and record.fast_decode is not None
 
@@ -532,14 +533,19 @@ def _size(data: object) -> str:
 # Compiled fast paths
 #
 # A "plan" says how one field type is written: ("string",), ("long",), ("enum", symbols),
-# ("timestamp-millis",), ("union", null_index, inner_plan), ... Records with any other kind of field
-# (arrays, maps, fixed, nested records, other logical types, general unions) get no fast path and
-# always go through fastavro. Generated code is plain Python compiled once per schema; the source is
-# kept on the function as ``__source__`` for debugging.
+# ("timestamp-millis",), ("union", null_index, inner_plan), ("array", item_plan) for arrays of a
+# primitive or enum, ... Records with any other kind of field (maps, fixed, nested records, arrays of
+# anything else, other logical types, general unions) get no fast path and always go through
+# fastavro. Generated code is plain Python compiled once per schema; the source is kept on the
+# function as ``__source__`` for debugging.
 
 _Plan = tuple[Any, ...]
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "string", "bytes"})
 _DEFAULTABLE = _PRIMITIVES - {"bytes"} | {"enum", "timestamp-millis"}
+# Array items the compiled paths handle: every item takes at least one byte on the wire, so a block
+# count larger than the bytes left is malformed (checked before looping), and a JSON default of such an
+# array is already the Python value.
+_ARRAY_ITEMS = frozenset({"boolean", "int", "long", "float", "double", "string", "enum"})
 
 # Varint tables: _VARINT[z] is the unsigned varint of z < 2**14; _VARINT_CONT[c] is a 14-bit chunk c
 # with both continuation bits set. Zig-zag is applied by the caller.
@@ -609,6 +615,9 @@ def _plan_type(schema: Any) -> _Plan | None:
             return ("timestamp-millis",) if logical == "timestamp-millis" and kind == "long" else None
         if kind == "enum":
             return ("enum", tuple(schema["symbols"]))
+        if kind == "array":
+            items = _plan_type(schema.get("items"))
+            return ("array", items) if items is not None and items[0] in _ARRAY_ITEMS else None
         if isinstance(kind, str) and kind in _PRIMITIVES:
             return (kind,)
     return None
@@ -626,7 +635,10 @@ def _plan_record(schema: dict[str, Any]) -> list[tuple[str, _Plan, bool, Any]] |
         if has_default and default is not None:
             # Only defaults whose JSON value is already the Python value are inlined (not bytes).
             target = plan[2] if plan[0] == "union" else plan
-            if target[0] not in _DEFAULTABLE:
+            if target[0] == "array":
+                if not isinstance(default, list):
+                    return None
+            elif target[0] not in _DEFAULTABLE:
                 return None
         plans.append((field["name"], plan, has_default, default))
     return plans
@@ -749,6 +761,18 @@ def _emit_write(src: _Source, indent: int, plan: _Plan) -> None:
         emit(indent, "else:")
         emit(indent + 1, f"a({bytes(((1 - null_index) << 1,))!r})")
         _emit_write(src, indent + 1, inner)
+    elif kind == "array":
+        # One block holding every item, then the 0 terminator (what fastavro writes); empty: just 0.
+        # Tuples take the checked path: inside a union fastavro reads a tuple as (branch name, value).
+        emit(indent, "if type(x) is not list:")
+        emit(indent + 1, "raise _Decline")
+        emit(indent, "if x:")
+        emit(indent + 1, "z = len(x) << 1")
+        emit(indent + 1, "a(_V[z] if z < _VL else _big(z))")
+        emit(indent + 1, "xs = x")
+        emit(indent + 1, "for x in xs:")
+        _emit_write(src, indent + 2, plan[1])
+        emit(indent, "a(b'\\x00')")
     else:  # pragma: no cover - _plan_type only produces the kinds above
         raise AssertionError(kind)
 
@@ -836,5 +860,24 @@ def _emit_read(src: _Source, indent: int, plan: _Plan, target: str) -> None:
         _emit_read(src, indent + 1, inner, target)
         emit(indent, "else:")
         emit(indent + 1, "raise _Malformed('bad union index ' + str(n))")
+    elif kind == "array":
+        # Blocks until a 0 count; a negative count is followed by the block's size in bytes (Avro spec),
+        # which is skipped as fastavro does. Every item takes >= 1 byte, so a count larger than the bytes
+        # left is refused before looping (a hostile count cannot make us spin).
+        emit(indent, "xs = []")
+        emit(indent, "while True:")
+        _emit_read_long(src, indent + 1)
+        emit(indent + 1, "if n == 0:")
+        emit(indent + 2, "break")
+        emit(indent + 1, "k_ = n")
+        emit(indent + 1, "if k_ < 0:")
+        emit(indent + 2, "k_ = -k_")
+        _emit_read_long(src, indent + 2)
+        emit(indent + 1, "if k_ > n_ - p:")
+        emit(indent + 2, "raise _Malformed('bad array block count ' + str(k_))")
+        emit(indent + 1, "for _ in range(k_):")
+        _emit_read(src, indent + 2, plan[1], "y_")
+        emit(indent + 2, "xs.append(y_)")
+        emit(indent, f"{target} = xs")
     else:  # pragma: no cover
         raise AssertionError(kind)

@@ -72,6 +72,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "subject": "Spring sale \u2014 20% off",
         "body": "Ol\u00e1 Ana! Your code is SPRING24 \U0001f33c",
         "template_name": "spring_sale_v2",
+        "template_parameters": ["Ana", "20% \u2014 SPRING24"],
         "locale": "pt-BR",
         "attempt": 2,
         "not_before": T0 + timedelta(seconds=30),
@@ -182,6 +183,20 @@ GOLDEN: dict[str, str] = {
         "04840f00000000a8ddfc40000000008000a040"
     ),
     "RecipientMessage": (
+        "c301362f52c8526cf10b4836663163326134652d386431622d356637612d396333652d32623464366638613063316548"
+        "33663165396135322d376334622d346437652d396135352d3063326633623864316536611e637573742d303030303435"
+        "36373839041e616e61406578616d706c652e636f6d022e537072696e672073616c6520e2809420323025206f6666484f"
+        "6cc3a120416e612120596f757220636f646520697320535052494e47323420f09f8cbc021c737072696e675f73616c65"
+        "5f76320a70742d425204e6ea99c2e663869696c2e663022274696d656f7574206166746572203130730406416e612032"
+        "302520e2809420535052494e47323400"
+    ),
+}
+
+# Golden bytes of earlier versions, pinned when the next version was committed: values already on the
+# topics in the old format must keep decoding (new fields take their defaults).
+GOLDEN_OLD: dict[tuple[str, str], str] = {
+    # SAMPLES["RecipientMessage"] without template_parameters, written with v1.
+    ("RecipientMessage", "v1"): (
         "c30110fefc08de5666014836663163326134652d386431622d356637612d396333652d32623464366638613063316548"
         "33663165396135322d376334622d346437652d396135352d3063326633623864316536611e637573742d303030303435"
         "36373839041e616e61406578616d706c652e636f6d022e537072696e672073616c6520e2809420323025206f6666484f"
@@ -220,6 +235,8 @@ def expected(schema: dict[str, Any], value: Mapping[str, Any]) -> dict[str, Any]
     out = {}
     for field in schema["fields"]:
         datum = value.get(field["name"], field.get("default"))
+        if isinstance(datum, tuple):  # arrays are accepted as lists or tuples and decode as lists
+            datum = list(datum)
         out[field["name"]] = _to_ts(datum) if _is_ts(field["type"]) else datum
     return out
 
@@ -264,6 +281,8 @@ def sample_for(schema: dict[str, Any], *, nulls: bool) -> dict[str, Any]:
                 return 1714566645123
             if t["type"] == "enum":
                 return t["symbols"][-1]
+            if t["type"] == "array":
+                return [value(t["items"], f"{name}-0"), value(t["items"], f"{name}-1")]
             return value(t["type"], name)
         return {
             "string": f"s-{name}",
@@ -310,28 +329,40 @@ def reference() -> Codec:
 _PRIORITY = {"name": "priority", "type": "int", "default": 5, "doc": "added in v2"}
 
 
+def _history(stem: str) -> list[Path]:
+    """The committed versions of a record, oldest first."""
+    return sorted((SCHEMA_DIR / "history" / stem).glob("v*.avsc"), key=lambda p: int(p.stem[1:]))
+
+
+RM_VERSIONS = _history("recipient_message")
+RM_LATEST = RM_VERSIONS[-1].stem  # the version the real codec writes RecipientMessage with
+RM_NEXT = f"v{len(RM_VERSIONS) + 1}"
+
+
 @pytest.fixture(scope="module")
 def evolved(tmp_path_factory: pytest.TempPathFactory) -> Codec:
-    """recipient_message evolved to a v2 that adds a defaulted field; v1 values need resolution."""
+    """recipient_message evolved to a next version that adds a defaulted field; values written with the
+    real (latest committed) version need resolution."""
     return Codec(_evolved_dir(tmp_path_factory.mktemp("evolved"), _PRIORITY))
 
 
 def _evolved_dir(
     tmp_path: Path, extra_field: dict[str, Any] | None, change: dict[str, Any] | None = None
 ) -> Path:
-    """A schema folder where recipient_message has a v2 (= current) made from the real v1."""
+    """A schema folder where recipient_message has a next version (= current) made from the newest
+    committed one."""
     target = tmp_path / "schemas"
     shutil.copytree(SCHEMA_DIR, target)
-    v1 = json.loads((SCHEMA_DIR / "history/recipient_message/v1.avsc").read_text())
-    v2 = json.loads(json.dumps(v1))
+    latest = json.loads(RM_VERSIONS[-1].read_text())
+    following = json.loads(json.dumps(latest))
     if extra_field is not None:
-        v2["fields"].append(extra_field)
-    for field in v2["fields"]:
+        following["fields"].append(extra_field)
+    for field in following["fields"]:
         if change and field["name"] in change:
             field["type"] = change[field["name"]]
-    text = json.dumps(v2, indent=2)
+    text = json.dumps(following, indent=2)
     (target / "recipient_message.avsc").write_text(text)
-    (target / "history/recipient_message/v2.avsc").write_text(text)
+    (target / f"history/recipient_message/{RM_NEXT}.avsc").write_text(text)
     return target
 
 
@@ -447,6 +478,16 @@ def test_golden_bytes(codec: Codec, name: str) -> None:
     data = codec.encode(name, SAMPLES[name])
     assert data.hex() == GOLDEN[name]
     assert codec.decode(bytes.fromhex(GOLDEN[name]), name) == expected(codec.schema(name), SAMPLES[name])
+
+
+@pytest.mark.parametrize(("name", "version"), sorted(GOLDEN_OLD))
+def test_golden_bytes_of_earlier_versions_still_decode(codec: Codec, name: str, version: str) -> None:
+    data = bytes.fromhex(GOLDEN_OLD[(name, version)])
+    writer = next(v for v in codec.versions(name) if v.version == version)
+    assert data[2:10] == writer.fingerprint != codec.fingerprint(name)
+    old_fields = {f["name"] for f in writer.parsed["fields"]}
+    value = {k: v for k, v in SAMPLES[name].items() if k in old_fields}
+    assert codec.decode(data, name) == expected(codec.schema(name), value)
 
 
 def test_decoded_timestamps_are_aware_utc_datetimes(compiled: Codec) -> None:
@@ -656,6 +697,8 @@ def _strategy(t: Any) -> st.SearchStrategy[Any]:
             )
         if t["type"] == "enum":
             return st.sampled_from(t["symbols"])
+        if t["type"] == "array":
+            return st.lists(_strategy(t["items"]), max_size=4) | st.tuples(_strategy(t["items"]))
         return _strategy(t["type"])
     return {
         "string": st.text(),
@@ -725,7 +768,22 @@ ARRAY_RECORD = {
     "type": "record",
     "name": "WithArray",
     "namespace": "campaigns",
-    "fields": [{"name": "tags", "type": {"type": "array", "items": "string"}}],
+    "fields": [
+        {"name": "tags", "type": {"type": "array", "items": "string"}},
+        {"name": "tags_default", "type": {"type": "array", "items": "string"}, "default": ["x"]},
+        {"name": "counts", "type": {"type": "array", "items": "long"}, "default": []},
+        {"name": "flags", "type": {"type": "array", "items": "boolean"}, "default": []},
+        {"name": "ratios", "type": {"type": "array", "items": "double"}, "default": []},
+        {"name": "kinds", "type": {"type": "array", "items": {"type": "enum", "name": "K", "symbols": ["A", "B"]}},
+         "default": []},
+        {"name": "maybe_tags", "type": ["null", {"type": "array", "items": "string"}], "default": None},
+    ],
+}
+NESTED_ARRAY_RECORD = {
+    "type": "record",
+    "name": "WithNestedArray",
+    "namespace": "campaigns",
+    "fields": [{"name": "rows", "type": {"type": "array", "items": {"type": "array", "items": "string"}}}],
 }
 
 
@@ -741,28 +799,15 @@ def test_compiler_handles_every_supported_type_like_fastavro(tmp_path: Path) -> 
     """Future schemas: every field kind the compiler accepts, checked against fastavro."""
     (tmp_path / "kitchen_sink.avsc").write_text(json.dumps(KITCHEN_SINK))
     (tmp_path / "with_array.avsc").write_text(json.dumps(ARRAY_RECORD))
+    (tmp_path / "with_nested_array.avsc").write_text(json.dumps(NESTED_ARRAY_RECORD))
     fast, slow = Codec(tmp_path), Codec(tmp_path, compiled=False)
     assert fast.is_compiled("KitchenSink")
-    assert not fast.is_compiled("WithArray")  # arrays go through fastavro, and still work
-    assert fast.decode(fast.encode("WithArray", {"tags": ["a", "b"]}), "with_array") == {"tags": ["a", "b"]}
-    schema = fast.schema("KitchenSink")
-    strategy = _record_strategy(schema).map(lambda v: {**v, "ratio": _float32(v["ratio"])})
-
-    @HYPOTHESIS
-    @given(value=strategy)
-    def check(value: dict[str, Any]) -> None:
-        try:
-            data = fast.encode("KitchenSink", value)
-        except SchemaError:
-            with pytest.raises(SchemaError):
-                slow.encode("KitchenSink", value)
-            return
-        assert data == slow.encode("KitchenSink", value)
-        assert data == fastavro_encode(schema, fast.fingerprint("KitchenSink"), value)
-        assert fast.decode(data, "KitchenSink") == slow.decode(data, "KitchenSink")
-        assert fast.decode(data, "KitchenSink") == expected(schema, value)
-
-    check()
+    assert fast.is_compiled("WithArray")
+    assert not fast.is_compiled("WithNestedArray")  # arrays of arrays go through fastavro, and still work
+    rows = {"rows": [["a"], [], ["b", "c"]]}
+    assert fast.decode(fast.encode("WithNestedArray", rows), "with_nested_array") == rows
+    for name in ("KitchenSink", "WithArray"):
+        _check_against_fastavro(fast, slow, name)
     value = {"flag": False, "ratio": 0.5, "blob": b"\x00\x01", "ts_or_null": T0, "nothing": None}
     data = fast.encode("KitchenSink", value)
     for index in range(10, len(data)):
@@ -770,6 +815,49 @@ def test_compiler_handles_every_supported_type_like_fastavro(tmp_path: Path) -> 
             fast.decode(data[:index], "KitchenSink")
         for byte in (0x00, 0x02, 0x7F, 0x80, 0xFF):
             hostile_outcome(fast, data[:index] + bytes((byte,)) + data[index + 1 :], "KitchenSink")
+
+
+def test_compiled_arrays_decode_every_block_form_like_fastavro(tmp_path: Path) -> None:
+    """Writers may split an array into several blocks, with negative counts carrying a byte size (the
+    Avro spec); the compiled decoder reads all of them, and refuses counts the bytes cannot hold."""
+    (tmp_path / "with_array.avsc").write_text(json.dumps(ARRAY_RECORD))
+    fast, slow = Codec(tmp_path), Codec(tmp_path, compiled=False)
+    header = MAGIC + fast.fingerprint("WithArray")
+    tail = b"\x00" * 4 + b"\x00"  # the other four arrays empty, maybe_tags null
+    tags_default = b"\x02\x02x\x00"
+    # tags = ["a", "b", "c"] as a block of 2 (with its byte size, count -2) then a block of 1.
+    blocks = b"\x03\x08\x02a\x02b" + b"\x02\x02c" + b"\x00"
+    data = header + blocks + tags_default + tail
+    assert fast.decode(data, "WithArray") == slow.decode(data, "WithArray")
+    assert fast.decode(data, "WithArray")["tags"] == ["a", "b", "c"]
+    for bad_count in (b"\x7e", b"\xff\xff\xff\xff\x0f", b"\x01\x00"):
+        for codec in (fast, slow):
+            hostile_outcome(codec, header + bad_count + b"\x02a\x00" + tags_default + tail, "WithArray")
+        with pytest.raises(SchemaError):
+            fast.decode(header + bad_count + b"\x02a", "WithArray")
+
+
+def _check_against_fastavro(fast: Codec, slow: Codec, name: str) -> None:
+    schema = fast.schema(name)
+    strategy = _record_strategy(schema)
+    if name == "KitchenSink":
+        strategy = strategy.map(lambda v: {**v, "ratio": _float32(v["ratio"])})
+
+    @HYPOTHESIS
+    @given(value=strategy)
+    def check(value: dict[str, Any]) -> None:
+        try:
+            data = fast.encode(name, value)
+        except SchemaError:
+            with pytest.raises(SchemaError):
+                slow.encode(name, value)
+            return
+        assert data == slow.encode(name, value)
+        assert data == fastavro_encode(schema, fast.fingerprint(name), value)
+        assert fast.decode(data, name) == slow.decode(data, name)
+        assert fast.decode(data, name) == expected(schema, value)
+
+    check()
 
 
 # --- schema evolution ------------------------------------------------------------------------------
@@ -823,9 +911,11 @@ def test_previous_version_reads_current_values(compiled: Codec, stem: str) -> No
 @pytest.mark.parametrize("compiled_paths", [True, False])
 def test_compatible_change_resolves_old_values(tmp_path: Path, compiled: Codec, compiled_paths: bool) -> None:
     evolved = Codec(_evolved_dir(tmp_path, _PRIORITY), compiled=compiled_paths)
-    assert [v.version for v in evolved.versions("RecipientMessage")] == ["current", "v1"]
+    assert [v.version for v in evolved.versions("RecipientMessage")] == [
+        "current", *(p.stem for p in reversed(RM_VERSIONS))
+    ]
     value = SAMPLES["RecipientMessage"]
-    old = compiled.encode("RecipientMessage", value)  # written with v1
+    old = compiled.encode("RecipientMessage", value)  # written with the latest committed version
     decoded = evolved.decode(old, "RecipientMessage")
     assert decoded == {**expected(compiled.schema("RecipientMessage"), value), "priority": 5}
     new = evolved.encode("RecipientMessage", {**SAMPLES["RecipientMessage"], "priority": 9})
@@ -851,7 +941,7 @@ def test_incompatible_change_makes_old_values_fail(
 ) -> None:
     evolved = Codec(_evolved_dir(tmp_path, extra, change))
     old = compiled.encode("RecipientMessage", SAMPLES["RecipientMessage"])
-    with pytest.raises(SchemaError, match=f"written with schema v1 .* cannot be read .*{match}"):
+    with pytest.raises(SchemaError, match=f"written with schema {RM_LATEST} .* cannot be read .*{match}"):
         evolved.decode(old, "RecipientMessage")
 
 
