@@ -32,15 +32,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg2
 import psycopg2.extras
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from campaigns.codec import get_codec
+from campaigns.core.breaker import FailureBreaker
 from campaigns.core.rate import AimdRate, TokenBucket, worker_share
 from campaigns.core.retry import RetryPolicy, decide
+from campaigns.core.states import CampaignAction
 from campaigns.errors import (
     DeliveryError,
     PermanentDeliveryError,
@@ -55,6 +57,7 @@ from producers.batch import BatchProducer
 log = logging.getLogger(__name__)
 
 CAMPAIGN_STATE_TTL_S = 0.5
+FINISHED = frozenset({"cancelled", "failed", "completed"})
 _BIGINT_MAX = 2**63 - 1
 # A dead letter must fit the producer's message.max.bytes (librdkafka's default 1,000,000) with its own fields.
 DLQ_MAX_ORIGINAL_BYTES = 990_000
@@ -67,6 +70,14 @@ class CampaignState:
     status: str
     policy: RetryPolicy
     expires: float
+    failure_threshold: float = 1.0
+    failure_min_sample: int = 1
+
+
+class CampaignFailer(Protocol):
+    """What the sender needs of the service: fail a campaign whose breaker tripped (True if it did)."""
+
+    def finish_campaign(self, campaign_id: uuid.UUID, action: CampaignAction, detail: Any) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -79,6 +90,7 @@ class Pending:
     claimed_at: datetime | None = None  # identifies this worker's claim (a take-over writes a new one)
     lease_deadline: float = float("inf")  # time.monotonic() after which the claim may belong to another worker
     result: str = ""  # sent | retry | failed | expired (not sent: the lease ran out first)
+    final_failure: bool = False  # its failure is final (permanent, or retries exhausted): recorded failed
     reason: str | None = None
     provider_id: str | None = None
     latency_ms: float | None = None
@@ -111,10 +123,13 @@ class ChannelSender:
         group_id: str | None = None,
         rate_per_s: float | None = None,
         burst: int | None = None,
+        campaigns: CampaignFailer,
         clock: Callable[[], float] = time.time,
         metrics: Any = None,
     ) -> None:
         self._settings = settings
+        self._service = campaigns
+        self._breakers: dict[str, FailureBreaker] = {}
         self._metrics = metrics
         self._channel = channel
         self._transport = transport
@@ -350,15 +365,22 @@ class ChannelSender:
                 self._dead_letter(p.msg, p.record, "unknown_campaign", "no such campaign")
             elif state.status == "active":
                 to_claim.append(p)
-            elif state.status in ("cancelled", "failed", "completed"):
+            elif state.status in FINISHED:
                 to_cancel.append(p)
             # paused/scheduled/draft: dropped; resuming re-expands the campaign.
+        claimed, inactive = self._claim(to_claim)
+        if inactive:  # paused, cancelled or failed since the state was read: the claim saw it, re-read it
+            for cid in {p.record["campaign_id"] for p in inactive}:
+                self._campaigns.pop(cid, None)
+            fresh = self._campaign_states({p.record["campaign_id"] for p in inactive})
+            to_cancel += [p for p in inactive
+                          if getattr(fresh.get(p.record["campaign_id"]), "status", None) in FINISHED]
         self._record_cancelled(to_cancel)
-        claimed = self._claim(to_claim)
         self._refund(not_sent + len(pending) - len(claimed))
         if claimed:
             self._loop.run_until_complete(self._send_all(claimed))
-            self._record_results(claimed, states)
+            recorded = self._record_results(claimed, states)
+            self._check_breakers(recorded, states)
         self._producer.flush()
         self._commit(messages)
         if self._metrics is not None:  # once per batch: counters grow by what the stats gained
@@ -399,31 +421,43 @@ class ChannelSender:
             valid = [i for i in missing if _is_uuid(i)]
             with self._conn.cursor() as cur:
                 cur.execute(
-                    "SELECT id::text, status, max_retries, backoff_base_s, backoff_max_s, retry_jitter "
-                    "FROM campaigns WHERE id = ANY(%s::uuid[])",
+                    "SELECT id::text, status, max_retries, backoff_base_s, backoff_max_s, retry_jitter, "
+                    "failure_threshold, failure_min_sample FROM campaigns WHERE id = ANY(%s::uuid[])",
                     (valid,),
                 )
-                for cid, status, retries, base, cap, jitter in cur.fetchall():
+                for cid, status, retries, base, cap, jitter, threshold, min_sample in cur.fetchall():
                     self._campaigns[cid] = CampaignState(
-                        status, RetryPolicy(retries, base, cap, jitter), now + CAMPAIGN_STATE_TTL_S
+                        status, RetryPolicy(retries, base, cap, jitter), now + CAMPAIGN_STATE_TTL_S,
+                        threshold, min_sample,
                     )
             self._conn.commit()
         return {i: self._campaigns[i] for i in ids if i in self._campaigns}
 
     # --- claims ------------------------------------------------------------------------------------
 
-    def _claim(self, pending: list[Pending]) -> list[Pending]:
-        """Claim (campaign, recipient) for each message; returns those this worker may send now."""
+    def _claim(self, pending: list[Pending]) -> tuple[list[Pending], list[Pending]]:
+        """Claim (campaign, recipient) for each message, atomically with the campaign being ``active``.
+
+        Returns (claimed: this worker may send them now, inactive: their campaign is no longer active).
+        The claim transaction first takes a share lock on the campaigns' rows while they are ``active``
+        (``ACTIVE_CAMPAIGNS_SQL``): a pause, cancel or fail (an UPDATE of that row) waits for the claim to
+        commit, and a claim that starts after it sees the new status. So once such a command has committed,
+        nothing of that campaign is claimed any more; only claims committed before it are still sent.
+        """
         if not pending:
-            return []
+            return [], []
         deadline = time.monotonic() + self._settings.sender.claim_lease_s  # taken before the lease starts
         now = datetime.now(UTC)
         lease = now + timedelta(seconds=self._settings.sender.claim_lease_s)
-        by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p for p in pending}
-        rows = [(c, r, p.record["message_id"], self._channel, now, lease) for (c, r), p in by_key.items()]
         claimed: list[Pending] = []
         with self._conn.cursor() as cur:
-            inserted = psycopg2.extras.execute_values(
+            cur.execute(ACTIVE_CAMPAIGNS_SQL, (sorted({p.record["campaign_id"] for p in pending}),))
+            active = {row[0] for row in cur.fetchall()}
+            inactive = [p for p in pending if p.record["campaign_id"] not in active]
+            by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p
+                      for p in pending if p.record["campaign_id"] in active}
+            rows = [(c, r, p.record["message_id"], self._channel, now, lease) for (c, r), p in by_key.items()]
+            inserted = [] if not rows else psycopg2.extras.execute_values(
                 cur,
                 "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
                 "attempts, claimed_at, lease_until, created_at, updated_at) "
@@ -447,7 +481,7 @@ class ChannelSender:
             if by_key:
                 self._settle_unclaimed(cur, by_key)
         self._conn.commit()
-        return claimed
+        return claimed, inactive
 
     def _take_over(self, cur: Any, keys: list[tuple[str, int]], now: datetime, lease: datetime) -> list[tuple]:
         values = ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in keys)
@@ -555,7 +589,7 @@ class ChannelSender:
 
         await asyncio.gather(*(send_one(p) for p in claimed))
 
-    def _record_results(self, claimed: list[Pending], states: dict[str, CampaignState]) -> None:
+    def _record_results(self, claimed: list[Pending], states: dict[str, CampaignState]) -> list[Pending]:
         """Write every result in one UPDATE, then emit outcomes, retries and dead letters only for the rows
         this worker still held: if a slow call outlived its lease and another worker took the claim over,
         that worker's result is the one recorded and counted (one terminal outcome per recipient)."""
@@ -586,6 +620,7 @@ class ChannelSender:
                 effects[key] = partial(self._on_retry, p, attempt + 1, decision)
             else:
                 reason = p.reason if decision.reason == "permanent_failure" else f"retries_exhausted: {p.reason}"
+                p.final_failure = True
                 rows.append((*key, "failed", attempt + 1, reason, None, None, p.claimed_at))
                 effects[key] = partial(self._on_failed, p, attempt + 1, reason, decision.reason or "failed")
         if self._aimd is not None:
@@ -610,6 +645,7 @@ class ChannelSender:
         self._conn.commit()
         for key in recorded:
             effects[(key[0], key[1])]()
+        held = {(c, r) for c, r in recorded}
         if expired:
             log.warning("%s sender: %d claims outlived their %.0f s lease before their call; not sent, handed "
                         "back", self._channel, expired, self._settings.sender.claim_lease_s)
@@ -618,6 +654,33 @@ class ChannelSender:
             log.warning("%s sender: %d claims were taken over by another worker before their results were "
                         "recorded (calls slower than the %.0f s lease)", self._channel, lost,
                         self._settings.sender.claim_lease_s)
+        return [p for p in claimed if (p.record["campaign_id"], int(p.record["recipient_id"])) in held]
+
+    def _check_breakers(self, recorded: list[Pending], states: dict[str, CampaignState]) -> None:
+        """Feed this batch's final results to the campaigns' failure breakers, in order; fail every campaign
+        whose breaker trips, before the next batch is claimed (so at most one batch goes out after the
+        crossing). The claim's status check then keeps every later message of it from being sent."""
+        tripped: set[str] = set()
+        for p in recorded:
+            if p.result != "sent" and not p.final_failure:
+                continue  # a retry is not an attempt yet (campaigns.core.breaker)
+            cid = p.record["campaign_id"]
+            breaker = self._breakers.get(cid)
+            if breaker is None:
+                state = states[cid]
+                breaker = self._breakers[cid] = FailureBreaker(state.failure_threshold, state.failure_min_sample)
+            if breaker.record(p.result != "sent"):
+                tripped.add(cid)
+        for cid in tripped:
+            breaker = self._breakers[cid]
+            detail = {"failed": breaker.failures, "attempts": breaker.attempts, "window": breaker.window,
+                      "threshold": breaker.threshold, "by": f"{self._channel} sender"}
+            self._campaigns.pop(cid, None)
+            if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.FAIL, detail):
+                log.error("campaign %s failed: %d of its last %d attempts failed (threshold %.2f); "
+                          "sending stopped", cid, breaker.failures, breaker.attempts, breaker.threshold)
+                if self._metrics is not None:
+                    self._metrics.campaign_transition("failed")
 
     def _on_sent(self, p: Pending, attempts: int) -> None:
         self._outcome(p.record, "SENT", attempts, None, p.provider_id, p.latency_ms)
@@ -684,6 +747,13 @@ class ChannelSender:
         )
         self.stats.dead_lettered += 1
         self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
+
+
+# Locks the rows of the campaigns still active, in id order (one lock order for every sender), until the
+# claim commits; FOR SHARE re-checks the status of a row that a concurrent UPDATE just changed.
+ACTIVE_CAMPAIGNS_SQL = (
+    "SELECT id::text FROM campaigns WHERE id = ANY(%s::uuid[]) AND status = 'active' ORDER BY id FOR SHARE"
+)
 
 
 def _as_millis(value: Any) -> float:

@@ -97,7 +97,7 @@ class Worker:
                 def sender(channel: str = channel, rate: float | None = rate, burst: int | None = burst):  # type: ignore[no-untyped-def]
                     transport = (transports or build_transports(self.settings.providers))[channel]
                     built = ChannelSender(self.settings, channel, transport, producer_for(),
-                                          rate_per_s=rate, burst=burst, metrics=self.metrics)
+                                          rate_per_s=rate, burst=burst, campaigns=service, metrics=self.metrics)
                     self.senders[channel] = built
                     if self.metrics is not None:
                         self.metrics.watch_rate_limiter(channel, built.rate_limiter_state)

@@ -1,0 +1,71 @@
+"""The per-campaign failure breaker: a sliding failure ratio that trips the campaign's failure threshold.
+
+Semantics (what the senders and the docs mean by "the failure threshold"):
+
+* An **attempt** is a provider call whose result is final for that message: ``sent``, or ``failed``
+  (a permanent error, or the last retry exhausted). A transient error that goes to a retry tier is not an
+  attempt yet; it becomes one when its last retry ends.
+* The breaker looks at the last ``window`` attempts, ``window = max(min_sample, MIN_WINDOW)``: a sliding
+  window, not a cumulative ratio, so an early run of failures cannot be diluted by the sends that
+  preceded it, and a long healthy campaign does not hide a provider that starts rejecting everything.
+* It **trips** as soon as it holds at least ``max(min_sample, 1)`` attempts and
+  ``failures / attempts_in_window > threshold``. Results are fed in the order the sender records them, so
+  the trip happens in the batch in which the threshold was crossed.
+* Once tripped it stays tripped (a failed campaign does not come back).
+
+Each sender process keeps its own breakers, over the attempts it made itself: with several workers each
+trips on its own share of the traffic, which bounds the calls made after the crossing to one sender batch
+per worker. The analytics stage keeps the cumulative check over every worker's outcomes as a backstop.
+
+Pure: no clock, no I/O; one breaker belongs to one sender thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["MIN_WINDOW", "FailureBreaker"]
+
+# A window of at least this many attempts: a small ``min_sample`` alone would make a burst of ordinary
+# failures (a few bad addresses in a row) look like a broken campaign.
+MIN_WINDOW = 100
+
+
+class FailureBreaker:
+    """Failed / attempted over the last ``window`` attempts of one campaign, against its threshold."""
+
+    __slots__ = ("_failures", "_min_sample", "_recent", "threshold", "tripped")
+
+    def __init__(self, threshold: float, min_sample: int) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], not {threshold!r}")
+        self.threshold = float(threshold)
+        self._min_sample = max(int(min_sample), 1)
+        self._recent: deque[bool] = deque(maxlen=max(self._min_sample, MIN_WINDOW))
+        self._failures = 0
+        self.tripped = False
+
+    @property
+    def window(self) -> int:
+        """How many of the most recent attempts the ratio covers."""
+        return self._recent.maxlen or 0
+
+    @property
+    def attempts(self) -> int:
+        """Attempts in the window now (at most :attr:`window`)."""
+        return len(self._recent)
+
+    @property
+    def failures(self) -> int:
+        """Failed attempts in the window now."""
+        return self._failures
+
+    def record(self, failed: bool) -> bool:
+        """Add one attempt's result; True if the breaker is (now or already) tripped."""
+        if len(self._recent) == self._recent.maxlen and self._recent[0]:
+            self._failures -= 1
+        self._recent.append(failed)
+        self._failures += failed
+        if not self.tripped and len(self._recent) >= self._min_sample:
+            self.tripped = self._failures / len(self._recent) > self.threshold
+        return self.tripped
