@@ -129,6 +129,9 @@ class KafkaOffsets:
             from confluent_kafka.admin import AdminClient
 
             self._admin = AdminClient(self._conf)
+        # An AdminClient hands librdkafka's log lines to its logger only when polled: serve them now, so
+        # they reach the log (and do not pile up) while the broker is unreachable.
+        self._admin.poll(0)
         return self._admin
 
     def partitions(self, topics: Sequence[str]) -> dict[str, list[int]]:

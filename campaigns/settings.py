@@ -9,8 +9,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from campaigns.logs import LibrdkafkaLog
 
 CHANNELS = ("whatsapp", "sms", "email")
 
@@ -22,16 +24,48 @@ class KafkaSettings(BaseModel):
     replication_factor: int = 1
     retention_ms: int = 7 * 24 * 3600 * 1000
     client_id: str = "campaigns"
+    # Consumer groups: a consumer that sends no heartbeat for this long (a killed or frozen worker) is
+    # evicted and its partitions move to the others. Lower recovers faster after a crash; too low evicts
+    # workers on a network blip. The broker bounds it (group.min/max.session.timeout.ms: 6 s .. 30 min).
+    session_timeout_ms: int = Field(default=45_000, ge=1_000, le=3_600_000)
+    # Longest time between two polls of a consumer before it leaves the group (a stuck batch). Must be
+    # >= session_timeout_ms (librdkafka refuses less).
+    max_poll_interval_ms: int = Field(default=300_000, ge=1_000, le=86_400_000)
+
+    @model_validator(mode="after")
+    def _poll_interval_covers_session(self) -> KafkaSettings:
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ValueError(
+                f"max_poll_interval_ms ({self.max_poll_interval_ms}) must be >= session_timeout_ms "
+                f"({self.session_timeout_ms}): raise CAMPAIGNS_KAFKA__MAX_POLL_INTERVAL_MS or lower "
+                "CAMPAIGNS_KAFKA__SESSION_TIMEOUT_MS"
+            )
+        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
     def as_librdkafka(self, **overrides: Any) -> dict[str, Any]:
-        """The dotted librdkafka configuration for confluent-kafka clients."""
+        """The dotted librdkafka configuration for confluent-kafka clients (Producer, Consumer, AdminClient).
+
+        * Every client logs through the project's logging (``logger``: :class:`~campaigns.logs.LibrdkafkaLog`,
+          logger ``campaigns.librdkafka``), so librdkafka never prints raw ``%N|...`` lines to stderr.
+        * A consumer config (one with a ``group.id``) gets ``session.timeout.ms``, ``max.poll.interval.ms``
+          (from :attr:`session_timeout_ms`, :attr:`max_poll_interval_ms`) and a heartbeat of at most a
+          third of the session timeout; producers and admin clients do not (librdkafka warns about
+          consumer properties on them).
+        * ``overrides`` win over all of it.
+        """
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
+            "logger": LibrdkafkaLog(),
         }
+        if "group.id" in overrides:
+            conf["session.timeout.ms"] = self.session_timeout_ms
+            conf["max.poll.interval.ms"] = self.max_poll_interval_ms
+            # librdkafka's default heartbeat (3 s) would outlast a short session timeout.
+            conf["heartbeat.interval.ms"] = max(100, min(3_000, self.session_timeout_ms // 3))
         conf.update(overrides)
         return conf
 

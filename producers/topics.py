@@ -109,6 +109,13 @@ def ensure_topics(
     if not new_topics:
         return []
     try:
+        return _create(admin, kafka, new_topics, timeout)
+    finally:
+        admin.poll(0)  # hand librdkafka's log lines (e.g. a refused connection) to the project's logger
+
+
+def _create(admin: AdminClient, kafka: KafkaSettings, new_topics: list[NewTopic], timeout: float) -> list[str]:
+    try:
         futures = admin.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
     except KafkaException as exc:
         raise ServiceUnavailable(f"cannot create topics on {kafka.bootstrap_servers}: {exc}") from exc
