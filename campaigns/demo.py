@@ -5,18 +5,24 @@ starts the provider simulator (WhatsApp Cloud API, Twilio-style SMS, SMTP) and a
 campaign per channel under realistic rate limits (the SMS one is paused and resumed on the way), shows
 live progress, and ends with the analytics per campaign. Exit code 0 only if every campaign reached a
 terminal state and its analytics equal its recipient log.
+
+On a terminal the progress is a live table; printed to anything else (CI logs, ``| tee``) it is a line per
+campaign every few seconds, and the tables are transposed (one column per campaign), so every line fits
+80 columns.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import psycopg2
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from campaigns.db import repository as repo
 from campaigns.db.engine import make_engine, make_sessionmaker, transaction, upgrade
@@ -88,7 +94,7 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
             errors = list(worker.errors)
         stats = simulator.stats()
     ok = _report(console, settings, campaign_ids, service) and ok and not errors
-    console.print(f"provider simulator saw: {stats}")
+    console.print(_simulator_table(stats))
     console.print(
         f"\nnext: metrics at http://127.0.0.1:{settings.metrics_port}/metrics while a worker runs; topics: "
         "campaign.messages.<channel>, delivery.outcomes, campaign.analytics; dead letters: "
@@ -121,51 +127,127 @@ def _log_counts(settings: Settings, ids: list[uuid.UUID]) -> dict[str, dict[str,
     return counts
 
 
+PROGRESS_EVERY_S = 5.0  # a progress line per campaign this often when not on a terminal
+WIDE_MIN = 120  # terminal columns the one-row-per-campaign tables need; narrower ones get transposed tables
+
+
+def _wide(console: Console) -> bool:
+    return console.is_terminal and console.width >= WIDE_MIN
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One campaign's progress at one moment (from its view and the recipient log)."""
+
+    channel: str
+    status: str
+    total: int | None
+    counts: dict[str, int]
+    rate_per_s: float
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.get(s, 0) for s in COUNTED)
+
+    @property
+    def in_flight(self) -> int:
+        return self.counts.get("retrying", 0) + self.counts.get("claimed", 0)
+
+
 def _watch(
     console: Console, service: CampaignService, settings: Settings, campaign_ids: dict[str, uuid.UUID],
     timeout_s: float, pause_channel: str,
+) -> bool:
+    """Show progress until every campaign is terminal (True) or ``timeout_s`` passes (False); pauses the
+    ``pause_channel`` campaign once 100 are sent and resumes it 3 s later."""
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            return _watch_loop(console, service, settings, campaign_ids, timeout_s, pause_channel,
+                               lambda rows, final: live.update(_live_table(rows, wide=_wide(console))))
+    started = time.monotonic()
+    last_print = [float("-inf")]
+    last_status: dict[str, str] = {}
+
+    def lines(rows: list[Progress], final: bool) -> None:
+        now = time.monotonic()
+        changed = any(last_status.get(r.channel) != r.status for r in rows)
+        if final or changed or now - last_print[0] >= PROGRESS_EVERY_S:
+            last_print[0] = now
+            for row in rows:
+                console.print(_progress_line(row, now - started), highlight=False, soft_wrap=True)
+        last_status.update({r.channel: r.status for r in rows})
+
+    return _watch_loop(console, service, settings, campaign_ids, timeout_s, pause_channel, lines)
+
+
+def _watch_loop(
+    console: Console, service: CampaignService, settings: Settings, campaign_ids: dict[str, uuid.UUID],
+    timeout_s: float, pause_channel: str, show: Callable[[list[Progress], bool], None],
 ) -> bool:
     deadline = time.monotonic() + timeout_s
     paused_at: float | None = None
     resumed = False
     last: dict[str, tuple[float, int]] = {}
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
-        while time.monotonic() < deadline:
-            views = {ch: service.get_campaign("demo-marketer", cid) for ch, cid in campaign_ids.items()}
-            counts = _log_counts(settings, list(campaign_ids.values()))
-            table = Table(title="campaigns (live)")
-            for column in ("channel", "status", "recipients", "sent", "failed", "retrying", "skipped",
-                           "cancelled", "rate/s", "progress"):
-                table.add_column(column)
-            now = time.monotonic()
-            for channel, view in views.items():
-                c = counts[str(view.id)]
-                done = sum(c.get(s, 0) for s in COUNTED)
-                prev_t, prev_sent = last.get(channel, (now, 0))
-                rate = (c.get("sent", 0) - prev_sent) / (now - prev_t) if now > prev_t else 0.0
-                last[channel] = (now, c.get("sent", 0))
-                total = view.total_recipients
-                bar = _bar(done, total)
-                table.add_row(channel, view.status, str(total or "…"), str(c.get("sent", 0)), str(c.get("failed", 0)),
-                              str(c.get("retrying", 0) + c.get("claimed", 0)), str(c.get("skipped", 0)),
-                              str(c.get("cancelled", 0)), f"{rate:.0f}", bar)
-            live.update(table)
-            # The operator's pause and resume, part of the show: pause once some are sent, resume 3 s later.
-            paused_view = views[pause_channel]
-            sent_so_far = counts[str(paused_view.id)].get("sent", 0)
-            if paused_at is None and sent_so_far >= 100 and paused_view.status == "active":
-                service.pause_campaign("demo-marketer", paused_view.id)
-                paused_at = now
-                console.print(f"[yellow]paused the {pause_channel} campaign[/yellow]")
-            elif paused_at is not None and not resumed and now - paused_at >= 3:
-                service.resume_campaign("demo-marketer", paused_view.id)
-                resumed = True
-                console.print(f"[yellow]resumed the {pause_channel} campaign[/yellow]")
-            if all(v.status in TERMINAL for v in views.values()):
-                return True
-            time.sleep(0.5)
+    while time.monotonic() < deadline:
+        views = {ch: service.get_campaign("demo-marketer", cid) for ch, cid in campaign_ids.items()}
+        counts = _log_counts(settings, list(campaign_ids.values()))
+        now = time.monotonic()
+        rows = []
+        for channel, view in views.items():
+            c = counts[str(view.id)]
+            prev_t, prev_sent = last.get(channel, (now, 0))
+            rate = (c.get("sent", 0) - prev_sent) / (now - prev_t) if now > prev_t else 0.0
+            last[channel] = (now, c.get("sent", 0))
+            rows.append(Progress(channel, view.status, view.total_recipients, c, rate))
+        finished = all(v.status in TERMINAL for v in views.values())
+        show(rows, finished)
+        if finished:
+            return True
+        # The operator's pause and resume, part of the show: pause once some are sent, resume 3 s later.
+        paused_view = views[pause_channel]
+        sent_so_far = counts[str(paused_view.id)].get("sent", 0)
+        if paused_at is None and sent_so_far >= 100 and paused_view.status == "active":
+            service.pause_campaign("demo-marketer", paused_view.id)
+            paused_at = now
+            console.print(f"[yellow]paused the {pause_channel} campaign[/yellow]")
+        elif paused_at is not None and not resumed and now - paused_at >= 3:
+            service.resume_campaign("demo-marketer", paused_view.id)
+            resumed = True
+            console.print(f"[yellow]resumed the {pause_channel} campaign[/yellow]")
+        time.sleep(0.5)
     console.print("[red]timed out waiting for the campaigns to finish[/red]")
     return False
+
+
+def _live_table(rows: list[Progress], *, wide: bool) -> Table | Group:
+    """The terminal's live view: one row per campaign, or one column per campaign when ``wide`` is False."""
+    fields = ("status", "recipients", "sent", "failed", "retrying", "skipped", "cancelled", "rate/s", "progress")
+    values = {
+        r.channel: {
+            "status": r.status, "recipients": str(r.total or "…"), "sent": str(r.counts.get("sent", 0)),
+            "failed": str(r.counts.get("failed", 0)), "retrying": str(r.in_flight),
+            "skipped": str(r.counts.get("skipped", 0)), "cancelled": str(r.counts.get("cancelled", 0)),
+            "rate/s": f"{r.rate_per_s:.0f}", "progress": _bar(r.done, r.total, width=20 if wide else 10),
+        }
+        for r in rows
+    }
+    if not wide:
+        return _transposed("campaigns (live)", values, fields)
+    table = Table(title="campaigns (live)")
+    for column in ("channel", *fields):
+        table.add_column(column)
+    for channel, row in values.items():
+        table.add_row(channel, *(row[f] for f in fields))
+    return table
+
+
+def _progress_line(r: Progress, elapsed_s: float) -> str:
+    """One campaign's progress in one line of at most 80 characters (for logs): time, channel, status,
+    terminal recipients of the total, then sent/failed/in flight."""
+    total = str(r.total) if r.total else "?"
+    share = f"{100 * r.done / r.total:3.0f}%" if r.total else "  …"
+    return (f"{elapsed_s:5.0f}s {r.channel:<8} {r.status:<9} {r.done:>6}/{total:<6} {share} "
+            f"sent {r.counts.get('sent', 0)} failed {r.counts.get('failed', 0)} in flight {r.in_flight}")
 
 
 def _bar(done: int, total: int | None, width: int = 20) -> str:
@@ -175,13 +257,13 @@ def _bar(done: int, total: int | None, width: int = 20) -> str:
     return "█" * filled + "░" * (width - filled) + f" {100 * done / total:.0f}%"
 
 
+REPORT_COLUMNS = ("status", "recipients", *COUNTED, "retried", "avg latency ms", "analytics = log")
+
+
 def _report(console: Console, settings: Settings, campaign_ids: dict[str, uuid.UUID],
             service: CampaignService) -> bool:
     counts = _log_counts(settings, list(campaign_ids.values()))
-    table = Table(title="analytics per campaign (campaign_analytics totals vs campaign_recipient_log)")
-    for column in ("channel", "status", "recipients", "sent", "failed", "skipped", "cancelled", "retried",
-                   "avg latency ms", "analytics = log"):
-        table.add_column(column)
+    rows: dict[str, dict[str, str]] = {}
     ok = True
     with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
         for channel, cid in campaign_ids.items():
@@ -194,8 +276,42 @@ def _report(console: Console, settings: Settings, campaign_ids: dict[str, uuid.U
             view = service.get_campaign("demo-marketer", cid)
             equal = analytics == log and sum(log.values()) == (view.total_recipients or -1)
             ok = ok and equal and view.status in TERMINAL
-            table.add_row(channel, view.status, str(view.total_recipients), *(str(analytics[s]) for s in COUNTED),
-                          str(row[4]), f"{row[5]:.1f}" if row[5] else "-", "yes" if equal else "[red]NO[/red]")
+            rows[channel] = {
+                "status": view.status, "recipients": str(view.total_recipients),
+                **{s: str(analytics[s]) for s in COUNTED}, "retried": str(row[4]),
+                "avg latency ms": f"{row[5]:.1f}" if row[5] else "-",
+                "analytics = log": "yes" if equal else "[red]NO[/red]",
+            }
     conn.close()
+    title = "analytics per campaign (campaign_analytics totals vs campaign_recipient_log)"
+    table: Table | Group
+    if _wide(console):
+        table = Table(title=title)
+        for column in ("channel", *REPORT_COLUMNS):
+            table.add_column(column)
+        for channel, values in rows.items():
+            table.add_row(channel, *(values[c] for c in REPORT_COLUMNS))
+    else:
+        table = _transposed(title, rows, REPORT_COLUMNS)
     console.print(table)
     return ok
+
+
+def _transposed(title: str, rows: dict[str, dict[str, str]], fields: Sequence[str]) -> Group:
+    """A table with one column per campaign (channel) and one row per field, as narrow as its values,
+    under its title (a line of its own: a table title would be wrapped to the table's width)."""
+    table = Table()
+    table.add_column("")
+    for channel in rows:
+        table.add_column(channel, justify="right")
+    for name in fields:
+        table.add_row(name, *(rows[channel].get(name, "-") for channel in rows))
+    return Group(Text(title, style="italic"), table)
+
+
+def _simulator_table(stats: Mapping[str, Mapping[str, object]]) -> Group:
+    """What the provider simulator saw, per channel (accepted, throttled, errors, ...)."""
+    fields = list(dict.fromkeys(name for per_channel in stats.values() for name in per_channel))
+    rows = {channel: {name: str(value) for name, value in per_channel.items()} for channel, per_channel in
+            stats.items()}
+    return _transposed("provider simulator saw", rows, fields)
