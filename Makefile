@@ -43,9 +43,12 @@ test-unit: venv
 demo: services
 	@$(VENV)/bin/campaigns demo $(DEMO_ARGS)
 
+# The baselines' own needs: the bench extra (BullMQ, redis-py) here, and redis-server from the OS packages
+# (ops/redis/redis.sh, run by --install-missing when the BullMQ baseline is chosen; the harness starts its
+# own on a free port). Whatever is still missing stops the harness before it runs anything.
 bench: services
 	@$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
-	@$(VENV)/bin/campaigns bench $(BENCH_ARGS)
+	@$(VENV)/bin/campaigns bench --install-missing $(BENCH_ARGS)
 
 lint: venv
 	@$(VENV)/bin/ruff check .

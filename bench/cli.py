@@ -4,7 +4,9 @@
 Rounds are interleaved: round 1 of every scenario, then round 2 of every scenario, and so on, so that load
 from other processes on a shared machine falls on all of them alike; each figure is the median of its
 rounds. Exit code 0 when every run completed and passed its correctness checks (speed targets are
-reported, not enforced).
+reported, not enforced); 2, before anything runs, when a chosen scenario lacks what it needs
+(:func:`missing_prerequisites`: redis-server and the ``bench`` extra for the BullMQ baseline, java and
+Kafka's jars for the limit): a baseline is never skipped.
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report-only", action="store_true", help="run nothing: tables from --merge files only")
     p.add_argument("--keep-db", action="store_true", help="keep the benchmark database afterwards")
+    p.add_argument(
+        "--install-missing",
+        action="store_true",
+        help="install what the chosen scenarios lack and the project can install (redis-server from the OS "
+        "packages: ops/redis/redis.sh install); `make bench` passes it",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -177,6 +185,50 @@ def plan_cases(args: argparse.Namespace) -> list[Case]:
     return cases
 
 
+def missing_prerequisites(scenarios: set[str]) -> list[str]:
+    """What the chosen scenarios need and this machine lacks, one sentence each saying how to get it.
+
+    Checked before anything runs: a baseline is run or the harness stops, never skipped."""
+    import importlib.util
+    import shutil
+
+    from .kafka_limit import LIBS
+
+    missing = []
+    if "bullmq" in scenarios:
+        packages = [name for name in ("bullmq", "redis") if importlib.util.find_spec(name) is None]
+        if packages:
+            missing.append(
+                f"the bullmq baseline needs the Python package(s) {', '.join(packages)}: "
+                "pip install -e '.[bench]' (make bench does)"
+            )
+        if shutil.which("redis-server") is None:
+            missing.append(
+                "the bullmq baseline needs redis-server, which is not on PATH: "
+                "ops/redis/redis.sh install (apt-get install redis-server; make bench does)"
+            )
+    if "limit" in scenarios:
+        if shutil.which("java") is None:
+            missing.append("the limit scenario runs Kafka's perf tools and needs java on PATH (a Java 17+ JDK)")
+        if not LIBS.is_dir():
+            missing.append(
+                f"the limit scenario needs Kafka's jars in {LIBS}: ops/kafka/kafka.sh fetch (make bench does)"
+            )
+    return missing
+
+
+def _install_missing(scenarios: set[str]) -> None:
+    """Install redis-server if the BullMQ baseline is chosen and it is missing (the script's own error,
+    e.g. no apt-get, is printed; :func:`missing_prerequisites` then stops the run)."""
+    import shutil
+    import subprocess
+
+    from .env import REPO_ROOT
+
+    if "bullmq" in scenarios and shutil.which("redis-server") is None:
+        subprocess.run([str(REPO_ROOT / "ops" / "redis" / "redis.sh"), "install"], check=False)  # noqa: S603
+
+
 def _failed_checks(result: dict[str, Any]) -> list[str]:
     return [k for k, ok in (result.get("checks") or {}).items() if not ok]
 
@@ -200,7 +252,19 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("bench: --report-only needs at least one --merge JSON")
         meta: dict[str, Any] = {}
     else:
-        meta, failures = _run(args, runs, started, command, results)
+        cases = plan_cases(args)
+        missing = missing_prerequisites({c.scenario for c in cases})
+        if missing and args.install_missing:
+            _install_missing({c.scenario for c in cases})
+            missing = missing_prerequisites({c.scenario for c in cases})
+        if missing:
+            chosen = sorted({c.scenario for c in cases}, key=SCENARIOS.index)
+            for problem in missing:
+                print(f"bench: cannot start: {problem}", file=sys.stderr)
+            print(f"bench: nothing was run; scenarios chosen: {' '.join(chosen)} "
+                  "(name the ones to run, e.g. `python -m bench e2e latency`)", file=sys.stderr)
+            return 2
+        meta, failures = _run(args, runs, started, command, results, cases)
     for path in args.merge:
         earlier = json.loads(path.read_text())
         meta = meta or dict(earlier["meta"], commands=[])
@@ -244,9 +308,9 @@ def _run(
     started: datetime,
     command: str,
     results: dict[str, dict[str, list[dict[str, Any]]]],
+    cases: list[Case],
 ) -> tuple[dict[str, Any], list[str]]:
     """Run every planned case ``runs`` times, interleaved; fills ``results``, returns (meta, failures)."""
-    cases = plan_cases(args)
     failures: list[str] = []
     needs_redis = any(c.scenario == "bullmq" for c in cases)
     with BenchEnv(keep_db=args.keep_db) as env:
@@ -270,9 +334,6 @@ def _run(
                     if case.once and round_no > 0:
                         continue
                     label = f"[round {round_no + 1}/{runs}] {case.scenario} {case.key}"
-                    if case.scenario == "bullmq" and isinstance(redis, str):
-                        results.setdefault(case.scenario, {}).setdefault(case.key, []).append({"skipped": redis})
-                        continue
                     print(f"{label} ...", flush=True)
                     t0 = time.monotonic()
                     try:
@@ -289,20 +350,17 @@ def _run(
                     results.setdefault(case.scenario, {}).setdefault(case.key, []).append(result)
                     print(f"{label}: {report.one_line(case.scenario, result)}", flush=True)
         finally:
-            if redis is not None and not isinstance(redis, str):
+            if redis is not None:
                 redis.__exit__(None, None, None)
     return meta, failures
 
 
 def _redis() -> Any:
-    """A started RedisServer, or a string saying why the BullMQ baseline is skipped."""
-    try:
-        import bullmq  # noqa: F401
-    except ImportError:
-        return "bullmq is not installed (pip install bullmq hiredis)"
+    """A started RedisServer (its prerequisites were checked by :func:`missing_prerequisites`); one that
+    does not start fails the run here, before any case."""
     from .baseline_bullmq import RedisServer
 
     try:
         return RedisServer().__enter__()
-    except RuntimeError as exc:
-        return str(exc)
+    except Exception as exc:
+        raise SystemExit(f"bench: cannot start redis-server for the bullmq baseline: {exc}") from exc

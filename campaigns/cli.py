@@ -691,10 +691,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # argparse: usage errors are invalid input (2), --help is 0
-        return exit_.code if isinstance(exit_.code, int) else EXIT_INVALID
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Everything after `bench` belongs to the harness, options first included (`campaigns bench --quick`,
+        # `make bench BENCH_ARGS=...`): argparse's REMAINDER would refuse a leading option.
+        args = argparse.Namespace(handler=cmd_bench, bench_args=argv[1:])
+    else:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exit_:  # argparse: usage errors are invalid input (2), --help is 0
+            return exit_.code if isinstance(exit_.code, int) else EXIT_INVALID
     handler: Handler = args.handler
     try:
         return handler(args)
