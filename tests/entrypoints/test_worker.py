@@ -1,0 +1,109 @@
+"""``campaigns worker`` with its default stages (no ``--stages``), as a user starts it, against ``python -m
+simulator``: one campaign per channel from ``examples/`` runs end to end, the campaign events reach
+``campaign.events`` with no separate relay process, the outbox drains, and no stage ever restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from campaigns.db.engine import make_engine, make_sessionmaker
+from campaigns.service import CampaignService
+from campaigns.settings import Settings
+from tests.entrypoints.conftest import (
+    REPO_ROOT,
+    TERMINAL,
+    EntryPoints,
+    analytics_totals,
+    campaign_events,
+    metrics_up,
+    outbox_events,
+    recipient_counts,
+    scrape,
+    total_recipients,
+    unpublished_outbox,
+    wait_finished,
+)
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+EXAMPLES = REPO_ROOT / "examples"
+CHANNELS = ("sms", "email", "whatsapp")
+
+
+def prepare(entry: EntryPoints, tmp_path: Path, customers: int) -> dict[str, str]:
+    """Principal, channels, approved templates and customers through the CLI; one campaign per channel created
+    from ``examples/campaign-<channel>.json`` (segments mapped onto the seeded ones) and scheduled now."""
+    entry.cli("principal", "add", "alice", "--role", "marketer")
+    for channel in CHANNELS:
+        entry.cli("channel", "add", channel, "--rate", "200", "--burst", "50")
+        entry.cli("template", "add", str(EXAMPLES / f"template-{channel}.json"), "--approve")
+    seeded = json.loads(entry.cli("seed", "--customers", str(customers)).stdout)
+    segments = seeded["segments"]
+    ids = {}
+    for channel in CHANNELS:
+        payload = json.loads((EXAMPLES / f"campaign-{channel}.json").read_text())
+        payload.pop("start_at", None)
+        if "segments" in payload:  # the examples number segments 1..3, as a fresh database has them
+            payload["segments"] = [segments[i - 1] for i in payload["segments"]]
+        path = tmp_path / f"campaign-{channel}.json"
+        path.write_text(json.dumps(payload))
+        ids[channel] = entry.cli("create", str(path), actor="alice").stdout.strip()
+        uuid.UUID(ids[channel])
+        entry.cli("schedule", ids[channel], "--at", "now", actor="alice")
+    return ids
+
+
+def test_worker_with_default_stages_runs_campaigns_end_to_end(entry: EntryPoints, settings: Settings, tmp_path):
+    ids = prepare(entry, tmp_path, customers=300)
+    simulator = entry.start_simulator()
+    worker = entry.start_worker()  # no --stages: every stage, the relay included
+    wait_for(lambda: metrics_up(worker.metrics_port) or not worker.alive, timeout=60, interval=0.2,
+             what="the worker's /metrics endpoint")
+    assert worker.alive, f"the worker exited at start:\n{worker.log_text()[-3000:]}"
+
+    for channel, campaign_id in ids.items():
+        status = wait_finished(settings, campaign_id, timeout=120, procs=entry)
+        counts = recipient_counts(settings, campaign_id)
+        assert set(counts) <= set(TERMINAL), f"{channel}: recipients left in flight: {counts}"
+        total = total_recipients(settings, campaign_id)
+        assert sum(counts.values()) == total > 0, f"{channel}: {counts} vs {total} recipients"
+        if channel in ("sms", "email"):  # the simulator accepts these; WhatsApp's outcome depends on templates
+            assert status == "completed", f"{channel}: {status}, {counts}"
+            assert counts.get("failed", 0) == 0, f"{channel}: {counts}"
+            assert simulator.stats(channel)["accepted"] >= counts.get("sent", 0) > 0
+
+    # Receipts through the API's update_metrics reach analytics via the outbox (delivery.outcomes) too.
+    engine = make_engine(settings.database)
+    try:
+        CampaignService(make_sessionmaker(engine)).update_metrics("alice", uuid.UUID(ids["sms"]), {"delivered": 3})
+    finally:
+        engine.dispose()
+    wait_for(lambda: analytics_totals(settings, ids["sms"]).get("delivered") == 3, timeout=60, interval=0.25,
+             what="update_metrics receipts counted by analytics")
+
+    # With no separate relay process, every state change reached campaign.events and the outbox is empty.
+    wait_for(lambda: unpublished_outbox(settings) == 0, timeout=60, interval=0.25, what="the outbox drained")
+    events = campaign_events(settings)
+    for channel, campaign_id in ids.items():
+        expected = outbox_events(settings, campaign_id)
+        published = [(e["event_id"], e["event_type"]) for e in events if e["campaign_id"] == campaign_id]
+        assert [t for _, t in expected][:3] == ["CREATED", "SCHEDULED", "ACTIVATED"], expected
+        assert expected[-1][1] in ("COMPLETED", "FAILED"), expected
+        # At least once, in order: the outbox rows in id order are the topic's records, duplicates aside.
+        assert list(dict.fromkeys(published)) == expected, f"{channel}: {published} vs {expected}"
+
+    restarts = scrape(worker.metrics_port, "campaigns_stage_restarts_total")
+    assert all(value == 0 for value in restarts.values()), f"stages restarted: {restarts}"
+    assert entry.crashed_stages() == []
+    assert "crashed" not in worker.log_text()
+
+    # SIGTERM stops it cleanly (exit 0) well before the SIGKILL fallback.
+    started = time.monotonic()
+    assert worker.terminate(timeout=45) == 0, worker.log_text()[-3000:]
+    assert time.monotonic() - started < 40
