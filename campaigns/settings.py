@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from campaigns.core.retry import DEFAULT_TIER_DELAYS_S
 from campaigns.logs import LibrdkafkaLog
 
 CHANNELS = ("whatsapp", "sms", "email")
@@ -126,7 +127,13 @@ class SenderSettings(BaseModel):
     poll_timeout_s: float = 0.2
     max_in_flight: int = 200  # concurrent provider calls per channel per worker
     claim_lease_s: float = 60.0  # a claim older than this whose send never recorded may be retried
-    retry_tiers: int = 3
+    # Retry tier n holds a record retry_tier_delays_s[n-1] seconds (campaign.messages.<channel>.retry.<n>);
+    # a retry waits in the largest tier not longer than its remaining wait (campaigns.core.retry).
+    retry_tier_delays_s: tuple[float, ...] = DEFAULT_TIER_DELAYS_S
+
+    @property
+    def retry_tiers(self) -> int:
+        return len(self.retry_tier_delays_s)
 
 
 class AnalyticsSettings(BaseModel):

@@ -43,6 +43,17 @@ ORDER BY activated_at LIMIT 20
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Content:
+    """A campaign's rendered content for one locale (a ``campaign_messages`` row)."""
+
+    locale: str
+    subject: str | None
+    body: str
+    template_name: str | None
+    template_parameters: list[str]
+
+
 @dataclass
 class CampaignPlan:
     id: uuid.UUID
@@ -52,8 +63,31 @@ class CampaignPlan:
     batch_size: int
     cursor: int
     segments: list[int]
-    content: dict[str, tuple[str | None, str, str | None]]  # locale -> (subject, body, template name)
+    content: dict[str, Content]  # locale -> what is sent to recipients of that locale
     default_locale: str
+
+
+_INSERT_TERMINAL = (
+    "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
+    "failure_reason, created_at, updated_at) VALUES %s ON CONFLICT (campaign_id, recipient_id) "
+)
+RECORD_SKIPPED_SQL = _INSERT_TERMINAL + "DO NOTHING"
+# A sweep also ends a row left retrying (no sender claims anything of a campaign that is not active).
+RECORD_CANCELLED_SQL = _INSERT_TERMINAL + (
+    "DO UPDATE SET status = 'cancelled', failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at "
+    "WHERE campaign_recipient_log.status = 'retrying'"
+)
+TERMINAL_ROWS_SQL = (
+    "SELECT recipient_id, message_id, failure_reason FROM campaign_recipient_log "
+    "WHERE campaign_id = %s AND recipient_id = ANY(%s) AND status = %s"
+)
+SETTLE_IN_FLIGHT_SQL = (
+    "UPDATE campaign_recipient_log SET status = 'cancelled', failure_reason = %s, updated_at = %s, "
+    "lease_until = NULL WHERE campaign_id = %s "
+    "AND (status = 'retrying' OR (status = 'claimed' AND lease_until < %s)) "
+    "RETURNING recipient_id, message_id, failure_reason"
+)
+LIVE_CLAIMS_SQL = "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s AND status = 'claimed'"
 
 
 def _millis(moment: datetime) -> int:
@@ -112,7 +146,9 @@ class Expander:
                 handled += 1
         return handled
 
-    def _with_lock(self, campaign_id: uuid.UUID, work: Callable[[uuid.UUID], None]) -> bool:
+    def _with_lock(self, campaign_id: uuid.UUID, work: Callable[[uuid.UUID], bool]) -> bool:
+        """Run ``work`` under the campaign's advisory lock; its result (did it make progress), or False when
+        another worker holds the lock."""
         with self._conn.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 7))", (str(campaign_id),))
             locked = cur.fetchone()[0]
@@ -120,13 +156,12 @@ class Expander:
         if not locked:
             return False
         try:
-            work(campaign_id)
+            return work(campaign_id)
         finally:
             self._conn.rollback()
             with self._conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 7))", (str(campaign_id),))
             self._conn.commit()
-        return True
 
     def _load(self, campaign_id: uuid.UUID) -> CampaignPlan | None:
         with self._conn.cursor() as cur:
@@ -141,27 +176,31 @@ class Expander:
             cur.execute("SELECT segment_id FROM campaign_segments WHERE campaign_id = %s", (str(campaign_id),))
             segments = [r[0] for r in cur.fetchall()]
             cur.execute(
-                "SELECT locale, subject, body, template_name FROM campaign_messages WHERE campaign_id = %s",
+                "SELECT locale, subject, body, template_name, template_parameters FROM campaign_messages "
+                "WHERE campaign_id = %s",
                 (str(campaign_id),),
             )
-            content = {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
+            content = {r[0]: Content(r[0], r[1], r[2], r[3], list(r[4] or ())) for r in cur.fetchall()}
         return CampaignPlan(
             id=campaign_id, status=row[0], version=row[1], channel=row[2], batch_size=row[3], cursor=row[4],
             segments=segments, content=content, default_locale=row[5],
         )
 
-    def _process(self, campaign_id: uuid.UUID) -> None:
+    def _process(self, campaign_id: uuid.UUID) -> bool:
+        """Expand or sweep the campaign; False if there was nothing to do yet (the loop may idle)."""
         plan = self._load(campaign_id)
         if plan is None:
-            return
+            return False
         sweeping = plan.status in ("cancelled", "failed")
         while True:
             page = fetch_page(
                 self._conn.cursor(), plan.id, plan.segments, plan.channel, plan.cursor, plan.batch_size
             )
             if not page:
+                if sweeping and not self._settle_in_flight(plan):
+                    return False  # live claims of a sender: they end (recorded or expired); a later pass settles
                 self._finish(plan)
-                return
+                return True
             if sweeping:
                 self._record(plan, page, status="cancelled", reason=f"campaign_{plan.status}")
             else:
@@ -170,7 +209,7 @@ class Expander:
             # Messages and outcomes must be on the broker before the checkpoint says they are.
             self._producer.flush()
             if not self._checkpoint(plan, page[-1].customer_id):
-                return  # the campaign changed (pause, cancel, resume): start over from its new state
+                return True  # the campaign changed (pause, cancel, resume): start over from its new state
             if self.on_page is not None:
                 self.on_page(plan.id, len(page))
 
@@ -180,13 +219,15 @@ class Expander:
         encode = self._codec.encode
         campaign = str(plan.id)
         for r in recipients:
-            subject, body, template_name = plan.content.get(r.locale) or plan.content[plan.default_locale]
+            content = plan.content.get(r.locale) or plan.content[plan.default_locale]
             recipient = str(r.customer_id)
+            # ``locale`` is the content's (what the body was rendered in, and the language of a provider
+            # template), not the recipient's: a recipient whose locale has no content gets the default.
             record = {
                 "message_id": message_id(campaign, recipient), "campaign_id": campaign, "recipient_id": recipient,
-                "channel": plan.channel, "address": r.address, "subject": subject, "body": body,
-                "template_name": template_name, "locale": r.locale, "attempt": 0, "not_before": 0,
-                "created_at": now_ms, "last_error": None,
+                "channel": plan.channel, "address": r.address, "subject": content.subject, "body": content.body,
+                "template_name": content.template_name, "template_parameters": content.template_parameters,
+                "locale": content.locale, "attempt": 0, "not_before": 0, "created_at": now_ms, "last_error": None,
             }
             self._producer.produce(topic, recipient, encode("RecipientMessage", record))
         self.expanded += len(recipients)
@@ -194,7 +235,14 @@ class Expander:
             self._metrics.expansion_page(plan.channel, len(recipients))
 
     def _record(self, plan: CampaignPlan, recipients: list[Recipient], *, status: str, reason: str | None) -> None:
-        """Insert terminal rows for recipients not logged yet, and one outcome per row actually inserted."""
+        """Give the recipients not logged yet a terminal ``status`` row, commit, then emit one outcome for
+        every row of these recipients that is in that status.
+
+        The outcome exists only once its row has committed, and a page done again (after a crash before the
+        checkpoint, or a sweep after a cancel) emits it again with the same outcome id: analytics count it
+        once, and an outcome lost with a crashed producer is never lost for good. A sweep (``cancelled``)
+        also ends rows left ``retrying``: their retries will find the campaign over.
+        """
         if not recipients:
             return
         now = self._clock()
@@ -205,18 +253,33 @@ class Expander:
             for r in recipients
         ]
         with self._conn.cursor() as cur:
-            inserted = psycopg2.extras.execute_values(
-                cur,
-                "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
-                "failure_reason, created_at, updated_at) VALUES %s "
-                "ON CONFLICT (campaign_id, recipient_id) DO NOTHING RETURNING recipient_id, message_id, failure_reason",
-                rows,
-                page_size=len(rows),
-                fetch=True,
+            psycopg2.extras.execute_values(
+                cur, RECORD_CANCELLED_SQL if status == "cancelled" else RECORD_SKIPPED_SQL, rows, page_size=len(rows)
             )
+            self._conn.commit()
+            cur.execute(TERMINAL_ROWS_SQL, (campaign, [r.customer_id for r in recipients], status))
+            self._emit(plan, status, cur.fetchall())
+
+    def _settle_in_flight(self, plan: CampaignPlan) -> bool:
+        """After a sweep: end the rows no sender will end (``retrying``, and claims whose lease ran out, left
+        by a crashed sender) as ``cancelled``. False while a live claim remains (its sender records it)."""
+        campaign = str(plan.id)
+        with self._conn.cursor() as cur:
+            cur.execute(SETTLE_IN_FLIGHT_SQL, (f"campaign_{plan.status}", self._clock(), campaign, self._clock()))
+            settled = cur.fetchall()
+            cur.execute(LIVE_CLAIMS_SQL, (campaign,))
+            live = cur.fetchone()[0]
+            self._conn.commit()
+        self._emit(plan, "cancelled", settled)
+        if settled:
+            self._producer.flush()
+        return not live
+
+    def _emit(self, plan: CampaignPlan, status: str, rows: list[tuple[Any, Any, Any]]) -> None:
+        campaign = str(plan.id)
         outcome_status = status.upper()
-        occurred = _millis(now)
-        for recipient_id, msg_id, failure_reason in inserted:
+        occurred = _millis(self._clock())
+        for recipient_id, msg_id, failure_reason in rows:
             self._producer.produce(
                 self._outcomes_topic,
                 str(recipient_id),
@@ -232,9 +295,8 @@ class Expander:
             )
 
     def _checkpoint(self, plan: CampaignPlan, last_id: int) -> bool:
-        """Commit the page: its skipped/cancelled rows always (their outcomes are already on the broker, so
-        the rows must exist too, or a later sweep would give those recipients a second terminal outcome),
-        and the cursor only if the campaign did not change meanwhile (pause, resume, cancel)."""
+        """Advance the cursor past the page (its rows are committed and its records acknowledged), only if
+        the campaign did not change meanwhile (pause, resume, cancel): then the page is done again."""
         with self._conn.cursor() as cur:
             cur.execute(
                 "UPDATE campaigns SET expansion_cursor = %s WHERE id = %s AND version = %s",

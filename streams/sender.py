@@ -41,7 +41,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from campaigns.codec import get_codec
 from campaigns.core.breaker import FailureBreaker
 from campaigns.core.rate import AimdRate, TokenBucket, worker_share
-from campaigns.core.retry import RetryPolicy, decide
+from campaigns.core.retry import RetryPolicy, decide, tier_for_wait
 from campaigns.core.states import CampaignAction
 from campaigns.errors import (
     DeliveryError,
@@ -141,6 +141,9 @@ class ChannelSender:
         self._retry_topics = [
             kafka.topic(f"campaign.messages.{channel}.retry.{n}") for n in range(1, settings.sender.retry_tiers + 1)
         ]
+        # Retry tier topic -> how long it holds each record (ms after the record was written).
+        self._tier_delays = settings.sender.retry_tier_delays_s
+        self._tier_hold_ms = {t: d * 1000 for t, d in zip(self._retry_topics, self._tier_delays, strict=True)}
         self._dlq_topic = kafka.topic("campaign.messages.dlq")
         self._outcomes_topic = kafka.topic("delivery.outcomes")
         self._consumer = Consumer(
@@ -339,11 +342,16 @@ class ChannelSender:
                 continue
             not_before_ms = _as_millis(record["not_before"])
             if msg.topic() != self._main_topic and not_before_ms > now_ms:
-                # The head of this retry partition is not due: rewind to it and pause until it is.
-                held.add(key)
-                self._consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
-                self._consumer.pause([TopicPartition(msg.topic(), msg.partition())])
-                self._paused_until[key] = not_before_ms / 1000
+                # A tier holds every record for the same time after it was written, so its partitions release
+                # records in order and the head is always the first due: a long wait never holds up a short one.
+                release_ms = min(not_before_ms, msg.timestamp()[1] + self._tier_hold_ms[msg.topic()])
+                if release_ms > now_ms:  # rewind to the head and pause the partition until it is released
+                    held.add(key)
+                    self._consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+                    self._consumer.pause([TopicPartition(msg.topic(), msg.partition())])
+                    self._paused_until[key] = release_ms / 1000
+                else:  # released by its tier but not due yet: on to the tier that fits what is left of the wait
+                    self._produce_retry(record, not_before_ms - now_ms)
                 not_sent += 1
                 continue
             if record["channel"] != self._channel:
@@ -516,21 +524,25 @@ class ChannelSender:
                 attempt = 0 if status in ("skipped", "cancelled") else attempts
                 self._outcome(p.record, status.upper(), attempt, reason, provider_id, None)
             elif status == "claimed":
-                record = dict(p.record, not_before=int(lease_until.timestamp() * 1000) + 100)
-                self._producer.produce(self._retry_topics[0], p.record["recipient_id"],
-                                       self._codec.encode("RecipientMessage", record))
+                not_before = int(lease_until.timestamp() * 1000) + 100
+                self._produce_retry(dict(p.record, not_before=not_before), not_before - self._clock() * 1000)
 
     def _record_cancelled(self, pending: list[Pending]) -> None:
+        """Messages of a finished campaign: their recipient gets a ``cancelled`` row unless it has a terminal
+        one (a ``retrying`` row becomes ``cancelled``). After the commit, every message whose row is
+        ``cancelled`` emits its CANCELLED outcome, including rows cancelled earlier: a redelivery after a
+        crash that lost the outcome emits it again (same outcome id, counted once)."""
         if not pending:
             return
         now = datetime.now(UTC)
+        by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p for p in pending}
         with self._conn.cursor() as cur:
             values = ",".join(
                 cur.mogrify(
                     "(%s::uuid, %s::bigint, %s::uuid)",
                     (p.record["campaign_id"], int(p.record["recipient_id"]), p.record["message_id"]),
                 ).decode()
-                for p in pending
+                for p in by_key.values()
             )
             cur.execute(
                 "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
@@ -540,15 +552,20 @@ class ChannelSender:
                 "ON CONFLICT (campaign_id, recipient_id) DO UPDATE SET status = 'cancelled', "
                 "failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at "
                 "WHERE campaign_recipient_log.status = 'retrying' "
-                "RETURNING campaign_id::text, recipient_id, failure_reason",
+                "RETURNING campaign_id::text",
                 (self._channel, now, now),
+            )
+            self.stats.cancelled += len(cur.fetchall())
+            self._conn.commit()
+            cur.execute(
+                "SELECT l.campaign_id::text, l.recipient_id, l.failure_reason FROM campaign_recipient_log AS l "
+                f"JOIN (VALUES {values}) AS v(c, r, m) ON l.campaign_id = v.c AND l.recipient_id = v.r "
+                "WHERE l.status = 'cancelled'"
             )
             rows = cur.fetchall()
         self._conn.commit()
-        by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p for p in pending}
         for c, r, reason in rows:
             self._outcome(by_key[(c, r)].record, "CANCELLED", 0, reason, None, None)
-        self.stats.cancelled += len(rows)
 
     # --- sending -----------------------------------------------------------------------------------
 
@@ -561,6 +578,7 @@ class ChannelSender:
                 message_id=r["message_id"], campaign_id=r["campaign_id"], recipient_id=r["recipient_id"],
                 channel=self._channel, address=r["address"], body=r["body"], subject=r["subject"],
                 template_name=r["template_name"], locale=r["locale"],
+                template_parameters=tuple(r.get("template_parameters") or ()),
             )
             async with semaphore:
                 if time.monotonic() >= p.lease_deadline:
@@ -603,8 +621,7 @@ class ChannelSender:
             key = (r["campaign_id"], int(r["recipient_id"]))
             attempt = p.claimed_attempts  # 0-based number of this provider call
             if p.result == "expired":  # claimed again from retry tier 1 (a take-over, or a terminal duplicate)
-                self._producer.produce(self._retry_topics[0], r["recipient_id"], self._codec.encode(
-                    "RecipientMessage", dict(r, not_before=int(self._clock() * 1000))))
+                self._produce_retry(dict(r, not_before=int(self._clock() * 1000)), 0)
                 expired += 1
                 continue
             if p.result == "sent":
@@ -614,7 +631,7 @@ class ChannelSender:
             throttled = throttled or (p.reason or "").startswith("throttled")
             kind = "permanent" if p.result == "failed" else "transient"
             decision = decide(states[r["campaign_id"]].policy, attempt, kind, random.random(), now,
-                              tiers=len(self._retry_topics), retry_after_s=p.retry_after)
+                              tier_delays_s=self._tier_delays, retry_after_s=p.retry_after)
             if decision.action == "retry":
                 rows.append((*key, "retrying", attempt + 1, p.reason, None, None, p.claimed_at))
                 effects[key] = partial(self._on_retry, p, attempt + 1, decision)
@@ -681,6 +698,12 @@ class ChannelSender:
                           "sending stopped", cid, breaker.failures, breaker.attempts, breaker.threshold)
                 if self._metrics is not None:
                     self._metrics.campaign_transition("failed")
+
+    def _produce_retry(self, record: dict[str, Any], wait_ms: float) -> None:
+        """Put ``record`` in the retry tier that fits the ``wait_ms`` it still has to wait."""
+        tier = tier_for_wait(max(wait_ms, 0) / 1000, self._tier_delays)
+        self._producer.produce(self._retry_topics[tier - 1], record["recipient_id"],
+                               self._codec.encode("RecipientMessage", record))
 
     def _on_sent(self, p: Pending, attempts: int) -> None:
         self._outcome(p.record, "SENT", attempts, None, p.provider_id, p.latency_ms)

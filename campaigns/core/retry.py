@@ -12,20 +12,27 @@ Guarantees:
   fixed ``rand`` it never decreases as ``attempt`` grows. It never overflows, whatever the attempt.
 * :func:`decide` sends permanent failures and exhausted retries to the dead-letter queue with the reason
   ``permanent_failure`` / ``retries_exhausted``; everything else is retried at a ``not_before`` time in a
-  tier from :func:`retry_tier`.
+  tier from :func:`tier_for_wait`.
+* Retry tiers are **by delay**, never by attempt: tier ``n`` holds each record for a fixed
+  ``tier_delays_s[n-1]`` after it was written, so records leave a tier in the order they entered it and a
+  long wait can never hold up a short one behind it (no head-of-line blocking across campaigns). A record
+  waits in the largest tier not longer than its remaining wait, then moves down (:func:`tier_for_wait`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Literal
 
 from campaigns.core._values import shown
 from campaigns.errors import ValidationError
 
 __all__ = [
+    "DEFAULT_TIER_DELAYS_S",
     "MAX_BACKOFF_S",
     "MAX_RETRIES_LIMIT",
     "ErrorKind",
@@ -34,8 +41,11 @@ __all__ = [
     "decide",
     "next_delay_s",
     "policy_problems",
-    "retry_tier",
+    "tier_for_wait",
 ]
+
+DEFAULT_TIER_DELAYS_S: tuple[float, ...] = (1.0, 5.0, 30.0, 300.0, 3600.0)
+"""Retry tier delays (seconds) unless the settings say otherwise: tier n holds a record this long."""
 
 ErrorKind = Literal["transient", "throttled", "permanent"]
 _ERROR_KINDS: frozenset[str] = frozenset({"transient", "throttled", "permanent"})
@@ -156,16 +166,21 @@ def next_delay_s(policy: RetryPolicy, attempt: int, rand: float) -> float:
     return capped * (1.0 + policy.jitter * (2.0 * rand - 1.0))
 
 
-def retry_tier(attempt: int, tiers: int) -> int:
-    """The retry tier (1..``tiers``) for the retry after attempt ``attempt`` (0-based) failed.
-
-    The first retry goes to tier 1, the second to tier 2, ...; retries beyond the last tier stay in it.
+def tier_for_wait(wait_s: float, tier_delays_s: Sequence[float]) -> int:
+    """The retry tier (1-based) a record that must still wait ``wait_s`` seconds goes to: the one with the
+    largest delay not longer than the wait (so it is never held past its time by its tier), or tier 1 when
+    the wait is shorter than every delay (then it is due by the time tier 1 releases it, at most
+    ``tier_delays_s[0]`` late). ``tier_delays_s`` must be increasing and positive.
     """
-    if tiers < 1:
-        raise ValueError(f"tiers must be >= 1, got {tiers}")
-    if attempt < 0:
-        raise ValueError(f"attempt must be >= 0, got {attempt}")
-    return min(attempt + 1, tiers)
+    if not tier_delays_s:
+        raise ValueError("tier_delays_s must not be empty")
+    if any(b <= a for a, b in pairwise(tier_delays_s)) or tier_delays_s[0] <= 0:
+        raise ValueError(f"tier_delays_s must be positive and increasing, got {tuple(tier_delays_s)}")
+    tier = 1
+    for n, delay in enumerate(tier_delays_s, start=1):
+        if delay <= wait_s:
+            tier = n
+    return tier
 
 
 def decide(
@@ -175,7 +190,7 @@ def decide(
     rand: float,
     now: datetime,
     *,
-    tiers: int = 3,
+    tier_delays_s: Sequence[float] = DEFAULT_TIER_DELAYS_S,
     retry_after_s: float | None = None,
 ) -> RetryDecision:
     """Retry or dead-letter the message whose attempt ``attempt`` (0-based) just failed.
@@ -206,7 +221,7 @@ def decide(
     return RetryDecision(
         action="retry",
         attempt=attempt + 1,
-        tier=retry_tier(attempt, tiers),
+        tier=tier_for_wait(delay, tier_delays_s),
         delay_s=delay,
         not_before=now + timedelta(seconds=delay),
     )

@@ -28,6 +28,8 @@ class FakeTransport:
         self._by_call: dict[int, DeliveryError] = {}
         self._next: list[DeliveryError] = []
         self._by_address: dict[str, tuple[DeliveryError, int | None]] = {}
+        self._each_message: tuple[DeliveryError, int] | None = None
+        self._calls_per_message: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         counts = f"attempts={len(self.attempts)}, sent={len(self.sent)}"
@@ -46,7 +48,12 @@ class FakeTransport:
         """Fail the next ``count`` calls, whatever their address."""
         self._next.extend([error] * count)
 
+    def fail_each_message(self, times: int, error: DeliveryError) -> None:
+        """Fail the first ``times`` calls for every message id (e.g. each first attempt, then its retry works)."""
+        self._each_message = (error, times)
+
     def clear_failures(self) -> None:
+        self._each_message = None
         self._by_call.clear()
         self._next.clear()
         self._by_address.clear()
@@ -67,6 +74,9 @@ class FakeTransport:
             return error
         if self._next:
             return self._next.pop(0)
+        self._calls_per_message[message.message_id] += 1
+        if self._each_message is not None and self._calls_per_message[message.message_id] <= self._each_message[1]:
+            return self._each_message[0]
         entry = self._by_address.get(message.address)
         if entry is None:
             return None

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from campaigns.core.retry import RetryDecision, RetryPolicy, decide, next_delay_s, retry_tier
+from campaigns.core.retry import RetryDecision, RetryPolicy, decide, next_delay_s, tier_for_wait
 from campaigns.errors import ValidationError
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -86,20 +86,23 @@ def test_delay_non_decreasing_in_attempt(policy: RetryPolicy, attempt: int, rand
     assert next_delay_s(policy, attempt, rand) <= next_delay_s(policy, attempt + 1, rand)
 
 
-def test_retry_tiers() -> None:
-    assert [retry_tier(a, 3) for a in range(6)] == [1, 2, 3, 3, 3, 3]
-    assert retry_tier(0, 1) == 1
+def test_tier_for_wait_picks_the_largest_delay_not_longer_than_the_wait() -> None:
+    delays = (1.0, 5.0, 30.0, 300.0, 3600.0)
+    assert [tier_for_wait(w, delays) for w in (0, 0.2, 1, 4.9, 5, 29, 31, 3599, 3600, 86_400)] == [
+        1, 1, 1, 1, 2, 2, 3, 4, 5, 5]
     with pytest.raises(ValueError):
-        retry_tier(0, 0)
+        tier_for_wait(1, ())
     with pytest.raises(ValueError):
-        retry_tier(-1, 3)
+        tier_for_wait(1, (5.0, 1.0))
 
 
-@given(st.integers(0, 10_000), st.integers(1, 20))
-def test_retry_tier_in_range(attempt: int, tiers: int) -> None:
-    tier = retry_tier(attempt, tiers)
-    assert 1 <= tier <= tiers
-    assert retry_tier(attempt + 1, tiers) >= tier
+@given(st.floats(0, 200_000), st.lists(st.floats(0.01, 100_000), min_size=1, max_size=8, unique=True))
+def test_a_record_is_never_held_by_its_tier_past_its_time(wait: float, raw: list[float]) -> None:
+    delays = tuple(sorted(raw))
+    tier = tier_for_wait(wait, delays)
+    assert 1 <= tier <= len(delays)
+    assert delays[tier - 1] <= wait or tier == 1
+    assert tier == len(delays) or delays[tier] > wait  # the largest such tier
 
 
 def test_transient_is_retried_with_not_before() -> None:
@@ -108,7 +111,7 @@ def test_transient_is_retried_with_not_before() -> None:
     assert decision == RetryDecision(
         action="retry",
         attempt=2,
-        tier=2,
+        tier=1,
         delay_s=4.0,
         not_before=NOW + timedelta(seconds=4),
     )
@@ -153,9 +156,11 @@ def test_zero_retries_dead_letters_the_first_failure() -> None:
     assert decide(RetryPolicy(max_retries=0), 0, "transient", 0.5, NOW).reason == "retries_exhausted"
 
 
-def test_tier_follows_attempt_and_tiers() -> None:
-    policy = RetryPolicy(max_retries=10)
-    assert [decide(policy, a, "transient", 0.5, NOW, tiers=2).tier for a in range(4)] == [1, 2, 2, 2]
+def test_tier_follows_the_delay_not_the_attempt() -> None:
+    policy = RetryPolicy(max_retries=10, backoff_base_s=1, backoff_max_s=3600, jitter=0)
+    tiers = [decide(policy, a, "transient", 0.5, NOW, tier_delays_s=(1, 5, 30)).tier for a in range(7)]
+    assert tiers == [1, 1, 1, 2, 2, 3, 3]  # delays 1, 2, 4, 8, 16, 32, 64 s
+    assert decide(policy, 0, "transient", 0.5, NOW, tier_delays_s=(1, 5, 30), retry_after_s=3600).tier == 3
 
 
 def test_decide_rejects_bad_inputs() -> None:
@@ -179,7 +184,7 @@ def test_decision_shape(policy: RetryPolicy, attempt: int, kind: str, rand: floa
         assert kind != "permanent" and attempt < policy.max_retries
         assert decision.reason is None
         assert decision.attempt == attempt + 1
-        assert decision.tier is not None and 1 <= decision.tier <= 3
+        assert decision.tier is not None and 1 <= decision.tier <= 5
         assert decision.delay_s is not None and decision.not_before is not None
         assert decision.not_before == NOW + timedelta(seconds=decision.delay_s)
         assert decision.not_before >= NOW

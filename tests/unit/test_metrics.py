@@ -259,8 +259,8 @@ def test_an_unreachable_broker_is_reported_not_raised_and_not_retried_every_scra
 def test_default_lag_groups_follow_the_stage_group_names() -> None:
     settings = Settings(kafka=KafkaSettings(topic_prefix="x."))
     groups = default_lag_groups(settings, ("sms",))
-    assert groups["x.sender-sms"] == ["x.campaign.messages.sms", "x.campaign.messages.sms.retry.1",
-                                      "x.campaign.messages.sms.retry.2", "x.campaign.messages.sms.retry.3"]
+    assert groups["x.sender-sms"] == ["x.campaign.messages.sms",
+                                      *(f"x.campaign.messages.sms.retry.{n}" for n in range(1, 6))]
     assert groups["x.analytics"] == ["x.delivery.outcomes"]
     assert groups["x.campaigns.commands"] == ["x.campaign.commands"]
 

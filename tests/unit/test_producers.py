@@ -19,7 +19,7 @@ from producers.topics import all_topic_names, logical_topic_names, topic_specs
 
 
 def _settings(**kafka) -> Settings:
-    return Settings(kafka=KafkaSettings(**kafka), sender=SenderSettings(retry_tiers=2))
+    return Settings(kafka=KafkaSettings(**kafka), sender=SenderSettings(retry_tier_delays_s=(1, 5)))
 
 
 def test_every_topic_of_the_design_is_listed_and_prefixed():
