@@ -29,7 +29,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from campaigns.core import rbac
 from campaigns.core.payload import MAX_SCHEDULE_AHEAD, CampaignDraft, validate_create_payload
 from campaigns.core.states import CampaignAction, CampaignStatus, transition
-from campaigns.core.templates import render, sanitize_html, sanitize_text, template_variables
+from campaigns.core.templates import (
+    render,
+    sanitize_html,
+    sanitize_text,
+    template_variables,
+    template_variables_in_order,
+)
 from campaigns.db import repository as repo
 from campaigns.db.engine import transaction
 from campaigns.db.models import Campaign, CampaignMessage
@@ -256,12 +262,33 @@ class CampaignService:
         try:
             body = render(template.body, draft.variables, escape_html=channel == "email")
             subject = render(template.subject, draft.variables) if template.subject else None
+            parameters = self._template_parameters(channel, template.name, template.body, draft.variables)
         except ValidationError as error:
             problems.extend(error.problems)
             return None, None
         message = CampaignMessage(channel_kind=channel, locale=draft.locale, subject=subject, body=body,
-                                  template_name=template.name)
+                                  template_name=template.name, template_parameters=list(parameters))
         return message, template.id
+
+    @staticmethod
+    def _template_parameters(
+        channel: str, name: str, body: str, variables: Mapping[str, str]
+    ) -> tuple[str, ...]:
+        """The values a provider-side template is filled with, in the template's variable order.
+
+        Only WhatsApp renders templates at the provider (the Cloud API takes the template name and its
+        body parameters {{1}}..{{n}}); SMS and email send the body rendered here, so they need none. The
+        Cloud API refuses an empty parameter, so an empty value is a create-time error, not a late
+        per-recipient failure.
+        """
+        if channel != "whatsapp":
+            return ()
+        order = template_variables_in_order(body)
+        empty = [n for n in order if not variables[n]]
+        if empty:
+            raise ValidationError([f"variables.{n}: must not be empty: the WhatsApp template {name!r} "
+                                   "sends it as a parameter, and the Cloud API refuses empty ones" for n in empty])
+        return tuple(variables[n] for n in order)
 
     # --- transitions -----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ __all__ = [
     "sanitize_text",
     "template_problems",
     "template_variables",
+    "template_variables_in_order",
 ]
 
 IDENTIFIER = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -83,6 +84,27 @@ def template_variables(text: str) -> frozenset[str]:
     if malformed:
         raise ValidationError([_malformed_problem("template", p) for p in malformed])
     return names
+
+
+def template_variables_in_order(text: str) -> tuple[str, ...]:
+    """The variable names ``text`` uses, each once, in the order they first appear.
+
+    This is the template's parameter order: a provider template registered from ``text`` has
+    positional parameters ``{{1}}..{{n}}`` in this order (WhatsApp body parameters), so the values sent
+    with each message must follow it. Raises :class:`ValidationError` for malformed placeholders, like
+    :func:`template_variables`.
+    """
+    names: dict[str, None] = {}
+    malformed: list[str] = []
+    for match in _CANDIDATE.finditer(text):
+        inner = match.group(1).strip()
+        if IDENTIFIER.fullmatch(inner):
+            names.setdefault(inner)
+        else:
+            malformed.append(match.group(0))
+    if malformed:
+        raise ValidationError([_malformed_problem("template", p) for p in malformed])
+    return tuple(names)
 
 
 def render(text: str, variables: Mapping[str, str], *, escape_html: bool = False) -> str:

@@ -217,6 +217,10 @@ class CampaignMessage(Base):
     subject: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     template_name: Mapped[str | None] = mapped_column(String(128))
+    # The rendered values of the template's variables in the template's order (first appearance in its
+    # body): a WhatsApp template's body parameters {{1}}..{{n}}. Empty for inline content and for
+    # channels whose provider takes the rendered body (SMS, email).
+    template_parameters: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
 
 
 class CampaignRecipientLog(Base):

@@ -14,6 +14,7 @@ from campaigns.core.templates import (
     sanitize_text,
     template_problems,
     template_variables,
+    template_variables_in_order,
 )
 from campaigns.errors import ValidationError
 
@@ -23,6 +24,28 @@ names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,10}", fullmatch=True)
 def test_variables_found_with_or_without_spaces() -> None:
     text = "Hi {{name}}, {{ discount }} off {{   code\t}} ({{name}})"
     assert template_variables(text) == {"name", "discount", "code"}
+
+
+def test_variables_in_order_of_first_appearance() -> None:
+    """The provider template's parameter order ({{1}}, {{2}}, ...): first appearance, each name once."""
+    text = "Hi {{ name }}, {{discount}} off until {{ end_date }} ({{ name }}, {{ discount }})"
+    assert template_variables_in_order(text) == ("name", "discount", "end_date")
+    assert template_variables_in_order("no placeholders {{ unclosed") == ()
+    with pytest.raises(ValidationError, match="malformed placeholder"):
+        template_variables_in_order("Hi {{ user.name }}")
+
+
+@given(st.lists(names, max_size=8), st.text(alphabet="ab {}", max_size=20))
+def test_variables_in_order_are_the_variables(order: list[str], filler: str) -> None:
+    text = filler.join(f"{{{{ {n} }}}}" for n in order)
+    try:
+        ordered = template_variables_in_order(text)
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            template_variables(text)
+        return
+    assert set(ordered) == template_variables(text)
+    assert len(ordered) == len(set(ordered))
 
 
 def test_no_placeholders() -> None:
