@@ -78,20 +78,70 @@ def _actor(args: argparse.Namespace, *, required: bool = True) -> str | None:
     return actor
 
 
+JSON_MAX_BYTES = 1024 * 1024  # payload and template files: far above any real one (100,000 recipients ~ 1 MiB)
+JSON_MAX_DEPTH = 32  # payloads nest 3 levels; the parser itself recurses and would crash near 1,000
+JSON_MAX_DIGITS = 40  # no field takes a longer integer (ids are 64-bit: 19 digits)
+
+
+class _TooManyDigits(ValueError):
+    def __init__(self, digits: int) -> None:
+        super().__init__(digits)
+        self.digits = digits
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > JSON_MAX_DIGITS:
+        raise _TooManyDigits(digits)  # before int(): Python refuses over 4,300 digits, slowly
+    return int(text)
+
+
 def _read_json(path: str) -> Any:
-    file = Path(path)
+    """The JSON document in ``path``, or a :class:`ValidationError` saying in one line what is wrong: a
+    missing or unreadable file, more than ``JSON_MAX_BYTES`` (only that much plus one byte is ever read,
+    so ``/dev/zero`` is refused, not slurped), invalid JSON, nesting deeper than ``JSON_MAX_DEPTH``, or an
+    integer of more than ``JSON_MAX_DIGITS`` digits."""
     try:
-        text = file.read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:  # read() below is bounded: a device or FIFO has no size to stat
+            data = file.read(JSON_MAX_BYTES + 1)
     except FileNotFoundError:
         raise ValidationError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"{path}: cannot read it ({exc})") from exc
+    except OSError as exc:
+        raise ValidationError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > JSON_MAX_BYTES:
+        raise ValidationError(f"{path}: larger than {JSON_MAX_BYTES / 2**20:g} MiB; a payload or template file "
+                              "is far smaller (a long recipient list belongs in a segment, not in the payload)")
     try:
-        return json.loads(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        document = json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
         raise ValidationError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
+    except _TooManyDigits as exc:
+        raise ValidationError(
+            f"{path}: an integer of {exc.digits} digits; no field takes more than {JSON_MAX_DIGITS}"
+        ) from None
+    except RecursionError:
+        raise ValidationError(f"{path}: nested more than {JSON_MAX_DEPTH} levels deep") from None
+    if _depth_exceeds(document, JSON_MAX_DEPTH):
+        raise ValidationError(f"{path}: nested more than {JSON_MAX_DEPTH} levels deep")
+    return document
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    """True when arrays/objects nest more than ``limit`` levels (iterative: no recursion on user input)."""
+    stack = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= limit:
+                return True
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def _campaign_id(text: str) -> uuid.UUID:
@@ -159,17 +209,79 @@ def _setup_logging() -> None:
 # --- handlers ------------------------------------------------------------------------------------
 
 
+PROJECT_TABLE = "campaigns"  # a table every revision of the schema has
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from campaigns.db.engine import downgrade, upgrade
+    """Upgrade (default: to head), downgrade (an explicit revision and --yes), or stamp a revision.
+
+    Refuses, with exit 2 and what to do: a downgrade without --revision (to ``base`` it drops every
+    table), a downgrade without --yes, and an upgrade of a database that has the project's tables but no
+    Alembic version (the first migration would fail on the existing tables)."""
+    from alembic.util.exc import CommandError
+
+    from campaigns.db.engine import alembic_config, downgrade, upgrade
     from campaigns.settings import load_settings
 
     db = load_settings().database
-    if args.downgrade:
-        downgrade(db, args.revision or "base")
-    else:
-        upgrade(db, args.revision or "head")
-    _info(f"database {db.name} at {db.host}:{db.port} migrated")
+    where = f"database {db.name} at {db.host}:{db.port}"
+    if args.downgrade and args.stamp:
+        raise ValidationError("--stamp and --downgrade: give one of them")
+    if args.downgrade and not args.revision:
+        raise ValidationError(
+            "--downgrade: give the target with --revision (e.g. --revision -1 for one step back; "
+            "--revision base drops every table and its data); nothing was changed"
+        )
+    if args.downgrade and not args.yes:
+        raise ValidationError(
+            f"--downgrade --revision {args.revision}: downgrading drops the tables and columns of the later "
+            f"revisions, with their data, in {where}; run again with --yes to do it"
+        )
+    try:
+        if args.stamp:
+            from alembic import command
+
+            command.stamp(alembic_config(db), args.stamp)
+            _info(f"{where} recorded as being at revision {args.stamp} (no schema change)")
+            return EXIT_OK
+        if args.downgrade:
+            downgrade(db, args.revision)
+        else:
+            _refuse_unversioned_tables(db, where)
+            upgrade(db, args.revision or "head")
+    except CommandError as exc:  # an unknown revision, an impossible step
+        raise ValidationError(f"--revision: {exc}") from None
+    _info(f"{where} migrated")
     return EXIT_OK
+
+
+def _refuse_unversioned_tables(db: Any, where: str) -> None:
+    """A database with the project's tables but no Alembic version was made some other way (or lost its
+    ``alembic_version`` table): migrating it would fail on the first CREATE TABLE."""
+    from sqlalchemy import inspect, text
+
+    from campaigns.db.engine import make_engine
+
+    engine = make_engine(db)
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            versioned = "alembic_version" in tables and conn.execute(
+                text("SELECT count(*) FROM alembic_version")).scalar_one() > 0
+    finally:
+        engine.dispose()
+    if PROJECT_TABLE in tables and not versioned:
+        from alembic.script import ScriptDirectory
+
+        from campaigns.db.engine import alembic_config
+
+        head = ScriptDirectory.from_config(alembic_config(db)).get_current_head()
+        raise ValidationError(
+            f"{where} has the project's tables but no Alembic version, so migrations cannot tell which schema "
+            f"it has; if it is the latest ({head}), record that with `campaigns migrate --stamp {head}` (an "
+            "older one: its revision id from migrations/versions), then migrate again; otherwise migrate a "
+            "new, empty database (CAMPAIGNS_DATABASE__NAME)"
+        )
 
 
 def cmd_principal_add(args: argparse.Namespace) -> int:
@@ -202,6 +314,10 @@ def cmd_template_add(args: argparse.Namespace) -> int:
         for key in TEMPLATE_FILE_KEYS
         if spec.get(key) is not None and not isinstance(spec[key], str)
     ]
+    if spec.get("channel") == "email" and isinstance(spec.get("subject"), str):
+        from campaigns.core.payload import email_subject_problems
+
+        problems += email_subject_problems(spec["subject"], {}, field="subject")
     if problems:
         raise ValidationError([f"{args.file}: {p}" for p in problems])
     with _service() as service:
@@ -550,8 +666,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     migrate = sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
-    migrate.add_argument("--revision", help="target revision (default head, or base with --downgrade)")
-    migrate.add_argument("--downgrade", action="store_true", help="downgrade instead of upgrade")
+    migrate.add_argument("--revision", help="target revision (default head; required with --downgrade)")
+    migrate.add_argument("--downgrade", action="store_true",
+                         help="downgrade to --revision (drops later tables and their data; needs --yes)")
+    migrate.add_argument("--yes", action="store_true", help="confirm a downgrade")
+    migrate.add_argument("--stamp", metavar="REVISION",
+                         help="record the database as being at REVISION without changing it (a database "
+                              "made without migrations)")
     migrate.set_defaults(handler=cmd_migrate)
 
     principal = sub.add_parser("principal", help="manage principals (users and upstream systems)")
@@ -711,10 +832,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        code = _unavailable(error)
+        code = _invalid_settings(error)
+        if code is None:
+            code = _unavailable(error)
         if code is None:
             raise
         return code
+
+
+def _invalid_settings(error: Exception) -> int | None:
+    """Exit 2 with one line naming the environment variables of settings that do not validate."""
+    from pydantic import ValidationError as SettingsError
+
+    if not isinstance(error, SettingsError):
+        return None
+    problems = []
+    for item in error.errors():
+        variable = "CAMPAIGNS_" + "__".join(str(part) for part in item["loc"]).upper()
+        problems.append(f"{variable}: {item['msg']}")
+    print(f"error: invalid settings: {'; '.join(problems)}", file=sys.stderr)
+    return EXIT_INVALID
 
 
 def _unavailable(error: Exception) -> int | None:

@@ -31,6 +31,10 @@ Guarantees:
   email bodies are HTML-sanitised (:func:`~campaigns.core.templates.sanitize_html`). Length limits apply
   to the sanitised text. Placeholders in inline content must be well formed.
 * Segment and recipient ids are strings, de-duplicated, in first-seen order.
+* An email subject is one line once rendered: a variable the inline ``content.subject`` uses may not
+  contain a line break (a header injection, and a late per-recipient failure at the SMTP server), and the
+  rendered subject fits ``SUBJECT_MAX``. :func:`email_subject_problems` applies the same rule to a stored
+  template's subject, for the caller that looks the template up.
 * ``start_at`` is returned in UTC. A start time in the past is accepted (it means "as soon as it is
   scheduled"); one more than ``max_ahead`` (default 365 days) after ``now`` is refused.
 * Whether a template exists and is approved is *not* checked here (that needs the database).
@@ -47,7 +51,14 @@ from types import MappingProxyType
 
 from campaigns.core._values import kind, shown
 from campaigns.core.retry import RetryPolicy, policy_problems
-from campaigns.core.templates import IDENTIFIER, sanitize_html, sanitize_text, template_problems
+from campaigns.core.templates import (
+    IDENTIFIER,
+    render,
+    sanitize_html,
+    sanitize_text,
+    template_problems,
+    template_variables,
+)
 from campaigns.errors import ValidationError
 
 __all__ = [
@@ -60,6 +71,7 @@ __all__ = [
     "Channel",
     "InlineContent",
     "TemplateRef",
+    "email_subject_problems",
     "validate_create_payload",
 ]
 
@@ -98,6 +110,10 @@ MAX_SCHEDULE_AHEAD = timedelta(days=365)
 # Bad list items reported individually before the rest are summarised, so one bad 100,000-entry list
 # gives a readable error.
 _MAX_ITEM_PROBLEMS = 10
+
+# Anything a mail header would take as the end of a line (after sanitize_text only \n, U+2028 and U+2029
+# can remain; the rest are listed for subjects that did not go through it).
+_LINE_BREAK = re.compile("[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
 
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 _LOCALE_MAX = 35
@@ -171,6 +187,9 @@ def validate_create_payload(
         raise ValueError("now must be timezone-aware")
     if not isinstance(payload, Mapping):
         raise ValidationError([f"payload: must be a JSON object, got {kind(payload)}"])
+    huge = _huge_integers(payload)
+    if huge:  # no field takes them, and Python cannot even print one over 4,300 digits
+        raise ValidationError(huge)
 
     p: list[str] = []
     for key in payload:
@@ -214,6 +233,8 @@ def validate_create_payload(
         DEFAULT_FAILURE_MIN_SAMPLE,
     )
     locale = _locale(p, get("locale"))
+    if channel is Channel.EMAIL and content is not None and content.subject is not None and variables is not None:
+        p.extend(email_subject_problems(content.subject, variables, field="content.subject"))
 
     if p:
         raise ValidationError(p)
@@ -239,7 +260,64 @@ def validate_create_payload(
     )
 
 
+def email_subject_problems(subject: str, variables: Mapping[str, str], *, field: str = "subject") -> list[str]:
+    """Why the email subject template ``subject``, rendered with ``variables``, would not be one header
+    line of at most ``SUBJECT_MAX`` characters; empty when it would.
+
+    A line break in the template itself is reported on ``field``, one in a value on that variable
+    (``variables.<name>``). Variables the subject uses but ``variables`` lacks, and malformed placeholders,
+    are not reported here: rendering reports them.
+    """
+    problems: list[str] = []
+    if _LINE_BREAK.search(subject):
+        problems.append(f"{field}: must be a single line (no line breaks)")
+    try:
+        used = template_variables(subject)
+    except ValidationError:
+        return problems
+    for name in sorted(used):
+        value = variables.get(name)
+        if isinstance(value, str) and _LINE_BREAK.search(value):
+            problems.append(
+                f"variables.{name}: contains a line break, and the email subject ({field}) uses it; "
+                "a subject must be a single line"
+            )
+    if problems or not used <= set(variables):
+        return problems
+    rendered = render(subject, variables)
+    if len(rendered) > SUBJECT_MAX:
+        problems.append(f"{field}: at most {SUBJECT_MAX} characters once rendered, got {len(rendered)}")
+    return problems
+
+
 # --- helpers: each appends its problems to ``p`` and returns None when the value is unusable ---------
+
+
+def _huge_integers(payload: Mapping[object, object]) -> list[str]:
+    """One problem per integer (value or key, at any depth) of more than ``ID_MAX`` digits."""
+    limit_bits = int(ID_MAX / 0.30103) + 1  # a bit length past which the number has more than ID_MAX digits
+    problems: list[str] = []
+    stack: list[tuple[str, object]] = [("", payload)]
+    while stack and len(problems) < _MAX_ITEM_PROBLEMS:
+        path, value = stack.pop()
+        items: list[tuple[str, object]] = []
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if _is_huge(key, limit_bits):
+                    problems.append(f"{path or 'payload'}: a key is an integer of more than {ID_MAX} digits")
+                    continue
+                name = key if isinstance(key, str) and len(key) <= 40 else shown(key)
+                items.append((f"{path}.{name}" if path else str(name), item))
+        elif isinstance(value, list | tuple):
+            items = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+        elif _is_huge(value, limit_bits):
+            problems.append(f"{path}: an integer of more than {ID_MAX} digits; no field takes one that long")
+        stack.extend(reversed(items))
+    return problems
+
+
+def _is_huge(value: object, limit_bits: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > limit_bits
 
 
 def _unknown(key: object, prefix: str, allowed: tuple[str, ...]) -> str:

@@ -4,7 +4,10 @@ status, transitions and the exit codes of refusals."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -152,3 +155,117 @@ def test_topics_create_is_idempotent(cli_env, kafka_settings, monkeypatch, capsy
     assert code == 0 and sorted(out.split()) == sorted(all_topic_names(load_settings()))
     code, out, err = _run(capsys, "topics", "create")
     assert code == 0 and out == "" and "0 topics created" in err
+
+
+# --- the real entry point in a subprocess, as a user runs it ---------------------------------------------
+
+CAMPAIGNS = cli.Path(sys.executable).with_name("campaigns")
+
+
+def _env(db, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGNS_")}
+    env.update({
+        "CAMPAIGNS_DATABASE__HOST": db.host, "CAMPAIGNS_DATABASE__PORT": str(db.port),
+        "CAMPAIGNS_DATABASE__USER": db.user, "CAMPAIGNS_DATABASE__PASSWORD": db.password.get_secret_value(),
+        "CAMPAIGNS_DATABASE__NAME": db.name, **extra,
+    })
+    return env
+
+
+def _campaigns(db, *argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CAMPAIGNS), *argv], env=_env(db, **extra), capture_output=True, text=True,
+                          timeout=120)
+
+
+def _one_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from campaigns.db.engine import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config(load_settings().database)).get_current_head()
+
+
+def test_migrating_tables_without_an_alembic_version_says_what_to_do(database_settings):
+    import psycopg2
+
+    head = _head()
+    with psycopg2.connect(database_settings.dsn()) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE alembic_version")
+    conn.close()
+    done = _campaigns(database_settings, "migrate")
+    line = _one_line(done)
+    assert done.returncode == 2 and "has the project's tables but no Alembic version" in line
+    assert f"campaigns migrate --stamp {head}" in line
+    assert _campaigns(database_settings, "migrate", "--stamp", head).returncode == 0
+    done = _campaigns(database_settings, "migrate")
+    assert done.returncode == 0 and "migrated" in done.stderr
+
+
+def test_downgrade_one_step_with_yes_and_back(database_settings):
+    import psycopg2
+
+    refused = _campaigns(database_settings, "migrate", "--downgrade")
+    assert refused.returncode == 2 and "--revision" in _one_line(refused)
+    refused = _campaigns(database_settings, "migrate", "--downgrade", "--revision", "-1")
+    assert refused.returncode == 2 and "--yes" in _one_line(refused)
+    done = _campaigns(database_settings, "migrate", "--downgrade", "--revision", "-1", "--yes")
+    assert done.returncode == 0, done.stderr
+    with psycopg2.connect(database_settings.dsn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT version_num FROM alembic_version")
+        assert cur.fetchone()[0] != _head()
+        cur.execute("SELECT to_regclass('campaigns') IS NOT NULL")
+        assert cur.fetchone()[0]  # one step back, not to base
+    conn.close()
+    unknown = _campaigns(database_settings, "migrate", "--revision", "nope")
+    assert unknown.returncode == 2 and "--revision" in _one_line(unknown)
+    assert _campaigns(database_settings, "migrate").returncode == 0
+
+
+@pytest.fixture
+def email_env(database_settings):
+    """An email channel and a marketer in the test database, made with the CLI."""
+    tag = uuid.uuid4().hex[:8]
+    for argv in (("principal", "add", f"m-{tag}", "--role", "marketer"), ("channel", "add", "email"),
+                 ("seed", "--customers", "3", "--first-id", str(random.randrange(10**12, 10**13)),
+                  "--segments", "1", "--prefix", f"mail-{tag}")):
+        done = _campaigns(database_settings, *argv)
+        assert done.returncode == 0, done.stderr
+    segment = json.loads(done.stdout)["segments"][0]
+    return database_settings, f"m-{tag}", segment
+
+
+def test_an_inline_email_subject_rendered_with_a_line_break_is_refused_at_create(email_env, tmp_path):
+    db, marketer, segment = email_env
+    payload = tmp_path / "campaign.json"
+    payload.write_text(json.dumps({
+        "name": "Header injection", "channel": "email", "segments": [segment],
+        "content": {"subject": "Sale: {{ discount }} off", "body": "<p>{{ discount }} off</p>"},
+        "variables": {"discount": "20%\nBcc: everyone@example.com"},
+    }))
+    done = _campaigns(db, "create", str(payload), "--as", marketer)
+    line = _one_line(done)
+    assert done.returncode == 2 and "variables.discount: contains a line break" in line
+    assert done.stdout == ""  # no campaign id: nothing was created
+
+
+@pytest.mark.xfail(strict=True, reason="needs CampaignService._content to check the rendered template subject "
+                   "(campaigns/core/payload.email_subject_problems); service.py is being edited elsewhere")
+def test_a_template_email_subject_rendered_with_a_line_break_is_refused_at_create(email_env, tmp_path):
+    db, marketer, segment = email_env
+    template = tmp_path / "template.json"
+    template.write_text(json.dumps({"name": "sale_mail", "channel": "email", "subject": "Sale: {{ discount }} off",
+                                    "body": "<p>{{ discount }} off</p>"}))
+    assert _campaigns(db, "template", "add", str(template), "--approve").returncode == 0
+    payload = tmp_path / "campaign.json"
+    payload.write_text(json.dumps({
+        "name": "Header injection", "channel": "email", "segments": [segment], "template": {"name": "sale_mail"},
+        "variables": {"discount": "20%\nBcc: everyone@example.com"},
+    }))
+    done = _campaigns(db, "create", str(payload), "--as", marketer)
+    assert done.returncode == 2 and "variables.discount: contains a line break" in _one_line(done)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +130,83 @@ def test_seed_and_channel_arguments_are_checked(capsys):
     assert cli.main(["channel", "add", "pigeon", "--rate", "0"]) == 2
     err = capsys.readouterr().err
     assert "kind: must be one of whatsapp, sms, email" in err and "--rate" in err
+
+
+# --- inputs that used to end in a traceback: the real entry point, as a user runs it ---------------------
+
+CAMPAIGNS = Path(sys.executable).with_name("campaigns")
+
+
+def run_cli(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`campaigns ARGV...` in a subprocess whose services are unreachable (port 1): every case here must
+    be decided before the CLI reaches for one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGNS_")}
+    env.update(CAMPAIGNS_DATABASE__PORT="1", CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1")
+    return subprocess.run([str(CAMPAIGNS), *argv], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_exit_2(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_deeply_nested_json_is_one_line_not_a_recursion_error(tmp_path):
+    for depth in (100_000, 100):
+        deep = tmp_path / f"deep{depth}.json"
+        deep.write_text("[" * depth + "]" * depth)
+        assert_one_line_exit_2(run_cli("create", str(deep), "--as", "alice"), "nested more than 32 levels deep")
+
+
+def test_an_integer_of_thousands_of_digits_is_one_line(tmp_path):
+    big = tmp_path / "big.json"
+    big.write_text('{"name": "x", "batch_size": ' + "9" * 5000 + "}")
+    assert_one_line_exit_2(run_cli("create", str(big), "--as", "alice"), "an integer of 5000 digits")
+    assert_one_line_exit_2(run_cli("template", "add", str(big)), "an integer of 5000 digits")
+
+
+def test_a_file_over_one_mib_is_refused_and_dev_zero_is_not_read_to_the_end(tmp_path):
+    large = tmp_path / "large.json"
+    large.write_text('{"manual_recipients": [' + ",".join(["1234567"] * 150_000) + "]}")
+    assert_one_line_exit_2(run_cli("create", str(large), "--as", "alice"), "larger than 1 MiB")
+    # Read to the end, /dev/zero never ends: the timeout would fail the test.
+    assert_one_line_exit_2(run_cli("create", "/dev/zero", "--as", "alice", timeout=20), "/dev/zero: larger than 1 MiB")
+
+
+def test_unreadable_inputs_are_one_line(tmp_path):
+    assert_one_line_exit_2(run_cli("create", str(tmp_path), "--as", "alice"), "cannot read it")
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"name": "caf\xe9"}')
+    assert_one_line_exit_2(run_cli("create", str(latin1), "--as", "alice"), "not UTF-8 text")
+
+
+def test_an_email_template_subject_with_a_line_break_is_refused(tmp_path):
+    spec = tmp_path / "t.json"
+    spec.write_text(json.dumps({"name": "x", "channel": "email", "subject": "Sale\nBcc: all@example.com",
+                                "body": "<p>hi</p>"}))
+    assert_one_line_exit_2(run_cli("template", "add", str(spec)), "subject: must be a single line")
+
+
+def test_downgrade_needs_an_explicit_revision_and_yes():
+    assert_one_line_exit_2(run_cli("migrate", "--downgrade"), "--downgrade: give the target with --revision",
+                           "nothing was changed")
+    assert_one_line_exit_2(run_cli("migrate", "--downgrade", "--revision", "-1"), "run again with --yes")
+    assert_one_line_exit_2(run_cli("migrate", "--downgrade", "--stamp", "0003"), "give one of them")
+
+
+def test_invalid_settings_name_their_variable():
+    env_run = subprocess.run(
+        [str(CAMPAIGNS), "dlq", "list"], capture_output=True, text=True, timeout=30,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGNS_")},
+             "CAMPAIGNS_KAFKA__SESSION_TIMEOUT_MS": "400000"},
+    )
+    assert_one_line_exit_2(env_run, "invalid settings", "CAMPAIGNS_KAFKA__MAX_POLL_INTERVAL_MS")
+
+
+def test_bench_takes_its_own_options_first():
+    done = subprocess.run([str(CAMPAIGNS), "bench", "--quick", "--help"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0 and "python -m bench" in done.stdout, done.stderr

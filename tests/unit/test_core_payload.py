@@ -431,3 +431,57 @@ def test_inline_content_never_crashes(
         "segments": ids,
     }
     _check(payload)
+
+
+# --- integers too long to print, email subjects that would not be one line -------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (base(batch_size=10**5000), "batch_size: an integer of more than 200 digits; no field takes one that long"),
+        (base(retry_policy={"max_retries": -(10**300)}), "retry_policy.max_retries: an integer of more than 200 digits"),
+        (base(segments=[1, 10**4400]), "segments[1]: an integer of more than 200 digits"),
+        (base(channel=10**4400, locale=10**4400), "channel: an integer of more than 200 digits"),
+    ],
+)
+def test_integers_of_thousands_of_digits_are_one_problem_not_a_crash(payload: object, problem: str) -> None:
+    problems = problems_of(payload)
+    assert any(p.startswith(problem) for p in problems), problems
+    assert "Exceeds the limit" not in str(problems)
+
+
+def email(subject: str, **variables: str) -> dict[str, Any]:
+    return base(channel="email", template=..., content={"subject": subject, "body": "<p>Hi</p>"},
+                variables=variables)
+
+
+@pytest.mark.parametrize("value", ["20%\nBcc: everyone@example.com", "a\r\nb", "a\u2028b"])
+def test_an_email_subject_variable_with_a_line_break_is_refused(value: str) -> None:
+    problems = problems_of(email("Sale: {{ discount }} off", discount=value))
+    assert problems == [
+        "variables.discount: contains a line break, and the email subject (content.subject) uses it; "
+        "a subject must be a single line"
+    ]
+
+
+def test_line_breaks_in_variables_the_subject_does_not_use_are_fine() -> None:
+    draft = validate_create_payload(email("Sale: {{ discount }} off", discount="20%", note="two\nlines"), now=NOW)
+    assert draft.content is not None and draft.content.subject == "Sale: {{ discount }} off"
+
+
+def test_a_rendered_subject_longer_than_the_rfc_line_is_refused() -> None:
+    problems = problems_of(email("Sale: {{ a }}{{ b }}", a="x" * 600, b="y" * 600))
+    assert problems == ["content.subject: at most 998 characters once rendered, got 1206"]
+
+
+def test_email_subject_problems_checks_a_stored_templates_subject() -> None:
+    from campaigns.core.payload import email_subject_problems
+
+    assert email_subject_problems("Hi {{ name }}", {"name": "Ann"}, field="template.subject") == []
+    assert email_subject_problems("Hi\nthere", {}, field="template.subject") == [
+        "template.subject: must be a single line (no line breaks)"]
+    assert email_subject_problems("Hi {{ name }}", {"name": "A\nB"}, field="template.subject") == [
+        "variables.name: contains a line break, and the email subject (template.subject) uses it; "
+        "a subject must be a single line"]
+    assert email_subject_problems("Hi {{ name }}", {}, field="template.subject") == []  # missing: render says so
