@@ -27,7 +27,12 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from campaigns.core import rbac
-from campaigns.core.payload import MAX_SCHEDULE_AHEAD, CampaignDraft, validate_create_payload
+from campaigns.core.payload import (
+    MAX_SCHEDULE_AHEAD,
+    CampaignDraft,
+    email_subject_problems,
+    validate_create_payload,
+)
 from campaigns.core.states import CampaignAction, CampaignStatus, transition
 from campaigns.core.templates import (
     render,
@@ -256,6 +261,8 @@ class CampaignService:
         missing = sorted(set(template.variables) - set(draft.variables))
         if missing:
             found.append(f"variables: the template {ref.name!r} needs {missing}; give them in \"variables\"")
+        if channel == "email" and template.subject:  # one header line once rendered: refused now, not per recipient
+            found.extend(email_subject_problems(template.subject, draft.variables, field="template.subject"))
         problems.extend(found)
         if found or problems:
             return None, None

@@ -254,8 +254,6 @@ def test_an_inline_email_subject_rendered_with_a_line_break_is_refused_at_create
     assert done.stdout == ""  # no campaign id: nothing was created
 
 
-@pytest.mark.xfail(strict=True, reason="needs CampaignService._content to check the rendered template subject "
-                   "(campaigns/core/payload.email_subject_problems); service.py is being edited elsewhere")
 def test_a_template_email_subject_rendered_with_a_line_break_is_refused_at_create(email_env, tmp_path):
     db, marketer, segment = email_env
     template = tmp_path / "template.json"
