@@ -200,9 +200,12 @@ class ChannelSender:
         self._recompute_share()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for p in partitions:
-            self._assigned.discard((p.topic, p.partition))
-            self._paused_until.pop((p.topic, p.partition), None)
+        revoked = {(p.topic, p.partition) for p in partitions}
+        for key in revoked:
+            self._assigned.discard(key)
+            self._paused_until.pop(key, None)
+        # Records of a partition this worker no longer owns go to its new owner (from the committed offset).
+        self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in revoked]
         self._recompute_share()
 
     def _recompute_share(self) -> None:
@@ -265,21 +268,28 @@ class ChannelSender:
     # --- the loop --------------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """One batch; returns the number of records consumed."""
+        """One batch; returns the number of records processed.
+
+        Tokens are taken for records in hand, right before they are processed: never ahead of records still
+        to arrive (the bucket would refill meanwhile and the provider would see the rate plus that refill
+        when a campaign starts). Records beyond the tokens available wait in ``_carry``, in order.
+        """
         self._resume_due_partitions()
-        tokens = self._tokens(self._settings.sender.batch_size)
+        wanted = self._settings.sender.batch_size
+        if len(self._carry) < wanted:
+            timeout = 0 if self._carry else self._settings.sender.poll_timeout_s
+            self._carry += self._consumer.consume(num_messages=wanted - len(self._carry), timeout=timeout)
+        if not self._carry:
+            return 0
+        tokens = self._tokens(len(self._carry))
         if tokens == 0:
             self._wait_for_tokens()
             return 0
+        # Per partition the carry is in offset order, so a prefix of it is a prefix of every partition.
         messages, self._carry = self._carry[:tokens], self._carry[tokens:]
-        if len(messages) < tokens:
-            timeout = 0 if messages else self._settings.sender.poll_timeout_s
-            messages += self._consumer.consume(num_messages=tokens - len(messages), timeout=timeout)
-        if not messages:
-            self._refund(tokens)
-            return 0
-        self._refund(tokens - len(messages))
         self.process(messages)
+        if self._paused_until:  # a held retry partition was rewound to its head: its later records come again
+            self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in self._paused_until]
         return len(messages)
 
     def _wait_for_tokens(self) -> None:
