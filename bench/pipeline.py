@@ -377,6 +377,8 @@ def simulator_run(env: BenchEnv, n: int, channel: str = "sms", batch: int = 1000
             str(smtp_port),
             "--log-level",
             "warning",
+            # Free-form WhatsApp text to a seeded audience that never wrote in (--sim-channel whatsapp).
+            "--open-service-window",
         ],
         child,
         env.log_dir / f"simulator-{tag}.log",

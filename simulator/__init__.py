@@ -17,8 +17,10 @@ from .server import (
     ChannelStats,
     ProviderSimulator,
     ReceivedMessage,
+    RefusedRequest,
     SimulatorConfig,
     normalize_address,
+    template_registration,
 )
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "ChannelStats",
     "ProviderSimulator",
     "ReceivedMessage",
+    "RefusedRequest",
     "SimulatorConfig",
     "normalize_address",
+    "template_registration",
 ]

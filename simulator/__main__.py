@@ -3,6 +3,12 @@
 Credentials come from the project settings (``CAMPAIGNS_PROVIDERS__WHATSAPP_TOKEN`` etc.), so the real
 transports configured by the same environment authenticate against it. Behaviour can be changed live
 with ``POST /_control/config``.
+
+WhatsApp templates must be registered before campaigns using them are sent, as they must be approved in
+the business account for the real Cloud API: ``--template-file examples/template-whatsapp.json`` (the
+file given to ``campaigns template add``) or ``--template NAME:LANGUAGE:PARAMETERS``, both repeatable, or
+``POST /_control/templates`` while it runs. Free-form WhatsApp text is only accepted inside a number's
+24-hour customer service window (``POST /_control/inbound``), unless ``--open-service-window``.
 """
 
 from __future__ import annotations
@@ -10,14 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
+from campaigns.errors import ValidationError
 from campaigns.settings import load_settings
 
-from .server import CHANNELS, ProviderSimulator
+from .server import CHANNELS, ProviderSimulator, template_registration
 
 
 def _latency(text: str) -> float | tuple[float, float]:
@@ -38,6 +47,36 @@ def _per_channel_number(text: str) -> float | dict[str, float]:
             raise argparse.ArgumentTypeError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
         values[channel.strip()] = float(number)
     return values
+
+
+def _template_spec(text: str) -> dict[str, Any]:
+    """``NAME:LANGUAGE:PARAMETERS``, e.g. ``spring_sale:en:2``."""
+    name, _, rest = text.rpartition(":")
+    name, _, language = name.rpartition(":")
+    try:
+        count = int(rest)
+    except ValueError:
+        count = -1
+    if not name or not language or count < 0:
+        raise argparse.ArgumentTypeError(f"expected NAME:LANGUAGE:PARAMETERS (e.g. spring_sale:en:2), got {text!r}")
+    return {"name": name, "language": language, "parameters": count}
+
+
+def _template_file(text: str) -> dict[str, Any]:
+    """A project template file (JSON with name, channel, locale, body), as ``campaigns template add`` takes."""
+    try:
+        spec = json.loads(Path(text).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read template file {text}: {exc}") from exc
+    if not isinstance(spec, dict) or spec.get("channel") != "whatsapp":
+        raise argparse.ArgumentTypeError(f"{text}: not a WhatsApp template (channel must be whatsapp)")
+    name, body, locale = spec.get("name"), spec.get("body"), spec.get("locale", "en")
+    if not isinstance(name, str) or not isinstance(body, str) or not isinstance(locale, str):
+        raise argparse.ArgumentTypeError(f"{text}: name, body and locale must be strings")
+    try:
+        return template_registration(name, locale, body)
+    except ValidationError as exc:  # a malformed placeholder
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from exc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +106,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--permanent", default="", help="comma-separated addresses that always fail permanently"
     )
+    parser.add_argument(
+        "--template",
+        dest="templates",
+        action="append",
+        type=_template_spec,
+        default=[],
+        metavar="NAME:LANGUAGE:PARAMETERS",
+        help="register a WhatsApp template (repeatable), e.g. spring_sale:en:2",
+    )
+    parser.add_argument(
+        "--template-file",
+        dest="templates",
+        action="append",
+        type=_template_file,
+        metavar="FILE",
+        help="register the WhatsApp template of a project template file (repeatable)",
+    )
+    parser.add_argument(
+        "--open-service-window",
+        action="store_true",
+        help="accept free-form WhatsApp text to every number (default: only within 24 h of its inbound message)",
+    )
     parser.add_argument("--smtp-user", default=None, help="require SMTP AUTH with this user ...")
     parser.add_argument("--smtp-password", default=None, help="... and this password")
     parser.add_argument("--log-level", default="info")
@@ -94,6 +155,8 @@ async def _serve(args: argparse.Namespace) -> None:
         transient_error_rate=args.transient_error_rate,
         seed=args.seed,
         permanent_failures=[a.strip() for a in args.permanent.split(",") if a.strip()],
+        open_service_window=args.open_service_window,
+        templates=args.templates,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

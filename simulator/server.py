@@ -5,14 +5,16 @@ One :class:`ProviderSimulator` serves, on one event loop:
 * HTTP (aiohttp) ``POST /whatsapp/{version}/{phone_number_id}/messages`` (bearer token) and
   ``POST /sms/2010-04-01/Accounts/{sid}/Messages.json`` (form fields, basic auth ``sid:token``);
 * SMTP (aiosmtpd) on its own port; optional AUTH (PLAIN/LOGIN) and STARTTLS;
-* control endpoints: ``GET /_control/messages?channel=&since=&message_id=&to=``, ``GET /_control/stats``,
-  ``GET|POST /_control/config``, ``POST /_control/reset``, ``GET /_control/health``.
+* control endpoints: ``GET /_control/messages?channel=&since=&message_id=&to=`` (accepted requests),
+  ``GET /_control/refused?channel=&since=&message_id=&to=`` (refused requests), ``GET /_control/stats``,
+  ``GET|POST /_control/config``, ``GET|POST /_control/templates``, ``POST /_control/inbound``,
+  ``POST /_control/reset``, ``GET /_control/health``.
 
 Every request is decided the moment it arrives, in this order: credentials (401), SMS idempotency
-replay, request shape (400), rate limit (throttled), injected transient failure (``fail_next`` first,
-then the seeded ``transient_error_rate`` draw), permanent-failure address (400 / SMTP 550), else
-accepted and logged. The configured latency is then waited before the answer is written -- so, as with a real
-provider, a client that times out may find its message was accepted anyway.
+replay, request validation (400 / SMTP 550-554, see below), rate limit (throttled), injected transient
+failure (``fail_next`` first, then the seeded ``transient_error_rate`` draw), permanent-failure address
+(400 / SMTP 550), else accepted and logged. The configured latency is then waited before the answer is
+written -- so, as with a real provider, a client that times out may find its message was accepted anyway.
 
 Outcomes per channel:
 
@@ -24,11 +26,49 @@ throttled    429, error.code 130429         429, code 20429                 ``45
 transient    ``transient_status`` (503),    ``transient_status`` (503),     ``451 4.3.0`` (at DATA)
              error.code 131016              code 20503
 invalid addr 400, error.code 131026         400, code 21211                 ``550 5.1.1`` (at RCPT)
-bad request  400, error.code 100            400, 21602/21603/21604/21211    --
+bad request  400, error.code 100 / 131008   400, 21602/21603/21604/         ``554 5.6.0`` / ``550
+             / 132000 / 132001 / 131047     21211/21617                     5.7.1`` (at DATA)
 bad creds    401, error.code 190            401, code 20003                 ``535 5.7.8``
 ============ ============================== =============================== ==========================
 
 Throttled answers carry ``Retry-After`` (whole seconds until the window frees a slot).
+
+Request validation, as the real providers do it (error bodies in the providers' own shapes: Graph API
+``{"error": {"message", "type", "code", "error_data": {"messaging_product", "details"}, "fbtrace_id"}}``,
+Twilio ``{"code", "message", "more_info", "status"}``):
+
+* **WhatsApp, template messages**: ``template.name`` and ``template.language.code`` are required, and the
+  template must be *registered* for that language, else 132001 ("Template name does not exist in the
+  translation"). The ``components``' parameters must match the registered template: as many ``body``
+  parameters as the template has, none for header/button components it does not have, else 132000
+  ("Number of parameters does not match the expected number of params", with details like ``body:
+  number of localizable_params (0) does not match the expected number of params (2)``). A ``text``
+  parameter without text is 131008 ("Required parameter is missing"); malformed components are 100.
+* **WhatsApp, text messages**: ``text.body`` is required (100), at most 4,096 characters (100), and a
+  free-form message is only allowed inside the recipient's 24-hour customer service window, else 131047
+  ("Re-engagement message"). The real Cloud API may also report 131047 later, in a failed-status webhook;
+  the simulator answers at once so a test sees it on the request.
+* **SMS**: ``To`` (21604), ``From`` or ``MessagingServiceSid`` (21603) and ``Body`` (21602) are required;
+  ``To`` must be E.164 (21211); ``Body`` at most 1,600 characters (21617).
+* **SMTP** (at DATA): the message must be well-formed RFC 5322: every header line ``Name: value`` (or a
+  folded continuation), no 8-bit header bytes unless the client used SMTPUTF8, no line over 998
+  characters (``554 5.6.0`` otherwise); exactly one ``From`` with an address, exactly one parseable
+  ``Date`` and exactly one ``Message-ID`` of the form ``<left@right>`` (``550 5.7.1`` otherwise).
+
+Templates: the simulator knows the WhatsApp templates registered with it, as the Cloud API knows the ones
+approved in the business account: (name, language code) -> number of body parameters. Register them
+with :meth:`ProviderSimulator.register_template`, the ``templates=`` argument, ``POST /_control/templates``
+(``{"name", "language", "parameters"}`` or a list of them) or ``python -m simulator --template
+NAME:LANGUAGE:N`` / ``--template-file FILE`` (a project template JSON, as given to ``campaigns template
+add``). :func:`template_registration` turns a project template into its registration. Templates survive
+:meth:`~ProviderSimulator.reset` (they are account state, like the configuration).
+
+The customer service window: a number is inside it for ``service_window_s`` (24 h) after its last inbound
+message. The simulator learns inbound messages from ``POST /_control/inbound`` (``{"from": "+1555...",
+"at": <epoch s, default now>}``, ``from`` may be a list) or :meth:`ProviderSimulator.record_inbound` -- a
+stand-in for the customer writing to the business. ``open_service_window`` (``--open-service-window``)
+treats every number as inside the window, for harnesses that send free-form text to seeded audiences
+that never wrote in (fault and load scenarios); it is off by default, as in production.
 
 Rate limits are a sliding one-second window per channel: at most N requests are let past the limiter
 in any 1 s interval; requests past it (accepted or failed) count, throttled ones do not.
@@ -37,11 +77,14 @@ Idempotency (SMS only, as providers differ): a request with an ``Idempotency-Key
 already ACCEPTED gets the first answer again (same sid, 201) and is neither logged nor counted as
 accepted; it counts as ``idempotent_replays``. A key whose first request failed is not remembered.
 
-The log (``messages``) holds accepted messages only, with our message id taken from
-``biz_opaque_callback_data`` (WhatsApp), the ``Idempotency-Key`` header (SMS), or ``X-Campaign-Message-Id``
-falling back to ``Message-ID`` (email). ``duplicates`` counts acceptances of a message id already
-accepted on that channel -- a customer receiving the same message twice. End-to-end tests assert it
-stays 0.
+Two logs, both in arrival order with epoch-second times: ``messages`` holds accepted messages, with our
+message id taken from ``biz_opaque_callback_data`` (WhatsApp), the ``Idempotency-Key`` header (SMS), or
+``X-Campaign-Message-Id`` falling back to ``Message-ID`` (email); ``refused`` holds every refused request
+(:class:`RefusedRequest`: time, recipient when the request named one, our message id when known, HTTP
+status or SMTP reply code, the provider's error code and the reason). ``duplicates`` counts acceptances
+of a message id already accepted on that channel -- a customer receiving the same message twice.
+End-to-end tests assert it stays 0. SMTP refusals made by the protocol layer before any hook runs
+(``530`` AUTH required, command syntax errors) are not in the refusal log.
 """
 
 from __future__ import annotations
@@ -63,18 +106,21 @@ import ssl
 import time
 import warnings
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from email import policy as email_policy
 from email.header import decode_header, make_header
 from email.parser import BytesParser
+from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from campaigns.core.templates import template_variables_in_order
 from campaigns.settings import ProviderSettings
+from campaigns.transports.http_api import cloud_api_language
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +156,37 @@ class ReceivedMessage:
     subject: str | None = None
     template_name: str | None = None
     sender: str | None = None
+    template_language: str | None = None
+    template_parameters: tuple[str, ...] = ()
+    """The body parameters of a WhatsApp template message, in order (``body`` joins them with spaces)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+REFUSAL_OUTCOMES = ("unauthorized", "invalid", "throttled", "transient", "rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRequest:
+    """One request the simulator refused. ``refused_at`` is epoch seconds.
+
+    ``outcome``: ``unauthorized`` (bad credentials), ``invalid`` (the request broke the provider's rules),
+    ``throttled`` (rate limit), ``transient`` (injected 5xx / SMTP 4xx), ``rejected`` (a permanent-failure
+    address). ``status`` is the HTTP status or the SMTP reply code; ``code`` the provider's error code as
+    text (WhatsApp ``error.code``, Twilio ``code``, the SMTP enhanced status code such as ``5.1.1``);
+    ``reason`` says what was wrong. ``to`` and ``message_id`` are None when the request did not carry them
+    (or they could not be read).
+    """
+
+    channel: str
+    to: str | None
+    outcome: str
+    status: int
+    code: str | None
+    reason: str
+    message_id: str | None
+    refused_at: float
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +267,10 @@ class SimulatorConfig:
       from a ``random.Random(seed)``: the same seed and request order give the same failures.
     * ``permanent_failures`` -- addresses (phones in any punctuation, emails any case) always rejected.
     * ``transient_status`` -- the HTTP status of injected transient failures (500-599).
+    * ``service_window_s`` -- how long after a number's last inbound message free-form WhatsApp text may be
+      sent to it (the customer service window, 24 h).
+    * ``open_service_window`` -- treat every number as inside the window (harnesses sending free-form text
+      to audiences that never wrote in); off by default, as in production.
     """
 
     latency_ms: tuple[float, float] = (0.0, 0.0)
@@ -198,6 +279,8 @@ class SimulatorConfig:
     permanent_failures: frozenset[str] = frozenset()
     seed: int | None = None
     transient_status: int = 503
+    service_window_s: float = 24 * 3600.0
+    open_service_window: bool = False
 
     def with_changes(self, **changes: Any) -> SimulatorConfig:
         """A validated copy with ``changes`` applied; raises ``ValueError`` naming the bad setting."""
@@ -224,6 +307,14 @@ class SimulatorConfig:
                 if isinstance(value, bool) or not isinstance(value, int) or not 500 <= value <= 599:
                     raise ValueError(f"transient_status: expected 500-599, got {value!r}")
                 normalised[key] = value
+            elif key == "service_window_s":
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                    raise ValueError(f"service_window_s: expected seconds > 0, got {value!r}")
+                normalised[key] = float(value)
+            elif key == "open_service_window":
+                if not isinstance(value, bool):
+                    raise ValueError(f"open_service_window: expected true or false, got {value!r}")
+                normalised[key] = value
         return replace(self, **normalised)
 
     def as_dict(self) -> dict[str, Any]:
@@ -234,6 +325,8 @@ class SimulatorConfig:
             "permanent_failures": sorted(self.permanent_failures),
             "seed": self.seed,
             "transient_status": self.transient_status,
+            "service_window_s": self.service_window_s,
+            "open_service_window": self.open_service_window,
         }
 
 
@@ -280,39 +373,227 @@ _SMS_PREFIX = "/sms/2010-04-01/Accounts/"
 _SMS_SUFFIX = "/Messages.json"
 
 
-def _parse_whatsapp(payload: Any) -> tuple[str, str, str | None, str | None] | str:
-    """(to, body, template_name, message_id) or the reason the request is invalid."""
+_WA_TEXT_MAX = 4096
+_SMS_BODY_MAX = 1600
+_WA_COMPONENTS = ("header", "body", "button")
+
+
+@dataclass(frozen=True, slots=True)
+class _WaRefusal:
+    """A Cloud API error answer: ``(#code) title`` with ``details`` in ``error_data`` (HTTP 400)."""
+
+    code: int
+    title: str
+    details: str
+
+    def body(self) -> bytes:
+        return _wa_error(self.code, f"(#{self.code}) {self.title}", details=self.details)
+
+
+def _invalid(details: str) -> _WaRefusal:
+    return _WaRefusal(100, "Invalid parameter", details)
+
+
+@dataclass(frozen=True, slots=True)
+class _WaMessage:
+    """A well-formed Cloud API send request (not yet checked against templates or the window)."""
+
+    to: str
+    kind: str  # "text" | "template"
+    body: str
+    message_id: str | None
+    template_name: str | None = None
+    language: str | None = None
+    parameters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Template component type -> the parameters given (their ``text``, or ``""`` for non-text ones)."""
+
+
+def _wa_peek(payload: Any) -> tuple[str | None, str | None]:
+    """(to, our message id) of a request, as far as they can be read; for the refusal log."""
     if not isinstance(payload, dict):
-        return "request body must be a JSON object"
+        return None, None
+    to, message_id = payload.get("to"), payload.get("biz_opaque_callback_data")
+    return (to if isinstance(to, str) else None), (message_id if isinstance(message_id, str) else None)
+
+
+def _template_components(components: Any) -> dict[str, tuple[str, ...]] | _WaRefusal:
+    """Component type -> its parameters' texts; or why ``template.components`` is malformed."""
+    if components is None:
+        return {}
+    if not isinstance(components, list):
+        return _invalid("template.components must be an array")
+    found: dict[str, list[str]] = {}
+    for i, component in enumerate(components):
+        kind = component.get("type") if isinstance(component, dict) else None
+        if not isinstance(kind, str) or kind.lower() not in _WA_COMPONENTS:
+            return _invalid(f"template.components[{i}].type must be one of {', '.join(_WA_COMPONENTS)}")
+        assert isinstance(component, dict)
+        params = component.get("parameters")
+        if params is None:
+            params = []
+        if not isinstance(params, list):
+            return _invalid(f"template.components[{i}].parameters must be an array")
+        texts = found.setdefault(kind.lower(), [])
+        for j, param in enumerate(params):
+            ptype = param.get("type") if isinstance(param, dict) else None
+            if not isinstance(ptype, str):
+                return _invalid(f"template.components[{i}].parameters[{j}].type is required")
+            assert isinstance(param, dict)
+            if ptype == "text":
+                text = param.get("text")
+                if not isinstance(text, str) or not text:
+                    return _WaRefusal(
+                        131008,
+                        "Required parameter is missing",
+                        f"template.components[{i}].parameters[{j}]: text is required",
+                    )
+                texts.append(text)
+            else:
+                texts.append("")
+    return {kind: tuple(texts) for kind, texts in found.items()}
+
+
+def _parse_whatsapp(payload: Any) -> _WaMessage | _WaRefusal:
+    """The request, or the Cloud API error for a malformed one (shape only: no template or window rules)."""
+    if not isinstance(payload, dict):
+        return _invalid("request body must be a JSON object")
     if payload.get("messaging_product") != "whatsapp":
-        return "messaging_product must be 'whatsapp'"
+        return _invalid("messaging_product must be 'whatsapp'")
     to = payload.get("to")
     if not isinstance(to, str) or not _WA_NUMBER.match(to):
-        return "to must be a phone number"
+        return _invalid("to must be a phone number")
     message_id = payload.get("biz_opaque_callback_data")
     if message_id is not None and not isinstance(message_id, str):
-        return "biz_opaque_callback_data must be a string"
+        return _invalid("biz_opaque_callback_data must be a string")
     kind = payload.get("type", "text")
     if kind == "text":
         text = payload.get("text")
         body = text.get("body") if isinstance(text, dict) else None
         if not isinstance(body, str) or not body:
-            return "text.body is required"
-        return to, body, None, message_id
+            return _WaRefusal(100, "The parameter text['body'] is required.", "text.body is required")
+        if len(body) > _WA_TEXT_MAX:
+            return _invalid(f"text.body must be at most {_WA_TEXT_MAX} characters, got {len(body)}")
+        return _WaMessage(to, "text", body, message_id)
     if kind == "template":
         template = payload.get("template")
-        if not isinstance(template, dict) or not isinstance(template.get("name"), str):
-            return "template.name is required"
+        if not isinstance(template, dict) or not isinstance(template.get("name"), str) or not template["name"]:
+            return _WaRefusal(100, "The parameter template['name'] is required.", "template.name is required")
         language = template.get("language")
         if not isinstance(language, dict) or not isinstance(language.get("code"), str):
-            return "template.language.code is required"
-        texts: list[str] = []
-        for component in template.get("components") or ():
-            for param in (component.get("parameters") or ()) if isinstance(component, dict) else ():
-                if isinstance(param, dict) and isinstance(param.get("text"), str):
-                    texts.append(param["text"])
-        return to, " ".join(texts), template["name"], message_id
-    return f"unsupported message type {kind!r}"
+            return _WaRefusal(
+                100, "The parameter template['language'] is required.", "template.language.code is required"
+            )
+        parameters = _template_components(template.get("components"))
+        if isinstance(parameters, _WaRefusal):
+            return parameters
+        body = " ".join(t for t in parameters.get("body", ()) if t)
+        return _WaMessage(to, "template", body, message_id, template["name"], language["code"], parameters)
+    return _WaRefusal(131051, "Unsupported message type", f"message type {kind!r} is not supported")
+
+
+def _check_registered(
+    message: _WaMessage, templates: Mapping[tuple[str, str], int]
+) -> _WaRefusal | None:
+    """132001 for an unknown (name, language), 132000 when the parameter counts differ from it."""
+    assert message.template_name is not None and message.language is not None
+    expected_body = templates.get((message.template_name, message.language))
+    if expected_body is None:
+        return _WaRefusal(
+            132001,
+            "Template name does not exist in the translation",
+            f"template name ({message.template_name}) does not exist in {message.language}",
+        )
+    expected = {"body": expected_body}
+    for kind in _WA_COMPONENTS:  # header, body, button: the order the Cloud API reports them in
+        given = len(message.parameters.get(kind, ()))
+        wanted = expected.get(kind, 0)
+        if given != wanted:
+            return _WaRefusal(
+                132000,
+                "Number of parameters does not match the expected number of params",
+                f"{kind}: number of localizable_params ({given}) does not match the expected number of "
+                f"params ({wanted})",
+            )
+    return None
+
+
+def template_registration(name: str, locale: str, body: str) -> dict[str, Any]:
+    """How a project WhatsApp template is registered with the simulator: its name, the language code the
+    transport sends for ``locale``, and one body parameter per variable (in first-appearance order,
+    which is the order the campaign service stores the values in)."""
+    return {
+        "name": name,
+        "language": cloud_api_language(locale),
+        "parameters": len(template_variables_in_order(body)),
+    }
+
+
+def _check_template_spec(spec: Any) -> tuple[str, str, int]:
+    """(name, language, parameters) of a registration; ``ValueError`` naming what is wrong."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a template registration is an object {{name, language, parameters}}, got {spec!r}")
+    unknown = set(spec) - {"name", "language", "parameters"}
+    if unknown:
+        raise ValueError(f"template registration: unknown key(s) {sorted(unknown)}")
+    name, language, count = spec.get("name"), spec.get("language"), spec.get("parameters", 0)
+    if not isinstance(name, str) or not name:
+        raise ValueError("template registration: name must be a non-empty string")
+    if not isinstance(language, str) or not language:
+        raise ValueError("template registration: language must be a language code such as en or en_US")
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 100:
+        raise ValueError(f"template registration: parameters must be a whole number 0..100, got {count!r}")
+    return name, language, count
+
+
+# Header field names: printable US-ASCII except the colon (RFC 5322 section 2.2).
+_FIELD_NAME = re.compile(rb"^[!-9;-~]+$")
+_MESSAGE_ID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
+_REQUIRED_ONCE = (("from", "From"), ("date", "Date"), ("message-id", "Message-ID"))
+
+
+def _rfc5322_problem(content: bytes, *, smtp_utf8: bool = False) -> str | None:
+    """The SMTP reply refusing ``content`` if it is not a well-formed RFC 5322 message, else None.
+
+    ``554 5.6.0`` when the message cannot be parsed (a header line that is not ``Name: value`` or a folded
+    continuation, 8-bit header bytes without SMTPUTF8, a line over 998 characters); ``550 5.7.1`` when a
+    required header is missing, repeated or unparseable (From with an address, Date, Message-ID).
+    """
+    text = content.replace(b"\r\n", b"\n")
+    head, separator, _ = text.partition(b"\n\n")
+    lines = head.split(b"\n")
+    if not separator and lines and lines[-1] == b"":
+        lines.pop()
+    fields: list[list[Any]] = []  # [lower-case name, raw value]
+    for number, line in enumerate(lines, 1):
+        if line[:1] in (b" ", b"\t"):
+            if not fields:
+                return "554 5.6.0 Message is not RFC 5322 compliant: it starts with a folded line"
+            fields[-1][1] += b" " + line.strip()
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon or not _FIELD_NAME.match(name):
+            return f"554 5.6.0 Message is not RFC 5322 compliant: header line {number} is not 'Name: value'"
+        fields.append([name.decode("ascii").lower(), value.strip()])
+    if not smtp_utf8 and not head.isascii():
+        return "554 5.6.0 Message is not RFC 5322 compliant: 8-bit header without SMTPUTF8 (use RFC 2047)"
+    if any(len(line) > 998 for line in text.split(b"\n")):
+        return "554 5.6.0 Message is not RFC 5322 compliant: a line is longer than 998 characters"
+    counts = Counter(name for name, _ in fields)
+    values = {name: value.decode("utf-8", errors="replace") for name, value in fields}
+    for key, shown in _REQUIRED_ONCE:
+        if counts[key] != 1:
+            what = "missing" if counts[key] == 0 else f"{counts[key]} of"
+            return f"550 5.7.1 Message is not RFC 5322 compliant: {what} {shown} header (exactly one required)"
+    try:
+        parsedate_to_datetime(values["date"])
+    except (TypeError, ValueError, IndexError):
+        return "550 5.7.1 Message is not RFC 5322 compliant: the Date header is not a valid date"
+    addresses = getaddresses([values["from"]])
+    if not addresses or not all("@" in address and not address.startswith("@") for _, address in addresses):
+        return "550 5.7.1 Message is not RFC 5322 compliant: the From header has no valid address"
+    if not _MESSAGE_ID.match(values["message-id"]):
+        return "550 5.7.1 Message is not RFC 5322 compliant: the Message-ID header is not <left@right>"
+    return None
 
 
 # --------------------------------------------------------------------------- the simulator
@@ -336,6 +617,7 @@ class ProviderSimulator:
         smtp_auth: tuple[str, str] | None = None,
         smtp_tls_context: ssl.SSLContext | None = None,
         config: SimulatorConfig | None = None,
+        templates: Iterable[Mapping[str, Any]] = (),
         **config_changes: Any,
     ) -> None:
         creds = credentials if credentials is not None else ProviderSettings()
@@ -357,6 +639,11 @@ class ProviderSimulator:
             self._set_fail_next(config_changes["fail_next"])
 
         self.messages: list[ReceivedMessage] = []
+        self.refused: list[RefusedRequest] = []
+        self._templates: dict[tuple[str, str], int] = {}
+        for spec in templates:
+            self.register_template(**spec)
+        self._inbound: dict[str, float] = {}  # normalised number -> epoch s of its last inbound message
         self._stats = {ch: ChannelStats() for ch in CHANNELS}
         self._seen: dict[str, set[str]] = {ch: set() for ch in CHANNELS}
         self._windows: dict[str, deque[float]] = {ch: deque() for ch in CHANNELS}
@@ -398,6 +685,10 @@ class ProviderSimulator:
                 ("POST", "/_control/config"): self._handle_set_config,
                 ("POST", "/_control/reset"): self._handle_reset,
                 ("GET", "/_control/health"): self._handle_health,
+                ("GET", "/_control/refused"): self._handle_refused,
+                ("GET", "/_control/templates"): self._handle_get_templates,
+                ("POST", "/_control/templates"): self._handle_register_templates,
+                ("POST", "/_control/inbound"): self._handle_inbound,
             }
             server = web.Server(self._dispatch, access_log=None)
             runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
@@ -492,9 +783,47 @@ class ProviderSimulator:
         else:
             self._fail_next = dict.fromkeys(CHANNELS, _check_count(value))
 
+    def register_template(self, name: str, language: str, parameters: int = 0) -> None:
+        """Register (or re-register) WhatsApp template ``name`` in ``language`` (a Cloud API language code,
+        e.g. ``en`` or ``en_US``) with ``parameters`` body parameters. ``ValueError`` if a value is invalid."""
+        name, language, parameters = _check_template_spec(
+            {"name": name, "language": language, "parameters": parameters}
+        )
+        self._templates[(name, language)] = parameters
+
+    def templates(self) -> list[dict[str, Any]]:
+        """The registered templates, sorted by (name, language)."""
+        return [
+            {"name": name, "language": language, "parameters": count}
+            for (name, language), count in sorted(self._templates.items())
+        ]
+
+    def record_inbound(self, number: str, at: float | None = None) -> None:
+        """Record that ``number`` wrote to the business at ``at`` (epoch s, default now): free-form text may
+        be sent to it for ``service_window_s`` afterwards."""
+        if not isinstance(number, str) or not _WA_NUMBER.match(number.translate(_PHONE_PUNCT)):
+            raise ValueError(f"inbound: from must be a phone number, got {number!r}")
+        when = time.time() if at is None else at
+        if isinstance(when, bool) or not isinstance(when, int | float) or not math.isfinite(when):
+            raise ValueError(f"inbound: at must be epoch seconds, got {at!r}")
+        key = normalize_address(number)
+        self._inbound[key] = max(float(when), self._inbound.get(key, -math.inf))
+
+    def in_service_window(self, number: str, now: float | None = None) -> bool:
+        """Whether free-form text may be sent to ``number`` at ``now`` (epoch s, default now)."""
+        if self._config.open_service_window:
+            return True
+        last = self._inbound.get(normalize_address(number))
+        if last is None:
+            return False
+        now = time.time() if now is None else now
+        return now - last < self._config.service_window_s
+
     def reset(self) -> None:
-        """Forget log, stats, idempotency keys, rate windows and pending ``fail_next``; keep the config."""
+        """Forget both logs, stats, idempotency keys, rate windows and pending ``fail_next``; keep the
+        config, the registered templates and the inbound messages (account and customer state)."""
         self.messages.clear()
+        self.refused.clear()
         self._stats = {ch: ChannelStats() for ch in CHANNELS}
         self._seen = {ch: set() for ch in CHANNELS}
         self._windows = {ch: deque() for ch in CHANNELS}
@@ -524,6 +853,24 @@ class ProviderSimulator:
             and (since is None or m.accepted_at > since)
             and (message_id is None or m.message_id == message_id)
             and (to is None or m.to == to)
+        ]
+
+    def query_refused(
+        self,
+        *,
+        channel: str | None = None,
+        since: float | None = None,
+        message_id: str | None = None,
+        to: str | None = None,
+    ) -> list[RefusedRequest]:
+        """Refused requests, oldest first; ``since`` keeps those refused strictly after it (epoch s)."""
+        return [
+            r
+            for r in self.refused
+            if (channel is None or r.channel == channel)
+            and (since is None or r.refused_at > since)
+            and (message_id is None or r.message_id == message_id)
+            and (to is None or r.to == to)
         ]
 
     async def wait_until(self, predicate: Callable[[], bool], *, timeout: float = 5.0) -> None:
@@ -597,6 +944,8 @@ class ProviderSimulator:
         subject: str | None = None,
         template_name: str | None = None,
         sender: str | None = None,
+        template_language: str | None = None,
+        template_parameters: tuple[str, ...] = (),
     ) -> None:
         stats = self._stats[channel]
         stats.accepted += 1
@@ -608,11 +957,39 @@ class ProviderSimulator:
                 seen.add(message_id)
         self.messages.append(
             ReceivedMessage(
-                channel, to, body, message_id, provider_id, time.time(), subject, template_name, sender
+                channel,
+                to,
+                body,
+                message_id,
+                provider_id,
+                time.time(),
+                subject,
+                template_name,
+                sender,
+                template_language,
+                template_parameters,
             )
         )
         if self._waiters:
             self._notify()
+
+    def _refuse(
+        self,
+        channel: str,
+        to: str | None,
+        outcome: str,
+        status: int,
+        code: int | str | None,
+        reason: str,
+        message_id: str | None = None,
+    ) -> None:
+        """Log a refused request (the counters are the caller's)."""
+        refusal = RefusedRequest(
+            channel, to, outcome, status, None if code is None else str(code), reason, message_id, time.time()
+        )
+        self.refused.append(refusal)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("refused %s request to %s: %s %s %s", channel, to, status, refusal.code, reason)
 
     def _delay_s(self) -> float:
         low, high = self._config.latency_ms
@@ -656,34 +1033,62 @@ class ProviderSimulator:
 
     async def _handle_whatsapp(self, request: web.BaseRequest, phone_number_id: str) -> web.Response:
         stats = self._stats["whatsapp"]
-        if not _same(request.headers.get("Authorization"), self._wa_auth):
-            stats.unauthorized += 1
-            return await self._reply(401, _WA_UNAUTHORIZED)
+        raw = await request.read()
         try:
-            payload = json.loads(await request.read())
+            payload = json.loads(raw)
         except ValueError:
             payload = None
+        if not _same(request.headers.get("Authorization"), self._wa_auth):
+            stats.unauthorized += 1
+            to, message_id = _wa_peek(payload)
+            self._refuse("whatsapp", to, "unauthorized", 401, 190, "invalid OAuth access token", message_id)
+            return await self._reply(401, _WA_UNAUTHORIZED)
         parsed = _parse_whatsapp(payload)
-        if isinstance(parsed, str):
-            stats.permanent_errors += 1
-            return await self._reply(400, _wa_error(100, f"(#100) Invalid parameter: {parsed}"))
-        to, body, template_name, message_id = parsed
+        if isinstance(parsed, _WaMessage):
+            if parsed.kind == "template":
+                refusal = _check_registered(parsed, self._templates)
+            elif not self.in_service_window(parsed.to):
+                refusal = _WaRefusal(
+                    131047,
+                    "Re-engagement message",
+                    "Message failed to send because more than 24 hours have passed since the customer "
+                    "last replied to this number.",
+                )
+            else:
+                refusal = None
+            if refusal is None:
+                return await self._whatsapp_decide(parsed, phone_number_id)
+        else:
+            refusal = parsed
+        stats.permanent_errors += 1
+        to, message_id = _wa_peek(payload)
+        self._refuse("whatsapp", to, "invalid", 400, refusal.code, f"{refusal.title}: {refusal.details}", message_id)
+        return await self._reply(400, refusal.body())
+
+    async def _whatsapp_decide(self, message: _WaMessage, phone_number_id: str) -> web.Response:
+        to, message_id = message.to, message.message_id
         verdict, wait_s = self._decide("whatsapp", to)
         if verdict == _THROTTLED:
+            self._refuse("whatsapp", to, "throttled", 429, 130429, "rate limit hit", message_id)
             return await self._reply(429, _WA_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait_s)))})
         if verdict == _TRANSIENT:
-            return await self._reply(self._config.transient_status, _WA_TRANSIENT)
+            status = self._config.transient_status
+            self._refuse("whatsapp", to, "transient", status, 131016, "service unavailable (injected)", message_id)
+            return await self._reply(status, _WA_TRANSIENT)
         if verdict == _PERMANENT:
+            self._refuse("whatsapp", to, "rejected", 400, 131026, "message undeliverable", message_id)
             return await self._reply(400, _WA_INVALID_NUMBER)
         wamid = f"wamid.SIM{self._run_tag}{next(self._seq):012d}"
         self._accept(
             "whatsapp",
             to,
-            body,
+            message.body,
             message_id,
             wamid,
-            template_name=template_name,
+            template_name=message.template_name,
             sender=phone_number_id,
+            template_language=message.language,
+            template_parameters=message.parameters.get("body", ()),
         )
         wa_id = to.lstrip("+")
         answer = _dumps(
@@ -699,37 +1104,48 @@ class ProviderSimulator:
 
     async def _handle_sms(self, request: web.BaseRequest, sid: str) -> web.Response:
         stats = self._stats["sms"]
-        if sid != self._sms_sid or not _same(request.headers.get("Authorization"), self._sms_auth):
-            stats.unauthorized += 1
-            return await self._reply(401, _SMS_UNAUTHORIZED)
         form = await request.post()
         key = request.headers.get("Idempotency-Key")
+        to, sender, body = form.get("To"), form.get("From"), form.get("Body")
+        shown_to = to if isinstance(to, str) and to else None
+        if sid != self._sms_sid or not _same(request.headers.get("Authorization"), self._sms_auth):
+            stats.unauthorized += 1
+            self._refuse("sms", shown_to, "unauthorized", 401, 20003, "authenticate", key)
+            return await self._reply(401, _SMS_UNAUTHORIZED)
         if key is not None:
             previous = self._idempotency.get(key)
             if previous is not None:
                 stats.idempotent_replays += 1
                 return await self._reply(201, previous)
-        to, sender, body = form.get("To"), form.get("From"), form.get("Body")
-        problem: bytes | None = None
+        if not isinstance(sender, str) or not sender:
+            service = form.get("MessagingServiceSid")
+            sender = service if isinstance(service, str) and service else None
+        problem: tuple[int, str] | None = None
         if not isinstance(to, str) or not to:
-            problem = _sms_error(21604, "A 'To' phone number is required.", 400)
-        elif not isinstance(sender, str) or not sender:
-            problem = _sms_error(21603, "A 'From' phone number is required.", 400)
+            problem = (21604, "A 'To' phone number is required.")
+        elif sender is None:
+            problem = (21603, "A 'From' phone number is required.")
         elif not isinstance(body, str) or not body:
-            problem = _sms_error(21602, "Message body is required.", 400)
+            problem = (21602, "Message body is required.")
         elif not _E164.match(to):
-            problem = _SMS_INVALID_NUMBER
+            problem = (21211, f"The 'To' number {to} is not a valid phone number.")
+        elif len(body) > _SMS_BODY_MAX:
+            problem = (21617, f"The concatenated message body exceeds the {_SMS_BODY_MAX} character limit.")
         if problem is not None:
             stats.permanent_errors += 1
-            return await self._reply(400, problem)
+            self._refuse("sms", shown_to, "invalid", 400, problem[0], problem[1], key)
+            return await self._reply(400, _sms_error(problem[0], problem[1], 400))
         assert isinstance(to, str) and isinstance(body, str) and isinstance(sender, str)
         verdict, wait_s = self._decide("sms", to)
         if verdict == _THROTTLED:
+            self._refuse("sms", to, "throttled", 429, 20429, "too many requests", key)
             return await self._reply(429, _SMS_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait_s)))})
         if verdict == _TRANSIENT:
             status = self._config.transient_status
+            self._refuse("sms", to, "transient", status, 20503, "service unavailable (injected)", key)
             return await self._reply(status, _sms_error(20503, "Service Unavailable", status))
         if verdict == _PERMANENT:
+            self._refuse("sms", to, "rejected", 400, 21211, "the 'To' number is not a valid phone number", key)
             return await self._reply(400, _SMS_INVALID_NUMBER)
         sid = f"SM{self._run_tag}{next(self._seq):016x}"
         self._accept("sms", to, body, key, sid, sender=sender)
@@ -797,6 +1213,7 @@ class ProviderSimulator:
         )
         if not ok:
             self._stats["email"].unauthorized += 1
+            self._refuse("email", None, "unauthorized", 535, "5.7.8", "authentication credentials invalid")
             if self._waiters:
                 self._notify()
         return AuthResult(success=ok, handled=False)
@@ -806,6 +1223,7 @@ class ProviderSimulator:
         failures = self._config.permanent_failures
         if failures and normalize_address(address) in failures:
             self._stats["email"].permanent_errors += 1
+            self._refuse("email", address, "rejected", 550, "5.1.1", "recipient address rejected: user unknown")
             if self._waiters:
                 self._notify()
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
@@ -814,15 +1232,26 @@ class ProviderSimulator:
     async def _smtp_data(self, envelope: Envelope) -> str:
         content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
         recipients = list(envelope.rcpt_tos)
-        # One decision per transaction (our transport sends one recipient per message).
-        verdict, _ = self._decide("email", recipients[0] if recipients else "")
-        if verdict == _THROTTLED:
-            reply = "451 4.7.0 Rate limit exceeded, try again later"
-        elif verdict == _TRANSIENT:
-            reply = "451 4.3.0 Temporary local problem, try again later"
-        elif verdict == _PERMANENT:
-            reply = "550 5.1.1 Recipient address rejected: User unknown"
+        first = recipients[0] if recipients else None
+        reply: str | None = _rfc5322_problem(content, smtp_utf8=envelope.smtp_utf8)
+        if reply is not None:
+            self._stats["email"].permanent_errors += 1
+            code, enhanced, reason = reply.split(" ", 2)
+            self._refuse("email", first, "invalid", int(code), enhanced, reason, _email_message_id(content))
         else:
+            # One decision per transaction (our transport sends one recipient per message).
+            verdict, _ = self._decide("email", first or "")
+            if verdict == _THROTTLED:
+                reply = "451 4.7.0 Rate limit exceeded, try again later"
+            elif verdict == _TRANSIENT:
+                reply = "451 4.3.0 Temporary local problem, try again later"
+            elif verdict == _PERMANENT:
+                reply = "550 5.1.1 Recipient address rejected: User unknown"
+            if reply is not None:
+                outcome = {_THROTTLED: "throttled", _TRANSIENT: "transient"}.get(verdict, "rejected")
+                code, enhanced, reason = reply.split(" ", 2)
+                self._refuse("email", first, outcome, int(code), enhanced, reason, _email_message_id(content))
+        if reply is None:
             message_id, subject, body = _parse_email(content)
             queue_id = f"SIM{self._run_tag[:8]}{next(self._seq):010d}"
             for rcpt in recipients:
@@ -852,6 +1281,51 @@ class ProviderSimulator:
         return web.Response(
             body=_dumps({"count": len(found), "messages": [m.as_dict() for m in found]}), content_type=_JSON
         )
+
+    async def _handle_refused(self, request: web.BaseRequest) -> web.Response:
+        q = request.query
+        try:
+            since = float(q["since"]) if "since" in q else None
+        except ValueError:
+            return web.json_response({"error": "since must be epoch seconds"}, status=400)
+        channel = q.get("channel")
+        if channel is not None and channel not in CHANNELS:
+            return web.json_response({"error": f"unknown channel {channel!r}"}, status=400)
+        found = self.query_refused(channel=channel, since=since, message_id=q.get("message_id"), to=q.get("to"))
+        return web.Response(
+            body=_dumps({"count": len(found), "refused": [r.as_dict() for r in found]}), content_type=_JSON
+        )
+
+    async def _handle_get_templates(self, request: web.BaseRequest) -> web.Response:
+        return web.json_response({"templates": self.templates()})
+
+    async def _handle_register_templates(self, request: web.BaseRequest) -> web.Response:
+        """``{"name", "language", "parameters"}`` or a list of them; all or none are registered."""
+        try:
+            body = json.loads(await request.read() or b"null")
+            specs = [_check_template_spec(spec) for spec in (body if isinstance(body, list) else [body])]
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        for name, language, count in specs:
+            self.register_template(name, language, count)
+        return web.json_response({"templates": self.templates()})
+
+    async def _handle_inbound(self, request: web.BaseRequest) -> web.Response:
+        """``{"from": number or [numbers], "at": epoch s (default now)}``: these customers wrote in."""
+        try:
+            body = json.loads(await request.read() or b"null")
+            if not isinstance(body, dict) or "from" not in body or set(body) - {"from", "at"}:
+                raise ValueError('expected {"from": number or [numbers], "at": epoch seconds (optional)}')
+            numbers = body["from"] if isinstance(body["from"], list) else [body["from"]]
+            for number in numbers:  # validate every one before recording any
+                if not isinstance(number, str) or not _WA_NUMBER.match(number.translate(_PHONE_PUNCT)):
+                    raise ValueError(f"inbound: from must be a phone number, got {number!r}")
+            at = body.get("at")
+            for number in numbers:
+                self.record_inbound(number, at)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"ok": True, "recorded": len(numbers)})
 
     async def _handle_stats(self, request: web.BaseRequest) -> web.Response:
         return web.json_response(self.stats())
@@ -919,6 +1393,13 @@ def _raw_headers(head: bytes) -> dict[str, str]:
             continue
         headers[name] = value.strip()
     return headers
+
+
+def _email_message_id(content: bytes) -> str | None:
+    """Our message id in a (possibly malformed) message, for the refusal log; None if absent."""
+    head = content.replace(b"\r\n", b"\n").partition(b"\n\n")[0]
+    headers = _raw_headers(head)
+    return headers.get("x-campaign-message-id") or headers.get("message-id", "").strip("<>") or None
 
 
 def _parse_email(content: bytes) -> tuple[str | None, str | None, str]:

@@ -32,6 +32,22 @@ class SimulatorThread:
 
         asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
 
+    def register_template(self, name: str, language: str, parameters: int = 0) -> None:
+        """:meth:`ProviderSimulator.register_template`, run on the simulator's loop."""
+
+        async def apply() -> None:
+            self.simulator.register_template(name, language, parameters)
+
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
+
+    def record_inbound(self, number: str, at: float | None = None) -> None:
+        """:meth:`ProviderSimulator.record_inbound`, run on the simulator's loop."""
+
+        async def apply() -> None:
+            self.simulator.record_inbound(number, at)
+
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
+
     def __exit__(self, *exc: object) -> None:
         asyncio.run_coroutine_threadsafe(self.simulator.stop(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)

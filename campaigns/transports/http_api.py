@@ -145,6 +145,11 @@ class _AiohttpPoster:
             self._session = None
 
 
+def cloud_api_language(locale: str) -> str:
+    """The WhatsApp Cloud API language code for a project locale: ``en-US`` -> ``en_US``, ``en`` -> ``en``."""
+    return locale.replace("-", "_")
+
+
 def _decode_json(content: bytes) -> Any:
     if not content:
         return None
@@ -231,7 +236,7 @@ class WhatsAppTransport(_HttpTransport):
         if message.template_name:
             template: dict[str, Any] = {
                 "name": message.template_name,
-                "language": {"code": message.locale.replace("-", "_")},
+                "language": {"code": cloud_api_language(message.locale)},
             }
             if message.template_parameters:
                 template["components"] = [

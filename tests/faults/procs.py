@@ -213,12 +213,18 @@ class Cluster:
 
     def start_simulator(self, *args: str, http_port: int | None = None, smtp_port: int | None = None,
                         timeout: float = 30.0) -> Simulator:
-        """``python -m simulator`` with SMTP AUTH; the workers started afterwards send to it."""
+        """``python -m simulator`` with SMTP AUTH; the workers started afterwards send to it.
+
+        The WhatsApp customer service window is open to every number: fault scenarios send free-form text to
+        seeded audiences that never wrote in (the simulator refuses that by default, as the Cloud API does).
+        Pass ``--template-file FILE`` in ``args`` for WhatsApp template campaigns.
+        """
         http_port = http_port or free_port()
         smtp_port = smtp_port or free_port()
         name = self._name("simulator")
         argv = [sys.executable, "-m", "simulator", "--http-port", str(http_port), "--smtp-port", str(smtp_port),
-                "--smtp-user", "campaigns-relay", "--smtp-password", self.secrets.smtp_password, *args]
+                "--smtp-user", "campaigns-relay", "--smtp-password", self.secrets.smtp_password,
+                "--open-service-window", *args]
         proc = Proc(name, argv, self.env(), self.log_dir / f"{name}.log")
         self.procs.append(proc)
         simulator = Simulator(proc, http_port, smtp_port)

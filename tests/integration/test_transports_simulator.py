@@ -35,7 +35,7 @@ from campaigns.transports import (
     WhatsAppTransport,
     build_transports,
 )
-from simulator import ProviderSimulator
+from simulator import ProviderSimulator, template_registration
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDRESS = {"whatsapp": "+15551230001", "sms": "+15551230002", "email": "ann@example.org"}
@@ -58,7 +58,13 @@ def outgoing(channel: str, n: int = 1, *, address: str | None = None, **kw: obje
 
 @pytest.fixture
 async def sim() -> AsyncIterator[ProviderSimulator]:
-    simulator = ProviderSimulator(permanent_failures=["+15550000404", "gone@example.org"])
+    simulator = ProviderSimulator(
+        permanent_failures=["+15550000404", "gone@example.org"],
+        templates=[{"name": "spring_sale", "language": "en_US", "parameters": 2}],
+    )
+    # Free-form WhatsApp text needs the customer service window: these numbers "wrote in" just now.
+    for number in (ADDRESS["whatsapp"], "+15550000404"):
+        simulator.record_inbound(number)
     await simulator.start()
     try:
         yield simulator
@@ -114,8 +120,11 @@ async def test_whatsapp_template_message(sim: ProviderSimulator, transports: dic
     await transports["whatsapp"].send(message)
     [logged] = sim.query(channel="whatsapp")
     assert logged.template_name == "spring_sale"
+    assert logged.template_language == "en_US"
+    assert logged.template_parameters == ("Ann", "20%")
     assert logged.body == "Ann 20%"
     assert logged.message_id == "whatsapp-msg-1"
+    assert sim.refused == []
 
 
 # ----------------------------------------------------------------------------- failures
@@ -560,6 +569,11 @@ async def test_cli_serves_until_sigterm() -> None:
         "0",
         "--log-level",
         "warning",
+        "--template-file",
+        "examples/template-whatsapp.json",
+        "--template",
+        "welcome:pt_BR:1",
+        "--open-service-window",
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -572,10 +586,375 @@ async def test_cli_serves_until_sigterm() -> None:
         http_port = int(line.split("http://127.0.0.1:")[1].split()[0])
         async with httpx.AsyncClient(timeout=5.0) as client:
             health = (await client.get(f"http://127.0.0.1:{http_port}/_control/health")).json()
+            templates = (await client.get(f"http://127.0.0.1:{http_port}/_control/templates")).json()
+            config = (await client.get(f"http://127.0.0.1:{http_port}/_control/config")).json()
         assert health["ok"] is True and health["smtp_port"] > 0
+        assert templates["templates"] == [
+            {"name": "spring_sale_whatsapp", "language": "en", "parameters": 2},
+            {"name": "welcome", "language": "pt_BR", "parameters": 1},
+        ]
+        assert config["open_service_window"] is True
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), timeout=10) == 0
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+# ----------------------------------------------------------------------------- provider rules
+
+WA_PATH = "/whatsapp/v21.0/100000000000001/messages"
+
+
+def _wa_headers(sim: ProviderSimulator) -> dict[str, str]:
+    return {"Authorization": f"Bearer {sim.provider_settings().whatsapp_token.get_secret_value()}"}
+
+
+def _sms_client(sim: ProviderSimulator) -> httpx.AsyncClient:
+    settings = sim.provider_settings()
+    auth = (settings.sms_account_sid, settings.sms_auth_token.get_secret_value())
+    return httpx.AsyncClient(
+        base_url=f"{sim.http_url}/sms/2010-04-01/Accounts/{settings.sms_account_sid}", auth=auth, timeout=5.0
+    )
+
+
+def _template_request(name: str = "spring_sale", language: str = "en_US", **template: object) -> dict:
+    return {
+        "messaging_product": "whatsapp",
+        "to": ADDRESS["whatsapp"],
+        "type": "template",
+        "template": {"name": name, "language": {"code": language}, **template},
+        "biz_opaque_callback_data": "raw-1",
+    }
+
+
+@pytest.mark.parametrize("parameters", [(), ("Ann",), ("Ann", "20%", "extra")])
+async def test_template_with_the_wrong_parameter_count_is_refused_with_132000(
+    parameters: tuple[str, ...], sim: ProviderSimulator, transports: dict[str, Transport]
+) -> None:
+    """What the sender did before issue 13 (no parameters) and any other count the template does not have."""
+    message = outgoing("whatsapp", template_name="spring_sale", template_parameters=parameters)
+    with pytest.raises(PermanentDeliveryError) as info:
+        await transports["whatsapp"].send(message)
+    assert info.value.reason == "template_params_mismatch"
+    assert sim.query(channel="whatsapp") == []
+    [refusal] = sim.query_refused(channel="whatsapp")
+    assert (refusal.outcome, refusal.status, refusal.code) == ("invalid", 400, "132000")
+    assert (refusal.to, refusal.message_id) == (ADDRESS["whatsapp"], "whatsapp-msg-1")
+    assert refusal.reason == (
+        "Number of parameters does not match the expected number of params: body: number of "
+        f"localizable_params ({len(parameters)}) does not match the expected number of params (2)"
+    )
+
+
+async def test_cloud_api_error_shapes(sim: ProviderSimulator) -> None:
+    """The Graph API error object: message "(#code) title", type, code, error_data.details, fbtrace_id."""
+    async with httpx.AsyncClient(base_url=sim.http_url, headers=_wa_headers(sim), timeout=5.0) as client:
+        one = {"type": "body", "parameters": [{"type": "text", "text": "Ann"}]}
+        answer = await client.post(WA_PATH, json=_template_request(components=[one]))
+        assert answer.status_code == 400
+        assert answer.json() == {
+            "error": {
+                "message": "(#132000) Number of parameters does not match the expected number of params",
+                "type": "OAuthException",
+                "code": 132000,
+                "fbtrace_id": "SIMULATOR",
+                "error_data": {
+                    "messaging_product": "whatsapp",
+                    "details": "body: number of localizable_params (1) does not match the expected number of "
+                    "params (2)",
+                },
+            }
+        }
+        header = {"type": "header", "parameters": [{"type": "text", "text": "x"}]}
+        two = {"type": "body", "parameters": [{"type": "text", "text": "Ann"}, {"type": "text", "text": "20%"}]}
+        extra = await client.post(WA_PATH, json=_template_request(components=[header, two]))
+        assert extra.json()["error"]["error_data"]["details"].startswith("header: number of localizable_params (1)")
+
+        unknown = await client.post(WA_PATH, json=_template_request(name="autumn_sale"))
+        assert (unknown.status_code, unknown.json()["error"]["code"]) == (400, 132001)
+        assert unknown.json()["error"]["error_data"]["details"] == (
+            "template name (autumn_sale) does not exist in en_US"
+        )
+        other_language = await client.post(WA_PATH, json=_template_request(language="pt_BR", components=[two]))
+        assert other_language.json()["error"]["code"] == 132001
+
+        empty = {"type": "body", "parameters": [{"type": "text", "text": ""}, {"type": "text", "text": "20%"}]}
+        missing = await client.post(WA_PATH, json=_template_request(components=[empty]))
+        assert missing.json()["error"]["code"] == 131008
+        bad_component = await client.post(WA_PATH, json=_template_request(components=[{"type": "footer"}]))
+        assert bad_component.json()["error"]["code"] == 100
+
+        text = {"messaging_product": "whatsapp", "to": ADDRESS["whatsapp"], "type": "text", "text": {}}
+        no_body = await client.post(WA_PATH, json=text)
+        assert no_body.status_code == 400
+        assert no_body.json()["error"]["message"] == "(#100) The parameter text['body'] is required."
+        too_long = await client.post(WA_PATH, json={**text, "text": {"body": "x" * 4097}})
+        assert too_long.json()["error"]["code"] == 100
+
+        accepted = await client.post(WA_PATH, json=_template_request(components=[two]))
+        assert accepted.status_code == 200
+    assert [r.code for r in sim.query_refused()] == [
+        "132000", "132000", "132001", "132001", "131008", "100", "100", "100"
+    ]
+    assert sim.stats()["whatsapp"]["permanent_errors"] == 8
+    [logged] = sim.query(channel="whatsapp")
+    assert logged.template_parameters == ("Ann", "20%")
+
+
+async def test_free_form_text_needs_the_customer_service_window(
+    sim: ProviderSimulator, transports: dict[str, Transport]
+) -> None:
+    stranger = "+15557770001"
+    with pytest.raises(PermanentDeliveryError) as info:
+        await transports["whatsapp"].send(outgoing("whatsapp", 1, address=stranger))
+    assert info.value.reason == "outside_customer_window"  # error 131047
+    [refusal] = sim.query_refused(to=stranger)
+    assert (refusal.code, refusal.status, refusal.outcome) == ("131047", 400, "invalid")
+    assert "more than 24 hours have passed" in refusal.reason
+
+    # A template message needs no window: it is how a business starts a conversation.
+    template = outgoing("whatsapp", 2, address=stranger, template_name="spring_sale", template_parameters=("a", "b"))
+    await transports["whatsapp"].send(template)
+
+    # The customer wrote in 23 h ago: free-form text is allowed; 25 h ago: it is not.
+    sim.record_inbound("+1 555 777 0001", at=time.time() - 23 * 3600)
+    await transports["whatsapp"].send(outgoing("whatsapp", 3, address=stranger))
+    sim.record_inbound("+15557770002", at=time.time() - 25 * 3600)
+    with pytest.raises(PermanentDeliveryError):
+        await transports["whatsapp"].send(outgoing("whatsapp", 4, address="+15557770002"))
+
+    # Harnesses that send free-form text to audiences that never wrote in open the window for everyone.
+    sim.configure(open_service_window=True)
+    await transports["whatsapp"].send(outgoing("whatsapp", 5, address="+15557770003"))
+    accepted = [m.message_id for m in sim.query(channel="whatsapp")]
+    assert accepted == ["whatsapp-msg-2", "whatsapp-msg-3", "whatsapp-msg-5"]
+    assert [r.message_id for r in sim.query_refused()] == ["whatsapp-msg-1", "whatsapp-msg-4"]
+
+
+@pytest.mark.parametrize(
+    ("form", "code", "message"),
+    [
+        ({"From": "+15550000000", "Body": "hi"}, 21604, "A 'To' phone number is required."),
+        ({"To": "+15551230002", "Body": "hi"}, 21603, "A 'From' phone number is required."),
+        ({"To": "+15551230002", "From": "+15550000000"}, 21602, "Message body is required."),
+        ({"To": "+15551230002", "From": "+15550000000", "Body": ""}, 21602, "Message body is required."),
+        (
+            {"To": "555-1234", "From": "+15550000000", "Body": "hi"},
+            21211,
+            "The 'To' number 555-1234 is not a valid phone number.",
+        ),
+        (
+            {"To": "+15551230002", "From": "+15550000000", "Body": "x" * 1601},
+            21617,
+            "The concatenated message body exceeds the 1600 character limit.",
+        ),
+    ],
+)
+async def test_sms_missing_or_bad_fields_are_refused_like_twilio(
+    form: dict[str, str], code: int, message: str, sim: ProviderSimulator
+) -> None:
+    async with _sms_client(sim) as client:
+        answer = await client.post("/Messages.json", data=form, headers={"Idempotency-Key": "key-1"})
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": 400,
+    }
+    [refusal] = sim.query_refused(channel="sms")
+    assert (refusal.outcome, refusal.status, refusal.code, refusal.reason) == ("invalid", 400, str(code), message)
+    assert refusal.to == (form.get("To") or None) and refusal.message_id == "key-1"
+    assert sim.query(channel="sms") == []
+
+
+async def test_sms_messaging_service_sid_instead_of_from(sim: ProviderSimulator) -> None:
+    service_sid = "MG" + "0" * 32
+    async with _sms_client(sim) as client:
+        answer = await client.post(
+            "/Messages.json", data={"To": "+15551230002", "MessagingServiceSid": service_sid, "Body": "hi"}
+        )
+    assert answer.status_code == 201
+    [logged] = sim.query(channel="sms")
+    assert logged.sender == service_sid
+
+
+def _raw_email(*, drop: tuple[str, ...] = (), extra: str = "", body: str = "Hello\r\n") -> bytes:
+    headers = {
+        "From": "campaigns@example.com",
+        "To": "ann@example.org",
+        "Subject": "Spring sale",
+        "Date": "Mon, 01 Dec 2025 10:00:00 +0000",
+        "Message-ID": "<raw-1@example.com>",
+    }
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k not in drop)
+    return (head + extra + "\r\n" + body).encode()
+
+
+_NOT_5322 = "Message is not RFC 5322 compliant: "
+
+
+@pytest.mark.parametrize(
+    ("message", "reply"),
+    [
+        (_raw_email(drop=("Date",)), "550 5.7.1 " + _NOT_5322 + "missing Date header"),
+        (_raw_email(drop=("From",)), "550 5.7.1 " + _NOT_5322 + "missing From header"),
+        (_raw_email(drop=("Message-ID",)), "550 5.7.1 " + _NOT_5322 + "missing Message-ID header"),
+        (_raw_email(extra="From: other@example.com\r\n"), "550 5.7.1 " + _NOT_5322 + "2 of From header"),
+        (_raw_email(extra="Date: soon\r\n", drop=("Date",)), "550 5.7.1 " + _NOT_5322 + "the Date header"),
+        (_raw_email(extra="From: nobody\r\n", drop=("From",)), "550 5.7.1 " + _NOT_5322 + "the From header"),
+        (
+            _raw_email(extra="Message-ID: raw-1\r\n", drop=("Message-ID",)),
+            "550 5.7.1 " + _NOT_5322 + "the Message-ID header",
+        ),
+        (b"this is not a message\r\nat all\r\n", "554 5.6.0 " + _NOT_5322 + "header line 1"),
+        (_raw_email(extra="Subject\u00e9: x\r\n"), "554 5.6.0 " + _NOT_5322 + "header line 6"),
+        (_raw_email(extra="X-Note: caf\u00e9\r\n"), "554 5.6.0 " + _NOT_5322 + "8-bit header"),
+        (_raw_email(body="x" * 999 + "\r\n"), "554 5.6.0 " + _NOT_5322 + "a line is longer"),
+    ],
+)
+async def test_malformed_email_is_refused_at_data(message: bytes, reply: str, sim: ProviderSimulator) -> None:
+    import aiosmtplib
+
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=sim.smtp_port, timeout=5)
+    await client.connect()
+    try:
+        with pytest.raises(aiosmtplib.SMTPDataError) as info:
+            await client.sendmail("campaigns@example.com", ["ann@example.org"], message)
+        await client.quit()
+    finally:
+        client.close()
+    assert f"{info.value.code} {info.value.message}".startswith(reply)
+    assert sim.query(channel="email") == []
+    [refusal] = sim.query_refused(channel="email")
+    assert (refusal.outcome, refusal.to) == ("invalid", "ann@example.org")
+    assert f"{refusal.status} {refusal.code} {refusal.reason}".startswith(reply)
+    assert sim.stats()["email"]["permanent_errors"] == 1
+
+
+async def test_our_email_is_well_formed(sim: ProviderSimulator, transports: dict[str, Transport]) -> None:
+    """The SMTP transport's messages pass the checks, whatever the subject and body hold."""
+    for n, (subject, body) in enumerate([
+        ("Spring sale \u2014 20% off \U0001f33c", "<p>Ol\u00e1 <b>Ana</b></p>"),
+        ("x" * 900, "line\n" * 50 + "y" * 5000),
+        ("", ""),
+    ]):
+        await transports["email"].send(outgoing("email", n, subject=subject, body=body))
+    assert len(sim.query(channel="email")) == 3
+    assert sim.refused == []
+
+
+async def test_every_refused_request_is_logged_with_time_recipient_and_reason(
+    sim: ProviderSimulator, transports: dict[str, Transport], http_client: str
+) -> None:
+    started = time.time()
+    sim.configure(rate_limit_per_s={"sms": 1})
+    await transports["sms"].send(outgoing("sms", 1))
+    with pytest.raises(ThrottledError):
+        await transports["sms"].send(outgoing("sms", 2))  # 429
+    sim.configure(rate_limit_per_s=None, fail_next={"whatsapp": 1, "email": 1})
+    with pytest.raises(TransientDeliveryError):
+        await transports["whatsapp"].send(outgoing("whatsapp", 3))  # 503
+    with pytest.raises(TransientDeliveryError):
+        await transports["email"].send(outgoing("email", 4))  # 451
+    with pytest.raises(PermanentDeliveryError):
+        await transports["email"].send(outgoing("email", 5, address="gone@example.org"))  # 550 at RCPT
+    with pytest.raises(PermanentDeliveryError):
+        await transports["sms"].send(outgoing("sms", 6, address="+15550000404"))  # 400, permanent address
+    bad = WhatsAppTransport(sim.provider_settings(whatsapp_token=SecretStr("nope-token"), http_client=http_client))
+    with pytest.raises(PermanentDeliveryError):
+        await bad.send(outgoing("whatsapp", 7))  # 401
+    await bad.aclose()
+
+    refused = sim.query_refused()
+    assert [(r.channel, r.outcome, r.status, r.code, r.to, r.message_id) for r in refused] == [
+        ("sms", "throttled", 429, "20429", ADDRESS["sms"], "sms-msg-2"),
+        ("whatsapp", "transient", 503, "131016", ADDRESS["whatsapp"], "whatsapp-msg-3"),
+        ("email", "transient", 451, "4.3.0", ADDRESS["email"], "email-msg-4"),
+        ("email", "rejected", 550, "5.1.1", "gone@example.org", None),  # refused before the message was sent
+        ("sms", "rejected", 400, "21211", "+15550000404", "sms-msg-6"),
+        ("whatsapp", "unauthorized", 401, "190", ADDRESS["whatsapp"], "whatsapp-msg-7"),
+    ]
+    times = [r.refused_at for r in refused]
+    assert times == sorted(times) and started <= times[0] and times[-1] <= time.time()
+    assert all(r.reason for r in refused)
+    assert "nope-token" not in repr(refused)
+    # Accepted and refused requests together: exactly what reached the provider, and when.
+    assert [m.message_id for m in sim.query()] == ["sms-msg-1"]
+
+    async with httpx.AsyncClient(base_url=sim.http_url, timeout=5.0) as client:
+        listed = (await client.get("/_control/refused", params={"channel": "email"})).json()
+        assert listed["count"] == 2
+        assert listed["refused"][0] == refused[2].as_dict()
+        assert isinstance(listed["refused"][0]["refused_at"], float)
+        by_id = (await client.get("/_control/refused", params={"message_id": "sms-msg-2"})).json()
+        assert [r["status"] for r in by_id["refused"]] == [429]
+        later = (await client.get("/_control/refused", params={"since": refused[3].refused_at})).json()
+        assert [r["code"] for r in later["refused"]] == ["21211", "190"]
+        assert (await client.get("/_control/refused", params={"channel": "fax"})).status_code == 400
+        await client.post("/_control/reset")
+        assert (await client.get("/_control/refused")).json() == {"count": 0, "refused": []}
+
+
+async def test_template_and_inbound_control_endpoints(sim: ProviderSimulator) -> None:
+    async with httpx.AsyncClient(base_url=sim.http_url, timeout=5.0) as client:
+        registered = await client.post(
+            "/_control/templates",
+            json=[{"name": "welcome", "language": "en", "parameters": 1}, {"name": "bye", "language": "en"}],
+        )
+        assert registered.status_code == 200
+        assert registered.json()["templates"] == [
+            {"name": "bye", "language": "en", "parameters": 0},
+            {"name": "spring_sale", "language": "en_US", "parameters": 2},
+            {"name": "welcome", "language": "en", "parameters": 1},
+        ]
+        for bad in ({"name": "x"}, {"name": "x", "language": "en", "parameters": -1}, [{"nme": "x"}], "x"):
+            answer = await client.post("/_control/templates", json=bad)
+            assert answer.status_code == 400 and "template registration" in answer.json()["error"]
+        assert len((await client.get("/_control/templates")).json()["templates"]) == 3
+
+        assert not sim.in_service_window("+15557770009")
+        inbound = await client.post("/_control/inbound", json={"from": ["+15557770009", "15557770010"]})
+        assert inbound.json() == {"ok": True, "recorded": 2}
+        assert sim.in_service_window("+1 555 777 0009") and sim.in_service_window("+15557770010")
+        for bad in ({"from": "not a number"}, {"from": "+15557770011", "at": "yesterday"}, {"to": "+1555"}):
+            assert (await client.post("/_control/inbound", json=bad)).status_code == 400
+        assert not sim.in_service_window("+15557770011")
+        await client.post("/_control/reset")  # templates and inbound messages are account/customer state
+        assert len((await client.get("/_control/templates")).json()["templates"]) == 3
+        assert sim.in_service_window("+15557770009")
+        config = await client.post("/_control/config", json={"service_window_s": 10, "open_service_window": True})
+        assert config.json()["service_window_s"] == 10.0 and config.json()["open_service_window"] is True
+        assert (await client.post("/_control/config", json={"open_service_window": "yes"})).status_code == 400
+        assert (await client.post("/_control/config", json={"service_window_s": 0})).status_code == 400
+
+
+def test_template_registration_of_a_project_template() -> None:
+    import json as _json
+
+    spec = _json.loads((ROOT / "examples" / "template-whatsapp.json").read_text())
+    assert template_registration(spec["name"], "en-US", spec["body"]) == {
+        "name": "spring_sale_whatsapp", "language": "en_US", "parameters": 2
+    }
+    assert template_registration("t", "en", "Hi {{ a }} and {{ a }}, {{ b }}")["parameters"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--template", "welcome:en"], "expected NAME:LANGUAGE:PARAMETERS"),
+        (["--template-file", "examples/template-sms.json"], "not a WhatsApp template"),
+        (["--template-file", "examples/nope.json"], "cannot read template file"),
+    ],
+)
+def test_cli_refuses_bad_template_options(args: list[str], message: str) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "simulator", "--http-port", "0", "--smtp-port", "0", *args],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2 and message in done.stderr
+
