@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -632,6 +632,96 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_since(text: str | None) -> datetime | None:
+    """``--since``: a duration back from now (``30s``, ``15m``, ``2h``, ``7d``) or an ISO-8601 date-time
+    with a UTC offset; None when not given."""
+    if text is None:
+        return None
+    value = text.strip().lower()
+    if len(value) >= 2 and value[-1] in _DURATION and value[:-1].isdigit() and len(value) <= 12:
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * _DURATION[value[-1]])
+    try:
+        return _parse_at(text)
+    except ValidationError:
+        raise ValidationError(
+            f"--since: {text!r} is neither a duration (30s, 15m, 2h, 7d) nor an ISO-8601 date-time with a "
+            "UTC offset (e.g. 2026-05-01T07:00:00Z)"
+        ) from None
+
+
+def _when(value: Any) -> str:
+    return value.isoformat(timespec="seconds").replace("+00:00", "Z") if isinstance(value, datetime) else "-"
+
+
+def _print_records(records: list[dict[str, Any]], limit: int, line: Callable[[dict[str, Any]], str],
+                   what: str, summary_key: str) -> None:
+    """The newest ``limit`` records one per line (oldest first), then a count per ``summary_key``."""
+    if limit < 0:
+        raise ValidationError(f"--limit: must be >= 0, got {limit}")
+    shown = records[-limit:] if limit else []
+    if len(records) > len(shown):
+        _out(f"({len(records) - len(shown)} earlier {what} not shown: raise --limit or narrow --since)")
+    for record in shown:
+        _out(line(record))
+    counts: dict[str, int] = {}
+    for record in records:
+        key = str(record.get(summary_key) or "undecodable")
+        counts[key] = counts.get(key, 0) + 1
+    _out(f"{len(records)} {what}" + (": " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                                     if counts else ""))
+
+
+def _json_records(records: list[dict[str, Any]]) -> str:
+    return json.dumps([{k: v for k, v in r.items() if k != "original_value"} for r in records], default=str)
+
+
+def cmd_events_list(args: argparse.Namespace) -> int:
+    from campaigns.operate import campaign_events
+    from campaigns.settings import load_settings
+
+    since = _parse_since(args.since)
+    events = campaign_events(load_settings(), campaign=args.campaign, since=since, event_type=args.type)
+    if args.json:
+        _out(_json_records(events))
+        return EXIT_OK
+
+    def line(e: dict[str, Any]) -> str:
+        if "undecodable" in e:
+            return f"{_when(e['_timestamp'])}  undecodable at {e['_position']}: {e['undecodable'][:100]}"
+        detail = f"  {e['detail_json'][:100]}" if e.get("detail_json") else ""
+        return (f"{_when(e.get('occurred_at'))}  {e.get('event_type'):<9}  campaign={e.get('campaign_id')} "
+                f"v{e.get('campaign_version')} actor={e.get('actor') or 'system'}{detail}")
+
+    _print_records(events, args.limit, line, "events", "event_type")
+    return EXIT_OK
+
+
+def cmd_rejected_list(args: argparse.Namespace) -> int:
+    from campaigns.operate import rejected_commands
+    from campaigns.settings import load_settings
+
+    since = _parse_since(args.since)
+    records = rejected_commands(load_settings(), campaign=args.campaign, since=since, reason=args.reason)
+    if args.json:
+        _out(_json_records(records))
+        return EXIT_OK
+
+    def line(r: dict[str, Any]) -> str:
+        if "undecodable" in r:
+            return f"{_when(r['_timestamp'])}  undecodable at {r['_position']}: {r['undecodable'][:100]}"
+        command = r.get("command") or {}
+        what = f"{command.get('command_type')} by {command.get('principal')}" if command else "undecodable command"
+        return (f"{_when(r.get('failed_at'))}  {r.get('reason')}  command={r.get('message_id') or '-'} ({what}) "
+                f"campaign={r.get('campaign_id') or '-'} at {r.get('source_partition')}@{r.get('source_offset')}"
+                f"  {str(r.get('detail') or '')[:120]}")
+
+    _print_records(records, args.limit, line, "rejected commands", "reason")
+    return EXIT_OK
+
+
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from campaigns.operate import redrive
     from campaigns.settings import load_settings
@@ -797,6 +887,28 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_redrive.add_argument("--rate", type=float, help="records per second")
     dlq_redrive.add_argument("--dry-run", action="store_true")
     dlq_redrive.set_defaults(handler=cmd_dlq_redrive)
+
+    since_help = "only records since then: a duration (30s, 15m, 2h, 7d) or an ISO-8601 time with offset"
+    events = sub.add_parser("events", help="read campaign.events (what happened to which campaign, by whom)")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    events_list = events_sub.add_parser("list", help="list campaign events, oldest first")
+    events_list.add_argument("--campaign", help="only events of this campaign id")
+    events_list.add_argument("--since", help=since_help)
+    events_list.add_argument("--type", help="only this event type: CREATED, SCHEDULED, ACTIVATED, PAUSED, "
+                                            "RESUMED, CANCELLED, COMPLETED, FAILED")
+    events_list.add_argument("--json", action="store_true", help="every match as a JSON array")
+    events_list.add_argument("--limit", type=int, default=50, help="newest lines shown (default 50; not --json)")
+    events_list.set_defaults(handler=cmd_events_list)
+
+    rejected = sub.add_parser("rejected", help="read campaign.commands.rejected (commands that were refused)")
+    rejected_sub = rejected.add_subparsers(dest="rejected_command", required=True)
+    rejected_list = rejected_sub.add_parser("list", help="list rejected commands with the reason, oldest first")
+    rejected_list.add_argument("--campaign", help="only commands for this campaign id")
+    rejected_list.add_argument("--since", help=since_help)
+    rejected_list.add_argument("--reason", help="reason prefix, e.g. invalid, permission_denied")
+    rejected_list.add_argument("--json", action="store_true", help="every match as a JSON array")
+    rejected_list.add_argument("--limit", type=int, default=50, help="newest lines shown (default 50; not --json)")
+    rejected_list.set_defaults(handler=cmd_rejected_list)
 
     live = sub.add_parser("live", help="run the Faust live view of campaign analytics (windowed tables)")
     live.add_argument("--port", type=int, help="web port (default CAMPAIGNS_LIVE__WEB_PORT, 6066)")

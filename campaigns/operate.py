@@ -1,4 +1,5 @@
-"""Operator tools: replay a topic range, list and redrive the dead-letter topic, watch a campaign.
+"""Operator tools: replay a topic range, list and redrive the dead-letter topic, read the rejected
+commands and the campaign events, watch a campaign.
 
 Replays and redrives are safe by construction: senders claim (campaign, recipient) before sending, so a
 re-driven message whose recipient already has a row is dropped, never sent twice; analytics dedupe
@@ -10,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
@@ -57,7 +58,8 @@ def read_range(settings: Settings, topic: str, span: Range, *, timeout_s: float 
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None:
-            raise ValidationError(f"--topic: {topic!r} does not exist (list topics with `campaigns topics list`)")
+            raise ValidationError(f"topic {topic!r} does not exist (create the pipeline's topics with "
+                                  "`campaigns topics create`; CAMPAIGNS_KAFKA__TOPIC_PREFIX names them)")
         partitions = [span.partition] if span.partition is not None else sorted(metadata.partitions)
         starts: dict[int, int] = {}
         ends: dict[int, int] = {}
@@ -201,3 +203,56 @@ def redrive(
     if producer is not None:
         producer.flush()
     return report
+
+
+def _decoded(settings: Settings, logical_topic: str, record_name: str, *, campaign: str | None,
+             since: datetime | None) -> list[dict[str, Any]]:
+    """Every record of a topic since ``since`` (Kafka timestamps), decoded, with ``_position``
+    (``partition@offset``) and ``_timestamp`` (the record's Kafka time), oldest first; those of another
+    campaign left out. An undecodable record is kept as ``{"undecodable": detail}`` (it cannot be matched
+    to a campaign, so a campaign filter leaves it out)."""
+    codec = get_codec()
+    out = []
+    for msg in read_range(settings, settings.kafka.topic(logical_topic), Range(from_time=since)):
+        try:
+            record = codec.decode(msg.value(), record_name)
+        except SchemaError as exc:
+            record = {"undecodable": str(exc)}
+        if campaign is not None and record.get("campaign_id") != campaign:
+            continue
+        record["_position"] = f"{msg.partition()}@{msg.offset()}"
+        record["_timestamp"] = datetime.fromtimestamp(msg.timestamp()[1] / 1000, UTC)
+        out.append(record)
+    out.sort(key=lambda r: (r["_timestamp"], r["_position"]))
+    return out
+
+
+def campaign_events(settings: Settings, *, campaign: str | None = None, since: datetime | None = None,
+                    event_type: str | None = None) -> list[dict[str, Any]]:
+    """The records of ``campaign.events`` (CampaignEvent: what happened to which campaign, when, by whom),
+    oldest first, filtered by campaign id, Kafka time and event type (``CREATED``, ``COMPLETED``, ...)."""
+    events = _decoded(settings, "campaign.events", "CampaignEvent", campaign=campaign, since=since)
+    if event_type is not None:
+        events = [e for e in events if e.get("event_type") == event_type.upper()]
+    return events
+
+
+def rejected_commands(settings: Settings, *, campaign: str | None = None, since: datetime | None = None,
+                      reason: str | None = None) -> list[dict[str, Any]]:
+    """The records of ``campaign.commands.rejected`` (DeadLetter: why a command was refused), oldest first,
+    filtered by campaign id, Kafka time and reason prefix. Each carries ``command``: the refused command's
+    ``command_id``, ``command_type`` and ``principal`` when its original bytes decode."""
+    codec = get_codec()
+    records = _decoded(settings, "campaign.commands.rejected", "DeadLetter", campaign=campaign, since=since)
+    if reason is not None:
+        records = [r for r in records if str(r.get("reason", "")).startswith(reason)]
+    for record in records:
+        original = record.get("original_value")
+        record["command"] = None
+        if original:
+            try:
+                command = codec.decode(original, "CampaignCommand")
+            except SchemaError:
+                continue
+            record["command"] = {k: command.get(k) for k in ("command_id", "command_type", "principal")}
+    return records

@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -267,3 +268,94 @@ def test_a_template_email_subject_rendered_with_a_line_break_is_refused_at_creat
     }))
     done = _campaigns(db, "create", str(payload), "--as", marketer)
     assert done.returncode == 2 and "variables.discount: contains a line break" in _one_line(done)
+
+
+@pytest.mark.kafka
+def test_operators_read_campaign_events_and_rejected_commands_with_the_cli(settings, tmp_path):
+    """What README's "Using it" and docs/runbook.md show: the campaign's events (published by the worker's
+    relay stage) and the commands refused by its commands stage, read with `campaigns events list` and
+    `campaigns rejected list`, filtered by campaign and time, as text and --json."""
+    from confluent_kafka import Producer
+
+    from producers.commands import send_command
+    from producers.kafka import KafkaPublisher
+    from producers.topics import COMMANDS
+    from tests.helpers import wait_for
+
+    kafka = {"CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+             "CAMPAIGNS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+             "CAMPAIGNS_KAFKA__PARTITIONS": str(settings.kafka.partitions), "CAMPAIGNS_METRICS_PORT": "0"}
+    db = settings.database
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        done = _campaigns(db, *argv, **kafka)
+        assert done.returncode == 0, f"campaigns {' '.join(argv)}: {done.stderr}"
+        return done
+
+    tag = uuid.uuid4().hex[:8]
+    run("topics", "create")
+    run("principal", "add", f"m-{tag}", "--role", "marketer")
+    run("principal", "add", f"a-{tag}", "--role", "auditor")
+    run("channel", "add", "sms")
+    template = tmp_path / "template.json"
+    template.write_text(json.dumps({"name": f"t-{tag}", "channel": "sms", "body": "Hi, {{ discount }} off"}))
+    run("template", "add", str(template), "--approve")
+    seeded = run("seed", "--customers", "3", "--first-id", str(random.randrange(10**12, 10**13)), "--segments", "1",
+                 "--prefix", f"ops-{tag}")
+    payload = tmp_path / "campaign.json"
+    payload.write_text(json.dumps({"name": "Ops", "channel": "sms", "template": {"name": f"t-{tag}"},
+                                   "variables": {"discount": "5%"}, "segments": json.loads(seeded.stdout)["segments"]}))
+    campaign_id = run("create", str(payload), "--as", f"m-{tag}").stdout.strip()
+    later = (datetime.now(UTC) + timedelta(days=300)).isoformat()  # no scheduler runs here anyway
+    run("schedule", campaign_id, "--at", later, "--as", f"m-{tag}")
+    run("pause", campaign_id, "--as", f"m-{tag}")
+
+    # An upstream system's commands: a pause by an auditor (refused: permission), one for an unknown campaign
+    # (refused: not found), and bytes that are no command at all.
+    publisher = KafkaPublisher(settings.kafka)
+    send_command(publisher, settings, {"command_type": "CANCEL", "campaign_id": campaign_id, "principal": f"a-{tag}"})
+    send_command(publisher, settings, {"command_type": "PAUSE", "campaign_id": str(uuid.uuid4()),
+                                       "principal": f"m-{tag}"})
+    raw = Producer(settings.kafka.as_librdkafka())
+    raw.produce(settings.kafka.topic(COMMANDS), b"not a command", b"k")
+    raw.flush(30)
+
+    worker = subprocess.Popen([str(CAMPAIGNS), "worker", "--stages", "relay,commands"], env=_env(db, **kafka),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def listed(*argv: str) -> list[dict]:
+            return json.loads(run(*argv, "--json").stdout)
+
+        def at_least(n: int, *argv: str) -> list[dict] | None:
+            records = listed(*argv)
+            return records if len(records) >= n else None
+
+        events = wait_for(lambda: at_least(3, "events", "list", "--campaign", campaign_id), timeout=60,
+                          interval=0.5, what="the campaign's three events")
+        rejected = wait_for(lambda: at_least(3, "rejected", "list"), timeout=60, interval=0.5,
+                            what="three rejected commands")
+    finally:
+        worker.send_signal(subprocess.signal.SIGINT)
+        worker.wait(30)
+
+    assert [e["event_type"] for e in events] == ["CREATED", "SCHEDULED", "PAUSED"]
+    assert {e["campaign_id"] for e in events} == {campaign_id}
+    assert events[0]["actor"] == f"m-{tag}" and events[1]["campaign_version"] == 2
+    assert sorted(r["reason"] for r in rejected) == ["not_found", "permission_denied", "undecodable"]
+    mine = listed("rejected", "list", "--campaign", campaign_id)
+    assert [(r["reason"], r["command"]["command_type"], r["command"]["principal"]) for r in mine] == [
+        ("permission_denied", "CANCEL", f"a-{tag}")]
+    assert "original_value" not in mine[0]
+
+    assert listed("events", "list", "--campaign", campaign_id, "--type", "paused")[0]["event_type"] == "PAUSED"
+    assert len(listed("events", "list", "--campaign", campaign_id, "--since", "1h")) == 3
+    assert listed("events", "list", "--since", "2099-01-01T00:00:00Z") == []
+
+    text = run("events", "list", "--campaign", campaign_id).stdout.splitlines()
+    assert text[-1] == "3 events: CREATED 1, PAUSED 1, SCHEDULED 1"
+    assert "PAUSED" in text[2] and f"campaign={campaign_id}" in text[2] and f"actor=m-{tag}" in text[2]
+    text = run("rejected", "list", "--limit", "1").stdout.splitlines()
+    assert text[0] == "(2 earlier rejected commands not shown: raise --limit or narrow --since)"
+    assert text[-1] == "3 rejected commands: not_found 1, permission_denied 1, undecodable 1"
+    bad = _campaigns(db, "events", "list", "--since", "yesterday", **kafka)
+    assert bad.returncode == 2 and "--since" in _one_line(bad)
