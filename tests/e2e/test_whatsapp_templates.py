@@ -47,7 +47,9 @@ def test_template_parameters_reach_the_provider_with_every_message(settings, ser
     service.add_template(None, name="spring_params", channel="whatsapp", body=BODY, approve=True)
     registration = template_registration("spring_params", "en", BODY)
     assert registration["parameters"] == 3
-    with SimulatorThread(templates=[registration]) as simulator:
+    # The first 10 requests fail transiently: their retries (through the retry tiers) must carry the
+    # parameters too.
+    with SimulatorThread(templates=[registration], fail_next={"whatsapp": 10}) as simulator:
         campaign_id = create(service, segments[:1], "spring_params")
         worker_settings = settings.model_copy(update={"providers": simulator.provider_settings()})
         with Worker(worker_settings, stages=STAGES, channels=("whatsapp",), rate_limits=False) as worker:
@@ -60,7 +62,8 @@ def test_template_parameters_reach_the_provider_with_every_message(settings, ser
     assert view.status == "completed"
     sent = sum(1 for status, _ in rows if status == "sent")
     assert sent > 0 and {status for status, _ in rows} <= {"sent", "skipped"}
-    assert refused == []
+    assert [(r.outcome, r.code) for r in refused] == [("transient", "131016")] * 10
+    assert {r.message_id for r in refused} <= {m.message_id for m in accepted}
     assert len(accepted) == sent
     assert collections.Counter(m.message_id for m in accepted).most_common(1)[0][1] == 1
     for message in accepted:
