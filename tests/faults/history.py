@@ -5,7 +5,7 @@
 3. What analytics counted: the running-total row of ``campaign_analytics``.
 
 and the campaign's expected audience, computed from the seeded segment tables (not by the pipeline's own
-audience code). :func:`check` asserts the guarantees of DESIGN.md and returns the figures for the report:
+audience code). :func:`check` asserts the guarantees of docs/architecture.md and returns the figures for the report:
 
 * every recipient of the audience has exactly one row, and it is terminal (sent/failed/skipped/cancelled);
   no row for anyone outside the audience (unless the scenario forged it on purpose);
