@@ -73,6 +73,11 @@ class PermanentDeliveryError(DeliveryError):
         super().__init__(reason)
 
 
+class ProviderAccountError(PermanentDeliveryError):
+    """The provider refused our account, not the recipient (bad credential, account without permission):
+    every call on the channel would fail alike, so the channel pauses instead of failing recipients."""
+
+
 class SinkError(CampaignError):
     """A batch could not be written to PostgreSQL or Kafka; the batch is retried as a whole."""
 

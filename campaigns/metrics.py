@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -70,6 +70,7 @@ OUTCOME_STATUSES = (
     "SENT", "FAILED", "RETRYING", "SKIPPED", "CANCELLED", "DELIVERED", "READ", "CLICKED", "BOUNCED",
 )
 RECEIPT_STATUSES = frozenset({"DELIVERED", "READ", "CLICKED", "BOUNCED"})  # as streams.analytics.RECEIPTS
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 CAMPAIGN_STATES = ("scheduled", "active", "paused", "completed", "failed", "cancelled")
 DLQ_TOPIC = "campaign.messages.dlq"
 OTHER = "other"  # any value outside a bounded label set is reported as this, never as itself
@@ -390,11 +391,15 @@ class PipelineMetrics:
         self.transitions = Counter("campaigns_campaign_transitions",
                                    "campaign state changes made by this worker, by the state entered", ["to"],
                                    registry=reg)
+        self.channel_breakers = Gauge("campaigns_channel_breaker_state",
+                                      "the channel's breaker as this worker sees it: 0 closed, 1 half-open "
+                                      "(probing), 2 open (paused: nothing is sent)", ["channel"], registry=reg)
         self.stage_restarts = Counter("campaigns_stage_restarts",
                                       "stage crashes the worker recovered from by rebuilding the stage", ["stage"],
                                       registry=reg)
         # Series exist (at 0) from the start, so rate() and ratios work before the first event.
         for channel in self.channels:
+            self.channel_breakers.labels(channel).set(0)
             for counter in (*self.sender_counters.values(), self.expansion_messages, self.expansion_pages):
                 counter.labels(channel)
             for reason in DEAD_LETTER_REASONS:
@@ -495,6 +500,9 @@ class PipelineMetrics:
             self.analytics_outcomes.labels(
                 self._channel(channel), status if status in OUTCOME_STATUSES else OTHER
             ).inc(n)
+
+    def channel_breaker(self, channel: str, state: str) -> None:
+        self.channel_breakers.labels(self._channel(channel)).set(BREAKER_STATES[state])
 
     def stage_restarted(self, stage: str) -> None:
         self.stage_restarts.labels(stage).inc()

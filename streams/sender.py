@@ -39,13 +39,14 @@ import psycopg2.extras
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from campaigns.codec import get_codec
-from campaigns.core.breaker import FailureBreaker
+from campaigns.core.breaker import FailureBreaker, TransportErrorRun, next_probe_delay_s
 from campaigns.core.rate import AimdRate, TokenBucket, worker_share
 from campaigns.core.retry import RetryPolicy, decide, tier_for_wait
 from campaigns.core.states import CampaignAction
 from campaigns.errors import (
     DeliveryError,
     PermanentDeliveryError,
+    ProviderAccountError,
     SchemaError,
     ThrottledError,
     TransientDeliveryError,
@@ -57,6 +58,10 @@ from producers.batch import BatchProducer
 log = logging.getLogger(__name__)
 
 CAMPAIGN_STATE_TTL_S = 0.5
+CHANNEL_STATE_TTL_S = 1.0  # how stale this worker's view of its channel's breaker may be
+# Failure reasons of calls that never got an answer from the provider's application (the path or the
+# provider is down): a run of them opens the channel's breaker.
+TRANSPORT_REASONS = frozenset({"connect_error", "connect_timeout", "timeout", "connection_error"})
 FINISHED = frozenset({"cancelled", "failed", "completed"})
 _BIGINT_MAX = 2**63 - 1
 # A dead letter must fit the producer's message.max.bytes (librdkafka's default 1,000,000) with its own fields.
@@ -89,7 +94,7 @@ class Pending:
     claimed_attempts: int = 0  # provider calls already made before this one
     claimed_at: datetime | None = None  # identifies this worker's claim (a take-over writes a new one)
     lease_deadline: float = float("inf")  # time.monotonic() after which the claim may belong to another worker
-    result: str = ""  # sent | retry | failed | expired (not sent: the lease ran out first)
+    result: str = ""  # sent | retry | failed | expired (lease ran out first) | held (channel paused: not sent)
     final_failure: bool = False  # its failure is final (permanent, or retries exhausted): recorded failed
     reason: str | None = None
     provider_id: str | None = None
@@ -130,6 +135,8 @@ class ChannelSender:
         self._settings = settings
         self._service = campaigns
         self._breakers: dict[str, FailureBreaker] = {}
+        self._transport_errors = TransportErrorRun()
+        self._channel_open: tuple[str | None, float] = (None, 0.0)  # (paused reason or None, read at)
         self._metrics = metrics
         self._channel = channel
         self._transport = transport
@@ -275,19 +282,29 @@ class ChannelSender:
         when a campaign starts). Records beyond the tokens available wait in ``_carry``, in order.
         """
         self._resume_due_partitions()
+        gate = self._channel_gate()
+        if gate == "open":  # the provider account is paused: nothing is sent, the group still sees us alive
+            self._idle(0.5)
+            return 0
         wanted = self._settings.sender.batch_size
         if len(self._carry) < wanted:
             timeout = 0 if self._carry else self._settings.sender.poll_timeout_s
             self._carry += self._consumer.consume(num_messages=wanted - len(self._carry), timeout=timeout)
-        if not self._carry:
-            return 0
-        tokens = self._tokens(len(self._carry))
+        tokens = self._tokens(len(self._carry)) if self._carry else 0
         if tokens == 0:
-            self._wait_for_tokens()
+            if gate == "probe":
+                self._settle_probe([])  # nothing to probe with yet: the probe is given back
+            if self._carry:
+                self._wait_for_tokens()
             return 0
+        if gate == "probe":  # half-open: one message tells whether the provider takes our account again
+            self._refund(tokens - 1)
+            tokens = 1
         # Per partition the carry is in offset order, so a prefix of it is a prefix of every partition.
         messages, self._carry = self._carry[:tokens], self._carry[tokens:]
-        self.process(messages)
+        calls = self.process(messages)
+        if gate == "probe":
+            self._settle_probe(calls)
         if self._paused_until:  # a held retry partition was rewound to its head: its later records come again
             self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in self._paused_until]
         return len(messages)
@@ -308,6 +325,10 @@ class ChannelSender:
         if wait <= SHORT_TOKEN_WAIT_S:
             time.sleep(wait)
             return
+        self._idle(wait)
+
+    def _idle(self, wait: float) -> None:
+        """Wait ``wait`` s with every partition paused, polling so the group keeps this member."""
         partitions = [TopicPartition(t, p) for t, p in self._assigned]
         if partitions:
             self._consumer.pause(partitions)
@@ -328,7 +349,8 @@ class ChannelSender:
                 del self._paused_until[key]
             self._consumer.resume([TopicPartition(t, p) for t, p in due])
 
-    def process(self, messages: list[Message]) -> None:
+    def process(self, messages: list[Message]) -> list[Pending]:
+        """One batch of records, in the order of the module docstring; returns the claims it called out."""
         self.stats.received += len(messages)
         pending: list[Pending] = []
         held: set[tuple[str, int]] = set()
@@ -399,10 +421,12 @@ class ChannelSender:
             self._loop.run_until_complete(self._send_all(claimed))
             recorded = self._record_results(claimed, states)
             self._check_breakers(recorded, states)
+            self._check_channel(claimed)
         self._producer.flush()
         self._commit(messages)
         if self._metrics is not None:  # once per batch: counters grow by what the stats gained
             self._metrics.sender_batch(self._channel, self.stats, claimed)
+        return claimed
 
     def _commit(self, messages: list[Message]) -> None:
         offsets: dict[tuple[str, int], int] = {}
@@ -599,6 +623,8 @@ class ChannelSender:
                 started = time.perf_counter()
                 try:
                     receipt = await self._transport.send(message)
+                except ProviderAccountError as exc:  # our account, not the recipient: the channel pauses
+                    p.result, p.reason = "held", exc.reason
                 except ThrottledError as exc:
                     p.result, p.reason, p.retry_after = "retry", f"throttled: {exc.reason}", exc.retry_after
                     self.stats.throttled += 1
@@ -637,6 +663,10 @@ class ChannelSender:
             if p.result == "sent":
                 rows.append((*key, "sent", attempt + 1, None, p.provider_id, now, p.claimed_at))
                 effects[key] = partial(self._on_sent, p, attempt + 1)
+                continue
+            if p.result == "held":  # not an attempt: back to retrying, sent once the channel closes again
+                rows.append((*key, "retrying", attempt, f"channel_paused: {p.reason}", None, None, p.claimed_at))
+                effects[key] = partial(self._produce_retry, dict(r, not_before=int(self._clock() * 1000)), 0)
                 continue
             throttled = throttled or (p.reason or "").startswith("throttled")
             kind = "permanent" if p.result == "failed" else "transient"
@@ -682,6 +712,77 @@ class ChannelSender:
                         "recorded (calls slower than the %.0f s lease)", self._channel, lost,
                         self._settings.sender.claim_lease_s)
         return [p for p in claimed if (p.record["campaign_id"], int(p.record["recipient_id"])) in held]
+
+    # --- the channel breaker (campaigns.core.breaker) ------------------------------------------------
+
+    def _channel_gate(self) -> str:
+        """``closed`` (send), ``open`` (send nothing) or ``probe`` (this worker may send one message to test
+        the provider), from the channel's row (re-read every ``CHANNEL_STATE_TTL_S``)."""
+        reason, read_at = self._channel_open
+        now = time.monotonic()
+        if now - read_at < CHANNEL_STATE_TTL_S and reason is None:
+            return "closed"
+        with self._conn.cursor() as cur:
+            cur.execute(CHANNEL_STATE_SQL, (self._channel,))
+            row = cur.fetchone()
+            reason = row[0] if row else None
+            probe = False
+            if reason is not None:
+                cur.execute(TAKE_PROBE_SQL, (self._channel, datetime.now(UTC)))
+                taken = cur.fetchone()
+                if taken is not None:  # this worker sends the probe; the next one waits longer if it fails
+                    cur.execute(SET_NEXT_PROBE_SQL, (datetime.now(UTC) + timedelta(
+                        seconds=next_probe_delay_s(taken[0])), self._channel))
+                    probe = True
+        self._conn.commit()
+        self._channel_open = (reason, now)
+        self._report_channel("half_open" if probe else "open" if reason else "closed")
+        return "probe" if probe else "open" if reason else "closed"
+
+    def _settle_probe(self, calls: list[Pending]) -> None:
+        """A probe that reached the provider and was not refused for our account closes the channel; one
+        that made no call (a duplicate, a cancelled campaign) is given back."""
+        if not calls:
+            self._write_channel(GIVE_BACK_PROBE_SQL, (datetime.now(UTC), self._channel))
+        elif any(p.result not in ("held", "expired") and (p.reason or "") not in TRANSPORT_REASONS for p in calls):
+            if self._write_channel(CLOSE_CHANNEL_SQL, (self._channel,)):
+                log.warning("%s channel: the provider accepts our account again; breaker closed", self._channel)
+            self._channel_open = (None, time.monotonic())
+            self._report_channel("closed")
+
+    def _check_channel(self, calls: list[Pending]) -> None:
+        """Open the channel's breaker on an account error, or on a run of transport errors."""
+        account = next((p.reason for p in calls if p.result == "held"), None)
+        run_over = False
+        for p in calls:
+            if p.result != "expired":
+                run_over = self._transport_errors.record(
+                    p.result == "retry" and ((p.reason or "") in TRANSPORT_REASONS
+                                             or (p.reason or "").startswith("server_error")))
+        reason = account or ("transport_errors" if run_over else None)
+        if reason is None:
+            return
+        now = datetime.now(UTC)
+        opened = self._write_channel(OPEN_CHANNEL_SQL, (
+            reason, now, now + timedelta(seconds=next_probe_delay_s(0)), self._channel))
+        self._transport_errors = TransportErrorRun(self._transport_errors.limit)
+        self._channel_open = (reason, time.monotonic())
+        self._report_channel("open")
+        if opened:
+            why = f"refused our account ({reason})" if account else "is unreachable (a run of transport errors)"
+            log.error("%s channel paused: the provider %s; no recipient is failed for it. Half-open probes "
+                      "follow; `campaigns channel close %s` closes it by hand", self._channel, why, self._channel)
+
+    def _write_channel(self, sql: str, params: tuple[Any, ...]) -> bool:
+        with self._conn.cursor() as cur:
+            cur.execute(sql, params)
+            changed = cur.rowcount > 0
+        self._conn.commit()
+        return changed
+
+    def _report_channel(self, state: str) -> None:
+        if self._metrics is not None:
+            self._metrics.channel_breaker(self._channel, state)
 
     def _check_breakers(self, recorded: list[Pending], states: dict[str, CampaignState]) -> None:
         """Feed this batch's final results to the campaigns' failure breakers, in order; fail every campaign
@@ -781,6 +882,26 @@ class ChannelSender:
         self.stats.dead_lettered += 1
         self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
 
+
+# The channel breaker's state lives on the enabled channels row of the kind (migration 0004).
+CHANNEL_STATE_SQL = "SELECT paused_reason FROM channels WHERE kind = %s AND enabled"
+OPEN_CHANNEL_SQL = (
+    "UPDATE channels SET paused_reason = %s, paused_at = %s, probe_at = %s, failed_probes = 0 "
+    "WHERE kind = %s AND enabled AND paused_reason IS NULL"
+)
+# One worker at a time wins the probe: the row's probe_at moves on when it is taken.
+TAKE_PROBE_SQL = (
+    "UPDATE channels SET failed_probes = failed_probes + 1 WHERE kind = %s AND enabled "
+    "AND paused_reason IS NOT NULL AND probe_at <= %s RETURNING failed_probes"
+)
+SET_NEXT_PROBE_SQL = "UPDATE channels SET probe_at = %s WHERE kind = %s AND enabled"
+GIVE_BACK_PROBE_SQL = (
+    "UPDATE channels SET probe_at = %s, failed_probes = greatest(failed_probes - 1, 0) WHERE kind = %s AND enabled"
+)
+CLOSE_CHANNEL_SQL = (
+    "UPDATE channels SET paused_reason = NULL, paused_at = NULL, probe_at = NULL, failed_probes = 0 "
+    "WHERE kind = %s AND enabled AND paused_reason IS NOT NULL"
+)
 
 # Locks the rows of the campaigns still active, in id order (one lock order for every sender), until the
 # claim commits; FOR SHARE re-checks the status of a row that a concurrent UPDATE just changed.

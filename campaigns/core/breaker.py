@@ -1,4 +1,7 @@
-"""The per-campaign failure breaker: a sliding failure ratio that trips the campaign's failure threshold.
+"""Breakers: per campaign (a sliding failure ratio against the campaign's failure threshold) and per channel
+(a provider account that refuses our credential, or a run of transport errors, pauses the channel).
+
+The per-campaign breaker:
 
 Semantics (what the senders and the docs mean by "the failure threshold"):
 
@@ -17,6 +20,13 @@ Each sender process keeps its own breakers, over the attempts it made itself: wi
 trips on its own share of the traffic, which bounds the calls made after the crossing to one sender batch
 per worker. The analytics stage keeps the cumulative check over every worker's outcomes as a backstop.
 
+The per-channel breaker opens on an account error (HTTP 401/403 for the account, WhatsApp 0/190, Twilio
+20003, SMTP 530/535: one is enough, every other call would get the same answer) or on a run of
+``TRANSPORT_ERROR_RUN`` transport errors. While it is open no call is made on the channel and no recipient is
+failed for it; a half-open probe (one message) is allowed after :func:`next_probe_delay_s`, and its success
+closes the breaker. The open/closed state lives in the ``channels`` row, so every worker honours it and an
+operator can close it by hand.
+
 Pure: no clock, no I/O; one breaker belongs to one sender thread.
 """
 
@@ -24,7 +34,7 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["MIN_WINDOW", "FailureBreaker"]
+__all__ = ["MIN_WINDOW", "TRANSPORT_ERROR_RUN", "FailureBreaker", "TransportErrorRun", "next_probe_delay_s"]
 
 # A window of at least this many attempts: a small ``min_sample`` alone would make a burst of ordinary
 # failures (a few bad addresses in a row) look like a broken campaign.
@@ -69,3 +79,36 @@ class FailureBreaker:
         if not self.tripped and len(self._recent) >= self._min_sample:
             self.tripped = self._failures / len(self._recent) > self.threshold
         return self.tripped
+
+
+# --- the per-channel (provider account) breaker -------------------------------------------------------
+
+TRANSPORT_ERROR_RUN = 50
+"""Consecutive transport errors (connection refused, timeouts, 5xx) that open a channel's breaker."""
+
+FIRST_PROBE_S = 5.0
+MAX_PROBE_S = 300.0
+
+
+def next_probe_delay_s(failed_probes: int) -> float:
+    """Seconds from opening (or from a failed probe) to the next half-open probe: 5 s, doubling after each
+    failed probe up to 5 min. Pure."""
+    return min(FIRST_PROBE_S * 2.0 ** min(max(failed_probes, 0), 16), MAX_PROBE_S)
+
+
+class TransportErrorRun:
+    """Counts consecutive transport errors of one channel; any other answer from the provider ends the run.
+
+    ``record`` returns True once the run reaches ``limit``: the provider or the path to it is down, and
+    failing recipients for it (after their retries) would lose them for nothing.
+    """
+
+    __slots__ = ("length", "limit")
+
+    def __init__(self, limit: int = TRANSPORT_ERROR_RUN) -> None:
+        self.limit = max(1, limit)
+        self.length = 0
+
+    def record(self, transport_error: bool) -> bool:
+        self.length = self.length + 1 if transport_error else 0
+        return self.length >= self.limit

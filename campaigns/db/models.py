@@ -72,6 +72,11 @@ class Channel(Base):
     config: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # The channel breaker (campaigns.core.breaker): NULL = closed; else why the senders stopped using it.
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    paused_at: Mapped[datetime | None] = mapped_column()
+    probe_at: Mapped[datetime | None] = mapped_column()  # the next half-open probe, while open
+    failed_probes: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 class Template(Base):

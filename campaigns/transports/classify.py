@@ -30,9 +30,13 @@ from typing import Any
 from campaigns.errors import (
     DeliveryError,
     PermanentDeliveryError,
+    ProviderAccountError,
     ThrottledError,
     TransientDeliveryError,
 )
+
+# Reasons that concern our provider account, not the recipient: raised as ProviderAccountError.
+ACCOUNT_REASONS = frozenset({"unauthorized", "forbidden", "permission_denied"})
 
 # --- WhatsApp Cloud API error codes (Graph API ``error.code``) ---
 WHATSAPP_THROTTLE_CODES = frozenset({4, 80007, 130429, 131048, 131056})
@@ -160,11 +164,12 @@ def http_response_error(
     if status_code in _TRANSIENT_STATUSES or (code is not None and code in transient_codes):
         return TransientDeliveryError(f"temporary: {code if code is not None else status_code}", retry_after)
     if status_code == 401:
-        return PermanentDeliveryError("unauthorized")
+        return ProviderAccountError("unauthorized")
     if status_code == 403 and (code is None or code not in reasons):
-        return PermanentDeliveryError("forbidden")
+        return ProviderAccountError("forbidden")
     if code is not None and code in reasons:
-        return PermanentDeliveryError(reasons[code])
+        reason = reasons[code]
+        return ProviderAccountError(reason) if reason in ACCOUNT_REASONS else PermanentDeliveryError(reason)
     if 400 <= status_code < 500:
         return PermanentDeliveryError(f"rejected: {code if code is not None else status_code}")
     return PermanentDeliveryError(f"unexpected_status: {status_code}")
@@ -205,7 +210,7 @@ def smtp_reply_error(code: int, message: str = "") -> DeliveryError | None:
             return ThrottledError("throttled")
         return TransientDeliveryError(f"temporary: {label}")
     if code in (530, 535) or enhanced == "5.7.8":
-        return PermanentDeliveryError("unauthorized")
+        return ProviderAccountError("unauthorized")
     if enhanced is not None and enhanced.startswith("5.1."):
         return PermanentDeliveryError("invalid_address")
     if enhanced == "5.2.2":

@@ -168,5 +168,6 @@ def test_rate_limit_held_at_the_provider(settings, service, audience, workers, r
     while window_start + 10.0 <= end - 1.0:
         per_s = sum(1 for t in times if window_start <= t < window_start + 10.0) / 10.0
         # (A resume re-expands the campaign and the sender skips what was sent: slower, never faster.)
-        assert (resume or 0.5 * rate <= per_s) and per_s <= 1.05 * rate, f"{per_s:.1f}/s over [{window_start - start:.0f}s, +10s)"
+        assert (resume or 0.5 * rate <= per_s) and per_s <= 1.05 * rate, \
+            f"{per_s:.1f}/s over [{window_start - start:.0f}s, +10s)"
         window_start += 2.0

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from campaigns.errors import (
     DeliveryError,
     PermanentDeliveryError,
+    ProviderAccountError,
     ThrottledError,
     TransientDeliveryError,
 )
@@ -32,6 +33,7 @@ from campaigns.transports import (
     parse_retry_after,
     smtp_reply_error,
 )
+from campaigns.transports.classify import ACCOUNT_REASONS
 
 SECRET = "tok-3f9c-very-secret"
 
@@ -193,6 +195,8 @@ def test_permanent(channel: str, status: int, body: object, reason: str) -> None
         classify_http_response(channel, status, body, {})
     assert info.value.reason == reason
     assert str(info.value) == reason
+    # Our account, not the recipient: the channel pauses instead of failing recipients.
+    assert isinstance(info.value, ProviderAccountError) == (reason in ACCOUNT_REASONS)
 
 
 def test_reason_never_echoes_provider_text() -> None:
@@ -218,8 +222,8 @@ def test_reason_never_echoes_provider_text() -> None:
         (550, "5.1.1 <x@example.com>: Recipient address rejected", PermanentDeliveryError, "invalid_address"),
         (553, "5.1.3 Bad recipient address syntax", PermanentDeliveryError, "invalid_address"),
         (552, "5.2.2 Mailbox full", PermanentDeliveryError, "mailbox_full"),
-        (535, "5.7.8 Authentication credentials invalid", PermanentDeliveryError, "unauthorized"),
-        (530, "Authentication required", PermanentDeliveryError, "unauthorized"),
+        (535, "5.7.8 Authentication credentials invalid", ProviderAccountError, "unauthorized"),
+        (530, "Authentication required", ProviderAccountError, "unauthorized"),
         (554, "5.7.1 Message rejected as spam", PermanentDeliveryError, "rejected: 554 5.7.1"),
         (550, "Requested action not taken", PermanentDeliveryError, "rejected: 550"),
     ],
