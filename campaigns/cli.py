@@ -393,6 +393,49 @@ def cmd_channel_add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_channel_list(args: argparse.Namespace) -> int:
+    from campaigns.db import repository as repo
+    from campaigns.db.engine import make_engine, make_sessionmaker, transaction
+    from campaigns.settings import load_settings
+
+    engine = make_engine(load_settings().database)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            rows = [{"id": c.id, "kind": c.kind, "provider": c.provider, "rate_per_s": float(c.rate_per_s),
+                     "burst": c.burst, "breaker": "open" if c.paused_reason else "closed",
+                     "paused_reason": c.paused_reason,
+                     "paused_at": c.paused_at.isoformat() if c.paused_at else None,
+                     "failed_probes": c.failed_probes} for c in repo.channels(session)]
+    finally:
+        engine.dispose()
+    if args.json:
+        _out(json.dumps(rows, sort_keys=True))
+    for row in [] if args.json else rows:
+        state = f"OPEN ({row['paused_reason']} since {row['paused_at']}, {row['failed_probes']} failed probes)" \
+            if row["paused_reason"] else "closed"
+        _out(f"{row['kind']:<9} {row['id']:<12} {row['rate_per_s']:g}/s burst {row['burst']:<5} breaker {state}")
+    return EXIT_OK
+
+
+def cmd_channel_close(args: argparse.Namespace) -> int:
+    from campaigns.db import repository as repo
+    from campaigns.db.engine import make_engine, make_sessionmaker, transaction
+    from campaigns.settings import load_settings
+
+    engine = make_engine(load_settings().database)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            channel = repo.close_channel_breaker(session, args.kind)
+            if channel is None:
+                raise NotFound(f"no enabled {args.kind!r} channel; `campaigns channel list` shows them")
+            repo.add_audit(session, principal="operator", action="close_channel_breaker", campaign_id=None,
+                           detail={"id": channel.id, "kind": args.kind})
+    finally:
+        engine.dispose()
+    _info(f"channel {args.kind}: breaker closed; senders use it again within a second")
+    return EXIT_OK
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     actor = _actor(args)
     assert actor is not None
@@ -470,6 +513,9 @@ def _status_text(data: dict[str, Any]) -> str:
         lines.append(f"rate       {data['rate_per_s']}/s{eta}")
     if data["failures_by_reason"]:
         lines.append("failures   " + ", ".join(f"{k}: {v}" for k, v in data["failures_by_reason"].items()))
+    if data.get("channel_paused"):
+        lines.append(f"channel    PAUSED by its breaker ({data['channel_paused']}): nothing is sent; "
+                     f"`campaigns channel close {data['channel']}` once the provider account works")
     return "\n".join(lines)
 
 
@@ -796,6 +842,13 @@ def build_parser() -> argparse.ArgumentParser:
     channel_add.add_argument("--rate", type=float, default=100.0, help="messages per second (default 100)")
     channel_add.add_argument("--burst", type=int, default=100, help="burst size (default 100)")
     channel_add.set_defaults(handler=cmd_channel_add)
+    channel_list = channel_sub.add_parser("list", help="the channel accounts, their limits and breakers")
+    channel_list.add_argument("--json", action="store_true", help="machine-readable output")
+    channel_list.set_defaults(handler=cmd_channel_list)
+    channel_close = channel_sub.add_parser(
+        "close", help="close a channel's breaker by hand (after fixing the provider account)")
+    channel_close.add_argument("kind", help="whatsapp, sms or email")
+    channel_close.set_defaults(handler=cmd_channel_close)
 
     create = sub.add_parser("create", help="create a draft campaign from a JSON payload (prints its id)")
     create.add_argument(

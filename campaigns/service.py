@@ -94,6 +94,7 @@ class CampaignStatusView:
     campaign: CampaignView
     recipients: Mapping[str, int] = field(default_factory=dict)
     failures_by_reason: Mapping[str, int] = field(default_factory=dict)
+    channel_paused: str | None = None  # why the campaign's channel breaker is open, or None (sending)
 
     @property
     def terminal(self) -> int:
@@ -111,6 +112,7 @@ class CampaignStatusView:
             "expansion_done": c.expansion_done, "recipients": dict(self.recipients),
             "terminal": self.terminal,
             "failures_by_reason": dict(self.failures_by_reason),
+            "channel_paused": self.channel_paused,
         }
 
 
@@ -508,6 +510,7 @@ class CampaignService:
                 campaign=CampaignView.of(campaign),
                 recipients=repo.recipient_status_counts(session, campaign_id),
                 failures_by_reason=repo.failure_reasons(session, campaign_id),
+                channel_paused=getattr(repo.enabled_channel(session, campaign.channel_kind), "paused_reason", None),
             )
 
     # --- receipts, principals, templates ---------------------------------------------------------

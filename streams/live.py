@@ -8,7 +8,7 @@ without a database query, for ``campaigns status --watch`` and dashboards.
 * Agent ``count_outcomes`` takes micro-batches (``take_events(batch_size, within=batch_within_s)``), decodes
   them with the project codec (raw Kafka values, ``campaigns.codec``), sums them per (campaign, window) in the
   pure core (``campaigns.core.live.fold``) and applies ONE table update per (campaign, window) and one per
-  campaign per batch - a Faust table update per record costs ~70 us (DESIGN.md).
+  campaign per batch - a Faust table update per record costs ~70 us (an early prototype, not kept in the repository).
 * Table ``campaign_to_window_counts``: tumbling windows of ``settings.analytics.window_s`` seconds (epoch
   aligned, the same windows as the analytics stage), keyed by campaign id; the event time is the record's
   ``window_start``, not the Kafka timestamp. Windows expire after ``window_s * live.windows_kept``.

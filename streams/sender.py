@@ -1,20 +1,27 @@
 """Channel senders: one per channel, consuming ``campaign.messages.<channel>`` and its retry tiers.
 
-This stage runs on a batched confluent-kafka consumer, not a Faust agent: per-event Faust machinery capped
-a prototype of this hot path at ~4.5k messages/s, a batched consumer at ~24k/s (DESIGN.md). Each batch:
+This stage runs on a batched confluent-kafka consumer, not a Faust agent: in a prototype of this hot path
+per-event Faust machinery capped it at ~4.5k messages/s, a batched consumer at ~24k/s. Each batch:
 
-1. decode (undecodable -> DLQ, the partition keeps flowing); retry-tier records that are not due yet
-   pause their partition until they are (never sent early, nothing sleeps);
-2. look up the campaigns' states; messages of cancelled/failed campaigns are recorded ``cancelled``;
+0. the channel's breaker (its ``channels`` row) is closed, or half-open and this worker holds the probe
+   (then the batch is one message); while it is open nothing is consumed or sent;
+1. records are taken from the consumer, then tokens for the records in hand (the rest wait, in order);
+2. decode (undecodable -> DLQ, the partition keeps flowing); a retry tier holds each record for its delay
+   after it was written (tiers by delay: no head-of-line blocking), then it is sent or moves down a tier;
+3. look up the campaigns' states; messages of cancelled/failed campaigns are recorded ``cancelled``;
    paused ones are dropped (resume re-expands the campaign, and claims make that harmless);
-3. **claim** every (campaign, recipient) in ``campaign_recipient_log`` in one statement: the UNIQUE
-   constraint lets exactly one claim win, so a redelivered, replayed or re-expanded message is never sent
-   twice. A claim is a lease: a claim left by a crashed worker is taken over after ``claim_lease_s``;
-4. send the claimed messages concurrently, under this worker's share of the channel's rate;
-5. record the outcomes in one UPDATE; produce retries, dead letters and ``delivery.outcomes`` records;
+4. **claim** every (campaign, recipient) in ``campaign_recipient_log``, atomically with the campaign being
+   ``active`` (a share lock on its row): the UNIQUE constraint lets exactly one claim win, so a redelivered,
+   replayed or re-expanded message is never sent twice, and once a pause/cancel/fail has committed nothing
+   of that campaign is claimed. A claim is a lease: one left by a crashed worker is taken over after
+   ``claim_lease_s``;
+5. send the claimed messages concurrently;
+6. record the outcomes in one UPDATE; produce retries, dead letters and ``delivery.outcomes`` records;
+   feed the campaigns' failure breakers (a tripped one fails its campaign before the next batch) and the
+   channel breaker (an account error or a run of transport errors pauses the channel, failing nobody);
    flush the producer; only then commit the consumer offsets.
 
-The one unavoidable window: a crash after the provider accepted a message and before step 5 committed
+The one unavoidable window: a crash after the provider accepted a message and before step 6 committed
 leaves the claim unrecorded; after the lease expires the message is sent again. The code leans towards
 at-least-once there (a recipient is never silently lost) and passes the message id to providers as an
 idempotency key / correlation id so those that dedupe (the SMS API) drop the repeat.
@@ -159,7 +166,6 @@ class ChannelSender:
                     "group.id": group_id or kafka.topic(f"sender-{channel}"),
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
-                    "max.poll.interval.ms": 300_000,
                     "fetch.wait.max.ms": 50,
                 }
             )

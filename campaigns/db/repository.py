@@ -72,6 +72,21 @@ def enabled_channel(session: Session, kind: str) -> Channel | None:
     return session.scalar(select(Channel).where(Channel.kind == kind, Channel.enabled.is_(True)))
 
 
+def channels(session: Session) -> list[Channel]:
+    """Every enabled channel account, by kind."""
+    return list(session.scalars(select(Channel).where(Channel.enabled.is_(True)).order_by(Channel.kind)))
+
+
+def close_channel_breaker(session: Session, kind: str) -> Channel | None:
+    """Close the enabled ``kind`` channel's breaker (senders use it again at once); the channel, or None if
+    there is no enabled channel of that kind."""
+    channel = enabled_channel(session, kind)
+    if channel is not None:
+        channel.paused_reason = channel.paused_at = channel.probe_at = None
+        channel.failed_probes = 0
+    return channel
+
+
 def channel_limits(session: Session) -> dict[str, tuple[float, int]]:
     """(rate per second, burst) per enabled channel kind."""
     rows = session.execute(select(Channel.kind, Channel.rate_per_s, Channel.burst).where(Channel.enabled.is_(True)))

@@ -359,3 +359,28 @@ def test_operators_read_campaign_events_and_rejected_commands_with_the_cli(setti
     assert text[-1] == "3 rejected commands: not_found 1, permission_denied 1, undecodable 1"
     bad = _campaigns(db, "events", "list", "--since", "yesterday", **kafka)
     assert bad.returncode == 2 and "--since" in _one_line(bad)
+
+
+def test_channel_breaker_list_and_close_by_hand(database_settings):
+    """What an operator types when a provider refused the account: see the open breaker, close it."""
+    import psycopg2
+
+    db = database_settings
+    assert _campaigns(db, "channel", "add", "email", "--rate", "50").returncode == 0
+    with psycopg2.connect(db.dsn()) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE channels SET paused_reason = 'unauthorized', paused_at = now(), probe_at = now(), "
+                    "failed_probes = 3 WHERE kind = 'email' AND enabled")
+    conn.close()
+    listed = _campaigns(db, "channel", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    email = next(row for row in json.loads(listed.stdout) if row["kind"] == "email")
+    assert email["breaker"] == "open" and email["paused_reason"] == "unauthorized" and email["failed_probes"] == 3
+    assert "breaker OPEN (unauthorized" in _campaigns(db, "channel", "list").stdout
+
+    closed = _campaigns(db, "channel", "close", "email")
+    assert closed.returncode == 0 and "breaker closed" in _one_line(closed)
+    email = next(row for row in json.loads(_campaigns(db, "channel", "list", "--json").stdout)
+                 if row["kind"] == "email")
+    assert email["breaker"] == "closed" and email["paused_reason"] is None
+    missing = _campaigns(db, "channel", "close", "nosuch")
+    assert missing.returncode == 4 and "no enabled 'nosuch' channel" in _one_line(missing)
