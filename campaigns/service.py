@@ -343,9 +343,10 @@ class CampaignService:
     def _extra_for(self, action: CampaignAction) -> dict[str, Any]:
         """Columns an operator's action sets besides status/version (the API and commands share this)."""
         if action == CampaignAction.RESUME:
-            return {"expansion_cursor": None, "expansion_done": False}
+            return {"expansion_cursor": None, "expanded_recipients": 0, "expansion_done": False}
         if action == CampaignAction.CANCEL:
-            return {"expansion_cursor": None, "expansion_done": False, "finished_at": self._clock()}
+            return {"expansion_cursor": None, "expanded_recipients": 0, "expansion_done": False,
+                    "finished_at": self._clock()}
         return {}
 
     def activate_due(self, limit: int = 100) -> list[uuid.UUID]:
@@ -373,7 +374,7 @@ class CampaignService:
         extra: dict[str, Any] = {"finished_at": self._clock()}
         if action == CampaignAction.FAIL:
             # The sweep then records every recipient never sent to as cancelled.
-            extra.update(expansion_cursor=None, expansion_done=False)
+            extra.update(expansion_cursor=None, expanded_recipients=0, expansion_done=False)
         try:
             self._apply(SYSTEM_PRINCIPAL, campaign_id, action, None, extra=extra, detail=detail)
         except TransitionNotAllowed:  # includes ConcurrentUpdate

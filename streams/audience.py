@@ -35,15 +35,6 @@ FROM ids JOIN customers AS c ON c.id = ids.id
 ORDER BY c.id
 """
 
-COUNT_SQL = """
-SELECT count(*) FROM (
-    SELECT sm.customer_id FROM segment_members AS sm
-    WHERE sm.segment_id = ANY(%(segments)s::bigint[])
-    UNION
-    SELECT customer_id FROM campaign_manual_recipients WHERE campaign_id = %(campaign_id)s
-) AS audience JOIN customers AS c ON c.id = audience.customer_id
-"""
-
 ADDRESS_COLUMN = {"email": 4, "sms": 5, "whatsapp": 6}
 
 
@@ -74,8 +65,3 @@ def fetch_page(
             reason = None
         page.append(Recipient(customer_id=row[0], locale=row[3], address=address, skip_reason=reason))
     return page
-
-
-def count_audience(cur: Cursor, campaign_id: uuid.UUID, segments: list[int]) -> int:
-    cur.execute(COUNT_SQL, {"segments": segments, "campaign_id": str(campaign_id)})
-    return int(cur.fetchone()[0])

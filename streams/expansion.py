@@ -32,7 +32,7 @@ from campaigns.codec import get_codec
 from campaigns.core.ids import message_id
 from campaigns.settings import Settings
 from producers.batch import BatchProducer
-from streams.audience import Recipient, count_audience, fetch_page
+from streams.audience import Recipient, fetch_page
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class Expander:
                 self._produce_messages(plan, [r for r in page if r.skip_reason is None])
             # Messages and outcomes must be on the broker before the checkpoint says they are.
             self._producer.flush()
-            if not self._checkpoint(plan, page[-1].customer_id):
+            if not self._checkpoint(plan, page[-1].customer_id, len(page)):
                 return True  # the campaign changed (pause, cancel, resume): start over from its new state
             if self.on_page is not None:
                 self.on_page(plan.id, len(page))
@@ -294,13 +294,14 @@ class Expander:
                 ),
             )
 
-    def _checkpoint(self, plan: CampaignPlan, last_id: int) -> bool:
+    def _checkpoint(self, plan: CampaignPlan, last_id: int, page_size: int) -> bool:
         """Advance the cursor past the page (its rows are committed and its records acknowledged), only if
         the campaign did not change meanwhile (pause, resume, cancel): then the page is done again."""
         with self._conn.cursor() as cur:
             cur.execute(
-                "UPDATE campaigns SET expansion_cursor = %s WHERE id = %s AND version = %s",
-                (last_id, str(plan.id), plan.version),
+                "UPDATE campaigns SET expansion_cursor = %s, expanded_recipients = expanded_recipients + %s "
+                "WHERE id = %s AND version = %s",
+                (last_id, page_size, str(plan.id), plan.version),
             )
             changed = cur.rowcount != 1
         self._conn.commit()
@@ -310,15 +311,20 @@ class Expander:
         return True
 
     def _finish(self, plan: CampaignPlan) -> None:
+        """The pass is over: the total is what it expanded (accumulated page by page in the checkpoints), so
+        a customer who joined the audience behind the cursor is not counted without ever getting a row."""
         with self._conn.cursor() as cur:
-            total = count_audience(cur, plan.id, plan.segments)
             cur.execute(
-                "UPDATE campaigns SET expansion_done = true, total_recipients = %s, skipped_recipients = "
-                "(SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s AND status = 'skipped') "
-                "WHERE id = %s AND version = %s",
-                (total, str(plan.id), str(plan.id), plan.version),
+                "UPDATE campaigns SET expansion_done = true, total_recipients = expanded_recipients, "
+                "skipped_recipients = (SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s "
+                "AND status = 'skipped') WHERE id = %s AND version = %s RETURNING total_recipients",
+                (str(plan.id), str(plan.id), plan.version),
             )
+            row = cur.fetchone()
         self._conn.commit()
+        if row is None:
+            return  # the campaign changed meanwhile: the next pass finishes it
+        total = row[0]
         log.info("expansion of %s done: %d recipients", plan.id, total)
 
 

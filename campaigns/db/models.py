@@ -186,6 +186,8 @@ class Campaign(Base):
     finished_at: Mapped[datetime | None] = mapped_column(_tz())
     # Expansion progress: the last customer id produced (keyset checkpoint) and the final counts.
     expansion_cursor: Mapped[int | None] = mapped_column(BigInteger)
+    # Recipients the current expansion pass produced; reset with the cursor, total_recipients when done.
+    expanded_recipients: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     expansion_done: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     total_recipients: Mapped[int | None] = mapped_column(BigInteger)
     skipped_recipients: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))

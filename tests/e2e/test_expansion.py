@@ -9,6 +9,7 @@ import pytest
 
 from campaigns.codec import get_codec
 from campaigns.db.seed import SeedPlan
+from campaigns.transports.fake import FakeTransport
 from producers.batch import BatchProducer
 from producers.topics import ensure_topics, topic_specs
 from streams.expansion import Expander
@@ -81,11 +82,11 @@ class CrashAfter(Expander):
         super().__init__(*args, **kwargs)
         self.crash_on, self.checkpoints = crash_on, 0
 
-    def _checkpoint(self, plan, last_id):
+    def _checkpoint(self, plan, last_id, page_size):
         self.checkpoints += 1
         if self.checkpoints == self.crash_on:
             raise KeyboardInterrupt("simulated crash")
-        return super()._checkpoint(plan, last_id)
+        return super()._checkpoint(plan, last_id, page_size)
 
 
 def test_expansion_killed_mid_way_resumes_and_loses_nobody(settings, service, audience):
@@ -136,3 +137,39 @@ def test_two_schedulers_activate_each_campaign_once(settings, service, audience)
                     ([str(c) for c in ids],))
         activations = dict(cur.fetchall())
     assert activations == {str(c): 1 for c in ids}
+
+
+def test_a_member_added_behind_the_cursor_does_not_keep_the_campaign_active(settings, service, audience):
+    """Regression: the total used to be a recount at the end, which counted a customer who joined the segment
+    behind the keyset cursor and never got a row (total 116 for 115 expanded): active forever."""
+    plan, segments = audience(300)
+    campaign_id = service.create_campaign("marketer-1", {
+        "name": "late joiner", "channel": "sms", "content": {"body": "hi"}, "segments": segments[:1],
+        "batch_size": 50,
+    })
+    service.schedule_campaign("marketer-1", campaign_id)
+    ensure_topics(settings.kafka, topic_specs(settings))
+    assert service.activate_due() == [campaign_id]
+    members = [cid for cid in plan.ids() if 0 in plan.segment_of(cid)]
+    # A customer of another segment, whose id is below the cursor once the first page is done.
+    joiner = next(cid for cid in plan.ids() if 0 not in plan.segment_of(cid) and cid < members[49])
+    dsn = settings.database.dsn()
+    expander = Expander(settings, BatchProducer(settings.kafka))
+
+    def join_once(_campaign, _page_size):
+        expander.on_page = None
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO segment_members (segment_id, customer_id) VALUES (%s, %s)",
+                        (segments[0], joiner))
+        conn.close()
+
+    expander.on_page = join_once
+    expander.run_once()
+    expander.close()
+    view = service.get_campaign("marketer-1", campaign_id)
+    assert view.expansion_done and view.total_recipients == len(members)
+    with Worker(settings, stages=("senders", "analytics"), channels=("sms",), rate_limits=False,
+                transports={"sms": FakeTransport("sms")}) as worker:
+        wait_for(lambda: service.get_campaign("marketer-1", campaign_id).status == "completed", timeout=60,
+                 what="campaign completed")
+        assert worker.restarts == {}
