@@ -151,6 +151,9 @@ class CommandConsumer:
             except ServiceUnavailable as exc:
                 unfinished[tp], failure = msg, exc
                 continue
+            except Exception as exc:  # whatever one record does to the code, it never stops the partition
+                log.exception("command at %s:%d@%d broke the consumer; rejecting it", topic, partition, offset)
+                rejection = Rejection("internal_error", f"{type(exc).__name__} while handling the record")
             if rejection is not None:
                 rejections.append((msg, rejection))
                 if rejection.command_id:
@@ -307,18 +310,20 @@ class CommandConsumer:
 
     def run_forever(self, stop_event: threading.Event, poll_timeout: float = 0.5) -> None:
         """Process commands until ``stop_event`` is set, then close. Backs off (up to 5 s) while PostgreSQL
-        or Kafka fail; never stops on a bad command. Any other exception propagates with the consumer still
-        open, so a supervisor may call ``run_forever`` again (uncommitted records are re-read)."""
+        or Kafka fail; never stops on a bad command. Any other exception propagates after the consumer is
+        closed (the group moves its partitions at once); the worker rebuilds the stage."""
         backoff = 0.0
-        while not stop_event.is_set():
-            try:
-                self.run_once(poll_timeout)
-                backoff = 0.0
-            except (ServiceUnavailable, SinkError, KafkaException) as exc:
-                backoff = min(5.0, max(0.1, backoff * 2))
-                log.warning("command consumer: %s (retrying in %.1fs)", exc, backoff)
-                stop_event.wait(backoff)
-        self.close()
+        try:
+            while not stop_event.is_set():
+                try:
+                    self.run_once(poll_timeout)
+                    backoff = 0.0
+                except (ServiceUnavailable, SinkError, KafkaException) as exc:
+                    backoff = min(5.0, max(0.1, backoff * 2))
+                    log.warning("command consumer: %s (retrying in %.1fs)", exc, backoff)
+                    stop_event.wait(backoff)
+        finally:  # on every exit: leave the group at once rather than holding it for max.poll.interval.ms
+            self.close()
 
     def close(self) -> None:
         """Leave the group (so partitions move at once) and deliver queued rejections. Idempotent."""
@@ -354,6 +359,8 @@ def command_request(record: Mapping[str, Any]) -> CommandRequest:
                 payload = json.loads(payload_json)
             except ValueError as exc:
                 problems.append(f"payload_json: not valid JSON ({exc})")
+            except RecursionError:
+                problems.append("payload_json: nested too deeply to be a campaign payload")
     elif payload_json is not None:
         problems.append(f"payload_json: only CREATE commands carry a payload, not {command_type}")
     start_at = record.get("start_at")

@@ -251,6 +251,22 @@ def test_a_poison_record_does_not_stop_the_partition(settings, env, consumer, pu
     assert poison["message_id"] is None and "CampaignCommand" in poison["detail"]
 
 
+def test_a_command_that_breaks_the_decoder_is_rejected_and_the_next_one_applied(settings, env, consumer, publisher):
+    """Regression: a payload_json nested 200,000 levels raised RecursionError, which nothing caught; the stage
+    crashed on it again and again and the valid command behind it was never applied."""
+    campaign_id = env.service.create_campaign(env.marketer, env.payload())
+    env.service.schedule_campaign(env.marketer, campaign_id, env.clock() + timedelta(hours=1))
+    deep = "[" * 200_000 + "]" * 200_000
+    send_command(publisher, settings, {"command_type": "CREATE", "campaign_id": campaign_id,
+                                       "principal": env.marketer, "payload_json": deep})
+    send_command(
+        publisher, settings, {"command_type": "CANCEL", "campaign_id": campaign_id, "principal": env.marketer}
+    )
+    _pump_until(consumer, lambda: _status(env, campaign_id) == "cancelled", what="the cancel behind it")
+    rejected = _rejections(settings, expected=1)
+    assert [dl["reason"] for dl, _ in rejected] == ["invalid"]
+
+
 def test_offsets_are_committed_after_processing(settings, env, publisher):
     campaign_id = env.service.create_campaign(env.marketer, env.payload())
     send_command(
