@@ -14,6 +14,7 @@ process, signals by pid). Every process a test starts is ended in the fixture's 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +45,44 @@ FINISHED = ("completed", "failed", "cancelled")
 class EntryPoints(Cluster):
     """The processes of one test, started the way users start them.
 
-    A :class:`Cluster` (its environment, simulator and pid-based shutdown) whose commands are ``campaigns
-    ...``: :meth:`cli` runs one to completion (bounded), :meth:`start` runs a long-running one in the
-    background with its own log file. Production defaults stay (claim lease 60 s); the database password is the
-    real one, so it also works against a server that checks passwords.
+    A :class:`Cluster` (its simulator, pid-based shutdown, crash and secret-leak checks) whose commands are
+    ``campaigns ...``: :meth:`cli` runs one to completion (bounded), :meth:`start` runs a long-running one in
+    the background with its own log file. The environment is what a user sets: the services' addresses, the
+    test's topic prefix and database, where the providers are; with ``canaries`` also the provider credentials
+    as canary strings (see :class:`Secrets`). Nothing else: production defaults apply (claim lease 60 s, ...).
     """
 
-    def __init__(self, settings: Settings, secrets: Secrets, log_dir: Path, **env: str) -> None:
-        super().__init__(settings, secrets, log_dir, claim_lease_s=60.0, extra_env={
-            "CAMPAIGNS_DATABASE__PASSWORD": settings.database.password.get_secret_value(),
-            **env,
-        })
+    def __init__(self, settings: Settings, secrets: Secrets, log_dir: Path, *, canaries: bool = True,
+                 **env: str) -> None:
+        super().__init__(settings, secrets, log_dir, extra_env=env)
+        self.canaries = canaries
         assert CAMPAIGNS.exists(), f"{CAMPAIGNS} is missing: `pip install -e '.[dev]'` installs the console script"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        s = self.settings
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGNS_")}
+        env.update({
+            "PYTHONUNBUFFERED": "1",
+            "CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+            "CAMPAIGNS_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix,
+            "CAMPAIGNS_KAFKA__PARTITIONS": str(s.kafka.partitions),
+            "CAMPAIGNS_DATABASE__HOST": s.database.host,
+            "CAMPAIGNS_DATABASE__PORT": str(s.database.port),
+            "CAMPAIGNS_DATABASE__USER": s.database.user,
+            "CAMPAIGNS_DATABASE__PASSWORD": s.database.password.get_secret_value(),
+            "CAMPAIGNS_DATABASE__NAME": s.database.name,
+        })
+        if self.canaries:
+            env.update({
+                "CAMPAIGNS_PROVIDERS__WHATSAPP_TOKEN": self.secrets.whatsapp_token,
+                "CAMPAIGNS_PROVIDERS__SMS_AUTH_TOKEN": self.secrets.sms_auth_token,
+                "CAMPAIGNS_PROVIDERS__SMTP_USERNAME": "campaigns-relay",
+                "CAMPAIGNS_PROVIDERS__SMTP_PASSWORD": self.secrets.smtp_password,
+            })
+        env.update(self.provider_urls)
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
 
     def cli(self, *args: str, expect: int | None = 0, timeout: float = 120.0, actor: str | None = None,
             **env: str) -> subprocess.CompletedProcess[str]:
@@ -71,8 +99,12 @@ class EntryPoints(Cluster):
 
     def start(self, name: str, *args: str, **env: str) -> Proc:
         """``campaigns ARGS`` in the background (logs in ``<log_dir>/<name>-N.log``)."""
+        return self.spawn(name, [str(CAMPAIGNS), *args], **env)
+
+    def spawn(self, name: str, argv: list[str], **env: str) -> Proc:
+        """Any program in the background, in the repository root, with this test's environment."""
         name = self._name(name)
-        proc = Proc(name, [str(CAMPAIGNS), *args], self.env(**env), self.log_dir / f"{name}.log")
+        proc = Proc(name, argv, self.env(**env), self.log_dir / f"{name}.log")
         self.procs.append(proc)
         return proc
 
@@ -95,18 +127,24 @@ def secrets() -> Secrets:
     return Secrets()
 
 
-@pytest.fixture
-def entry(settings: Settings, secrets: Secrets, tmp_path: Path) -> Iterator[EntryPoints]:
-    """Entry points configured for this test's database and topic prefix; every process is ended afterwards."""
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    procs = EntryPoints(settings, secrets, log_dir)
+@contextmanager
+def entry_points(settings: Settings, secrets: Secrets, log_dir: Path, **options: Any) -> Iterator[EntryPoints]:
+    """:class:`EntryPoints` whose processes are all ended on exit; their logs must not hold a canary secret."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = EntryPoints(settings, secrets, log_dir, **options)
     try:
         yield procs
     finally:
         procs.close()
     leaks = procs.leaked_secrets()
     assert not leaks, f"secrets leaked into process logs: {leaks} (logs in {log_dir})"
+
+
+@pytest.fixture
+def entry(settings: Settings, secrets: Secrets, tmp_path: Path) -> Iterator[EntryPoints]:
+    """Entry points configured for this test's database and topic prefix; every process is ended afterwards."""
+    with entry_points(settings, secrets, tmp_path / "logs") as procs:
+        yield procs
 
 
 @pytest.fixture
