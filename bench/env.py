@@ -271,7 +271,7 @@ class BenchEnv:
 
     # lifecycle
     def __enter__(self) -> BenchEnv:
-        admin = psycopg2.connect(self.base.database.dsn())
+        admin = psycopg2.connect(self.base.database.for_migrations().model_copy(update={"name": "postgres"}).dsn())
         admin.autocommit = True
         with admin.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{self.dbname}"')
@@ -290,7 +290,10 @@ class BenchEnv:
                     rate_per_s=1_000_000,
                     burst=1_000_000,
                 )
-        self.service.bootstrap_principal(ACTOR, "marketer")
+            # The harness sends inline content as a marketer: its own database lets marketers send unapproved
+            # content (off by default).
+            repo.grant_permission(session, "marketer", "content.send_unapproved")
+        self.service.provision_principal(ACTOR, "marketer")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -300,7 +303,7 @@ class BenchEnv:
         if self.keep_db:
             log.info("kept database %s", self.dbname)
             return
-        admin = psycopg2.connect(self.base.database.dsn())
+        admin = psycopg2.connect(self.base.database.for_migrations().model_copy(update={"name": "postgres"}).dsn())
         admin.autocommit = True
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')

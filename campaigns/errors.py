@@ -32,6 +32,17 @@ class PermissionDenied(CampaignError):
         super().__init__(f"{detail}; grant a role that has {permission!r} (campaigns principal add ...)")
 
 
+class AccessRefused(PermissionDenied):
+    """Refused before any permission is looked at: no API token, an invalid, expired or revoked one, a token of
+    another principal than ``--as`` names, or a bootstrap on a database that already has principals. The
+    message is complete (it says what to do); exit code 3 like every :class:`PermissionDenied`."""
+
+    def __init__(self, message: str, principal: str = "(unauthenticated)") -> None:
+        self.principal = principal
+        self.permission = ""
+        CampaignError.__init__(self, message)
+
+
 class NotFound(CampaignError):
     """A campaign, template, channel, segment or principal that does not exist."""
 
@@ -80,6 +91,11 @@ class ProviderAccountError(PermanentDeliveryError):
 
 class SinkError(CampaignError):
     """A batch could not be written to PostgreSQL or Kafka; the batch is retried as a whole."""
+
+
+class DeliveryFailed(SinkError):
+    """Kafka did not acknowledge records a stage produced (failed, or still queued at the flush timeout):
+    the work they stand for must not be committed; it is redone, and consumers de-duplicate by id."""
 
 
 class ServiceUnavailable(CampaignError):

@@ -1,7 +1,8 @@
 """CampaignService: how operators and upstream systems drive campaigns.
 
 Every operation checks the actor's permission first (RBAC from the ``principals``/``role_permissions``
-rows), runs in ONE database transaction, and writes its outbox event (published to ``campaign.events``
+rows; on campaigns also the ownership rule, :func:`campaigns.core.rbac.require_owner`), runs in ONE database
+transaction, and writes its outbox event (published to ``campaign.events``
 by the relay) and its audit row in that same transaction. State changes go through the domain state
 machine and a conditional UPDATE on the campaign's version, so of two concurrent changes exactly one
 wins; the loser gets :class:`~campaigns.errors.ConcurrentUpdate`.
@@ -21,12 +22,13 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from campaigns.core import rbac
+from campaigns.core import tokens as tokens_core
 from campaigns.core.payload import (
     MAX_SCHEDULE_AHEAD,
     CampaignDraft,
@@ -44,12 +46,19 @@ from campaigns.core.templates import (
 from campaigns.db import repository as repo
 from campaigns.db.engine import transaction
 from campaigns.db.models import Campaign, CampaignMessage
-from campaigns.errors import ConcurrentUpdate, NotFound, TransitionNotAllowed, ValidationError
+from campaigns.errors import (
+    AccessRefused,
+    ConcurrentUpdate,
+    NotFound,
+    TransitionNotAllowed,
+    ValidationError,
+)
 
 EVENTS_TOPIC = "campaign.events"
 OUTCOMES_TOPIC = "delivery.outcomes"
-SYSTEM_PRINCIPAL = "system"  # the scheduler and the analytics stage act as this (no RBAC: internal)
-OPERATOR = "operator"  # who the audit log names for CLI calls made with database access but no --as
+SYSTEM_PRINCIPAL = "system"  # the scheduler, the analytics stage and in-process programs act as this (internal)
+OPERATOR = "operator"  # what audit rows written before API tokens name for database-level changes (reserved)
+BOOTSTRAP_ROLE = "admin"
 RECEIPT_KINDS = ("delivered", "read", "clicked", "bounced")
 COMMAND_TYPES = ("CREATE", "SCHEDULE", "PAUSE", "RESUME", "CANCEL")
 COMMAND_ID_MAX = 128  # processed_commands.command_id is VARCHAR(128)
@@ -78,6 +87,11 @@ class CampaignView:
     expansion_done: bool
     activated_at: datetime | None
     finished_at: datetime | None
+    content_approved_by: str | None = None
+
+    @property
+    def content_approved(self) -> bool:
+        return self.content_approved_by is not None
 
     @classmethod
     def of(cls, c: Campaign) -> CampaignView:
@@ -85,7 +99,7 @@ class CampaignView:
             id=c.id, name=c.name, channel=c.channel_kind, status=c.status, version=c.version,
             start_at=c.start_at, created_by=c.created_by, total_recipients=c.total_recipients,
             skipped_recipients=c.skipped_recipients, expansion_done=c.expansion_done,
-            activated_at=c.activated_at, finished_at=c.finished_at,
+            activated_at=c.activated_at, finished_at=c.finished_at, content_approved_by=c.content_approved_by,
         )
 
 
@@ -105,7 +119,7 @@ class CampaignStatusView:
         return {
             "id": str(c.id), "name": c.name, "channel": c.channel, "status": c.status, "version": c.version,
             "start_at": c.start_at.isoformat() if c.start_at else None,
-            "created_by": c.created_by,
+            "created_by": c.created_by, "content_approved_by": c.content_approved_by,
             "activated_at": c.activated_at.isoformat() if c.activated_at else None,
             "finished_at": c.finished_at.isoformat() if c.finished_at else None,
             "total_recipients": c.total_recipients, "skipped_recipients": c.skipped_recipients,
@@ -159,15 +173,196 @@ class CampaignService:
 
     # --- RBAC ------------------------------------------------------------------------------------
 
-    def _require(self, session: Session, actor: str, operation: str) -> None:
+    def _granted(self, session: Session, actor: str) -> frozenset[rbac.Permission] | None:
         granted = repo.principal_permissions(session, actor)
         known = {p.value for p in rbac.Permission}
         # A grant this code version does not know (added by hand, or by a newer version) grants nothing
         # here rather than crashing the check.
-        permissions = (
-            None if granted is None else frozenset(rbac.Permission(p) for p in granted if p in known)
-        )
+        return None if granted is None else frozenset(rbac.Permission(p) for p in granted if p in known)
+
+    def _require(self, session: Session, actor: str, operation: str) -> frozenset[rbac.Permission]:
+        permissions = self._granted(session, actor)
         rbac.require(actor, permissions, rbac.permission_for(operation))
+        assert permissions is not None
+        return permissions
+
+    def authorize(self, actor: str, operation: str) -> None:
+        """Raise :class:`PermissionDenied` unless ``actor`` may perform ``operation`` (an operation of
+        :data:`campaigns.core.rbac.OPERATION_PERMISSION` carried out outside the service: replay, seed, ...)."""
+        with transaction(self._sessions) as session:
+            self._require(session, actor, operation)
+
+    def permissions(self, actor: str) -> frozenset[rbac.Permission] | None:
+        """What ``actor`` holds, or None for an unknown principal."""
+        with transaction(self._sessions) as session:
+            return self._granted(session, actor)
+
+    def record(self, actor: str, action: str, detail: Mapping[str, Any], campaign_id: uuid.UUID | None = None) -> None:
+        """An audit row for something done outside the service (a replay, a redrive, a seed)."""
+        with transaction(self._sessions) as session:
+            repo.add_audit(session, principal=actor, action=action, campaign_id=campaign_id, detail=dict(detail))
+
+    # --- authentication ----------------------------------------------------------------------------
+
+    def authenticate(self, token: str | None) -> str:
+        """The principal a token belongs to; :class:`PermissionDenied` for anything else.
+
+        Malformed, unknown, revoked and expired tokens, and wrong secrets, all get the same answer (nothing
+        tells a guesser which part was wrong). A successful use records ``last_used_at``."""
+        parsed = tokens_core.parse(token)
+        now = self._clock()
+        refused = AccessRefused(
+            "invalid, expired or revoked API token (CAMPAIGNS_TOKEN or --token); ask an admin for a new one "
+            "(`campaigns token create NAME`)"
+        )
+        if parsed is None:
+            raise refused
+        with transaction(self._sessions) as session:
+            row = repo.get_token(session, parsed.token_id)
+            if (row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now)
+                    or not tokens_core.verify(parsed.secret, row.secret_hash)):
+                raise refused
+            repo.touch_token(session, row.id, now)
+            return row.principal
+
+    def bootstrap(self, name: str) -> str:
+        """Create the first principal, an admin, with an API token; returns the token (shown once).
+
+        Only on a database without principals: afterwards it raises :class:`PermissionDenied` (an admin adds
+        principals). The check and the insert hold a lock on ``principals``, so two racing bootstraps cannot
+        both succeed."""
+        name = rbac.check_principal_name(name)
+        now = self._clock()
+        with transaction(self._sessions) as session:
+            repo.lock_principals(session)
+            if repo.principal_count(session) > 0:
+                raise AccessRefused(
+                    "bootstrap: this database already has principals, so it is not a first install; an admin "
+                    "adds principals (`campaigns principal add`) and tokens (`campaigns token create`)", name,
+                )
+            repo.upsert_principal(session, name, BOOTSTRAP_ROLE)
+            token = self._issue(session, name, created_by=name, now=now, expires_at=None)
+            repo.add_audit(session, principal=name, action="bootstrap", campaign_id=None,
+                           detail={"name": name, "role": BOOTSTRAP_ROLE})
+            return token
+
+    def create_token(self, actor: str, principal: str, *, expires_in: timedelta | None = None) -> tuple[str, str]:
+        """A new API token for ``principal``: (token id, token). The token is returned once; only its hash is
+        kept."""
+        now = self._clock()
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "create_token")
+            if not repo.principal_exists(session, principal):
+                raise NotFound(f"principal {principal!r} does not exist; add it with `campaigns principal add`")
+            expires_at = now + expires_in if expires_in is not None else None
+            token = self._issue(session, principal, created_by=actor, now=now, expires_at=expires_at)
+            token_id = tokens_core.parse(token).token_id  # type: ignore[union-attr]
+            repo.add_audit(session, principal=actor, action="create_token", campaign_id=None,
+                           detail={"principal": principal, "token_id": token_id,
+                                   "expires_at": expires_at.isoformat() if expires_at else None})
+            return token_id, token
+
+    def _issue(self, session: Session, principal: str, *, created_by: str, now: datetime,
+               expires_at: datetime | None) -> str:
+        token = tokens_core.new_token()
+        repo.add_token(session, token_id=token.token_id, principal=principal,
+                       secret_hash=tokens_core.secret_hash(token.secret), created_by=created_by, now=now,
+                       expires_at=expires_at)
+        return tokens_core.text(token)
+
+    def revoke_tokens(self, actor: str, *, token_id: str | None = None, principal: str | None = None) -> list[str]:
+        """Revoke one token (its id, or the whole token) or every token of ``principal``. A principal may revoke
+        its own tokens; anyone else's needs ``principals.manage``. Returns the ids revoked (NotFound if none)."""
+        if (token_id is None) == (principal is None):
+            raise ValidationError("give a token id or a principal, not both")
+        if token_id is not None:
+            parsed = tokens_core.parse(token_id)
+            token_id = parsed.token_id if parsed else token_id.strip()
+            if not tokens_core.TOKEN_ID.fullmatch(token_id):
+                raise ValidationError(f"token id: {token_id[:40]!r} is not a token id (16 hex characters, as "
+                                      "`campaigns token list` shows)")
+        now = self._clock()
+        with transaction(self._sessions) as session:
+            row = repo.get_token(session, token_id) if token_id is not None else None
+            owner = row.principal if row is not None else principal
+            if owner != actor:
+                self._require(session, actor, "revoke_token")
+            revoked = repo.revoke_tokens(session, revoked_by=actor, now=now, token_id=token_id, principal=principal)
+            if not revoked:
+                what = f"token {token_id}" if token_id else f"principal {principal!r}"
+                raise NotFound(f"{what}: no live token to revoke (`campaigns token list` shows them)")
+            repo.add_audit(session, principal=actor, action="revoke_token", campaign_id=None,
+                           detail={"token_ids": revoked, "principal": owner})
+            return revoked
+
+    def list_tokens(self, actor: str, principal: str | None = None) -> list[dict[str, Any]]:
+        """Every token (never a secret or its hash): id, principal, created, expiry, revocation, last use."""
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "list_tokens")
+            return [{
+                "id": t.id, "principal": t.principal, "created_at": t.created_at, "created_by": t.created_by,
+                "expires_at": t.expires_at, "revoked_at": t.revoked_at, "revoked_by": t.revoked_by,
+                "last_used_at": t.last_used_at,
+            } for t in repo.tokens(session, principal)]
+
+    def list_principals(self, actor: str) -> list[tuple[str, str]]:
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "list_principals")
+            return repo.principals(session)
+
+    # --- channels ----------------------------------------------------------------------------------
+
+    def add_channel(self, actor: str, *, kind: str, channel_id: str | None, provider: str, rate_per_s: float,
+                    burst: int) -> str:
+        """Add or update the enabled channel account of ``kind``; returns its id."""
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "add_channel")
+            # One enabled channel per kind (the kind names the topic the senders consume): without an id,
+            # update the enabled one; a different id would collide with it.
+            current = repo.enabled_channel(session, kind)
+            channel_id = channel_id or (current.id if current is not None else kind)
+            if current is not None and current.id != channel_id:
+                raise ValidationError(
+                    f"--id: an enabled {kind} channel {current.id!r} exists and only one per kind "
+                    f"may be enabled; update it with --id {current.id} (or leave --id out)"
+                )
+            repo.upsert_channel(session, id=channel_id, kind=kind, provider=provider, rate_per_s=rate_per_s,
+                                burst=burst)
+            repo.add_audit(session, principal=actor, action="add_channel", campaign_id=None,
+                           detail={"id": channel_id, "kind": kind, "rate_per_s": rate_per_s, "burst": burst})
+            return channel_id
+
+    def close_channel(self, actor: str, kind: str) -> str:
+        """Close the enabled ``kind`` channel's breaker by hand; returns the channel id."""
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "close_channel")
+            channel = repo.close_channel_breaker(session, kind)
+            if channel is None:
+                raise NotFound(f"no enabled {kind!r} channel; `campaigns channel list` shows them")
+            repo.add_audit(session, principal=actor, action="close_channel_breaker", campaign_id=None,
+                           detail={"id": channel.id, "kind": kind})
+            return channel.id
+
+    def list_channels(self, actor: str) -> list[dict[str, Any]]:
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "list_channels")
+            return [{"id": c.id, "kind": c.kind, "provider": c.provider, "rate_per_s": float(c.rate_per_s),
+                     "burst": c.burst, "breaker": "open" if c.paused_reason else "closed",
+                     "paused_reason": c.paused_reason,
+                     "paused_at": c.paused_at.isoformat() if c.paused_at else None,
+                     "failed_probes": c.failed_probes} for c in repo.channels(session)]
+
+    # --- audit -------------------------------------------------------------------------------------
+
+    def audit_log(self, actor: str, *, campaign_id: uuid.UUID | None = None, principal: str | None = None,
+                  since: datetime | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The audit log, oldest first (the newest ``limit`` rows that match)."""
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "read_audit_log")
+            return [{"id": r.id, "occurred_at": r.occurred_at, "principal": r.principal, "action": r.action,
+                     "campaign_id": str(r.campaign_id) if r.campaign_id else None, "detail": r.detail}
+                    for r in repo.audit_entries(session, campaign_id=campaign_id, principal=principal,
+                                                since=since, limit=limit)]
 
     # --- create ----------------------------------------------------------------------------------
 
@@ -187,7 +382,7 @@ class CampaignService:
         self, session: Session, actor: str, payload: object, campaign_id: uuid.UUID | None
     ) -> uuid.UUID:
         now = self._clock()
-        self._require(session, actor, "create_campaign")
+        granted = self._require(session, actor, "create_campaign")
         draft = validate_create_payload(payload, now=now)
         problems: list[str] = []
         segment_ids = _int_ids(draft.segments, "segments", problems)
@@ -217,7 +412,7 @@ class CampaignService:
             backoff_base_s=draft.retry_policy.backoff_base_s, backoff_max_s=draft.retry_policy.backoff_max_s,
             retry_jitter=draft.retry_policy.jitter, failure_threshold=draft.failure_threshold,
             failure_min_sample=draft.failure_min_sample, locale=draft.locale, created_by=actor,
-            created_at=now, updated_at=now,
+            created_at=now, updated_at=now, **self._content_approval(session, actor, granted, template_id, now),
         )
         repo.insert_campaign(session, campaign, segment_ids=segment_ids, manual_recipients=manual,
                              messages=[message])
@@ -225,6 +420,31 @@ class CampaignService:
         repo.add_audit(session, principal=actor, action="create_campaign", campaign_id=campaign.id,
                        detail={"name": draft.name, "channel": draft.channel.value})
         return campaign.id
+
+    @staticmethod
+    def _content_approval(
+        session: Session, actor: str, granted: frozenset[rbac.Permission], template_id: int | None, now: datetime
+    ) -> dict[str, Any]:
+        """Who approved the content: a template's approver; for inline content the creator if it may send
+        unapproved content, else nobody yet (the campaign cannot be scheduled until `campaigns approve`)."""
+        if template_id is not None:
+            approver = repo.template_approver(session, template_id)
+            return {"content_approved_by": approver or actor, "content_approved_at": now}
+        if rbac.Permission.CONTENT_SEND_UNAPPROVED in granted:
+            return {"content_approved_by": actor, "content_approved_at": now}
+        return {"content_approved_by": None, "content_approved_at": None}
+
+    def approve_content(self, actor: str, campaign_id: uuid.UUID) -> None:
+        """Approve a campaign's inline content (``templates.manage``), so it can be scheduled."""
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "approve_content")
+            campaign = repo.get_campaign(session, campaign_id)
+            if campaign is None:
+                raise NotFound(f"campaign {campaign_id} does not exist; check the id (`campaigns status ID`)")
+            if not repo.approve_content(session, campaign_id, actor, self._clock()):
+                raise TransitionNotAllowed(f"campaign {campaign_id}: its content is already approved "
+                                           f"(by {campaign.content_approved_by})")
+            repo.add_audit(session, principal=actor, action="approve_content", campaign_id=campaign_id, detail={})
 
     def _content(
         self, session: Session, draft: CampaignDraft, problems: list[str]
@@ -322,7 +542,8 @@ class CampaignService:
                 raise ValidationError(f"start_at: must be at most {MAX_SCHEDULE_AHEAD.days} days ahead "
                                       f"(before {horizon.isoformat()}), got {start_at.isoformat()}")
         extra = {} if start_at is None else {"start_at": start_at.astimezone(UTC)}
-        return self._apply_in(session, actor, campaign_id, CampaignAction.SCHEDULE, None, extra=extra)
+        return self._apply_in(session, actor, campaign_id, CampaignAction.SCHEDULE, None, extra=extra,
+                              owner_check=True)
 
     def pause_campaign(self, actor: str, campaign_id: uuid.UUID) -> int:
         return self._apply(actor, campaign_id, CampaignAction.PAUSE, "pause_campaign")
@@ -391,15 +612,23 @@ class CampaignService:
     def _apply_in(
         self, session: Session, actor: str, campaign_id: uuid.UUID, action: CampaignAction,
         operation: str | None, extra: Mapping[str, Any] | None = None,
-        detail: Mapping[str, Any] | None = None,
+        detail: Mapping[str, Any] | None = None, *, owner_check: bool = False,
     ) -> int:
-        """Apply ``action`` inside the caller's transaction; RBAC for ``operation`` unless it is None."""
+        """Apply ``action`` inside the caller's transaction; RBAC for ``operation`` and the ownership rule unless
+        it is None (internal actors) and ``owner_check`` is not set (schedule checks its RBAC before)."""
         now = self._clock()
-        if operation is not None:
-            self._require(session, actor, operation)
+        granted = self._require(session, actor, operation) if operation is not None else None
         campaign = repo.get_campaign(session, campaign_id)
         if campaign is None:
             raise NotFound(f"campaign {campaign_id} does not exist; check the id (`campaigns status ID`)")
+        if operation is not None or owner_check:
+            rbac.require_owner(actor, granted if granted is not None else self._granted(session, actor),
+                               campaign.created_by, f"campaign {campaign_id}")
+        if action == CampaignAction.SCHEDULE and campaign.content_approved_at is None:
+            raise TransitionNotAllowed(
+                f"campaign {campaign_id} has inline content nobody approved yet: an approver (templates.manage) "
+                f"runs `campaigns approve {campaign_id}`, or use an approved template"
+            )
         current = CampaignStatus(campaign.status)
         target = transition(current, action, was_activated=campaign.activated_at is not None)
         values = dict(extra or {})
@@ -555,16 +784,17 @@ class CampaignService:
             self._require(session, actor, "add_principal")
             self._add_principal(session, actor, name, role)
 
-    def bootstrap_principal(self, name: str, role: str) -> None:
-        """Create a principal without an acting principal: only for `campaigns principal add` run by an
-        operator with database access (the first admin has to come from somewhere)."""
+    def provision_principal(self, name: str, role: str) -> None:
+        """Create (or re-role) a principal with no acting principal, as :data:`SYSTEM_PRINCIPAL`: for in-process
+        programs that hold the database credentials (the demo, the bench harness, tests). The CLI never calls
+        it: there, principals come from `campaigns bootstrap` (the first admin) and `campaigns principal add`."""
         with transaction(self._sessions) as session:
-            self._add_principal(session, OPERATOR, name, role)
+            self._add_principal(session, SYSTEM_PRINCIPAL, name, role)
+
+    bootstrap_principal = provision_principal  # the earlier name
 
     def _add_principal(self, session: Session, actor: str, name: str, role: str) -> None:
-        name = sanitize_text(name).strip()
-        if not name or len(name) > 128:
-            raise ValidationError("name: 1..128 characters")
+        name = rbac.check_principal_name(name)
         if not repo.role_exists(session, role):
             raise ValidationError(f"role: unknown role {role!r} (admin, marketer, auditor)")
         repo.upsert_principal(session, name, role)
@@ -577,7 +807,8 @@ class CampaignService:
     ) -> int:
         """Store a new template version (pending; approved at once with ``approve``). Returns its id.
 
-        ``actor`` None means an operator with database access (the CLI without --as). The body is
+        ``actor`` None means an in-process program with the database credentials (the demo, tests; audited as
+        :data:`SYSTEM_PRINCIPAL`); the CLI always passes an authenticated principal. The body is
         sanitised when stored (HTML-sanitised for email), and its placeholders are the template's
         variables; a malformed placeholder is a ValidationError.
         """
@@ -613,8 +844,8 @@ class CampaignService:
                 variables=sorted(variables), locale=locale,
             )
             if approve:
-                repo.approve_template(session, template.id, actor or OPERATOR, now)
-            repo.add_audit(session, principal=actor or OPERATOR, action="add_template", campaign_id=None,
+                repo.approve_template(session, template.id, actor or SYSTEM_PRINCIPAL, now)
+            repo.add_audit(session, principal=actor or SYSTEM_PRINCIPAL, action="add_template", campaign_id=None,
                            detail={"name": name, "version": template.version, "approved": approve})
             return template.id
 
@@ -622,9 +853,9 @@ class CampaignService:
         with transaction(self._sessions) as session:
             if actor is not None:
                 self._require(session, actor, "approve_template")
-            if not repo.approve_template(session, template_id, actor or OPERATOR, self._clock()):
+            if not repo.approve_template(session, template_id, actor or SYSTEM_PRINCIPAL, self._clock()):
                 raise NotFound(f"template {template_id} does not exist or is not pending")
-            repo.add_audit(session, principal=actor or OPERATOR, action="approve_template", campaign_id=None,
+            repo.add_audit(session, principal=actor or SYSTEM_PRINCIPAL, action="approve_template", campaign_id=None,
                            detail={"template_id": template_id})
 
 

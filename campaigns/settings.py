@@ -32,6 +32,16 @@ class KafkaSettings(BaseModel):
     # Longest time between two polls of a consumer before it leaves the group (a stuck batch). Must be
     # >= session_timeout_ms (librdkafka refuses less).
     max_poll_interval_ms: int = Field(default=300_000, ge=1_000, le=86_400_000)
+    # Security, passed through to every client (librdkafka names in comments). PLAINTEXT is the local broker;
+    # production: SASL_SSL with SCRAM and the broker's CA (docs/security.md).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"  # security.protocol
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None  # sasl.mechanism
+    sasl_username: SecretStr | None = None  # sasl.username
+    sasl_password: SecretStr | None = None  # sasl.password
+    ssl_ca_location: str | None = None  # ssl.ca.location: PEM file of the CA that signed the brokers' certificates
+    ssl_certificate_location: str | None = None  # ssl.certificate.location: client certificate (mutual TLS)
+    ssl_key_location: str | None = None  # ssl.key.location
+    ssl_key_password: SecretStr | None = None  # ssl.key.password
 
     @model_validator(mode="after")
     def _poll_interval_covers_session(self) -> KafkaSettings:
@@ -40,6 +50,13 @@ class KafkaSettings(BaseModel):
                 f"max_poll_interval_ms ({self.max_poll_interval_ms}) must be >= session_timeout_ms "
                 f"({self.session_timeout_ms}): raise CAMPAIGNS_KAFKA__MAX_POLL_INTERVAL_MS or lower "
                 "CAMPAIGNS_KAFKA__SESSION_TIMEOUT_MS"
+            )
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and sasl_password "
+                "(CAMPAIGNS_KAFKA__SASL_MECHANISM, __SASL_USERNAME, __SASL_PASSWORD)"
             )
         return self
 
@@ -55,6 +72,8 @@ class KafkaSettings(BaseModel):
           (from :attr:`session_timeout_ms`, :attr:`max_poll_interval_ms`) and a heartbeat of at most a
           third of the session timeout; producers and admin clients do not (librdkafka warns about
           consumer properties on them).
+        * The security settings become ``security.protocol``, ``sasl.*`` and ``ssl.*`` (only those that are set;
+          secrets unwrapped here, at the client's edge, and nowhere else).
         * ``overrides`` win over all of it.
         """
         conf: dict[str, Any] = {
@@ -62,6 +81,7 @@ class KafkaSettings(BaseModel):
             "client.id": self.client_id,
             "logger": LibrdkafkaLog(),
         }
+        conf.update(self.security_librdkafka())
         if "group.id" in overrides:
             conf["session.timeout.ms"] = self.session_timeout_ms
             conf["max.poll.interval.ms"] = self.max_poll_interval_ms
@@ -70,29 +90,128 @@ class KafkaSettings(BaseModel):
         conf.update(overrides)
         return conf
 
+    def stage_consumer(self, group_id: str, **overrides: Any) -> dict[str, Any]:
+        """The configuration of every consuming stage: the group, manual offset commits (a stage commits
+        only after its batch is written and its records acknowledged), ``earliest`` for a new group, a short
+        fetch wait (batches, not latency, are what the stages trade on); ``overrides`` win."""
+        return self.as_librdkafka(**{
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 50,
+            "enable.partition.eof": False,
+            **overrides,
+        })
+
+    def security_librdkafka(self) -> dict[str, str]:
+        """The security part of :meth:`as_librdkafka` (empty for the default PLAINTEXT)."""
+        conf: dict[str, str] = {}
+        if self.security_protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        for key, secret in (("sasl.username", self.sasl_username), ("sasl.password", self.sasl_password),
+                            ("ssl.key.password", self.ssl_key_password)):
+            if secret is not None:
+                conf[key] = secret.get_secret_value()
+        for key, path in (("ssl.ca.location", self.ssl_ca_location),
+                          ("ssl.certificate.location", self.ssl_certificate_location),
+                          ("ssl.key.location", self.ssl_key_location)):
+            if path:
+                conf[key] = path
+        return conf
+
+    def faust_credentials(self) -> Any:
+        """The same security for Faust/aiokafka (``faust.App(broker_credentials=...)``), or None for PLAINTEXT.
+
+        SASL gives ``faust.SASLCredentials`` (with an SSL context for SASL_SSL), SSL an ``ssl.SSLContext``
+        trusting ``ssl_ca_location`` (and presenting the client certificate, if set)."""
+        if self.security_protocol == "PLAINTEXT":
+            return None
+        import ssl
+
+        context = None
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(cafile=self.ssl_ca_location)
+            if self.ssl_certificate_location:
+                context.load_cert_chain(
+                    self.ssl_certificate_location, self.ssl_key_location,
+                    self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+                )
+        if self.security_protocol == "SSL":
+            return context
+        import faust
+
+        assert self.sasl_username is not None and self.sasl_password is not None  # the validator checked
+        return faust.SASLCredentials(
+            username=self.sasl_username.get_secret_value(), password=self.sasl_password.get_secret_value(),
+            mechanism=self.sasl_mechanism, ssl_context=context,
+        )
+
     @property
     def faust_broker(self) -> str:
         return ";".join(f"kafka://{hostport}" for hostport in self.bootstrap_servers.split(","))
 
 
 class DatabaseSettings(BaseModel):
+    """PostgreSQL. ``user`` is the application role (reads and writes data; owns nothing); migrations run as
+    ``migration_user``, the role that owns the schema (``campaigns migrate``, :meth:`for_migrations`)."""
+
     host: str = "127.0.0.1"
     port: int = 15432
     user: str = "campaigns"
     password: SecretStr = SecretStr("campaigns")
     name: str = "campaigns"
     pool_size: int = 10
+    # The schema owner; None = migrations run as `user` (a deployment with one role, not recommended).
+    migration_user: str | None = "campaigns_owner"
+    migration_password: SecretStr | None = SecretStr("campaigns_owner")
+    # libpq's sslmode (disable, allow, prefer, require, verify-ca, verify-full); None = libpq's default (prefer).
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    sslrootcert: str | None = None  # CA file for verify-ca / verify-full
+    connect_timeout_s: int = 10
+
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "host": self.host, "port": self.port, "user": self.user, "password": self.password.get_secret_value(),
+            "dbname": self.name, "connect_timeout": self.connect_timeout_s,
+        }
+        if self.sslmode:
+            params["sslmode"] = self.sslmode
+        if self.sslrootcert:
+            params["sslrootcert"] = self.sslrootcert
+        return params
+
+    def sqlalchemy_url(self) -> Any:
+        """The SQLAlchemy ``URL`` object (built from parts: nothing is parsed, so a password may hold any
+        character)."""
+        from sqlalchemy.engine import URL
+
+        params = self._params()
+        query = {k: str(params[k]) for k in ("sslmode", "sslrootcert", "connect_timeout") if k in params}
+        return URL.create(
+            "postgresql+psycopg2", username=self.user, password=self.password.get_secret_value(), host=self.host,
+            port=self.port, database=self.name, query=query,
+        )
 
     def url(self, *, hide_password: bool = False) -> str:
-        password = "***" if hide_password else self.password.get_secret_value()
-        return f"postgresql+psycopg2://{self.user}:{password}@{self.host}:{self.port}/{self.name}"
+        """:meth:`sqlalchemy_url` as a string (every part percent-escaped by SQLAlchemy)."""
+        return str(self.sqlalchemy_url().render_as_string(hide_password=hide_password))
 
     def dsn(self) -> str:
-        """libpq DSN for raw psycopg2 connections (COPY, execute_values on the hot path)."""
-        return (
-            f"host={self.host} port={self.port} user={self.user} "
-            f"password={self.password.get_secret_value()} dbname={self.name}"
-        )
+        """libpq DSN for raw psycopg2 connections (COPY, execute_values on the hot path), quoted by libpq's own
+        rules (``psycopg2.extensions.make_dsn``): a password with spaces, quotes or ``=`` stays one value and
+        cannot inject other connection parameters."""
+        from psycopg2.extensions import make_dsn
+
+        return make_dsn(**self._params())
+
+    def for_migrations(self) -> DatabaseSettings:
+        """These settings with the migration role's credentials (the schema owner)."""
+        if self.migration_user is None:
+            return self
+        password = self.migration_password if self.migration_password is not None else SecretStr("")
+        return self.model_copy(update={"user": self.migration_user, "password": password})
 
 
 class ProviderSettings(BaseModel):

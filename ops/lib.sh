@@ -2,9 +2,16 @@
 # Sourced, never executed.
 set -euo pipefail
 
+# Everything the scripts create (data directories, logs, password files) is readable by the owner only: the
+# state holds customer addresses, message bodies and credentials.
+umask 077
+
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE_DIR="${CAMPAIGNS_STATE_DIR:-$REPO_ROOT/.state}"
 mkdir -p "$STATE_DIR"
+# Others may traverse the state directory but not list or read it: as root, PostgreSQL runs as the 'postgres'
+# OS user and must reach its own (0700) directory inside; every other entry is 0700/0600.
+chmod 711 "$STATE_DIR" 2>/dev/null || true  # (a test may run the scripts with a PATH that lacks chmod)
 
 die() { echo "error: $*" >&2; exit 1; }
 info() { echo "==> $*" >&2; }

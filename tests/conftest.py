@@ -82,19 +82,26 @@ def kafka_settings() -> Iterator[KafkaSettings]:
 
 @pytest.fixture(scope="session")
 def database_server() -> Iterator[DatabaseSettings]:
+    """The application's database settings (the application role). Its :meth:`~DatabaseSettings.for_migrations`
+    role (the schema owner, CREATEDB) makes and drops the tests' databases and migrates them, as
+    ``campaigns migrate`` does; the tests then connect as the application role, which only reads and writes."""
     import psycopg2
 
     configured = any(k.startswith("CAMPAIGNS_DATABASE__") for k in os.environ)
     settings = Settings().database
     try:
         psycopg2.connect(settings.dsn(), connect_timeout=5).close()
+        if settings.migration_user is not None:
+            psycopg2.connect(settings.for_migrations().model_copy(update={"name": "postgres"}).dsn(),
+                             connect_timeout=5).close()
     except psycopg2.OperationalError as exc:
         if not configured and _docker_engine_available():
             from testcontainers.postgres import PostgresContainer
 
             with PostgresContainer("postgres:15", username="campaigns", password="campaigns") as pg:
-                yield settings.model_copy(
-                    update={"host": pg.get_container_host_ip(), "port": int(pg.get_exposed_port(5432))}
+                yield settings.model_copy(  # one role (the container's superuser) for everything
+                    update={"host": pg.get_container_host_ip(), "port": int(pg.get_exposed_port(5432)),
+                            "migration_user": None}
                 )
             return
         service_unreachable(f"PostgreSQL at {settings.host}:{settings.port}", str(exc).strip())
@@ -109,7 +116,7 @@ def template_database(database_server: DatabaseSettings) -> Iterator[DatabaseSet
     from campaigns.db.engine import upgrade
 
     name = f"campaigns_tmpl_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(database_server.dsn())
+    admin = psycopg2.connect(database_server.for_migrations().model_copy(update={"name": "postgres"}).dsn())
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
@@ -130,7 +137,7 @@ def database_settings(template_database: DatabaseSettings) -> Iterator[DatabaseS
     import psycopg2
 
     name = f"campaigns_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(template_database.model_copy(update={"name": "postgres"}).dsn())
+    admin = psycopg2.connect(template_database.for_migrations().model_copy(update={"name": "postgres"}).dsn())
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database.name}"')

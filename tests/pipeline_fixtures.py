@@ -35,7 +35,10 @@ def service(sessions):
         for kind, rate, burst in (("email", 1000, 100), ("sms", 100, 10), ("whatsapp", 80, 80)):
             repo.upsert_channel(session, id=f"{kind}-main", kind=kind, provider="simulator",
                                 rate_per_s=rate, burst=burst)
-    service.bootstrap_principal("marketer-1", "marketer")
+        # The pipeline tests send inline content as a marketer: this test database lets marketers send
+        # unapproved content (off by default; the RBAC tests use the default roles).
+        repo.grant_permission(session, "marketer", "content.send_unapproved")
+    service.provision_principal("marketer-1", "marketer")
     return service
 
 

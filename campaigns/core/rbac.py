@@ -9,25 +9,33 @@ Guarantees:
   looks anything up itself. The caller resolves the principal's granted permissions (from the
   ``principals`` / ``roles`` tables, or :data:`DEFAULT_ROLES` via :func:`permissions_for_roles`) and
   passes ``None`` for a principal it does not know.
+* :func:`require_owner` is the ownership rule: a principal manages only the campaigns it created unless it
+  holds :attr:`Permission.CAMPAIGNS_MANAGE_ANY` (admins do; marketers do not).
+* :func:`check_principal_name` refuses the names the code itself uses as actors (:data:`RESERVED_NAMES`), so
+  nobody can register ``system`` or ``operator`` and appear in the audit log as an internal actor.
 * The tables are read-only mappings.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from types import MappingProxyType
 
-from campaigns.errors import PermissionDenied
+from campaigns.errors import PermissionDenied, ValidationError
 
 __all__ = [
     "DEFAULT_ROLES",
     "OPERATION_PERMISSION",
+    "RESERVED_NAMES",
     "Permission",
+    "check_principal_name",
     "permission_for",
     "permissions_for_roles",
     "require",
     "require_operation",
+    "require_owner",
 ]
 
 
@@ -37,9 +45,15 @@ class Permission(StrEnum):
     CAMPAIGNS_CREATE = "campaigns.create"
     CAMPAIGNS_SEND = "campaigns.send"
     CAMPAIGNS_READ = "campaigns.read"
-    CAMPAIGNS_AUDIT = "campaigns.audit"
-    PRINCIPALS_MANAGE = "principals.manage"
-    TEMPLATES_MANAGE = "templates.manage"
+    CAMPAIGNS_MANAGE_ANY = "campaigns.manage_any"  # act on campaigns other principals created
+    CONTENT_SEND_UNAPPROVED = "content.send_unapproved"  # inline content goes out without an approval
+    CAMPAIGNS_AUDIT = "campaigns.audit"  # read the audit log
+    PRINCIPALS_MANAGE = "principals.manage"  # principals, their roles and their API tokens
+    TEMPLATES_MANAGE = "templates.manage"  # templates, and approving a campaign's inline content
+    CHANNELS_MANAGE = "channels.manage"  # provider accounts, their limits and breakers
+    CUSTOMERS_MANAGE = "customers.manage"  # bulk-load customers and segments
+    PIPELINE_READ = "pipeline.read"  # read the dead letters, campaign events and rejected commands
+    PIPELINE_REPLAY = "pipeline.replay"  # re-drive topic ranges and dead letters
 
 
 DEFAULT_ROLES: Mapping[str, frozenset[Permission]] = MappingProxyType(
@@ -48,11 +62,14 @@ DEFAULT_ROLES: Mapping[str, frozenset[Permission]] = MappingProxyType(
         "marketer": frozenset(
             {Permission.CAMPAIGNS_CREATE, Permission.CAMPAIGNS_SEND, Permission.CAMPAIGNS_READ}
         ),
-        "auditor": frozenset({Permission.CAMPAIGNS_READ, Permission.CAMPAIGNS_AUDIT}),
+        "auditor": frozenset(
+            {Permission.CAMPAIGNS_READ, Permission.CAMPAIGNS_AUDIT, Permission.PIPELINE_READ}
+        ),
     }
 )
-"""The roles seeded by the first migration: admin has everything; marketers create, send and read;
-auditors read and audit."""
+"""The default roles (migrations 0001 and 0006 seed them): admin has everything; marketers create, send and
+read, only their own campaigns and only approved content; auditors read campaigns, the audit log and the
+pipeline's event, rejected-command and dead-letter topics."""
 
 OPERATION_PERMISSION: Mapping[str, Permission] = MappingProxyType(
     {
@@ -67,8 +84,22 @@ OPERATION_PERMISSION: Mapping[str, Permission] = MappingProxyType(
         "update_metrics": Permission.CAMPAIGNS_SEND,
         "read_audit_log": Permission.CAMPAIGNS_AUDIT,
         "add_principal": Permission.PRINCIPALS_MANAGE,
+        "list_principals": Permission.PRINCIPALS_MANAGE,
+        "create_token": Permission.PRINCIPALS_MANAGE,
+        "revoke_token": Permission.PRINCIPALS_MANAGE,
+        "list_tokens": Permission.PRINCIPALS_MANAGE,
         "add_template": Permission.TEMPLATES_MANAGE,
         "approve_template": Permission.TEMPLATES_MANAGE,
+        "approve_content": Permission.TEMPLATES_MANAGE,
+        "add_channel": Permission.CHANNELS_MANAGE,
+        "close_channel": Permission.CHANNELS_MANAGE,
+        "list_channels": Permission.CAMPAIGNS_READ,
+        "seed_customers": Permission.CUSTOMERS_MANAGE,
+        "list_dead_letters": Permission.PIPELINE_READ,
+        "list_events": Permission.PIPELINE_READ,
+        "list_rejected_commands": Permission.PIPELINE_READ,
+        "replay": Permission.PIPELINE_REPLAY,
+        "redrive_dead_letters": Permission.PIPELINE_REPLAY,
     }
 )
 """Operation name -> the one permission it needs."""
@@ -112,3 +143,50 @@ def require(principal: str, granted: frozenset[Permission] | None, needed: Permi
 def require_operation(principal: str, granted: frozenset[Permission] | None, operation: str) -> None:
     """:func:`require` the permission :func:`permission_for` ``operation`` names."""
     require(principal, granted, permission_for(operation))
+
+
+def require_owner(
+    principal: str, granted: frozenset[Permission] | None, owner: str, campaign: str = "the campaign"
+) -> None:
+    """The ownership rule: return if ``principal`` created the campaign (``owner``) or holds
+    :attr:`Permission.CAMPAIGNS_MANAGE_ANY`; raise :class:`PermissionDenied` otherwise. Call it after the
+    operation's own permission was checked."""
+    if granted is None:
+        raise PermissionDenied(principal, str(Permission.CAMPAIGNS_MANAGE_ANY),
+                               reason=f"unknown principal {principal!r}")
+    if principal != owner and Permission.CAMPAIGNS_MANAGE_ANY not in granted:
+        raise PermissionDenied(
+            principal, str(Permission.CAMPAIGNS_MANAGE_ANY),
+            reason=f"{campaign} belongs to {owner!r}: principal {principal!r} manages only its own campaigns "
+                   f"and lacks {str(Permission.CAMPAIGNS_MANAGE_ANY)!r}",
+        )
+
+
+RESERVED_NAMES: frozenset[str] = frozenset({"system", "operator", "anonymous"})
+"""Names no principal may have: ``system`` (the scheduler, analytics and in-process programs act as it) and
+``operator`` (what older audit rows name for database-level changes), plus names that would read as an
+internal actor in the audit log. Compared case-insensitively."""
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{0,127}", re.I)
+
+
+def check_principal_name(name: object) -> str:
+    """``name`` if it may be registered as a principal, else :class:`ValidationError`.
+
+    1..128 characters of ASCII letters, digits and ``. _ @ + -``, starting with a letter or digit (no
+    spaces, no look-alike Unicode, nothing that needs quoting in a log line), and not a reserved name
+    (:data:`RESERVED_NAMES`, any case, also with a ``system.``/``system:`` style prefix).
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValidationError(
+            f"name: {name!r} is not a valid principal name: 1..128 ASCII letters, digits and . _ @ + -, "
+            "starting with a letter or digit"
+        )
+    folded = name.casefold()
+    stem = re.split(r"[._@+-]", folded, maxsplit=1)[0]
+    if folded in RESERVED_NAMES or stem in {"system", "operator"}:
+        raise ValidationError(
+            f"name: {name!r} is reserved (the code uses {', '.join(sorted(RESERVED_NAMES))} and system.* / "
+            "operator.* as internal actors); choose another name"
+        )
+    return name

@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def make_engine(db: DatabaseSettings) -> Engine:
     return create_engine(
-        db.url(),
+        db.sqlalchemy_url(),
         pool_size=db.pool_size,
         max_overflow=db.pool_size,
         pool_pre_ping=True,
@@ -40,10 +40,14 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def alembic_config(db: DatabaseSettings) -> Config:
+    """Alembic's configuration for ``db`` (the application's settings): it connects as the migration role
+    (:meth:`~campaigns.settings.DatabaseSettings.for_migrations`, the schema owner) and grants the application
+    role (``db.user``) data access only (migration 0006)."""
     config = Config(str(REPO_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
-    # ConfigParser interpolation would eat a '%' in the password.
-    config.set_main_option("sqlalchemy.url", db.url().replace("%", "%%"))
+    # ConfigParser interpolation would eat a '%' in the password (the URL percent-escapes special characters).
+    config.set_main_option("sqlalchemy.url", db.for_migrations().url().replace("%", "%%"))
+    config.attributes["app_role"] = db.user
     return config
 
 

@@ -191,6 +191,10 @@ class Campaign(Base):
     expansion_done: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     total_recipients: Mapped[int | None] = mapped_column(BigInteger)
     skipped_recipients: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Who approved the content (migration 0006): the template's approver, the creator when it may send unapproved
+    # content, or whoever ran `campaigns approve`; NULL = inline content waiting for approval (not schedulable).
+    content_approved_by: Mapped[str | None] = mapped_column(String(128))
+    content_approved_at: Mapped[datetime | None] = mapped_column(_tz())
 
 
 class CampaignSegment(Base):
@@ -337,9 +341,31 @@ class Principal(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
+class ApiToken(Base):
+    """An API token of a principal (migration 0006). Only the SHA-256 of its secret is stored; ``id`` is the
+    public part (``cmpt_<id>_<secret>``). A token authenticates while not revoked and not expired."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_principal", "principal"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal: Mapped[str] = mapped_column(ForeignKey("principals.name", ondelete="CASCADE"))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    created_by: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None] = mapped_column(_tz())
+    revoked_at: Mapped[datetime | None] = mapped_column(_tz())
+    revoked_by: Mapped[str | None] = mapped_column(String(128))
+    last_used_at: Mapped[datetime | None] = mapped_column(_tz())
+
+
 class AuditLog(Base):
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_log_campaign", "campaign_id", "id"),)
+    __table_args__ = (
+        Index("ix_audit_log_campaign", "campaign_id", "id"),
+        Index("ix_audit_log_principal", "principal", "id"),
+        Index("ix_audit_log_occurred_at", "occurred_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     occurred_at: Mapped[datetime] = mapped_column(server_default=func.now())

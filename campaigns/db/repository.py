@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from campaigns.db.models import (
+    ApiToken,
     AuditLog,
     Campaign,
     CampaignManualRecipient,
@@ -50,6 +51,68 @@ def role_exists(session: Session, role: str) -> bool:
 def upsert_principal(session: Session, name: str, role: str) -> None:
     stmt = pg_insert(Principal).values(name=name, role_name=role)
     session.execute(stmt.on_conflict_do_update(index_elements=[Principal.name], set_={"role_name": role}))
+
+
+def grant_permission(session: Session, role: str, permission: str) -> None:
+    """Grant ``permission`` to ``role`` (idempotent). A deployment's choice, e.g. letting marketers send
+    unapproved inline content; migrations grant the defaults."""
+    stmt = pg_insert(RolePermission).values(role_name=role, permission=permission)
+    session.execute(stmt.on_conflict_do_nothing(index_elements=[RolePermission.role_name, RolePermission.permission]))
+
+
+def principals(session: Session) -> list[tuple[str, str]]:
+    """(name, role) of every principal, by name."""
+    return [(n, r) for n, r in session.execute(select(Principal.name, Principal.role_name).order_by(Principal.name))]
+
+
+def lock_principals(session: Session) -> None:
+    """Serialise principal creation with the bootstrap check (held until the transaction ends)."""
+    session.execute(text("LOCK TABLE principals IN SHARE ROW EXCLUSIVE MODE"))
+
+
+def principal_count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Principal)) or 0)
+
+
+def principal_exists(session: Session, name: str) -> bool:
+    return session.scalar(select(Principal.name).where(Principal.name == name)) is not None
+
+
+# --- API tokens ----------------------------------------------------------------------------------
+
+
+def add_token(session: Session, *, token_id: str, principal: str, secret_hash: str, created_by: str,
+              now: datetime, expires_at: datetime | None) -> None:
+    session.add(ApiToken(id=token_id, principal=principal, secret_hash=secret_hash, created_by=created_by,
+                         created_at=now, expires_at=expires_at))
+    session.flush()
+
+
+def get_token(session: Session, token_id: str) -> ApiToken | None:
+    return session.get(ApiToken, token_id)
+
+
+def touch_token(session: Session, token_id: str, now: datetime) -> None:
+    session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+
+
+def revoke_tokens(session: Session, *, revoked_by: str, now: datetime, token_id: str | None = None,
+                  principal: str | None = None) -> list[str]:
+    """Revoke one token (``token_id``) or every live token of ``principal``; the ids revoked."""
+    stmt = update(ApiToken).where(ApiToken.revoked_at.is_(None))
+    if token_id is not None:
+        stmt = stmt.where(ApiToken.id == token_id)
+    if principal is not None:
+        stmt = stmt.where(ApiToken.principal == principal)
+    rows = session.execute(stmt.values(revoked_at=now, revoked_by=revoked_by).returning(ApiToken.id))
+    return sorted(r[0] for r in rows)
+
+
+def tokens(session: Session, principal: str | None = None) -> list[ApiToken]:
+    query = select(ApiToken).order_by(ApiToken.principal, ApiToken.created_at)
+    if principal is not None:
+        query = query.where(ApiToken.principal == principal)
+    return list(session.scalars(query))
 
 
 # --- channels, templates, segments ---------------------------------------------------------------
@@ -118,6 +181,10 @@ def approve_template(session: Session, template_id: int, approver: str, now: dat
         .values(status="approved", approved_by=approver, approved_at=now)
     )
     return result.rowcount == 1
+
+
+def template_approver(session: Session, template_id: int) -> str | None:
+    return session.scalar(select(Template.approved_by).where(Template.id == template_id))
 
 
 def find_template(session: Session, name: str, locale: str, version: int | None) -> Template | None:
@@ -248,6 +315,29 @@ def add_audit(
     session.execute(
         insert(AuditLog).values(principal=principal, action=action, campaign_id=campaign_id, detail=dict(detail))
     )
+
+
+def audit_entries(session: Session, *, campaign_id: uuid.UUID | None = None, principal: str | None = None,
+                  since: datetime | None = None, limit: int = 1000) -> list[AuditLog]:
+    """Audit rows, oldest first: the newest ``limit`` that match."""
+    query = select(AuditLog)
+    if campaign_id is not None:
+        query = query.where(AuditLog.campaign_id == campaign_id)
+    if principal is not None:
+        query = query.where(AuditLog.principal == principal)
+    if since is not None:
+        query = query.where(AuditLog.occurred_at >= since)
+    rows = list(session.scalars(query.order_by(AuditLog.id.desc()).limit(limit)))
+    return rows[::-1]
+
+
+def approve_content(session: Session, campaign_id: uuid.UUID, approver: str, now: datetime) -> bool:
+    """Mark a campaign's content approved; False if it already was (or the campaign does not exist)."""
+    result = session.execute(
+        update(Campaign).where(Campaign.id == campaign_id, Campaign.content_approved_at.is_(None))
+        .values(content_approved_by=approver, content_approved_at=now)
+    )
+    return result.rowcount == 1
 
 
 def claim_command(session: Session, command_id: str, outcome: str, detail: str | None = None) -> bool:

@@ -33,6 +33,8 @@ fetch() {
 
 write_config() {
   mkdir -p "$DATA/logs" "$DATA/data"
+  # Topic data holds addresses and message bodies: owner only (also for a directory made before umask 077).
+  chmod -R go-rwx "$DATA"
   cat >"$DATA/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1

@@ -13,7 +13,7 @@ from campaigns.db.engine import downgrade, upgrade
 @pytest.fixture
 def empty_database(database_server):
     name = f"campaigns_mig_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(database_server.dsn())
+    admin = psycopg2.connect(database_server.for_migrations().model_copy(update={"name": "postgres"}).dsn())
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')

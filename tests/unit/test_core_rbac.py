@@ -10,12 +10,14 @@ from campaigns.core.rbac import (
     DEFAULT_ROLES,
     OPERATION_PERMISSION,
     Permission,
+    check_principal_name,
     permission_for,
     permissions_for_roles,
     require,
     require_operation,
+    require_owner,
 )
-from campaigns.errors import PermissionDenied
+from campaigns.errors import PermissionDenied, ValidationError
 
 P = Permission
 
@@ -31,8 +33,22 @@ ALLOWED_ROLES: dict[str, set[str]] = {
     "update_metrics": {"admin", "marketer"},
     "read_audit_log": {"admin", "auditor"},
     "add_principal": {"admin"},
+    "list_principals": {"admin"},
+    "create_token": {"admin"},
+    "revoke_token": {"admin"},
+    "list_tokens": {"admin"},
     "add_template": {"admin"},
     "approve_template": {"admin"},
+    "approve_content": {"admin"},
+    "add_channel": {"admin"},
+    "close_channel": {"admin"},
+    "list_channels": {"admin", "marketer", "auditor"},
+    "seed_customers": {"admin"},
+    "list_dead_letters": {"admin", "auditor"},
+    "list_events": {"admin", "auditor"},
+    "list_rejected_commands": {"admin", "auditor"},
+    "replay": {"admin"},
+    "redrive_dead_letters": {"admin"},
 }
 
 MATRIX = list(itertools.product(sorted(ALLOWED_ROLES), sorted(DEFAULT_ROLES)))
@@ -44,15 +60,21 @@ def test_permission_values() -> None:
         "campaigns.send",
         "campaigns.read",
         "campaigns.audit",
+        "campaigns.manage_any",
+        "content.send_unapproved",
         "principals.manage",
         "templates.manage",
+        "channels.manage",
+        "customers.manage",
+        "pipeline.read",
+        "pipeline.replay",
     }
 
 
 def test_default_roles() -> None:
     assert DEFAULT_ROLES["admin"] == frozenset(Permission)
     assert DEFAULT_ROLES["marketer"] == {P.CAMPAIGNS_CREATE, P.CAMPAIGNS_SEND, P.CAMPAIGNS_READ}
-    assert DEFAULT_ROLES["auditor"] == {P.CAMPAIGNS_READ, P.CAMPAIGNS_AUDIT}
+    assert DEFAULT_ROLES["auditor"] == {P.CAMPAIGNS_READ, P.CAMPAIGNS_AUDIT, P.PIPELINE_READ}
 
 
 def test_every_operation_is_in_the_matrix() -> None:
@@ -100,9 +122,8 @@ def test_principal_with_no_roles_is_denied() -> None:
 
 
 def test_permissions_for_roles() -> None:
-    assert permissions_for_roles(["marketer", "auditor"]) == frozenset(Permission) - {
-        P.PRINCIPALS_MANAGE,
-        P.TEMPLATES_MANAGE,
+    assert permissions_for_roles(["marketer", "auditor"]) == {
+        P.CAMPAIGNS_CREATE, P.CAMPAIGNS_SEND, P.CAMPAIGNS_READ, P.CAMPAIGNS_AUDIT, P.PIPELINE_READ,
     }
     assert permissions_for_roles(["no-such-role"]) == frozenset()
     assert permissions_for_roles([]) == frozenset()
@@ -118,3 +139,33 @@ def test_tables_are_read_only() -> None:
         DEFAULT_ROLES["intern"] = frozenset(Permission)  # type: ignore[index]
     with pytest.raises(TypeError):
         OPERATION_PERMISSION["drop_database"] = P.CAMPAIGNS_READ  # type: ignore[index]
+
+
+def test_ownership_rule() -> None:
+    require_owner("alice", DEFAULT_ROLES["marketer"], "alice")
+    require_owner("root", DEFAULT_ROLES["admin"], "alice")  # campaigns.manage_any
+    with pytest.raises(PermissionDenied, match=r"belongs to 'root'.*manages only its own") as info:
+        require_owner("alice", DEFAULT_ROLES["marketer"], "root", "campaign X")
+    assert info.value.permission == "campaigns.manage_any"
+    with pytest.raises(PermissionDenied, match="unknown principal"):
+        require_owner("mallory", None, "mallory")
+
+
+def test_marketers_cannot_send_unapproved_content_by_default() -> None:
+    assert P.CONTENT_SEND_UNAPPROVED in DEFAULT_ROLES["admin"]
+    assert P.CONTENT_SEND_UNAPPROVED not in DEFAULT_ROLES["marketer"]
+    assert P.CAMPAIGNS_MANAGE_ANY not in DEFAULT_ROLES["marketer"]
+
+
+@pytest.mark.parametrize("name", ["system", "SYSTEM", "System", "operator", "Operator", "anonymous",
+                                  "system.scheduler", "system-1", "operator@ops", "", " alice", "alice bob",
+                                  "al\u0456ce", "a" * 129, "-alice", "alice\n", None, 42])
+def test_reserved_and_malformed_principal_names_are_refused(name: object) -> None:
+    with pytest.raises(ValidationError):
+        check_principal_name(name)
+
+
+@pytest.mark.parametrize("name", ["alice", "marketer-1", "bob@example.com", "ops.oncall", "systematic", "a" * 128,
+                                  "crm+sync_2"])
+def test_ordinary_names_are_accepted(name: str) -> None:
+    assert check_principal_name(name) == name
