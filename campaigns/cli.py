@@ -3,10 +3,14 @@
 Exit codes: 0 ok, 1 unexpected failure, 2 invalid input, 3 permission denied, 4 not found or transition
 not allowed, 5 a service (Kafka, PostgreSQL) unreachable.
 
-Commands that act on campaigns need the acting principal: ``--as NAME``, or the environment variable
-``CAMPAIGNS_ACTOR``. ``principal add``, ``template add|approve`` and ``channel add`` may run without one:
-that is an operator with database access (how the first admin comes to exist); the audit log names
-``operator``.
+Every command that reads or changes the application's data authenticates with an API token: the
+environment variable ``CAMPAIGNS_TOKEN`` (or a file named by ``CAMPAIGNS_TOKEN_FILE``, or ``--token``, which
+other users of the machine can see in the process list). The token's principal is the actor, with its role's
+permissions; ``--as NAME`` (or ``CAMPAIGNS_ACTOR``) only checks that the token is NAME's. Tokens come from
+``campaigns bootstrap NAME`` (the first admin, on a database without principals) and ``campaigns token create
+NAME`` (an admin). Infrastructure commands (``migrate``, ``topics create``, ``worker``, ``relay``,
+``commands``, ``live``, ``demo``, ``bench``) run with the services' own credentials (the database roles,
+Kafka) and take no token.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from campaigns.errors import (
+    AccessRefused,
     CampaignError,
     NotFound,
     PermissionDenied,
@@ -40,6 +45,8 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_DENIED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
 ACTOR_ENV = "CAMPAIGNS_ACTOR"
+TOKEN_ENV = "CAMPAIGNS_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+TOKEN_FILE_ENV = "CAMPAIGNS_TOKEN_FILE"  # noqa: S105
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -67,15 +74,51 @@ def _info(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _actor(args: argparse.Namespace, *, required: bool = True) -> str | None:
-    """The acting principal: ``--as``, else $CAMPAIGNS_ACTOR (read here, at the process edge)."""
-    actor = args.actor or os.environ.get(ACTOR_ENV) or None
-    if actor is None and required:
-        raise ValidationError(
-            f"--as: say who is acting, e.g. --as alice (or set {ACTOR_ENV}=alice); "
-            "create principals with `campaigns principal add NAME --role ROLE`"
+def _token(args: argparse.Namespace) -> str:
+    """The API token: ``--token``, else $CAMPAIGNS_TOKEN, else the file $CAMPAIGNS_TOKEN_FILE names (read here,
+    at the process edge). None of them: :class:`PermissionDenied`, before any service is reached."""
+    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
+    if token is None and os.environ.get(TOKEN_FILE_ENV):
+        path = Path(os.environ[TOKEN_FILE_ENV])
+        try:
+            token = path.read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ValidationError(f"{TOKEN_FILE_ENV}: cannot read {path} ({exc.strerror or exc})") from None
+    if token is None:
+        raise AccessRefused(
+            f"no API token: set {TOKEN_ENV} (or {TOKEN_FILE_ENV}, or pass --token) to the token an admin created "
+            "for you with `campaigns token create NAME` (on an empty database, `campaigns bootstrap NAME` creates "
+            "the first admin and its token)"
         )
-    return actor
+    return token
+
+
+@contextmanager
+def _authenticated(args: argparse.Namespace) -> Iterator[tuple[CampaignService, str]]:
+    """A service and the principal the API token authenticates. ``--as``/$CAMPAIGNS_ACTOR, when given, must
+    name the same principal (a check, never a way to act as someone else). Invalid settings are reported
+    before a missing token (they are what is wrong)."""
+    from campaigns.settings import load_settings
+
+    load_settings()
+    token = _token(args)
+    with _service() as service:
+        actor = service.authenticate(token)
+        claimed = getattr(args, "actor", None) or os.environ.get(ACTOR_ENV) or None
+        if claimed is not None and claimed != actor:
+            raise AccessRefused(
+                f"--as {claimed} (or {ACTOR_ENV}): the API token belongs to {actor!r}, not {claimed!r}; use "
+                f"{claimed}'s own token", claimed,
+            )
+        yield service, actor
+
+
+@contextmanager
+def _authorized(args: argparse.Namespace, operation: str) -> Iterator[tuple[CampaignService, str]]:
+    """:func:`_authenticated`, and the principal holds the permission ``operation`` needs."""
+    with _authenticated(args) as (service, actor):
+        service.authorize(actor, operation)
+        yield service, actor
 
 
 JSON_MAX_BYTES = 1024 * 1024  # payload and template files: far above any real one (100,000 recipients ~ 1 MiB)
@@ -285,13 +328,96 @@ def _refuse_unversioned_tables(db: Any, where: str) -> None:
 
 
 def cmd_principal_add(args: argparse.Namespace) -> int:
-    actor = _actor(args, required=False)
+    with _authenticated(args) as (service, actor):
+        service.add_principal(actor, args.name, args.role)
+    _info(f"principal {args.name} has role {args.role}; give it a token with `campaigns token create {args.name}`")
+    return EXIT_OK
+
+
+def cmd_principal_list(args: argparse.Namespace) -> int:
+    with _authenticated(args) as (service, actor):
+        rows = service.list_principals(actor)
+    if args.json:
+        _out(json.dumps([{"name": n, "role": r} for n, r in rows]))
+    for name, role in [] if args.json else rows:
+        _out(f"{name:<32} {role}")
+    return EXIT_OK
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
     with _service() as service:
-        if actor is None:
-            service.bootstrap_principal(args.name, args.role)
-        else:
-            service.add_principal(actor, args.name, args.role)
-    _info(f"principal {args.name} has role {args.role}")
+        token = service.bootstrap(args.name)
+    _out(token)
+    _info(f"admin {args.name} created with an API token (printed above, shown only this once): keep it secret, "
+          f"e.g. `export {TOKEN_ENV}=...`; bootstrap refuses from now on")
+    return EXIT_OK
+
+
+def _duration(text: str, option: str) -> timedelta:
+    value = text.strip().lower()
+    if len(value) >= 2 and value[-1] in _DURATION and value[:-1].isdigit() and len(value) <= 12 and int(value[:-1]):
+        return timedelta(seconds=int(value[:-1]) * _DURATION[value[-1]])
+    raise ValidationError(f"{option}: {text!r} is not a duration (e.g. 90d, 12h, 30m)")
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    expires_in = _duration(args.expires_in, "--expires-in") if args.expires_in else None
+    with _authenticated(args) as (service, actor):
+        token_id, token = service.create_token(actor, args.principal, expires_in=expires_in)
+    _out(token)
+    _info(f"token {token_id} for {args.principal} (printed above, shown only this once; revoke it with "
+          f"`campaigns token revoke {token_id}`)")
+    return EXIT_OK
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    if (args.token_id is None) == (args.principal is None):
+        raise ValidationError("token revoke: give a token id (or the token) or --principal NAME, not both")
+    with _authenticated(args) as (service, actor):
+        revoked = service.revoke_tokens(actor, token_id=args.token_id, principal=args.principal)
+    _info(f"revoked {len(revoked)} token(s): {', '.join(revoked)}")
+    return EXIT_OK
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    with _authenticated(args) as (service, actor):
+        rows = service.list_tokens(actor, args.principal)
+    if args.json:
+        _out(json.dumps(rows, default=str))
+        return EXIT_OK
+    for r in rows:
+        state = f"revoked {_when(r['revoked_at'])} by {r['revoked_by']}" if r["revoked_at"] else (
+            f"expires {_when(r['expires_at'])}" if r["expires_at"] else "live")
+        _out(f"{r['id']}  {r['principal']:<24} created {_when(r['created_at'])} by {r['created_by']}  {state}  "
+             f"last used {_when(r['last_used_at'])}")
+    _out(f"{len(rows)} tokens")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    campaign_id = _campaign_id(args.campaign) if args.campaign else None
+    since = _parse_since(args.since)
+    if args.limit < 1:
+        raise ValidationError(f"--limit: must be >= 1, got {args.limit}")
+    with _authenticated(args) as (service, actor):
+        rows = service.audit_log(actor, campaign_id=campaign_id, principal=args.principal, since=since,
+                                 limit=args.limit)
+    if args.json:
+        _out(json.dumps(rows, default=str))
+        return EXIT_OK
+    for r in rows:
+        campaign = f" campaign={r['campaign_id']}" if r["campaign_id"] else ""
+        _out(f"{_when(r['occurred_at'])}  {r['principal']:<20} {r['action']:<22}{campaign}  "
+             f"{json.dumps(r['detail'], sort_keys=True, default=str)[:160]}")
+    _out(f"{len(rows)} audit entries")
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    campaign_id = _campaign_id(args.id)
+    with _authenticated(args) as (service, actor):
+        service.approve_content(actor, campaign_id)
+    _info(f"campaign {campaign_id}: content approved; schedule it with `campaigns schedule {campaign_id}`")
     return EXIT_OK
 
 
@@ -299,7 +425,6 @@ TEMPLATE_FILE_KEYS = ("name", "channel", "body", "subject", "locale")
 
 
 def cmd_template_add(args: argparse.Namespace) -> int:
-    actor = _actor(args, required=False)
     spec = _read_json(args.file)
     if not isinstance(spec, dict):
         raise ValidationError(f"{args.file}: must hold a JSON object with {', '.join(TEMPLATE_FILE_KEYS)}")
@@ -320,7 +445,7 @@ def cmd_template_add(args: argparse.Namespace) -> int:
         problems += email_subject_problems(spec["subject"], {}, field="subject")
     if problems:
         raise ValidationError([f"{args.file}: {p}" for p in problems])
-    with _service() as service:
+    with _authenticated(args) as (service, actor):
         template_id = service.add_template(
             actor,
             name=spec["name"],
@@ -339,17 +464,14 @@ def cmd_template_add(args: argparse.Namespace) -> int:
 
 
 def cmd_template_approve(args: argparse.Namespace) -> int:
-    actor = _actor(args, required=False)
-    with _service() as service:
+    with _authenticated(args) as (service, actor):
         service.approve_template(actor, args.id)
     _info(f"template {args.id} approved")
     return EXIT_OK
 
 
 def cmd_channel_add(args: argparse.Namespace) -> int:
-    from campaigns.db import repository as repo
-    from campaigns.db.engine import make_engine, make_sessionmaker, transaction
-    from campaigns.settings import CHANNELS, load_settings
+    from campaigns.settings import CHANNELS
 
     problems = []
     if args.kind not in CHANNELS:
@@ -360,54 +482,16 @@ def cmd_channel_add(args: argparse.Namespace) -> int:
         problems.append(f"--burst: must be >= 1, got {args.burst}")
     if problems:
         raise ValidationError(problems)
-    engine = make_engine(load_settings().database)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            # One enabled channel per kind (the kind names the topic the senders consume): without --id,
-            # update the enabled one; a different --id would collide with it.
-            current = repo.enabled_channel(session, args.kind)
-            channel_id = args.id or (current.id if current is not None else args.kind)
-            if current is not None and current.id != channel_id:
-                raise ValidationError(
-                    f"--id: an enabled {args.kind} channel {current.id!r} exists and only one per kind "
-                    f"may be enabled; update it with --id {current.id} (or leave --id out)"
-                )
-            repo.upsert_channel(
-                session,
-                id=channel_id,
-                kind=args.kind,
-                provider=args.provider,
-                rate_per_s=args.rate,
-                burst=args.burst,
-            )
-            repo.add_audit(
-                session,
-                principal="operator",
-                action="add_channel",
-                campaign_id=None,
-                detail={"id": channel_id, "kind": args.kind, "rate_per_s": args.rate, "burst": args.burst},
-            )
-    finally:
-        engine.dispose()
+    with _authenticated(args) as (service, actor):
+        channel_id = service.add_channel(actor, kind=args.kind, channel_id=args.id, provider=args.provider,
+                                         rate_per_s=args.rate, burst=args.burst)
     _info(f"channel {channel_id} ({args.kind} via {args.provider}, {args.rate}/s, burst {args.burst})")
     return EXIT_OK
 
 
 def cmd_channel_list(args: argparse.Namespace) -> int:
-    from campaigns.db import repository as repo
-    from campaigns.db.engine import make_engine, make_sessionmaker, transaction
-    from campaigns.settings import load_settings
-
-    engine = make_engine(load_settings().database)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            rows = [{"id": c.id, "kind": c.kind, "provider": c.provider, "rate_per_s": float(c.rate_per_s),
-                     "burst": c.burst, "breaker": "open" if c.paused_reason else "closed",
-                     "paused_reason": c.paused_reason,
-                     "paused_at": c.paused_at.isoformat() if c.paused_at else None,
-                     "failed_probes": c.failed_probes} for c in repo.channels(session)]
-    finally:
-        engine.dispose()
+    with _authenticated(args) as (service, actor):
+        rows = service.list_channels(actor)
     if args.json:
         _out(json.dumps(rows, sort_keys=True))
     for row in [] if args.json else rows:
@@ -418,44 +502,31 @@ def cmd_channel_list(args: argparse.Namespace) -> int:
 
 
 def cmd_channel_close(args: argparse.Namespace) -> int:
-    from campaigns.db import repository as repo
-    from campaigns.db.engine import make_engine, make_sessionmaker, transaction
-    from campaigns.settings import load_settings
-
-    engine = make_engine(load_settings().database)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            channel = repo.close_channel_breaker(session, args.kind)
-            if channel is None:
-                raise NotFound(f"no enabled {args.kind!r} channel; `campaigns channel list` shows them")
-            repo.add_audit(session, principal="operator", action="close_channel_breaker", campaign_id=None,
-                           detail={"id": channel.id, "kind": args.kind})
-    finally:
-        engine.dispose()
+    with _authenticated(args) as (service, actor):
+        service.close_channel(actor, args.kind)
     _info(f"channel {args.kind}: breaker closed; senders use it again within a second")
     return EXIT_OK
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    actor = _actor(args)
-    assert actor is not None
     payload = _read_json(args.file)
-    with _service() as service:
+    with _authenticated(args) as (service, actor):
         campaign_id = service.create_campaign(actor, payload)
+        approved = service.get_campaign(actor, campaign_id).content_approved
     _out(json.dumps({"id": str(campaign_id), "status": "draft"}) if args.json else str(campaign_id))
     _info(
         f"campaign {campaign_id} created (draft); "
-        f"schedule it with `campaigns schedule {campaign_id} --at now`"
+        + (f"schedule it with `campaigns schedule {campaign_id} --at now`" if approved else
+           f"its inline content needs an approver (templates.manage): `campaigns approve {campaign_id}`, "
+           "then schedule it")
     )
     return EXIT_OK
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    actor = _actor(args)
-    assert actor is not None
     campaign_id = _campaign_id(args.id)
     start_at = _parse_at(args.at)
-    with _service() as service:
+    with _authenticated(args) as (service, actor):
         version = service.schedule_campaign(actor, campaign_id, start_at)
         view = service.get_campaign(actor, campaign_id)
     when = view.start_at.isoformat() if view.start_at else "now"
@@ -465,10 +536,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 def _transition(action: str) -> Handler:
     def handler(args: argparse.Namespace) -> int:
-        actor = _actor(args)
-        assert actor is not None
         campaign_id = _campaign_id(args.id)
-        with _service() as service:
+        with _authenticated(args) as (service, actor):
             version = getattr(service, f"{action}_campaign")(actor, campaign_id)
             status = service.get_campaign(actor, campaign_id).status
         _info(f"campaign {campaign_id} is {status} (version {version})")
@@ -478,11 +547,9 @@ def _transition(action: str) -> Handler:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    actor = _actor(args)
-    assert actor is not None
     campaign_id = _campaign_id(args.id)
     previous: tuple[float, int] | None = None
-    with _service() as service:
+    with _authenticated(args) as (service, actor):
         while True:
             data = service.campaign_status(actor, campaign_id).as_dict()
             now = time.monotonic()
@@ -537,16 +604,19 @@ def cmd_seed(args: argparse.Namespace) -> int:
     plan = SeedPlan(
         customers=args.customers, first_id=args.first_id, segments=args.segments, segment_prefix=args.prefix
     )
-    started = time.perf_counter()
-    try:
-        segment_ids = seed(load_settings().database.dsn(), plan)
-    except psycopg2.errors.UniqueViolation:
-        last = args.first_id + args.customers - 1
-        raise ValidationError(
-            f"--first-id: customer ids {args.first_id}..{last} overlap existing customers; "
-            "choose a free range with --first-id"
-        ) from None
-    elapsed = time.perf_counter() - started
+    with _authorized(args, "seed_customers") as (service, actor):
+        started = time.perf_counter()
+        try:
+            segment_ids = seed(load_settings().database.dsn(), plan)
+        except psycopg2.errors.UniqueViolation:
+            last = args.first_id + args.customers - 1
+            raise ValidationError(
+                f"--first-id: customer ids {args.first_id}..{last} overlap existing customers; "
+                "choose a free range with --first-id"
+            ) from None
+        elapsed = time.perf_counter() - started
+        service.record(actor, "seed_customers", {"customers": args.customers, "first_id": args.first_id,
+                                                 "segments": segment_ids})
     names = ", ".join(f"{args.prefix}-{i}={sid}" for i, sid in enumerate(segment_ids))
     _info(
         f"seeded {args.customers} customers (ids {args.first_id}..{args.first_id + args.customers - 1}) "
@@ -612,11 +682,13 @@ def cmd_commands(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------
 
 
-def _add_actor(parser: argparse.ArgumentParser, *, optional_note: str | None = None) -> None:
-    help_text = f"acting principal (default: ${ACTOR_ENV})"
-    if optional_note:
-        help_text += f"; {optional_note}"
-    parser.add_argument("--as", dest="actor", metavar="PRINCIPAL", help=help_text)
+def _add_actor(parser: argparse.ArgumentParser) -> None:
+    """The authentication options of a command that acts as a principal."""
+    parser.add_argument("--token", help=f"API token (default: ${TOKEN_ENV}, or the file ${TOKEN_FILE_ENV}; an "
+                                        "option is visible to other users in the process list)")
+    parser.add_argument("--as", dest="actor", metavar="PRINCIPAL",
+                        help=f"check that the token is PRINCIPAL's (default: ${ACTOR_ENV}); never a way to act "
+                             "as someone else")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -651,9 +723,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     topic = settings.kafka.topic(args.topic)
-    report = replay(settings, topic, _span(args), campaign=args.campaign,
-                    to_topic=settings.kafka.topic(args.to) if args.to else None, dry_run=args.dry_run,
-                    rate_per_s=args.rate)
+    span = _span(args)
+    with _authorized(args, "replay") as (service, actor):
+        report = replay(settings, topic, span, campaign=args.campaign,
+                        to_topic=settings.kafka.topic(args.to) if args.to else None, dry_run=args.dry_run,
+                        rate_per_s=args.rate)
+        if not args.dry_run:
+            service.record(actor, "replay", {"topic": args.topic, "to": args.to, "campaign": args.campaign,
+                                             "read": report.read, "re_driven": report.matched,
+                                             "from_offset": args.from_offset, "to_offset": args.to_offset,
+                                             "from_time": args.from_time, "to_time": args.to_time})
     verb = "would re-drive" if args.dry_run else "re-drove"
     _out(f"read {report.read} records from {topic}; {verb} {report.matched}"
          + (f" (campaign {args.campaign})" if args.campaign else ""))
@@ -664,7 +743,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     from campaigns.operate import dead_letters
     from campaigns.settings import load_settings
 
-    records = dead_letters(load_settings(), campaign=args.campaign, reason=args.reason)
+    with _authorized(args, "list_dead_letters"):
+        records = dead_letters(load_settings(), campaign=args.campaign, reason=args.reason)
     if args.json:
         _out(json.dumps([{k: v for k, v in r.items() if k != "original_value"} for r in records], default=str))
         return EXIT_OK
@@ -729,7 +809,8 @@ def cmd_events_list(args: argparse.Namespace) -> int:
     from campaigns.settings import load_settings
 
     since = _parse_since(args.since)
-    events = campaign_events(load_settings(), campaign=args.campaign, since=since, event_type=args.type)
+    with _authorized(args, "list_events"):
+        events = campaign_events(load_settings(), campaign=args.campaign, since=since, event_type=args.type)
     if args.json:
         _out(_json_records(events))
         return EXIT_OK
@@ -750,7 +831,8 @@ def cmd_rejected_list(args: argparse.Namespace) -> int:
     from campaigns.settings import load_settings
 
     since = _parse_since(args.since)
-    records = rejected_commands(load_settings(), campaign=args.campaign, since=since, reason=args.reason)
+    with _authorized(args, "list_rejected_commands"):
+        records = rejected_commands(load_settings(), campaign=args.campaign, since=since, reason=args.reason)
     if args.json:
         _out(_json_records(records))
         return EXIT_OK
@@ -772,8 +854,12 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from campaigns.operate import redrive
     from campaigns.settings import load_settings
 
-    report = redrive(load_settings(), campaign=args.campaign, reason=args.reason, rate_per_s=args.rate,
-                     dry_run=args.dry_run)
+    with _authorized(args, "redrive_dead_letters") as (service, actor):
+        report = redrive(load_settings(), campaign=args.campaign, reason=args.reason, rate_per_s=args.rate,
+                         dry_run=args.dry_run)
+        if not args.dry_run:
+            service.record(actor, "redrive_dead_letters", {"campaign": args.campaign, "reason": args.reason,
+                                                           "read": report.read, "re_driven": report.matched})
     verb = "would re-drive" if args.dry_run else "re-drove"
     _out(f"{report.read} dead letters matched; {verb} {report.matched} to their source topics "
          "(recipients that already have a terminal row are not re-sent)")
@@ -811,13 +897,54 @@ def build_parser() -> argparse.ArgumentParser:
                               "made without migrations)")
     migrate.set_defaults(handler=cmd_migrate)
 
+    bootstrap = sub.add_parser("bootstrap", help="create the first admin and print its API token (a database "
+                                                 "without principals only; refuses afterwards)")
+    bootstrap.add_argument("name", help="the admin's principal name")
+    bootstrap.set_defaults(handler=cmd_bootstrap)
+
     principal = sub.add_parser("principal", help="manage principals (users and upstream systems)")
     principal_sub = principal.add_subparsers(dest="principal_command", required=True)
     principal_add = principal_sub.add_parser("add", help="create a principal or change its role")
     principal_add.add_argument("name")
     principal_add.add_argument("--role", required=True, help="admin, marketer or auditor")
-    _add_actor(principal_add, optional_note="without it: an operator with database access")
+    _add_actor(principal_add)
     principal_add.set_defaults(handler=cmd_principal_add)
+    principal_list = principal_sub.add_parser("list", help="every principal and its role")
+    principal_list.add_argument("--json", action="store_true")
+    _add_actor(principal_list)
+    principal_list.set_defaults(handler=cmd_principal_list)
+
+    token = sub.add_parser("token", help="manage API tokens (shown once at creation; stored hashed)")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    token_create = token_sub.add_parser("create", help="create an API token for a principal and print it")
+    token_create.add_argument("principal")
+    token_create.add_argument("--expires-in", metavar="DURATION", help="e.g. 90d, 12h (default: no expiry)")
+    _add_actor(token_create)
+    token_create.set_defaults(handler=cmd_token_create)
+    token_revoke = token_sub.add_parser("revoke", help="revoke a token (its id or the token), or all of a principal's")
+    token_revoke.add_argument("token_id", nargs="?", metavar="TOKEN_ID")
+    token_revoke.add_argument("--principal", help="revoke every live token of this principal")
+    _add_actor(token_revoke)
+    token_revoke.set_defaults(handler=cmd_token_revoke)
+    token_list = token_sub.add_parser("list", help="tokens (ids, owners, expiry, revocation, last use; no secrets)")
+    token_list.add_argument("--principal")
+    token_list.add_argument("--json", action="store_true")
+    _add_actor(token_list)
+    token_list.set_defaults(handler=cmd_token_list)
+
+    audit = sub.add_parser("audit", help="read the audit log (who did what, when), oldest first")
+    audit.add_argument("--campaign", help="only entries of this campaign id")
+    audit.add_argument("--principal", help="only entries by this principal")
+    audit.add_argument("--since", help="a duration (30s, 15m, 2h, 7d) or an ISO-8601 time with offset")
+    audit.add_argument("--limit", type=int, default=1000, help="newest entries returned (default 1000)")
+    audit.add_argument("--json", action="store_true")
+    _add_actor(audit)
+    audit.set_defaults(handler=cmd_audit)
+
+    approve = sub.add_parser("approve", help="approve a campaign's inline content so it can be scheduled")
+    approve.add_argument("id")
+    _add_actor(approve)
+    approve.set_defaults(handler=cmd_approve)
 
     template = sub.add_parser("template", help="manage message templates")
     template_sub = template.add_subparsers(dest="template_command", required=True)
@@ -826,14 +953,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     template_add.add_argument("file", metavar="FILE.json")
     template_add.add_argument("--approve", action="store_true", help="approve it at once")
-    _add_actor(template_add, optional_note="without it: an operator with database access")
+    _add_actor(template_add)
     template_add.set_defaults(handler=cmd_template_add)
     template_approve = template_sub.add_parser("approve", help="approve a pending template version")
     template_approve.add_argument("id", type=int)
-    _add_actor(template_approve, optional_note="without it: an operator with database access")
+    _add_actor(template_approve)
     template_approve.set_defaults(handler=cmd_template_approve)
 
-    channel = sub.add_parser("channel", help="configure provider channels (operator with database access)")
+    channel = sub.add_parser("channel", help="configure provider channels")
     channel_sub = channel.add_subparsers(dest="channel_command", required=True)
     channel_add = channel_sub.add_parser("add", help="add or update the channel account of a kind")
     channel_add.add_argument("kind", help="whatsapp, sms or email")
@@ -841,13 +968,16 @@ def build_parser() -> argparse.ArgumentParser:
     channel_add.add_argument("--provider", default="simulator", help="provider name (default: simulator)")
     channel_add.add_argument("--rate", type=float, default=100.0, help="messages per second (default 100)")
     channel_add.add_argument("--burst", type=int, default=100, help="burst size (default 100)")
+    _add_actor(channel_add)
     channel_add.set_defaults(handler=cmd_channel_add)
     channel_list = channel_sub.add_parser("list", help="the channel accounts, their limits and breakers")
     channel_list.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_actor(channel_list)
     channel_list.set_defaults(handler=cmd_channel_list)
     channel_close = channel_sub.add_parser(
         "close", help="close a channel's breaker by hand (after fixing the provider account)")
     channel_close.add_argument("kind", help="whatsapp, sms or email")
+    _add_actor(channel_close)
     channel_close.set_defaults(handler=cmd_channel_close)
 
     create = sub.add_parser("create", help="create a draft campaign from a JSON payload (prints its id)")
@@ -890,6 +1020,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--segments", type=int, default=3, help="how many segments (default 3)")
     seed.add_argument("--first-id", type=int, default=1, help="first customer id (default 1)")
     seed.add_argument("--prefix", default="segment", help="segment name prefix (default 'segment')")
+    _add_actor(seed)
     seed.set_defaults(handler=cmd_seed)
 
     topics = sub.add_parser("topics", help="manage Kafka topics")
@@ -925,6 +1056,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--to", help="target topic (default: the same topic)")
     replay.add_argument("--rate", type=float, help="records per second (default: as fast as possible)")
     replay.add_argument("--dry-run", action="store_true", help="count what would be re-driven")
+    _add_actor(replay)
     replay.set_defaults(handler=cmd_replay)
 
     dlq = sub.add_parser("dlq", help="inspect and redrive campaign.messages.dlq")
@@ -932,6 +1064,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_list = dlq_sub.add_parser("list", help="list dead letters")
     dlq_redrive = dlq_sub.add_parser("redrive", help="re-produce dead letters to their source topics")
     for p in (dlq_list, dlq_redrive):
+        _add_actor(p)
         p.add_argument("--campaign")
         p.add_argument("--reason", help="reason prefix, e.g. permanent_failure, undecodable")
     dlq_list.add_argument("--json", action="store_true")
@@ -951,6 +1084,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "RESUMED, CANCELLED, COMPLETED, FAILED")
     events_list.add_argument("--json", action="store_true", help="every match as a JSON array")
     events_list.add_argument("--limit", type=int, default=50, help="newest lines shown (default 50; not --json)")
+    _add_actor(events_list)
     events_list.set_defaults(handler=cmd_events_list)
 
     rejected = sub.add_parser("rejected", help="read campaign.commands.rejected (commands that were refused)")
@@ -961,6 +1095,7 @@ def build_parser() -> argparse.ArgumentParser:
     rejected_list.add_argument("--reason", help="reason prefix, e.g. invalid, permission_denied")
     rejected_list.add_argument("--json", action="store_true", help="every match as a JSON array")
     rejected_list.add_argument("--limit", type=int, default=50, help="newest lines shown (default 50; not --json)")
+    _add_actor(rejected_list)
     rejected_list.set_defaults(handler=cmd_rejected_list)
 
     live = sub.add_parser("live", help="run the Faust live view of campaign analytics (windowed tables)")

@@ -26,7 +26,8 @@ from campaigns.errors import (
 
 @pytest.fixture(autouse=True)
 def no_actor(monkeypatch):
-    monkeypatch.delenv(cli.ACTOR_ENV, raising=False)
+    for name in (cli.ACTOR_ENV, cli.TOKEN_ENV, cli.TOKEN_FILE_ENV):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -64,12 +65,19 @@ def test_usage_errors_are_invalid_input_and_help_is_ok(capsys):
     assert "create" in capsys.readouterr().out
 
 
-def test_commands_that_act_need_an_actor(capsys, no_service):
+def test_commands_that_act_need_a_token(capsys, no_service):
+    """No token: refused (exit 3) before any service is reached, saying where the token goes; --as alone is no
+    credential."""
     campaign_id = str(uuid.uuid4())
-    for argv in (["status", campaign_id], ["pause", campaign_id], ["schedule", campaign_id, "--at", "now"]):
-        assert cli.main(argv) == 2
+    for argv in (["status", campaign_id], ["pause", campaign_id], ["schedule", campaign_id, "--at", "now"],
+                 ["status", campaign_id, "--as", "alice"], ["principal", "add", "eve", "--role", "admin"],
+                 ["channel", "add", "sms"], ["channel", "list"], ["seed", "--customers", "1"],
+                 ["replay", "--topic", "campaign.messages.sms", "--dry-run"], ["dlq", "redrive"], ["dlq", "list"],
+                 ["events", "list"], ["rejected", "list"], ["audit"], ["token", "create", "eve"],
+                 ["token", "revoke", "--principal", "eve"], ["token", "list"], ["approve", campaign_id]):
+        assert cli.main(argv) == 3, argv
         err = capsys.readouterr().err
-        assert "--as" in err and cli.ACTOR_ENV in err and "campaigns principal add" in err
+        assert "no API token" in err and cli.TOKEN_ENV in err and "campaigns token create" in err, err
 
 
 def test_create_reports_a_missing_or_broken_file(tmp_path, capsys, no_service):
@@ -91,26 +99,63 @@ def test_campaign_ids_and_times_are_checked_before_any_service_call(capsys, no_s
     assert "has no UTC offset; add one, e.g. 2026-05-01T09:00:00Z" in capsys.readouterr().err
 
 
-def test_actor_can_come_from_the_environment(monkeypatch, capsys):
-    calls = []
+class FakeService:
+    """Authenticates one token as ``auditor-1``."""
 
-    class FakeService:
-        def campaign_status(self, actor, campaign_id):
-            calls.append((actor, campaign_id))
-            raise NotFound(f"campaign {campaign_id} does not exist")
+    def __init__(self, calls):
+        self.calls = calls
 
+    def authenticate(self, token):
+        self.calls.append(("authenticate", token))
+        if token != "good-token":
+            raise PermissionDenied("(unauthenticated)", "a token")
+        return "auditor-1"
+
+    def campaign_status(self, actor, campaign_id):
+        self.calls.append((actor, campaign_id))
+        raise NotFound(f"campaign {campaign_id} does not exist")
+
+
+@pytest.fixture
+def fake_service(monkeypatch):
     from contextlib import contextmanager
+
+    calls = []
 
     @contextmanager
     def fake():
-        yield FakeService()
+        yield FakeService(calls)
 
     monkeypatch.setattr(cli, "_service", fake)
-    monkeypatch.setenv(cli.ACTOR_ENV, "auditor-from-env")
+    return calls
+
+
+def test_the_token_comes_from_the_environment_a_file_or_the_option(monkeypatch, capsys, tmp_path, fake_service):
     campaign_id = uuid.uuid4()
+    monkeypatch.setenv(cli.TOKEN_ENV, "good-token")
     assert cli.main(["status", str(campaign_id)]) == 4
-    assert calls == [("auditor-from-env", campaign_id)]
+    assert fake_service == [("authenticate", "good-token"), ("auditor-1", campaign_id)]
     assert "does not exist" in capsys.readouterr().err
+    monkeypatch.delenv(cli.TOKEN_ENV)
+    token_file = tmp_path / "token"
+    token_file.write_text("good-token\n")
+    monkeypatch.setenv(cli.TOKEN_FILE_ENV, str(token_file))
+    assert cli.main(["status", str(campaign_id)]) == 4
+    assert fake_service[-2] == ("authenticate", "good-token")
+    monkeypatch.delenv(cli.TOKEN_FILE_ENV)
+    assert cli.main(["status", str(campaign_id), "--token", "bad-token"]) == 3
+    assert fake_service[-1] == ("authenticate", "bad-token")
+
+
+def test_as_only_checks_the_tokens_principal(monkeypatch, capsys, fake_service):
+    campaign_id = uuid.uuid4()
+    monkeypatch.setenv(cli.TOKEN_ENV, "good-token")
+    assert cli.main(["status", str(campaign_id), "--as", "auditor-1"]) == 4
+    assert cli.main(["status", str(campaign_id), "--as", "admin-1"]) == 3
+    assert "the API token belongs to 'auditor-1', not 'admin-1'" in capsys.readouterr().err
+    monkeypatch.setenv(cli.ACTOR_ENV, "admin-1")
+    assert cli.main(["status", str(campaign_id)]) == 3
+    assert ("admin-1", campaign_id) not in fake_service  # nothing ran as admin-1
 
 
 def test_template_files_are_checked(tmp_path, capsys, no_service):
