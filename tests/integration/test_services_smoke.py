@@ -82,4 +82,4 @@ def test_postgres_round_trip(database_settings):
         cur.execute("SELECT name FROM customer_segments WHERE id = %s", (segment_id,))
         assert cur.fetchone() == (marker,)
         cur.execute("SELECT count(*) FROM role_permissions WHERE role_name = 'auditor'")
-        assert cur.fetchone() == (2,)
+        assert cur.fetchone() == (3,)  # campaigns.read, campaigns.audit, pipeline.read (0001, 0006)
