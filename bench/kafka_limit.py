@@ -1,7 +1,7 @@
 """The broker's own limit: Kafka's ``ProducerPerformance`` and ``ConsumerPerformance`` (kafka-tools 4.4.0,
 from ``ops/kafka/.cache/libs``) against the same broker, with records of the pipeline's size.
 
-Producer settings mirror the pipeline's ``BatchProducer`` (acks=all, idempotence, linger 5 ms); the payload
+Producer settings mirror the pipeline's ``KafkaProducer`` (acks=all, idempotence, linger 5 ms); the payload
 is random bytes, so compression is off (lz4 on random bytes only costs CPU). One topic with the pipeline's
 partition count, created for the run and deleted after.
 """

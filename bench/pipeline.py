@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from campaigns.codec import get_codec
-from producers.batch import BatchProducer
+from producers.kafka import KafkaProducer
 from producers.topics import ensure_topics, topic_specs
 from streams.expansion import Expander
 
@@ -319,7 +319,7 @@ def expansion_run(env: BenchEnv, n: int, batch: int) -> dict[str, Any]:
     prefix = env.new_prefix("exp")
     settings = env.settings(prefix)
     ensure_topics(settings.kafka, topic_specs(settings), timeout=120)
-    producer = BatchProducer(settings.kafka)
+    producer = KafkaProducer(settings.kafka)
     expander = Expander(settings, producer)
     try:
         campaign = env.create_campaign(channel="email", batch_size=batch, segment=segment, name=f"exp-{n}")
@@ -487,7 +487,7 @@ def python_client_ceiling(env: BenchEnv, records: int) -> dict[str, Any]:
         "last_error": None,
     }
     value = codec.encode("RecipientMessage", record)
-    producer = BatchProducer(settings.kafka)
+    producer = KafkaProducer(settings.kafka)
     try:
         t0 = time.perf_counter()
         for i in range(records):

@@ -73,19 +73,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _producer_overrides() -> None:
     """Experiments only: ``BENCH_PRODUCER_OVERRIDES="linger.ms=20,compression.type=none"`` changes the
-    librdkafka configuration of every ``BatchProducer`` in this process (there is no setting for it)."""
+    librdkafka configuration of every ``KafkaProducer`` in this process (there is no setting for it)."""
     text = os.environ.get("BENCH_PRODUCER_OVERRIDES", "").strip()
     if not text:
         return
-    import producers.batch
+    import producers.kafka
 
     conf = dict(item.split("=", 1) for item in text.split(","))
-    original = producers.batch.BatchProducer.__init__
+    original = producers.kafka.KafkaProducer.__init__
 
     def patched(self: Any, kafka: Any, **overrides: Any) -> None:
         original(self, kafka, **{**conf, **overrides})
 
-    producers.batch.BatchProducer.__init__ = patched  # type: ignore[method-assign]
+    producers.kafka.KafkaProducer.__init__ = patched  # type: ignore[method-assign]
 
 
 def _consumer_overrides() -> None:

@@ -645,13 +645,13 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 def cmd_relay(args: argparse.Namespace) -> int:
     from campaigns.db.engine import make_engine
     from campaigns.settings import load_settings
-    from producers.kafka import KafkaPublisher
+    from producers.kafka import KafkaProducer
     from producers.outbox_relay import OutboxRelay
 
     _setup_logging()
     settings = load_settings()
     engine = make_engine(settings.database)
-    relay = OutboxRelay(settings, engine, KafkaPublisher(settings.kafka))
+    relay = OutboxRelay(settings, engine, KafkaProducer(settings.kafka))
     stop = _stop_on_signals()
     _info(f"outbox relay publishing to {settings.kafka.bootstrap_servers}; Ctrl-C to stop")
     try:

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, To
 from campaigns.codec import get_codec
 from campaigns.errors import SchemaError, ValidationError
 from campaigns.settings import Settings
-from producers.batch import BatchProducer
+from producers.kafka import KafkaProducer
 
 SCHEMA_FOR_TOPIC = (
     (".retry.", "RecipientMessage"),
@@ -133,7 +133,7 @@ def replay(
     if campaign is not None and record_name is None:
         raise ValidationError(f"--campaign: records of {topic!r} carry no campaign id")
     report = ReplayReport()
-    producer = None if dry_run else BatchProducer(settings.kafka)
+    producer = None if dry_run else KafkaProducer(settings.kafka)
     started = time.monotonic()
     for msg in read_range(settings, topic, span):
         report.read += 1
@@ -187,7 +187,7 @@ def redrive(
     records after a fix, unknown campaigns created since); to retry failed recipients, create a follow-up
     campaign for them."""
     report = ReplayReport()
-    producer = None if dry_run else BatchProducer(settings.kafka)
+    producer = None if dry_run else KafkaProducer(settings.kafka)
     started = time.monotonic()
     for record in dead_letters(settings, campaign=campaign, reason=reason):
         report.read += 1

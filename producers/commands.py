@@ -50,18 +50,13 @@ from campaigns.errors import (
 )
 from campaigns.service import COMMAND_TYPES, CampaignService, CommandRequest, CommandResult
 from campaigns.settings import Settings
-from producers.batch import BatchProducer
-from producers.kafka import EventPublisher, KafkaPublisher, as_publisher
+from producers.dead_letters import DeadLetters
+from producers.kafka import KafkaProducer, Publisher
 from producers.topics import COMMANDS, COMMANDS_REJECTED
 
 log = logging.getLogger(__name__)
 
 COMMAND_RECORD = "CampaignCommand"
-# A rejection must fit the producer's message.max.bytes (librdkafka's default 1,000,000) with its own fields.
-REJECTION_MAX_ORIGINAL_BYTES = 990_000
-DEAD_LETTER_RECORD = "DeadLetter"
-DEAD_LETTER_NAMESPACE = uuid.UUID("3f0b3a52-0c55-5a8e-9a43-3f6c1f0c2d11")
-"""Namespace of the deterministic ``dead_letter_id`` of rejected commands (uuid5 of source coordinates)."""
 
 
 def command_group_id(settings: Settings) -> str:
@@ -82,7 +77,7 @@ class Rejection:
 class CommandConsumer:
     """Consumes ``campaign.commands`` and applies each command via the service (see module docstring).
 
-    ``publisher`` publishes the rejections (a :class:`~producers.kafka.KafkaPublisher` is built if none is
+    ``publisher`` publishes the rejections (a :class:`~producers.kafka.KafkaProducer` is built if none is
     given). ``group_id`` defaults to :func:`command_group_id`. Not thread-safe: one thread drives it.
     """
 
@@ -90,7 +85,7 @@ class CommandConsumer:
         self,
         settings: Settings,
         service: CampaignService,
-        publisher: EventPublisher | BatchProducer | None = None,
+        publisher: Publisher | None = None,
         *,
         group_id: str | None = None,
         codec: Codec | None = None,
@@ -100,24 +95,16 @@ class CommandConsumer:
     ) -> None:
         self._settings = settings
         self._service = service
-        self._publisher = as_publisher(publisher) if publisher is not None else KafkaPublisher(settings.kafka)
+        self._publisher = publisher if publisher is not None else KafkaProducer(settings.kafka)
         self._codec = codec or get_codec()
         self._batch_size = batch_size
         self._conflict_retries = conflict_retries
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._rejections = DeadLetters(self._publisher, settings.kafka.topic(COMMANDS_REJECTED),
+                                       lambda: self._clock().timestamp(), self._codec)
         self._topic = settings.kafka.topic(COMMANDS)
-        self._rejected_topic = settings.kafka.topic(COMMANDS_REJECTED)
-        self._consumer = Consumer(
-            settings.kafka.as_librdkafka(
-                **{
-                    "group.id": group_id or command_group_id(settings),
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "isolation.level": "read_committed",
-                    "enable.partition.eof": False,
-                }
-            )
-        )
+        self._consumer = Consumer(settings.kafka.stage_consumer(
+            group_id or command_group_id(settings), **{"isolation.level": "read_committed"}))
         self._consumer.subscribe([self._topic])
         self.applied = 0
         self.duplicates = 0
@@ -244,35 +231,13 @@ class CommandConsumer:
 
     def _publish_rejection(self, msg: Message, rejection: Rejection) -> None:
         topic, partition, offset = _where(msg)
-        coordinates = f"{topic}:{partition}:{offset}"
-        original, detail = msg.value(), rejection.detail
-        if original is not None and len(original) > REJECTION_MAX_ORIGINAL_BYTES:
-            # Too large to fit a rejection record (the producer's message.max.bytes): point at the source
-            # coordinates instead, so the rejection is still written and the partition keeps flowing.
-            detail = f"original value of {len(original)} bytes not copied (too large); {detail}"
-            original = None
-        record = {
-            "dead_letter_id": str(uuid.uuid5(DEAD_LETTER_NAMESPACE, coordinates)),
-            "message_id": rejection.command_id,  # a command's message id is its command id
-            "campaign_id": rejection.campaign_id,
-            "recipient_id": None,
-            "channel": None,
-            "source_topic": topic,
-            "source_partition": partition,
-            "source_offset": offset,
-            "reason": rejection.reason,
-            "detail": detail[:4000],
-            "attempts": 0,
-            "failed_at": self._clock(),
-            "original_value": original,
-        }
-        key = msg.key() or (rejection.command_id.encode() if rejection.command_id else None)
-        log.warning("command rejected (%s) at %s: %s", rejection.reason, coordinates, rejection.detail)
-        self._publisher.produce(
-            self._rejected_topic,
-            self._codec.encode(DEAD_LETTER_RECORD, record),
-            key=key,
-            headers={"reason": rejection.reason},
+        log.warning("command rejected (%s) at %s:%d:%d: %s", rejection.reason, topic, partition, offset,
+                    rejection.detail)
+        self._rejections.write(
+            msg, rejection.reason, rejection.detail,
+            message_id=rejection.command_id,  # a command's message id is its command id
+            campaign_id=rejection.campaign_id,
+            key=msg.key() or (rejection.command_id.encode() if rejection.command_id else None),
         )
 
     def _record_rejection(self, rejection: Rejection) -> None:
@@ -405,7 +370,7 @@ def build_command(command: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def send_command(
-    producer: EventPublisher | BatchProducer,
+    producer: Publisher,
     settings: Settings,
     command: Mapping[str, Any],
     *,
@@ -419,15 +384,14 @@ def send_command(
     """
     record = build_command(command)
     value = get_codec().encode(COMMAND_RECORD, record)
-    publisher = as_publisher(producer)
-    publisher.produce(
+    producer.produce_tracked(
         settings.kafka.topic(COMMANDS),
+        record["campaign_id"] or record["command_id"],
         value,
-        key=record["campaign_id"] or record["command_id"],
         headers={"command_id": record["command_id"]},
     )
     if flush:
-        publisher.flush(30.0)
+        producer.flush(30.0)
     return str(record["command_id"])
 
 

@@ -1,38 +1,42 @@
-"""A small publishing port over an idempotent confluent-kafka Producer, and an in-memory fake.
+"""The project's one Kafka producer (confluent-kafka) and its in-memory fake.
 
-Guarantees of :class:`KafkaPublisher`:
+Guarantees of :class:`KafkaProducer`:
 
-* Idempotent producer (``enable.idempotence=true``, ``acks=all``): a broker-side retry never duplicates
-  or reorders records of one partition, so records produced in order with the same key land in order.
-* :meth:`KafkaPublisher.flush` returns only when every record produced since the previous flush is
-  acknowledged, and raises :class:`~campaigns.errors.SinkError` if any was not (failed delivery or still
-  queued at the timeout). Each :meth:`~KafkaPublisher.produce` returns a :class:`Delivery` handle, so a
-  caller that must know *which* records made it (the outbox relay) can look after the flush.
-* Nothing is sent or connected at import; a publisher is built where the process starts.
+* One configuration (:func:`producer_config`): idempotent (``enable.idempotence=true``, ``acks=all``), so a
+  broker-side retry never duplicates or reorders records of one partition and records produced in order with
+  the same key land in order; lz4 batches; bounded ``delivery.timeout.ms``, so a broker that never answers
+  becomes a failed delivery, not a hang.
+* :meth:`~KafkaProducer.flush` returns only when every record produced since the previous flush is
+  acknowledged, and raises :class:`~campaigns.errors.DeliveryFailed` if any was not. Callers flush *before*
+  they commit the work the records stand for (a database checkpoint, a consumer offset), never per record.
+* Two ways to produce: :meth:`~KafkaProducer.produce` for the hot path (no per-record bookkeeping), and
+  :meth:`~KafkaProducer.produce_tracked`, which returns a :class:`Delivery` handle, for a caller that must
+  know *which* records made it (the outbox relay marks exactly those).
+* A full local queue makes ``produce`` serve delivery reports until there is room (never drops a record).
+* Nothing is sent or connected at import; a producer is built where the process (or stage) starts. One
+  producer belongs to one thread.
 
-:class:`MemoryPublisher` is the fake for unit tests: it keeps the encoded bytes it was given (so schema
-drift still fails tests) and can be told to fail.
+:class:`MemoryProducer` is the fake for unit tests: it keeps the encoded bytes it was given (so schema drift
+still fails tests) and can be told to fail deliveries to given topics.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from campaigns.errors import SinkError
+from campaigns.errors import DeliveryFailed, SinkError
 from campaigns.settings import KafkaSettings
-from producers.batch import BatchProducer
 
-Headers = Mapping[str, bytes | str]
+Headers = Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str | None]]
 
 
 @dataclass
 class Delivery:
-    """The fate of one produced record, filled in by the delivery report (during poll/flush).
+    """The fate of one tracked record, filled in by its delivery report (during poll/flush).
 
     ``done`` False means no report yet; then ``error`` is None and ``offset`` is None.
     """
@@ -49,12 +53,16 @@ class Delivery:
         return self.done and self.error is None
 
 
-class EventPublisher(Protocol):
-    """The port: queue records, then wait for all of them. Implementations must keep per-key order."""
+class Publisher(Protocol):
+    """The port the stages and producers use: queue records, then wait for all of them (per-key order)."""
 
-    def produce(
-        self, topic: str, value: bytes, *, key: str | bytes | None = None, headers: Headers | None = None
+    def produce(self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None) -> None: ...
+
+    def produce_tracked(
+        self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None
     ) -> Delivery: ...
+
+    def poll(self, timeout: float = 0.0) -> None: ...
 
     def flush(self, timeout: float = 30.0) -> None: ...
 
@@ -62,35 +70,54 @@ class EventPublisher(Protocol):
 
 
 def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
-    """librdkafka settings for an idempotent, ordered, low-latency producer (overridable)."""
+    """librdkafka settings of every producer of the project (``overrides`` win)."""
     return kafka.as_librdkafka(
         **{
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
             "compression.type": "lz4",
-            # Bounded: a broker that never answers turns into a failed delivery report, not a hang.
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 500_000,
             "delivery.timeout.ms": 30_000,
             **overrides,
         }
     )
 
 
-class KafkaPublisher:
-    """:class:`EventPublisher` over one confluent-kafka ``Producer``. Safe to produce from one thread at
-    a time; delivery reports are served by :meth:`flush` / :meth:`poll`."""
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key
+
+
+def _header_list(headers: Headers | None) -> list[tuple[str, bytes | None]] | None:
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
+
+
+class KafkaProducer:
+    """:class:`Publisher` over one confluent-kafka ``Producer``; see the module guarantees."""
 
     def __init__(self, kafka: KafkaSettings, **overrides: Any) -> None:
         self._producer = Producer(producer_config(kafka, **overrides))
-        self._pending: list[Delivery] = []
-        self._lock = threading.Lock()
+        self._failures: list[str] = []  # hot-path records whose delivery failed since the last flush
+        self._tracked: list[Delivery] = []
+        self.produced = 0
 
-    def produce(
-        self, topic: str, value: bytes, *, key: str | bytes | None = None, headers: Headers | None = None
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failures.append(f"{message.topic()}: {error.str()}")
+
+    def produce(self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None) -> None:
+        """Queue one record (the hot path): its failure, if any, is reported by the next :meth:`flush`."""
+        self._produce(topic, _key_bytes(key), value, _header_list(headers), self._on_delivery)
+
+    def produce_tracked(
+        self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None
     ) -> Delivery:
-        """Queue one record; returns its :class:`Delivery` handle (filled in by a later flush)."""
-        key_bytes = key.encode() if isinstance(key, str) else key
-        delivery = Delivery(topic=topic, key=key_bytes)
+        """Queue one record and return its :class:`Delivery` handle (filled in by a later poll/flush)."""
+        delivery = Delivery(topic=topic, key=_key_bytes(key))
 
         def report(error: KafkaError | None, message: Message) -> None:
             delivery.done = True
@@ -100,119 +127,77 @@ class KafkaPublisher:
                 delivery.partition = message.partition()
                 delivery.offset = message.offset()
 
-        header_list: list[tuple[str, str | bytes | None]] = [
-            (k, v.encode() if isinstance(v, str) else v) for k, v in (headers or {}).items()
-        ]
+        self._produce(topic, delivery.key, value, _header_list(headers), report)
+        self._tracked.append(delivery)
+        return delivery
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Any, report: Any) -> None:
         while True:
             try:
-                self._producer.produce(
-                    topic, value, key_bytes, on_delivery=report, headers=header_list or None
-                )
+                self._producer.produce(topic, value, key, on_delivery=report, headers=headers)
                 break
-            except BufferError:
-                # The local queue is full: let librdkafka drain it (bounded by delivery.timeout.ms).
+            except BufferError:  # the local queue is full: let librdkafka drain it (bounded by its timeouts)
                 self._producer.poll(0.05)
             except KafkaException as exc:
                 raise SinkError(f"cannot produce to {topic}: {exc}") from exc
-        with self._lock:
-            self._pending.append(delivery)
-        return delivery
+        self.produced += 1
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery reports (call now and then during long batches)."""
         self._producer.poll(timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait for every record produced since the last flush; raise SinkError if any failed."""
+        """Wait for every record produced since the last flush; :class:`DeliveryFailed` if any was not
+        acknowledged (failed, or still queued at the timeout)."""
         remaining = self._producer.flush(timeout)
-        with self._lock:
-            pending, self._pending = self._pending, []
-        failed = [d for d in pending if d.done and d.error is not None]
-        if remaining or any(not d.done for d in pending):
-            raise SinkError(
-                f"{remaining} records not acknowledged by Kafka within {timeout}s "
-                f"({len(failed)} failed); is the broker reachable? they will be retried"
-            )
-        if failed:
-            sample = "; ".join(f"{d.topic}: {d.error}" for d in failed[:3])
-            raise SinkError(f"{len(failed)} of {len(pending)} records failed delivery: {sample}")
+        failures, self._failures = self._failures, []
+        tracked, self._tracked = self._tracked, []
+        failures += [f"{d.topic}: {d.error}" for d in tracked if d.done and d.error is not None]
+        if remaining or any(not d.done for d in tracked):
+            raise DeliveryFailed(f"{remaining} records not acknowledged by Kafka within {timeout}s "
+                                 f"({len(failures)} failed); is the broker reachable? they will be retried")
+        if failures:
+            raise DeliveryFailed(f"{len(failures)} records failed delivery: {'; '.join(failures[:3])}")
 
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued (bounded by ``timeout``); the publisher is not used afterwards."""
+        """Deliver what is queued (bounded by ``timeout``); the producer is not used afterwards."""
         self._producer.flush(timeout)
 
 
 @dataclass
-class MemoryPublisher:
-    """A fake :class:`EventPublisher` that records ``(topic, key, value, headers)`` with the encoded bytes.
+class MemoryProducer:
+    """A fake :class:`Publisher` that records ``(topic, key, value, headers)`` with the encoded bytes.
 
-    ``fail_topics``: records to these topics fail their delivery (flush raises SinkError).
+    ``fail_topics``: records to these topics fail their delivery (flush raises DeliveryFailed).
     """
 
-    records: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = field(default_factory=list)
+    records: list[tuple[str, bytes | None, bytes, dict[str, bytes | None]]] = field(default_factory=list)
     fail_topics: set[str] = field(default_factory=set)
     _pending: list[Delivery] = field(default_factory=list)
 
-    def produce(
-        self, topic: str, value: bytes, *, key: str | bytes | None = None, headers: Headers | None = None
+    def produce(self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None) -> None:
+        self.produce_tracked(topic, key, value, headers)
+
+    def produce_tracked(
+        self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None
     ) -> Delivery:
-        key_bytes = key.encode() if isinstance(key, str) else key
-        delivery = Delivery(topic=topic, key=key_bytes)
+        delivery = Delivery(topic=topic, key=_key_bytes(key))
         self._pending.append(delivery)
         if topic in self.fail_topics:
             delivery.done, delivery.error = True, "simulated delivery failure"
         else:
-            hdrs = {k: v.encode() if isinstance(v, str) else v for k, v in (headers or {}).items()}
             delivery.done, delivery.partition, delivery.offset = True, 0, len(self.records)
-            self.records.append((topic, key_bytes, value, hdrs))
+            self.records.append((topic, delivery.key, value, dict(_header_list(headers) or [])))
         return delivery
+
+    def poll(self, timeout: float = 0.0) -> None:
+        pass
 
     def flush(self, timeout: float = 30.0) -> None:
         pending, self._pending = self._pending, []
         failed = [d for d in pending if d.error is not None]
         if failed:
-            raise SinkError(f"{len(failed)} of {len(pending)} records failed delivery: {failed[0].error}")
+            raise DeliveryFailed(f"{len(failed)} of {len(pending)} records failed delivery: {failed[0].error}")
 
     def close(self, timeout: float = 10.0) -> None:
         self.flush(timeout)
-
-
-class BatchProducerPublisher:
-    """Adapts a :class:`~producers.batch.BatchProducer` (the hot-path producer, which reports failures
-    per flush, not per record) to :class:`EventPublisher`. After a successful flush every handle is ok;
-    after a failed one none is (the caller must treat the whole batch as not delivered)."""
-
-    def __init__(self, producer: BatchProducer) -> None:
-        self._producer = producer
-        self._pending: list[Delivery] = []
-
-    def produce(
-        self, topic: str, value: bytes, *, key: str | bytes | None = None, headers: Headers | None = None
-    ) -> Delivery:
-        key_bytes = key.encode() if isinstance(key, str) else key
-        header_list = [(k, v.encode() if isinstance(v, str) else v) for k, v in (headers or {}).items()]
-        self._producer.produce(topic, key_bytes, value, headers=header_list or None)  # type: ignore[arg-type]
-        delivery = Delivery(topic=topic, key=key_bytes)
-        self._pending.append(delivery)
-        return delivery
-
-    def flush(self, timeout: float = 30.0) -> None:
-        pending, self._pending = self._pending, []
-        try:
-            self._producer.flush(timeout)
-        except SinkError:
-            for delivery in pending:
-                delivery.done, delivery.error = True, "batch not acknowledged"
-            raise
-        for delivery in pending:
-            delivery.done = True
-
-    def close(self, timeout: float = 10.0) -> None:
-        self._producer.close(timeout)
-
-
-def as_publisher(producer: EventPublisher | BatchProducer) -> EventPublisher:
-    """``producer`` as an :class:`EventPublisher` (a BatchProducer is wrapped; anything else is returned)."""
-    if isinstance(producer, BatchProducer):
-        return BatchProducerPublisher(producer)
-    return producer

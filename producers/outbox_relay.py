@@ -39,8 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from campaigns.codec import Codec, get_codec
 from campaigns.errors import CampaignError, SchemaError, ServiceUnavailable, SinkError
 from campaigns.settings import Settings
-from producers.batch import BatchProducer
-from producers.kafka import Delivery, EventPublisher, as_publisher
+from producers.kafka import Delivery, Publisher
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +80,21 @@ class OutboxRelay:
     """Publishes unpublished outbox rows to Kafka in batches. See the module docstring for guarantees.
 
     ``sessions_or_dsn``: a SQLAlchemy ``sessionmaker`` or ``Engine`` (connections come from its pool), or
-    a libpq DSN string (one connection, re-opened after an error). ``producer``: an
-    :class:`~producers.kafka.EventPublisher` (e.g. :class:`~producers.kafka.KafkaPublisher`) or a
-    :class:`~producers.batch.BatchProducer`.
+    a libpq DSN string (one connection, re-opened after an error). ``producer``: a
+    :class:`~producers.kafka.Publisher` (:class:`~producers.kafka.KafkaProducer`, or the fake).
     """
 
     def __init__(
         self,
         settings: Settings,
         sessions_or_dsn: sessionmaker[Session] | Engine | str,
-        producer: EventPublisher | BatchProducer,
+        producer: Publisher,
         *,
         codec: Codec | None = None,
         flush_timeout: float = 30.0,
     ) -> None:
         self._settings = settings
-        self._publisher = as_publisher(producer)
+        self._publisher = producer
         self._codec = codec or get_codec()
         self._flush_timeout = flush_timeout
         self._engine: Engine | None = None
@@ -197,10 +195,10 @@ class OutboxRelay:
                     )
                 self.stuck[row.id] = str(exc)
                 continue
-            delivery = self._publisher.produce(
+            delivery = self._publisher.produce_tracked(
                 self._settings.kafka.topic(row.topic),
+                row.key,
                 value,
-                key=row.key,
                 headers={"event_id": row.event_id, "event_type": row.event_type},
             )
             sent.append((row, delivery))

@@ -36,7 +36,7 @@ from campaigns.core.windows import window_bounds
 from campaigns.errors import SchemaError
 from campaigns.service import CampaignService
 from campaigns.settings import Settings
-from producers.batch import BatchProducer
+from producers.kafka import KafkaProducer
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class AnalyticsStage:
     """Consumes ``delivery.outcomes`` in micro-batches. Run :meth:`run_forever` in its own thread."""
 
     def __init__(
-        self, settings: Settings, producer: BatchProducer, service: CampaignService,
+        self, settings: Settings, producer: KafkaProducer, service: CampaignService,
         clock: Callable[[], float] = time.time, batch_size: int = 5000, metrics: Any = None,
     ) -> None:
         self._settings = settings
@@ -104,16 +104,7 @@ class AnalyticsStage:
         self._topic = kafka.topic("delivery.outcomes")
         self._analytics_topic = kafka.topic("campaign.analytics")
         self._counts_topic = kafka.topic("campaign.outcome_counts")
-        self._consumer = Consumer(
-            kafka.as_librdkafka(
-                **{
-                    "group.id": kafka.topic("analytics"),
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 50,
-                }
-            )
-        )
+        self._consumer = Consumer(kafka.stage_consumer(kafka.topic("analytics")))
         self._conn = psycopg2.connect(settings.database.dsn())
         self._last_sweep = 0.0
         self.received = 0  # outcomes decoded (counted or recognised as already counted)

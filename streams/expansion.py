@@ -31,7 +31,7 @@ import psycopg2.extras
 from campaigns.codec import get_codec
 from campaigns.core.ids import message_id
 from campaigns.settings import Settings
-from producers.batch import BatchProducer
+from producers.kafka import KafkaProducer
 from streams.audience import Recipient, fetch_page
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class Expander:
     """Expands and sweeps campaigns. Not thread-safe: one per thread, each with its own connection."""
 
     def __init__(
-        self, settings: Settings, producer: BatchProducer,
+        self, settings: Settings, producer: KafkaProducer,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC), metrics: Any = None,
     ) -> None:
         self._settings = settings

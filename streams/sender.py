@@ -60,19 +60,22 @@ from campaigns.errors import (
 )
 from campaigns.settings import Settings
 from campaigns.transports.base import OutgoingMessage, Transport
-from producers.batch import BatchProducer
+from producers.dead_letters import DeadLetters
+from producers.kafka import KafkaProducer
 
 log = logging.getLogger(__name__)
 
 CAMPAIGN_STATE_TTL_S = 0.5
+# A provider call starts only with at least MIN_CALL_BUDGET_S of lease left after LEASE_MARGIN_S, and is cut
+# at min(providers.timeout_s, what is left): a call never outlives the claim it was made under.
+LEASE_MARGIN_S = 0.5
+MIN_CALL_BUDGET_S = 0.2
 CHANNEL_STATE_TTL_S = 1.0  # how stale this worker's view of its channel's breaker may be
 # Failure reasons of calls that never got an answer from the provider's application (the path or the
 # provider is down): a run of them opens the channel's breaker.
 TRANSPORT_REASONS = frozenset({"connect_error", "connect_timeout", "timeout", "connection_error"})
 FINISHED = frozenset({"cancelled", "failed", "completed"})
 _BIGINT_MAX = 2**63 - 1
-# A dead letter must fit the producer's message.max.bytes (librdkafka's default 1,000,000) with its own fields.
-DLQ_MAX_ORIGINAL_BYTES = 990_000
 SHORT_TOKEN_WAIT_S = 0.1
 RATE_HEADROOM = 0.98
 
@@ -130,7 +133,7 @@ class ChannelSender:
         settings: Settings,
         channel: str,
         transport: Transport,
-        producer: BatchProducer,
+        producer: KafkaProducer,
         *,
         group_id: str | None = None,
         rate_per_s: float | None = None,
@@ -141,6 +144,11 @@ class ChannelSender:
     ) -> None:
         self._settings = settings
         self._service = campaigns
+        self._call_timeout_s = settings.providers.timeout_s
+        if settings.sender.claim_lease_s < self._call_timeout_s + LEASE_MARGIN_S:
+            log.warning("%s sender: the claim lease (%.1f s) is shorter than the provider timeout (%.1f s) plus "
+                        "a %.1f s margin; calls are cut when their lease runs out", channel,
+                        settings.sender.claim_lease_s, self._call_timeout_s, LEASE_MARGIN_S)
         self._breakers: dict[str, FailureBreaker] = {}
         self._transport_errors = TransportErrorRun()
         self._channel_open: tuple[str | None, float] = (None, 0.0)  # (paused reason or None, read at)
@@ -158,18 +166,9 @@ class ChannelSender:
         # Retry tier topic -> how long it holds each record (ms after the record was written).
         self._tier_delays = settings.sender.retry_tier_delays_s
         self._tier_hold_ms = {t: d * 1000 for t, d in zip(self._retry_topics, self._tier_delays, strict=True)}
-        self._dlq_topic = kafka.topic("campaign.messages.dlq")
+        self._dead_letters = DeadLetters(producer, kafka.topic("campaign.messages.dlq"), clock)
         self._outcomes_topic = kafka.topic("delivery.outcomes")
-        self._consumer = Consumer(
-            kafka.as_librdkafka(
-                **{
-                    "group.id": group_id or kafka.topic(f"sender-{channel}"),
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 50,
-                }
-            )
-        )
+        self._consumer = Consumer(kafka.stage_consumer(group_id or kafka.topic(f"sender-{channel}")))
         self._conn = psycopg2.connect(settings.database.dsn())
         self._campaigns: dict[str, CampaignState] = {}
         self._paused_until: dict[tuple[str, int], float] = {}  # retry partitions waiting for their head
@@ -621,14 +620,17 @@ class ChannelSender:
                 template_parameters=tuple(r.get("template_parameters") or ()),
             )
             async with semaphore:
-                if time.monotonic() >= p.lease_deadline:
-                    # The lease ran out before the call (a long pause, a stalled batch): another worker may
-                    # hold the claim and have sent it. Not sending is safe; the message is handed back.
+                # The whole call (a pooled connection included) must end before the lease does, or another
+                # worker could take the claim over and send the message too.
+                budget = min(self._call_timeout_s, p.lease_deadline - time.monotonic() - LEASE_MARGIN_S)
+                if budget < MIN_CALL_BUDGET_S:
+                    # Too little lease left (a long pause, a stalled batch): another worker may soon hold the
+                    # claim. Not sending is safe; the message is handed back.
                     p.result = "expired"
                     return
                 started = time.perf_counter()
                 try:
-                    receipt = await self._transport.send(message)
+                    receipt = await asyncio.wait_for(self._transport.send(message), budget)
                 except ProviderAccountError as exc:  # our account, not the recipient: the channel pauses
                     p.result, p.reason = "held", exc.reason
                 except ThrottledError as exc:
@@ -640,6 +642,8 @@ class ChannelSender:
                     p.result, p.reason = "failed", exc.reason
                 except DeliveryError as exc:
                     p.result, p.reason = "retry", str(exc)
+                except TimeoutError:  # cut at its budget: it may have reached the provider, like any timeout
+                    p.result, p.reason = "retry", "timeout"
                 except Exception as exc:  # a transport bug must not lose the batch: treat it as transient
                     log.exception("%s transport raised unexpectedly", self._channel)
                     p.result, p.reason = "retry", f"transport_error: {type(exc).__name__}"
@@ -862,28 +866,11 @@ class ChannelSender:
     def _dead_letter(
         self, msg: Message, record: dict[str, Any] | None, reason: str, detail: str | None, attempts: int = 0
     ) -> None:
-        key = msg.key() or b""
-        original = msg.value()
-        if original is not None and len(original) > DLQ_MAX_ORIGINAL_BYTES:
-            # Too large to fit a DLQ record: keep where it is (source topic/partition/offset) instead, so
-            # the dead letter can still be written and the partition keeps flowing.
-            detail = f"original value of {len(original)} bytes not copied (too large); {detail or ''}"
-            original = None
-        self._producer.produce(
-            self._dlq_topic,
-            key,
-            self._codec.encode(
-                "DeadLetter",
-                {
-                    "dead_letter_id": str(uuid.uuid4()),
-                    "message_id": record["message_id"] if record else None,
-                    "campaign_id": record["campaign_id"] if record else None,
-                    "recipient_id": record["recipient_id"] if record else None,
-                    "channel": self._channel, "source_topic": msg.topic(), "source_partition": msg.partition(),
-                    "source_offset": msg.offset(), "reason": reason, "detail": (detail or "")[:2000],
-                    "attempts": attempts, "failed_at": int(self._clock() * 1000), "original_value": original,
-                },
-            ),
+        self._dead_letters.write(
+            msg, reason, detail, message_id=record["message_id"] if record else None,
+            campaign_id=record["campaign_id"] if record else None,
+            recipient_id=record["recipient_id"] if record else None, channel=self._channel, attempts=attempts,
+            key=msg.key() or b"",
         )
         self.stats.dead_lettered += 1
         self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1

@@ -27,7 +27,7 @@ from campaigns.service import CampaignService
 from campaigns.settings import CHANNELS, Settings
 from campaigns.transports import build_transports
 from campaigns.transports.base import Transport
-from producers.batch import BatchProducer
+from producers.kafka import KafkaProducer
 from streams.analytics import AnalyticsStage
 from streams.expansion import Expander
 from streams.sender import ChannelSender
@@ -76,7 +76,7 @@ class Worker:
         engine = make_engine(self.settings.database)
         sessions = make_sessionmaker(engine)
         service = CampaignService(sessions, clock=self.clock)
-        producer_for = lambda: BatchProducer(self.settings.kafka)  # noqa: E731 - one producer per thread
+        producer_for = lambda: KafkaProducer(self.settings.kafka)  # noqa: E731 - one producer per thread
 
         if "scheduler" in stages:
             self._spawn("scheduler", lambda: lambda: self._schedule(service, sessions))
@@ -111,11 +111,10 @@ class Worker:
 
             self._spawn("analytics", analytics)
         if "relay" in stages:
-            from producers.kafka import KafkaPublisher
             from producers.outbox_relay import OutboxRelay
 
             def relay() -> Callable[[], None]:
-                built = OutboxRelay(self.settings, sessions, KafkaPublisher(self.settings.kafka))
+                built = OutboxRelay(self.settings, sessions, KafkaProducer(self.settings.kafka))
                 return lambda: built.run_forever(self.stop_event)
 
             self._spawn("relay", relay)

@@ -10,7 +10,7 @@ import pytest
 from campaigns.codec import get_codec
 from campaigns.db.seed import SeedPlan
 from campaigns.transports.fake import FakeTransport
-from producers.batch import BatchProducer
+from producers.kafka import KafkaProducer
 from producers.topics import ensure_topics, topic_specs
 from streams.expansion import Expander
 from streams.worker import Worker
@@ -99,13 +99,13 @@ def test_expansion_killed_mid_way_resumes_and_loses_nobody(settings, service, au
     assert service.activate_due() == [campaign_id]
     send, _ = eligible(plan, plan.ids(), "sms")
 
-    crashing = CrashAfter(settings, BatchProducer(settings.kafka), crash_on=4)
+    crashing = CrashAfter(settings, KafkaProducer(settings.kafka), crash_on=4)
     with pytest.raises(KeyboardInterrupt):
         crashing.run_once()
     crashing.close()
     assert not service.get_campaign("marketer-1", campaign_id).expansion_done
 
-    restarted = Expander(settings, BatchProducer(settings.kafka))
+    restarted = Expander(settings, KafkaProducer(settings.kafka))
     restarted.run_once()
     restarted.close()
 
@@ -154,7 +154,7 @@ def test_a_member_added_behind_the_cursor_does_not_keep_the_campaign_active(sett
     # A customer of another segment, whose id is below the cursor once the first page is done.
     joiner = next(cid for cid in plan.ids() if 0 not in plan.segment_of(cid) and cid < members[49])
     dsn = settings.database.dsn()
-    expander = Expander(settings, BatchProducer(settings.kafka))
+    expander = Expander(settings, KafkaProducer(settings.kafka))
 
     def join_once(_campaign, _page_size):
         expander.on_page = None

@@ -8,7 +8,7 @@ from campaigns.cli import main as cli_main
 from campaigns.codec import get_codec
 from campaigns.operate import Range, dead_letters, redrive, replay
 from campaigns.transports.fake import FakeTransport
-from producers.batch import BatchProducer
+from producers.kafka import KafkaProducer
 from streams.worker import Worker
 from tests.e2e.test_pipeline import analytics_totals, log_counts
 from tests.helpers import wait_for
@@ -63,7 +63,7 @@ def test_dlq_list_and_redrive(settings, service, audience, capsys):
     topic = settings.kafka.topic("campaign.messages.email")
     with Worker(settings, stages=("senders",), channels=("email",), transports={"email": transport},
                 rate_limits=False):
-        producer = BatchProducer(settings.kafka)
+        producer = KafkaProducer(settings.kafka)
         producer.produce(topic, "42", get_codec().encode("RecipientMessage", poison))
         producer.produce(topic, "43", b"\x00garbage")
         producer.flush()

@@ -16,8 +16,8 @@ import uuid
 import psycopg2
 from confluent_kafka import Producer
 
-from producers.batch import BatchProducer
 from producers.commands import command_group_id, send_command
+from producers.kafka import KafkaProducer
 from tests.faults.conftest import ACTOR, set_channel, wait_finished
 from tests.faults.history import check, committed_to_end, read_topic, settle
 from tests.helpers import wait_for
@@ -51,7 +51,7 @@ def test_replaying_everything_after_completion_changes_nothing(settings, service
     simulator = cluster.start_simulator("--seed", "9")
     cluster.start_worker("commands,scheduler,expander,analytics", channel)
     cluster.start_worker("senders", channel)
-    producer = BatchProducer(settings.kafka)
+    producer = KafkaProducer(settings.kafka)
     campaign_id = str(uuid.uuid4())
     create = {"command_id": f"create-{campaign_id}", "command_type": "CREATE", "campaign_id": campaign_id,
               "principal": ACTOR, "payload": _payload(segments[:2], "replayed")}

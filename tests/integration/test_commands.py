@@ -16,7 +16,7 @@ from campaigns.codec import get_codec
 from campaigns.errors import ServiceUnavailable
 from campaigns.service import CampaignService
 from producers.commands import CommandConsumer, command_group_id, send_command
-from producers.kafka import KafkaPublisher
+from producers.kafka import KafkaProducer
 from producers.topics import COMMANDS, COMMANDS_REJECTED, TopicSpec, ensure_topics
 from tests.helpers import wait_for
 from tests.integration.service_env import build_env
@@ -34,14 +34,14 @@ def env(settings):
 
 @pytest.fixture
 def consumer(settings, env):
-    made = CommandConsumer(settings, env.service, KafkaPublisher(settings.kafka))
+    made = CommandConsumer(settings, env.service, KafkaProducer(settings.kafka))
     yield made
     made.close()
 
 
 @pytest.fixture
 def publisher(settings):
-    made = KafkaPublisher(settings.kafka)
+    made = KafkaProducer(settings.kafka)
     yield made
     made.close()
 
@@ -274,7 +274,7 @@ def test_offsets_are_committed_after_processing(settings, env, publisher):
         settings,
         {"command_type": "SCHEDULE", "campaign_id": campaign_id, "principal": env.marketer},
     )
-    first = CommandConsumer(settings, env.service, KafkaPublisher(settings.kafka))
+    first = CommandConsumer(settings, env.service, KafkaProducer(settings.kafka))
     try:
         _pump_until(first, lambda: first.applied == 1, what="the command applied")
     finally:
@@ -321,7 +321,7 @@ def test_a_database_outage_rewinds_instead_of_rejecting(settings, env, publisher
             {"command_type": command_type, "campaign_id": campaign_id, "principal": env.marketer},
         )
     flaky = _DatabaseDownOnce(env.service)
-    consumer = CommandConsumer(settings, flaky, KafkaPublisher(settings.kafka))
+    consumer = CommandConsumer(settings, flaky, KafkaProducer(settings.kafka))
     try:
 
         def step():

@@ -16,8 +16,7 @@ from sqlalchemy import text
 
 from campaigns.codec import get_codec
 from campaigns.errors import SinkError
-from producers.batch import BatchProducer
-from producers.kafka import KafkaPublisher, MemoryPublisher
+from producers.kafka import KafkaProducer, MemoryProducer
 from producers.outbox_relay import OutboxRelay
 from producers.topics import EVENTS, OUTCOMES, TopicSpec, ensure_topics
 from tests.helpers import wait_for
@@ -76,7 +75,7 @@ def _unpublished(env: ServiceEnv, campaign_ids) -> int:
 
 def _drain_others(env: ServiceEnv, settings) -> None:
     """Publish the rows other tests left in the shared outbox, so counts below are about this test only."""
-    relay = OutboxRelay(settings, env.sessions, KafkaPublisher(settings.kafka))
+    relay = OutboxRelay(settings, env.sessions, KafkaProducer(settings.kafka))
     while relay.run_once(5000):
         pass
 
@@ -84,7 +83,7 @@ def _drain_others(env: ServiceEnv, settings) -> None:
 def test_created_campaign_is_published_as_a_decodable_campaign_event(settings, env):
     _drain_others(env, settings)
     campaign_id = env.service.create_campaign(env.marketer, env.payload("email"))
-    relay = OutboxRelay(settings, env.sessions, KafkaPublisher(settings.kafka))
+    relay = OutboxRelay(settings, env.sessions, KafkaProducer(settings.kafka))
 
     assert relay.run_once() == 1
     assert relay.run_once() == 0  # marked: not published twice
@@ -101,7 +100,7 @@ def test_relay_works_with_a_dsn_and_the_batch_producer(settings, env):
     _drain_others(env, settings)
     campaign_id = env.service.create_campaign(env.marketer, env.payload())
     env.service.update_metrics(env.marketer, campaign_id, {"delivered": 3, "read": 1})
-    relay = OutboxRelay(settings, settings.database.dsn(), BatchProducer(settings.kafka))
+    relay = OutboxRelay(settings, settings.database.dsn(), KafkaProducer(settings.kafka))
     try:
         assert relay.run_once() == 3
     finally:
@@ -121,11 +120,11 @@ class SimulatedCrash(Exception):
 class CrashAfterAck:
     """A publisher whose flush delivers everything, then 'kills' the relay before it can mark anything."""
 
-    def __init__(self, real: KafkaPublisher) -> None:
+    def __init__(self, real: KafkaProducer) -> None:
         self.real = real
 
-    def produce(self, *args, **kwargs):
-        return self.real.produce(*args, **kwargs)
+    def produce_tracked(self, *args, **kwargs):
+        return self.real.produce_tracked(*args, **kwargs)
 
     def flush(self, timeout: float = 30.0) -> None:
         self.real.flush(timeout)
@@ -141,12 +140,12 @@ def test_crash_between_ack_and_mark_republishes_and_dedup_on_event_id_sees_each_
     env.service.schedule_campaign(env.marketer, campaign_id, env.clock() + timedelta(hours=1))
     env.service.pause_campaign(env.marketer, campaign_id)
 
-    crashing = OutboxRelay(settings, env.sessions, CrashAfterAck(KafkaPublisher(settings.kafka)))
+    crashing = OutboxRelay(settings, env.sessions, CrashAfterAck(KafkaProducer(settings.kafka)))
     with pytest.raises(SimulatedCrash):
         crashing.run_once()
     assert _unpublished(env, [campaign_id]) == 3  # the marks were rolled back with the "crash"
 
-    restarted = OutboxRelay(settings, env.sessions, KafkaPublisher(settings.kafka))
+    restarted = OutboxRelay(settings, env.sessions, KafkaProducer(settings.kafka))
     assert restarted.run_once() == 3
     assert _unpublished(env, [campaign_id]) == 0
 
@@ -163,12 +162,12 @@ def test_crash_between_ack_and_mark_republishes_and_dedup_on_event_id_sees_each_
 class FailingDelivery:
     """A publisher whose every delivery fails (as if the broker rejected them)."""
 
-    def __init__(self, real: KafkaPublisher) -> None:
+    def __init__(self, real: KafkaProducer) -> None:
         self.real = real
         self.handles = []
 
-    def produce(self, topic, value, *, key=None, headers=None):
-        handle = self.real.produce(topic + ".missing-topic", value, key=key, headers=headers)
+    def produce_tracked(self, topic, key, value, headers=None):
+        handle = self.real.produce_tracked(topic + ".missing-topic", key, value, headers=headers)
         self.handles.append(handle)
         return handle
 
@@ -186,13 +185,13 @@ def test_failed_deliveries_are_not_marked_and_raise_sink_error(settings, env):
         settings,
         env.sessions,
         FailingDelivery(
-            KafkaPublisher(settings.kafka, **{"delivery.timeout.ms": 3000, "request.timeout.ms": 2000})
+            KafkaProducer(settings.kafka, **{"delivery.timeout.ms": 3000, "request.timeout.ms": 2000})
         ),
     )
     with pytest.raises(SinkError, match="stay in the outbox"):
         relay.run_once()
     assert _unpublished(env, [campaign_id]) == 1
-    assert OutboxRelay(settings, env.sessions, KafkaPublisher(settings.kafka)).run_once() >= 1
+    assert OutboxRelay(settings, env.sessions, KafkaProducer(settings.kafka)).run_once() >= 1
     assert _unpublished(env, [campaign_id]) == 0
 
 
@@ -203,7 +202,7 @@ def test_a_row_held_by_another_relay_holds_back_later_rows_of_its_key_only(setti
     other_campaign = env.service.create_campaign(env.marketer, env.payload())
     first_id = env.scalar("SELECT min(id) FROM outbox WHERE key = :k", k=str(held_campaign))
 
-    relay = OutboxRelay(settings, env.sessions, KafkaPublisher(settings.kafka))
+    relay = OutboxRelay(settings, env.sessions, KafkaProducer(settings.kafka))
     other = psycopg2.connect(settings.database.dsn())
     try:
         with other.cursor() as cur:  # "another relay" holds the campaign's first event
@@ -243,7 +242,7 @@ def test_a_poison_row_is_reported_and_holds_back_only_its_own_key(settings, env)
             ),
             {"k": poisoned_key, "fine": str(fine)},
         )
-    relay = OutboxRelay(settings, env.sessions, KafkaPublisher(settings.kafka))
+    relay = OutboxRelay(settings, env.sessions, KafkaProducer(settings.kafka))
     try:
         assert relay.run_once() == 1  # the fine campaign's event; the poisoned key waits
         assert bad in relay.stuck and "CampaignEvent" in relay.stuck[bad]
@@ -265,7 +264,7 @@ def test_a_poison_row_is_reported_and_holds_back_only_its_own_key(settings, env)
 def test_two_relays_at_once_publish_everything_in_order_per_campaign(settings, env):
     _drain_others(env, settings)
     stop = threading.Event()
-    relays = [OutboxRelay(settings, env.sessions, KafkaPublisher(settings.kafka)) for _ in range(2)]
+    relays = [OutboxRelay(settings, env.sessions, KafkaProducer(settings.kafka)) for _ in range(2)]
     threads = [
         threading.Thread(target=r.run_forever, args=(stop,), kwargs={"idle_sleep": 0.01, "limit": 7})
         for r in relays
@@ -311,6 +310,6 @@ def test_an_unreachable_database_is_service_unavailable(kind):
 
     down = DatabaseSettings(port=1)  # nothing listens there
     source = down.dsn() if kind == "dsn" else make_engine(down)
-    relay = OutboxRelay(Settings(), source, MemoryPublisher())
+    relay = OutboxRelay(Settings(), source, MemoryProducer())
     with pytest.raises(ServiceUnavailable, match="cannot reach PostgreSQL"):
         relay.run_once()

@@ -63,10 +63,10 @@ def test_librdkafka_levels_are_kept_and_self_retried_conditions_are_info(caplog)
 def test_a_real_client_logs_through_logging_and_prints_nothing_raw(caplog, capfd):
     """A producer pointed at a closed port: librdkafka's connection errors arrive as log records of
     ``campaigns.librdkafka`` (at error level), and no raw ``%3|...`` line reaches stderr."""
-    from producers.batch import BatchProducer
+    from producers.kafka import KafkaProducer
 
     caplog.set_level(logging.DEBUG, logger=LIBRDKAFKA_LOGGER)
-    producer = BatchProducer(KafkaSettings(bootstrap_servers="127.0.0.1:1"))
+    producer = KafkaProducer(KafkaSettings(bootstrap_servers="127.0.0.1:1"))
     deadline = time.monotonic() + 10
     while not caplog.records and time.monotonic() < deadline:
         producer.poll()
@@ -74,3 +74,19 @@ def test_a_real_client_logs_through_logging_and_prints_nothing_raw(caplog, capfd
     records = [r for r in caplog.records if r.name == LIBRDKAFKA_LOGGER]
     assert records and records[0].levelno == logging.ERROR and "127.0.0.1:1" in records[0].getMessage()
     assert "%3|" not in capfd.readouterr().err
+
+
+def test_sasl_and_tls_settings_pass_through_to_librdkafka_and_secrets_stay_hidden():
+    from pydantic import ValidationError as SettingsError
+
+    kafka = KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="sender",
+                          sasl_password="p4ss word=1", ssl_ca_location="/etc/kafka/ca.pem")
+    conf = kafka.as_librdkafka(**{"acks": "all"})
+    assert {k: conf[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password",
+                                 "ssl.ca.location")} == {
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "sender",
+        "sasl.password": "p4ss word=1", "ssl.ca.location": "/etc/kafka/ca.pem"}
+    assert "p4ss" not in repr(kafka) and "p4ss" not in str(kafka.model_dump())
+    assert not {k for k in KafkaSettings().as_librdkafka() if k.startswith(("sasl.", "ssl.", "security."))}
+    with pytest.raises(SettingsError, match="SASL_MECHANISM"):
+        KafkaSettings(security_protocol="SASL_PLAINTEXT")

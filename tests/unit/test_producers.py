@@ -13,7 +13,7 @@ from campaigns.codec import get_codec
 from campaigns.errors import SinkError, ValidationError
 from campaigns.settings import KafkaSettings, SenderSettings, Settings
 from producers.commands import build_command, command_request
-from producers.kafka import Delivery, MemoryPublisher
+from producers.kafka import Delivery, MemoryProducer
 from producers.outbox_relay import RECORD_FOR_TOPIC, _acknowledged_prefixes, _Row
 from producers.topics import all_topic_names, logical_topic_names, topic_specs
 
@@ -121,11 +121,11 @@ def test_the_relay_knows_the_record_of_each_outbox_topic():
 
 
 def test_memory_publisher_keeps_encoded_bytes_and_can_fail():
-    publisher = MemoryPublisher(fail_topics={"bad"})
-    ok = publisher.produce("good", b"v", key="k", headers={"event_id": "e"})
+    publisher = MemoryProducer(fail_topics={"bad"})
+    ok = publisher.produce_tracked("good", "k", b"v", headers={"event_id": "e"})
     publisher.flush()
     assert ok.ok and publisher.records == [("good", b"k", b"v", {"event_id": b"e"})]
-    failed = publisher.produce("bad", b"v")
+    failed = publisher.produce_tracked("bad", None, b"v")
     with pytest.raises(SinkError, match="1 of 1 records failed"):
         publisher.flush()
     assert not failed.ok
