@@ -1,5 +1,9 @@
 """The ``campaigns`` CLI against the real test database: principals, templates, seed, create, schedule,
-status, transitions and the exit codes of refusals."""
+status, transitions and the exit codes of refusals.
+
+Every command that acts as a principal authenticates with an API token, as a user's does: the tests bootstrap
+an admin (``campaigns bootstrap``) and give each ``--as NAME`` the token of NAME (``--as`` itself is only a
+check that the token is NAME's)."""
 
 from __future__ import annotations
 
@@ -20,9 +24,13 @@ from producers.topics import all_topic_names
 pytestmark = pytest.mark.postgres
 
 
+_TOKENS: dict[str | None, str] = {}  # this test's API tokens by principal (None: the bootstrapped admin)
+
+
 @pytest.fixture
-def cli_env(database_settings, monkeypatch):
-    """Points the CLI's settings at the session's test database (environment, as a user would)."""
+def cli_env(database_settings, monkeypatch, capsys):
+    """Points the CLI's settings at the session's test database (environment, as a user would) and bootstraps
+    its first admin, whose token commands get unless they say ``--as`` someone else."""
     db = database_settings
     for key, value in {
         "HOST": db.host,
@@ -33,12 +41,30 @@ def cli_env(database_settings, monkeypatch):
     }.items():
         monkeypatch.setenv(f"CAMPAIGNS_DATABASE__{key}", value)
     monkeypatch.delenv(cli.ACTOR_ENV, raising=False)
+    monkeypatch.delenv(cli.TOKEN_FILE_ENV, raising=False)
+    monkeypatch.setenv(cli.TOKEN_ENV, "")
     load_settings.cache_clear()
-    yield uuid.uuid4().hex[:8]
+    tag = uuid.uuid4().hex[:8]
+    _TOKENS.clear()
+    assert cli.main(["bootstrap", f"root-{tag}"]) == 0
+    _TOKENS[None] = capsys.readouterr().out.strip()
+    yield tag
     load_settings.cache_clear()
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
+def _token(capsys, principal: str | None) -> str:
+    if principal not in _TOKENS:
+        os.environ[cli.TOKEN_ENV] = _TOKENS[None]
+        code = cli.main(["token", "create", principal])
+        out = capsys.readouterr().out.strip()
+        # An unknown principal has no token: it is asked for with the admin's, and --as refuses the mismatch.
+        _TOKENS[principal] = out if code == 0 else _TOKENS[None]
+    return _TOKENS[principal]
+
+
+def _run(capsys, *argv: str, token: str | None = None) -> tuple[int, str, str]:
+    actor = argv[argv.index("--as") + 1] if "--as" in argv else None
+    os.environ[cli.TOKEN_ENV] = token or _token(capsys, actor)  # restored by cli_env's monkeypatch
     code = cli.main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -47,7 +73,7 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_operator_flow_create_schedule_status(cli_env, capsys, tmp_path):
     tag = cli_env
     admin, marketer, auditor = f"admin-{tag}", f"marketer-{tag}", f"auditor-{tag}"
-    assert _run(capsys, "principal", "add", admin, "--role", "admin")[0] == 0  # bootstrap: no --as
+    assert _run(capsys, "principal", "add", admin, "--role", "admin")[0] == 0  # by the bootstrapped admin
     assert _run(capsys, "principal", "add", marketer, "--role", "marketer", "--as", admin)[0] == 0
     assert _run(capsys, "principal", "add", auditor, "--role", "auditor", "--as", admin)[0] == 0
     code, _, err = _run(capsys, "principal", "add", f"x-{tag}", "--role", "admin", "--as", marketer)
@@ -128,7 +154,7 @@ def test_operator_flow_create_schedule_status(cli_env, capsys, tmp_path):
     code, _, err = _run(capsys, "status", str(uuid.uuid4()), "--as", auditor)
     assert code == 4 and "does not exist" in err
     code, _, err = _run(capsys, "status", campaign_id, "--as", "nobody-at-all")
-    assert code == 3 and "unknown principal 'nobody-at-all'" in err
+    assert code == 3 and "the API token belongs to" in err and "not 'nobody-at-all'" in err
 
 
 def test_seed_refuses_customer_ids_in_use(cli_env, capsys):
@@ -142,7 +168,7 @@ def test_seed_refuses_customer_ids_in_use(cli_env, capsys):
 def test_an_unreachable_database_is_exit_5_with_a_hint(cli_env, monkeypatch, capsys):
     monkeypatch.setenv("CAMPAIGNS_DATABASE__PORT", "1")  # nothing listens there
     load_settings.cache_clear()
-    code, _, err = _run(capsys, "status", str(uuid.uuid4()), "--as", "anyone")
+    code, _, err = _run(capsys, "status", str(uuid.uuid4()), token=_TOKENS[None])
     assert code == 5 and "cannot be reached" in err and "make services" in err
 
 
@@ -163,6 +189,31 @@ def test_topics_create_is_idempotent(cli_env, kafka_settings, monkeypatch, capsy
 CAMPAIGNS = cli.Path(sys.executable).with_name("campaigns")
 
 
+NO_TOKEN_COMMANDS = ("migrate", "bootstrap", "topics", "worker", "relay", "commands", "live", "demo", "bench")
+_DB_TOKENS: dict[tuple[str, str], str] = {}  # (database, principal) -> API token
+DB_ADMIN = "cli-admin"
+
+
+def db_token(db, principal: str = DB_ADMIN) -> str:
+    """An API token of ``principal`` in ``db`` (made in-process: what is tested here is the command using it)."""
+    from campaigns.db.engine import make_engine, make_sessionmaker
+    from campaigns.service import CampaignService
+
+    key = (db.name, principal)
+    if key not in _DB_TOKENS:
+        engine = make_engine(db)
+        try:
+            service = CampaignService(make_sessionmaker(engine))
+            if (db.name, DB_ADMIN) not in _DB_TOKENS:
+                service.provision_principal(DB_ADMIN, "admin")
+                _DB_TOKENS[(db.name, DB_ADMIN)] = service.create_token(DB_ADMIN, DB_ADMIN)[1]
+            if principal != DB_ADMIN:
+                _DB_TOKENS[key] = service.create_token(DB_ADMIN, principal)[1]
+        finally:
+            engine.dispose()
+    return _DB_TOKENS[key]
+
+
 def _env(db, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGNS_")}
     env.update({
@@ -174,6 +225,10 @@ def _env(db, **extra: str) -> dict[str, str]:
 
 
 def _campaigns(db, *argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``campaigns ARGV`` as a subprocess; a command that acts as a principal gets the token of ``--as NAME``
+    (or of an admin) unless ``extra`` brings one."""
+    if argv and argv[0] not in NO_TOKEN_COMMANDS and "CAMPAIGNS_TOKEN" not in extra:
+        extra["CAMPAIGNS_TOKEN"] = db_token(db, argv[argv.index("--as") + 1] if "--as" in argv else DB_ADMIN)
     return subprocess.run([str(CAMPAIGNS), *argv], env=_env(db, **extra), capture_output=True, text=True,
                           timeout=120)
 
@@ -196,8 +251,8 @@ def test_migrating_tables_without_an_alembic_version_says_what_to_do(database_se
     import psycopg2
 
     head = _head()
-    with psycopg2.connect(database_settings.dsn()) as conn, conn.cursor() as cur:
-        cur.execute("DROP TABLE alembic_version")
+    with psycopg2.connect(database_settings.for_migrations().dsn()) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE alembic_version")  # the schema owner's to drop (the application role cannot)
     conn.close()
     done = _campaigns(database_settings, "migrate")
     line = _one_line(done)
@@ -278,7 +333,7 @@ def test_operators_read_campaign_events_and_rejected_commands_with_the_cli(setti
     from confluent_kafka import Producer
 
     from producers.commands import send_command
-    from producers.kafka import KafkaPublisher
+    from producers.kafka import KafkaProducer
     from producers.topics import COMMANDS
     from tests.helpers import wait_for
 
@@ -312,7 +367,7 @@ def test_operators_read_campaign_events_and_rejected_commands_with_the_cli(setti
 
     # An upstream system's commands: a pause by an auditor (refused: permission), one for an unknown campaign
     # (refused: not found), and bytes that are no command at all.
-    publisher = KafkaPublisher(settings.kafka)
+    publisher = KafkaProducer(settings.kafka)
     send_command(publisher, settings, {"command_type": "CANCEL", "campaign_id": campaign_id, "principal": f"a-{tag}"})
     send_command(publisher, settings, {"command_type": "PAUSE", "campaign_id": str(uuid.uuid4()),
                                        "principal": f"m-{tag}"})
