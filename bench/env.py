@@ -455,7 +455,8 @@ class BenchEnv:
     def reset_tables(self) -> None:
         """Empty the per-recipient tables and retire unfinished campaigns, so every run starts from the same
         state (the seeded audiences stay)."""
-        with self.connect() as conn, conn.cursor() as cur:
+        # TRUNCATE is the tables' owner's (the migration role); the application role may only delete rows.
+        with psycopg2.connect(self.database.for_migrations().dsn()) as conn, conn.cursor() as cur:
             cur.execute("TRUNCATE campaign_recipient_log, analytics_seen_outcomes, campaign_analytics, outbox")
             # A campaign a previous run left unfinished (the expansion scenario has no senders, a failed run
             # stops mid-way) must not be picked up by the next run's worker or poller.
