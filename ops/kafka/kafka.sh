@@ -33,8 +33,8 @@ fetch() {
 
 write_config() {
   mkdir -p "$DATA/logs" "$DATA/data"
-  # Topic data holds addresses and message bodies: owner only (also for a directory made before umask 077).
-  chmod -R go-rwx "$DATA"
+  # Topic data holds addresses and message bodies: owner only (also a directory made before umask 077).
+  chmod 700 "$DATA"
   cat >"$DATA/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -82,6 +82,7 @@ PY
 
 start() {
   fetch
+  if [ -d "$DATA" ]; then chmod 700 "$DATA"; fi  # owner only, also for a broker started before umask 077
   if is_running && answers_metadata; then info "kafka $(kafka_version) already running on 127.0.0.1:$PORT"; return 0; fi
   if is_running; then stop; fi
   for p in "$PORT" "$CONTROLLER_PORT"; do
