@@ -22,7 +22,7 @@ from typing import Any
 
 from campaigns.codec import get_codec
 from producers.kafka import KafkaProducer
-from producers.topics import ensure_topics, topic_specs
+from producers.topics import ensure_topics, messages_topic, topic_specs
 from streams.expansion import Expander
 
 from .env import (
@@ -469,7 +469,7 @@ def python_client_ceiling(env: BenchEnv, records: int) -> dict[str, Any]:
     prefix = env.new_prefix("cli")
     settings = env.settings(prefix)
     ensure_topics(settings.kafka, topic_specs(settings), timeout=120)
-    topic = settings.kafka.topic("campaign.messages.email")
+    topic = settings.kafka.topic(messages_topic("email"))
     codec = get_codec()
     record = {
         "message_id": str(uuid.uuid4()),

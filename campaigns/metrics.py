@@ -37,6 +37,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from campaigns.settings import CHANNELS, KafkaSettings, Settings
+from campaigns.topics import (
+    ANALYTICS_GROUP,
+    COMMANDS,
+    MESSAGES_DLQ,
+    OUTCOMES,
+    messages_topic,
+    retry_topic,
+    sender_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +81,7 @@ OUTCOME_STATUSES = (
 RECEIPT_STATUSES = frozenset({"DELIVERED", "READ", "CLICKED", "BOUNCED"})  # as streams.analytics.RECEIPTS
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 CAMPAIGN_STATES = ("scheduled", "active", "paused", "completed", "failed", "cancelled")
-DLQ_TOPIC = "campaign.messages.dlq"
+DLQ_TOPIC = MESSAGES_DLQ
 OTHER = "other"  # any value outside a bounded label set is reported as this, never as itself
 
 TopicPartitionKey = tuple[str, int]
@@ -207,12 +216,12 @@ def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS) -
     groups: dict[str, list[str]] = {}
     tiers = range(1, settings.sender.retry_tiers + 1)
     for channel in channels:
-        groups[kafka.topic(f"sender-{channel}")] = [
-            kafka.topic(f"campaign.messages.{channel}"),
-            *(kafka.topic(f"campaign.messages.{channel}.retry.{n}") for n in tiers),
+        groups[kafka.topic(sender_group(channel))] = [
+            kafka.topic(messages_topic(channel)),
+            *(kafka.topic(retry_topic(channel, n)) for n in tiers),
         ]
-    groups[kafka.topic("analytics")] = [kafka.topic("delivery.outcomes")]
-    groups[command_group_id(settings)] = [kafka.topic("campaign.commands")]
+    groups[kafka.topic(ANALYTICS_GROUP)] = [kafka.topic(OUTCOMES)]
+    groups[command_group_id(settings)] = [kafka.topic(COMMANDS)]
     return groups
 
 

@@ -19,25 +19,8 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, To
 from campaigns.codec import get_codec
 from campaigns.errors import SchemaError, ValidationError
 from campaigns.settings import Settings
+from campaigns.topics import COMMANDS_REJECTED, EVENTS, MESSAGES_DLQ, TOPICS, record_for
 from producers.kafka import KafkaProducer
-
-SCHEMA_FOR_TOPIC = (
-    (".retry.", "RecipientMessage"),
-    ("campaign.messages.dlq", "DeadLetter"),
-    ("campaign.messages.", "RecipientMessage"),
-    ("delivery.outcomes", "DeliveryOutcome"),
-    ("campaign.events", "CampaignEvent"),
-    ("campaign.commands.rejected", "DeadLetter"),
-    ("campaign.commands", "CampaignCommand"),
-    ("campaign.analytics", "CampaignAnalytics"),
-)
-
-
-def schema_for(topic: str) -> str | None:
-    for marker, record in SCHEMA_FOR_TOPIC:
-        if marker in topic:
-            return record
-    return None
 
 
 @dataclass(frozen=True)
@@ -129,7 +112,7 @@ def replay(
     dry_run: bool = False, rate_per_s: float | None = None, on_record: Callable[[Any], None] | None = None,
 ) -> ReplayReport:
     """Re-produce the records of a range (same key, value, headers) to ``to_topic`` (default: the same)."""
-    record_name = schema_for(topic)
+    record_name = record_for(topic, settings.kafka.topic_prefix)
     if campaign is not None and record_name is None:
         raise ValidationError(f"--campaign: records of {topic!r} carry no campaign id")
     report = ReplayReport()
@@ -162,7 +145,7 @@ def dead_letters(settings: Settings, *, campaign: str | None = None, reason: str
     """Decoded DLQ records (with their topic position), filtered by campaign and reason."""
     codec = get_codec()
     out = []
-    for msg in read_range(settings, settings.kafka.topic("campaign.messages.dlq"), Range()):
+    for msg in read_range(settings, settings.kafka.topic(MESSAGES_DLQ), Range()):
         try:
             record = codec.decode(msg.value(), "DeadLetter")
         except SchemaError as exc:
@@ -231,7 +214,7 @@ def campaign_events(settings: Settings, *, campaign: str | None = None, since: d
                     event_type: str | None = None) -> list[dict[str, Any]]:
     """The records of ``campaign.events`` (CampaignEvent: what happened to which campaign, when, by whom),
     oldest first, filtered by campaign id, Kafka time and event type (``CREATED``, ``COMPLETED``, ...)."""
-    events = _decoded(settings, "campaign.events", "CampaignEvent", campaign=campaign, since=since)
+    events = _decoded(settings, EVENTS, TOPICS[EVENTS].record, campaign=campaign, since=since)
     if event_type is not None:
         events = [e for e in events if e.get("event_type") == event_type.upper()]
     return events
@@ -243,7 +226,7 @@ def rejected_commands(settings: Settings, *, campaign: str | None = None, since:
     filtered by campaign id, Kafka time and reason prefix. Each carries ``command``: the refused command's
     ``command_id``, ``command_type`` and ``principal`` when its original bytes decode."""
     codec = get_codec()
-    records = _decoded(settings, "campaign.commands.rejected", "DeadLetter", campaign=campaign, since=since)
+    records = _decoded(settings, COMMANDS_REJECTED, TOPICS[COMMANDS_REJECTED].record, campaign=campaign, since=since)
     if reason is not None:
         records = [r for r in records if str(r.get("reason", "")).startswith(reason)]
     for record in records:

@@ -53,9 +53,8 @@ from campaigns.errors import (
     TransitionNotAllowed,
     ValidationError,
 )
+from campaigns.topics import EVENTS, OUTCOMES
 
-EVENTS_TOPIC = "campaign.events"
-OUTCOMES_TOPIC = "delivery.outcomes"
 SYSTEM_PRINCIPAL = "system"  # the scheduler, the analytics stage and in-process programs act as this (internal)
 OPERATOR = "operator"  # what audit rows written before API tokens name for database-level changes (reserved)
 BOOTSTRAP_ROLE = "admin"
@@ -657,7 +656,7 @@ class CampaignService:
     ) -> None:
         event_id = uuid.uuid4()
         repo.add_outbox_event(
-            session, topic=EVENTS_TOPIC, key=str(campaign_id), event_type=event_type, event_id=event_id,
+            session, topic=EVENTS, key=str(campaign_id), event_type=event_type, event_id=event_id,
             payload={
                 "event_id": str(event_id), "campaign_id": str(campaign_id), "event_type": event_type,
                 "campaign_version": version, "occurred_at": to_millis(now),
@@ -766,7 +765,7 @@ class CampaignService:
                     continue
                 event_id = uuid.uuid5(receipt_id, kind)
                 repo.add_outbox_event(
-                    session, topic=OUTCOMES_TOPIC, key=str(campaign_id), event_type=kind.upper(),
+                    session, topic=OUTCOMES, key=str(campaign_id), event_type=kind.upper(),
                     event_id=event_id,
                     payload={
                         "outcome_id": str(event_id), "message_id": str(receipt_id),

@@ -39,11 +39,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from campaigns.codec import Codec, get_codec
 from campaigns.errors import CampaignError, SchemaError, ServiceUnavailable, SinkError
 from campaigns.settings import Settings
+from campaigns.topics import EVENTS, OUTCOMES, TOPICS
 from producers.kafka import Delivery, Publisher
 
 log = logging.getLogger(__name__)
 
-RECORD_FOR_TOPIC = {"campaign.events": "CampaignEvent", "delivery.outcomes": "DeliveryOutcome"}
+# The topics the service writes outbox rows for, and their records (from the topic registry).
+RECORD_FOR_TOPIC = {name: TOPICS[name].record for name in (EVENTS, OUTCOMES)}
 """Logical outbox topic -> the Avro record its payloads are."""
 
 _SELECT_BATCH = """

@@ -23,23 +23,18 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from campaigns.errors import ServiceUnavailable, SinkError
 from campaigns.settings import CHANNELS, KafkaSettings, Settings
 
-COMMANDS = "campaign.commands"
-COMMANDS_REJECTED = "campaign.commands.rejected"
-EVENTS = "campaign.events"
-MESSAGES_DLQ = "campaign.messages.dlq"
-OUTCOMES = "delivery.outcomes"
-OUTCOME_COUNTS = "campaign.outcome_counts"
-ANALYTICS = "campaign.analytics"
-
-
-def messages_topic(channel: str) -> str:
-    """Logical name of a channel's message topic, e.g. ``campaign.messages.sms``."""
-    return f"campaign.messages.{channel}"
-
-
-def retry_topic(channel: str, tier: int) -> str:
-    """Logical name of a channel's retry tier ``tier`` (1-based), e.g. ``campaign.messages.sms.retry.2``."""
-    return f"campaign.messages.{channel}.retry.{tier}"
+# The names come from the topic registry; re-exported because callers that create topics read them here.
+from campaigns.topics import (
+    ANALYTICS,
+    COMMANDS,
+    COMMANDS_REJECTED,
+    EVENTS,
+    MESSAGES_DLQ,
+    OUTCOME_COUNTS,
+    OUTCOMES,
+    messages_topic,
+    retry_topic,
+)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from campaigns.core.windows import window_bounds
 from campaigns.errors import SchemaError
 from campaigns.service import CampaignService
 from campaigns.settings import Settings
+from campaigns.topics import ANALYTICS, ANALYTICS_GROUP, OUTCOME_COUNTS, OUTCOMES
 from producers.kafka import KafkaProducer
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,10 @@ class AnalyticsStage:
         self._codec = get_codec()
         self._window_s = settings.analytics.window_s
         kafka = settings.kafka
-        self._topic = kafka.topic("delivery.outcomes")
-        self._analytics_topic = kafka.topic("campaign.analytics")
-        self._counts_topic = kafka.topic("campaign.outcome_counts")
-        self._consumer = Consumer(kafka.stage_consumer(kafka.topic("analytics")))
+        self._topic = kafka.topic(OUTCOMES)
+        self._analytics_topic = kafka.topic(ANALYTICS)
+        self._counts_topic = kafka.topic(OUTCOME_COUNTS)
+        self._consumer = Consumer(kafka.stage_consumer(kafka.topic(ANALYTICS_GROUP)))
         self._conn = psycopg2.connect(settings.database.dsn())
         self._last_sweep = 0.0
         self.received = 0  # outcomes decoded (counted or recognised as already counted)

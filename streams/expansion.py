@@ -31,6 +31,7 @@ import psycopg2.extras
 from campaigns.codec import get_codec
 from campaigns.core.ids import message_id
 from campaigns.settings import Settings
+from campaigns.topics import OUTCOMES, messages_topic
 from producers.kafka import KafkaProducer
 from streams.audience import Recipient, fetch_page
 
@@ -107,7 +108,7 @@ class Expander:
         self._clock = clock
         self._codec = get_codec()
         self._conn = psycopg2.connect(settings.database.dsn())
-        self._outcomes_topic = settings.kafka.topic("delivery.outcomes")
+        self._outcomes_topic = settings.kafka.topic(OUTCOMES)
         self.expanded = 0  # messages produced, for metrics and the benchmark
         self.on_page: Callable[[uuid.UUID, int], None] | None = None  # test and metrics hook
 
@@ -214,7 +215,7 @@ class Expander:
                 self.on_page(plan.id, len(page))
 
     def _produce_messages(self, plan: CampaignPlan, recipients: list[Recipient]) -> None:
-        topic = self._settings.kafka.topic(f"campaign.messages.{plan.channel}")
+        topic = self._settings.kafka.topic(messages_topic(plan.channel))
         now_ms = _millis(self._clock())
         encode = self._codec.encode
         campaign = str(plan.id)

@@ -59,6 +59,7 @@ from campaigns.errors import (
     TransientDeliveryError,
 )
 from campaigns.settings import Settings
+from campaigns.topics import MESSAGES_DLQ, OUTCOMES, messages_topic, retry_topic, sender_group
 from campaigns.transports.base import OutgoingMessage, Transport
 from producers.dead_letters import DeadLetters
 from producers.kafka import KafkaProducer
@@ -159,16 +160,16 @@ class ChannelSender:
         self._clock = clock
         self._codec = get_codec()
         kafka = settings.kafka
-        self._main_topic = kafka.topic(f"campaign.messages.{channel}")
+        self._main_topic = kafka.topic(messages_topic(channel))
         self._retry_topics = [
-            kafka.topic(f"campaign.messages.{channel}.retry.{n}") for n in range(1, settings.sender.retry_tiers + 1)
+            kafka.topic(retry_topic(channel, n)) for n in range(1, settings.sender.retry_tiers + 1)
         ]
         # Retry tier topic -> how long it holds each record (ms after the record was written).
         self._tier_delays = settings.sender.retry_tier_delays_s
         self._tier_hold_ms = {t: d * 1000 for t, d in zip(self._retry_topics, self._tier_delays, strict=True)}
-        self._dead_letters = DeadLetters(producer, kafka.topic("campaign.messages.dlq"), clock)
-        self._outcomes_topic = kafka.topic("delivery.outcomes")
-        self._consumer = Consumer(kafka.stage_consumer(group_id or kafka.topic(f"sender-{channel}")))
+        self._dead_letters = DeadLetters(producer, kafka.topic(MESSAGES_DLQ), clock)
+        self._outcomes_topic = kafka.topic(OUTCOMES)
+        self._consumer = Consumer(kafka.stage_consumer(group_id or kafka.topic(sender_group(channel))))
         self._conn = psycopg2.connect(settings.database.dsn())
         self._campaigns: dict[str, CampaignState] = {}
         self._paused_until: dict[tuple[str, int], float] = {}  # retry partitions waiting for their head

@@ -129,3 +129,16 @@ def test_memory_publisher_keeps_encoded_bytes_and_can_fail():
     with pytest.raises(SinkError, match="1 of 1 records failed"):
         publisher.flush()
     assert not failed.ok
+
+
+def test_every_topic_of_the_pipeline_has_its_record_in_the_registry():
+    from campaigns.codec import get_codec
+    from campaigns.topics import record_for
+
+    settings = Settings(kafka=KafkaSettings(topic_prefix="p."))
+    codec = get_codec()
+    for name in all_topic_names(settings):
+        record = record_for(name, "p.")
+        assert record is not None, name
+        assert record in codec.record_names, (name, record)
+    assert record_for("someone.elses.topic") is None

@@ -1,0 +1,74 @@
+"""The topic registry: every Kafka topic of the pipeline by its logical name, with its key, its record type
+and the consumer groups that read it. The one place these are spelled; everything else imports them.
+
+Logical names are unprefixed; ``KafkaSettings.topic(name)`` gives the physical (prefixed) name, and
+``KafkaSettings.topic(group)`` the physical group id. Creating the topics is ``producers.topics``' job.
+Pure: no Kafka client here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ANALYTICS", "ANALYTICS_GROUP", "COMMANDS", "COMMANDS_REJECTED", "EVENTS", "MESSAGES_DLQ", "OUTCOMES",
+    "OUTCOME_COUNTS", "TOPICS", "Topic", "messages_topic", "record_for", "retry_topic", "sender_group",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    name: str  # logical name
+    key: str  # what the record key is
+    record: str  # the Avro record (schemas/*.avsc) of every value
+
+
+COMMANDS = "campaign.commands"
+COMMANDS_REJECTED = "campaign.commands.rejected"
+EVENTS = "campaign.events"
+MESSAGES_DLQ = "campaign.messages.dlq"
+OUTCOMES = "delivery.outcomes"
+OUTCOME_COUNTS = "campaign.outcome_counts"
+ANALYTICS = "campaign.analytics"
+_MESSAGES_PREFIX = "campaign.messages."
+
+TOPICS: dict[str, Topic] = {t.name: t for t in (
+    Topic(COMMANDS, "campaign id", "CampaignCommand"),
+    Topic(COMMANDS_REJECTED, "campaign id", "DeadLetter"),
+    Topic(EVENTS, "campaign id", "CampaignEvent"),
+    Topic(MESSAGES_DLQ, "recipient id", "DeadLetter"),
+    Topic(OUTCOMES, "recipient id", "DeliveryOutcome"),
+    Topic(OUTCOME_COUNTS, "campaign id", "OutcomeCounts"),
+    Topic(ANALYTICS, "campaign id", "CampaignAnalytics"),
+)}
+"""The fixed topics; each channel adds ``messages_topic(channel)`` and its ``retry_topic(channel, n)``
+(key: recipient id, record: RecipientMessage)."""
+
+ANALYTICS_GROUP = "analytics"  # the analytics stage, over OUTCOMES
+
+
+def messages_topic(channel: str) -> str:
+    """Logical name of a channel's message topic, e.g. ``campaign.messages.sms``."""
+    return f"{_MESSAGES_PREFIX}{channel}"
+
+
+def retry_topic(channel: str, tier: int) -> str:
+    """Logical name of a channel's retry tier ``tier`` (1-based), e.g. ``campaign.messages.sms.retry.2``."""
+    return f"{_MESSAGES_PREFIX}{channel}.retry.{tier}"
+
+
+def sender_group(channel: str) -> str:
+    """The consumer group of a channel's senders (its message topic and retry tiers)."""
+    return f"sender-{channel}"
+
+
+def record_for(name: str, prefix: str = "") -> str | None:
+    """The record type of the topic ``name`` (logical, or physical with its ``prefix``), or None if the topic
+    is not one of the pipeline's."""
+    if prefix and name.startswith(prefix):
+        name = name[len(prefix):]
+    if name in TOPICS:
+        return TOPICS[name].record
+    if name.startswith(_MESSAGES_PREFIX):
+        return "RecipientMessage"
+    return None
