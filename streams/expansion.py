@@ -26,13 +26,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
-import psycopg2.extras
 
 from campaigns.codec import get_codec
 from campaigns.core.ids import message_id
 from campaigns.settings import Settings
 from campaigns.topics import OUTCOMES, messages_topic
 from producers.kafka import KafkaProducer
+from sinks import recipient_log
 from streams.audience import Recipient, fetch_page
 
 log = logging.getLogger(__name__)
@@ -66,29 +66,6 @@ class CampaignPlan:
     segments: list[int]
     content: dict[str, Content]  # locale -> what is sent to recipients of that locale
     default_locale: str
-
-
-_INSERT_TERMINAL = (
-    "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
-    "failure_reason, created_at, updated_at) VALUES %s ON CONFLICT (campaign_id, recipient_id) "
-)
-RECORD_SKIPPED_SQL = _INSERT_TERMINAL + "DO NOTHING"
-# A sweep also ends a row left retrying (no sender claims anything of a campaign that is not active).
-RECORD_CANCELLED_SQL = _INSERT_TERMINAL + (
-    "DO UPDATE SET status = 'cancelled', failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at "
-    "WHERE campaign_recipient_log.status = 'retrying'"
-)
-TERMINAL_ROWS_SQL = (
-    "SELECT recipient_id, message_id, failure_reason FROM campaign_recipient_log "
-    "WHERE campaign_id = %s AND recipient_id = ANY(%s) AND status = %s"
-)
-SETTLE_IN_FLIGHT_SQL = (
-    "UPDATE campaign_recipient_log SET status = 'cancelled', failure_reason = %s, updated_at = %s, "
-    "lease_until = NULL WHERE campaign_id = %s "
-    "AND (status = 'retrying' OR (status = 'claimed' AND lease_until < %s)) "
-    "RETURNING recipient_id, message_id, failure_reason"
-)
-LIVE_CLAIMS_SQL = "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s AND status = 'claimed'"
 
 
 def _millis(moment: datetime) -> int:
@@ -254,22 +231,17 @@ class Expander:
             for r in recipients
         ]
         with self._conn.cursor() as cur:
-            psycopg2.extras.execute_values(
-                cur, RECORD_CANCELLED_SQL if status == "cancelled" else RECORD_SKIPPED_SQL, rows, page_size=len(rows)
-            )
+            recipient_log.record_terminal(cur, status, rows)
             self._conn.commit()
-            cur.execute(TERMINAL_ROWS_SQL, (campaign, [r.customer_id for r in recipients], status))
-            self._emit(plan, status, cur.fetchall())
+            self._emit(plan, status, recipient_log.terminal_rows(cur, campaign, [r.customer_id for r in recipients],
+                                                                 status))
 
     def _settle_in_flight(self, plan: CampaignPlan) -> bool:
         """After a sweep: end the rows no sender will end (``retrying``, and claims whose lease ran out, left
         by a crashed sender) as ``cancelled``. False while a live claim remains (its sender records it)."""
         campaign = str(plan.id)
         with self._conn.cursor() as cur:
-            cur.execute(SETTLE_IN_FLIGHT_SQL, (f"campaign_{plan.status}", self._clock(), campaign, self._clock()))
-            settled = cur.fetchall()
-            cur.execute(LIVE_CLAIMS_SQL, (campaign,))
-            live = cur.fetchone()[0]
+            settled, live = recipient_log.settle_in_flight(cur, campaign, f"campaign_{plan.status}", self._clock())
             self._conn.commit()
         self._emit(plan, "cancelled", settled)
         if settled:

@@ -42,7 +42,6 @@ from functools import partial
 from typing import Any, Protocol
 
 import psycopg2
-import psycopg2.extras
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from campaigns.codec import get_codec
@@ -63,6 +62,7 @@ from campaigns.topics import MESSAGES_DLQ, OUTCOMES, messages_topic, retry_topic
 from campaigns.transports.base import OutgoingMessage, Transport
 from producers.dead_letters import DeadLetters
 from producers.kafka import KafkaProducer
+from sinks import channels, recipient_log
 
 log = logging.getLogger(__name__)
 
@@ -505,23 +505,13 @@ class ChannelSender:
             by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p
                       for p in pending if p.record["campaign_id"] in active}
             rows = [(c, r, p.record["message_id"], self._channel, now, lease) for (c, r), p in by_key.items()]
-            inserted = [] if not rows else psycopg2.extras.execute_values(
-                cur,
-                "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
-                "attempts, claimed_at, lease_until, created_at, updated_at) "
-                "SELECT v.c::uuid, v.r, v.m::uuid, v.k, 'claimed', 0, v.t, v.l, v.t, v.t "
-                "FROM (VALUES %s) AS v(c, r, m, k, t, l) "
-                "ON CONFLICT (campaign_id, recipient_id) DO NOTHING RETURNING campaign_id::text, recipient_id",
-                rows, page_size=len(rows), fetch=True,
-            )
-            for c, r in inserted:
+            for c, r in recipient_log.claim(cur, rows):
                 p = by_key.pop((c, r))
                 p.claimed_at, p.lease_deadline = now, deadline
                 claimed.append(p)
             if by_key:
                 # Rows that exist: take over a retrying one (this is its retry) or an expired claim.
-                taken = self._take_over(cur, list(by_key), now, lease)
-                for c, r, attempts in taken:
+                for c, r, attempts in recipient_log.take_over(cur, list(by_key), now, lease):
                     p = by_key.pop((c, r))
                     p.claimed_attempts = attempts
                     p.claimed_at, p.lease_deadline = now, deadline
@@ -531,18 +521,6 @@ class ChannelSender:
         self._conn.commit()
         return claimed, inactive
 
-    def _take_over(self, cur: Any, keys: list[tuple[str, int]], now: datetime, lease: datetime) -> list[tuple]:
-        values = ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in keys)
-        cur.execute(
-            "UPDATE campaign_recipient_log AS l SET status = 'claimed', claimed_at = %s, lease_until = %s, "
-            f"updated_at = %s FROM (VALUES {values}) AS v(c, r) "
-            "WHERE l.campaign_id = v.c AND l.recipient_id = v.r "
-            "AND (l.status = 'retrying' OR (l.status = 'claimed' AND l.lease_until < %s)) "
-            "RETURNING l.campaign_id::text, l.recipient_id, l.attempts",
-            (now, lease, now, now),
-        )
-        return cur.fetchall()
-
     def _settle_unclaimed(self, cur: Any, unclaimed: dict[tuple[str, int], Pending]) -> None:
         """Messages whose recipient already has a row this worker cannot take.
 
@@ -550,13 +528,7 @@ class ChannelSender:
         once) in case the crash that caused the redelivery lost it. Live claim of another worker: held in
         retry tier 1 until the lease ends, so a claim left by a dead worker is never stuck.
         """
-        values = ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in unclaimed)
-        cur.execute(
-            "SELECT l.campaign_id::text, l.recipient_id, l.status, l.attempts, l.failure_reason, "
-            "l.provider_message_id, l.lease_until FROM campaign_recipient_log AS l "
-            f"JOIN (VALUES {values}) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r"
-        )
-        for c, r, status, attempts, reason, provider_id, lease_until in cur.fetchall():
+        for c, r, status, attempts, reason, provider_id, lease_until in recipient_log.rows(cur, list(unclaimed)):
             p = unclaimed[(c, r)]
             if status in ("sent", "failed", "skipped", "cancelled"):
                 self.stats.duplicates_dropped += 1
@@ -577,32 +549,10 @@ class ChannelSender:
         now = datetime.now(UTC)
         by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p for p in pending}
         with self._conn.cursor() as cur:
-            values = ",".join(
-                cur.mogrify(
-                    "(%s::uuid, %s::bigint, %s::uuid)",
-                    (p.record["campaign_id"], int(p.record["recipient_id"]), p.record["message_id"]),
-                ).decode()
-                for p in by_key.values()
-            )
-            cur.execute(
-                "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
-                "failure_reason, created_at, updated_at) "
-                f"SELECT v.c, v.r, v.m, %s, 'cancelled', 'campaign_' || c.status, %s, %s "
-                f"FROM (VALUES {values}) AS v(c, r, m) JOIN campaigns AS c ON c.id = v.c "
-                "ON CONFLICT (campaign_id, recipient_id) DO UPDATE SET status = 'cancelled', "
-                "failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at "
-                "WHERE campaign_recipient_log.status = 'retrying' "
-                "RETURNING campaign_id::text",
-                (self._channel, now, now),
-            )
-            self.stats.cancelled += len(cur.fetchall())
+            messages = [(c, r, p.record["message_id"]) for (c, r), p in by_key.items()]
+            self.stats.cancelled += recipient_log.cancel_messages(cur, messages, self._channel, now)
             self._conn.commit()
-            cur.execute(
-                "SELECT l.campaign_id::text, l.recipient_id, l.failure_reason FROM campaign_recipient_log AS l "
-                f"JOIN (VALUES {values}) AS v(c, r, m) ON l.campaign_id = v.c AND l.recipient_id = v.r "
-                "WHERE l.status = 'cancelled'"
-            )
-            rows = cur.fetchall()
+            rows = recipient_log.cancelled_rows(cur, list(by_key))
         self._conn.commit()
         for c, r, reason in rows:
             self._outcome(by_key[(c, r)].record, "CANCELLED", 0, reason, None, None)
@@ -700,16 +650,7 @@ class ChannelSender:
         recorded: list[tuple[str, int]] = []
         if rows:  # none when every claim expired before its call
             with self._conn.cursor() as cur:
-                recorded = psycopg2.extras.execute_values(
-                    cur,
-                    "UPDATE campaign_recipient_log AS l SET status = v.s, attempts = v.a, failure_reason = v.f, "
-                    "provider_message_id = v.p, sent_at = v.t::timestamptz, updated_at = now(), lease_until = NULL "
-                    "FROM (VALUES %s) AS v(c, r, s, a, f, p, t, ca) "
-                    "WHERE l.campaign_id = v.c::uuid AND l.recipient_id = v.r AND l.status = 'claimed' "
-                    "AND l.claimed_at = v.ca::timestamptz "
-                    "RETURNING l.campaign_id::text, l.recipient_id",
-                    rows, page_size=len(rows), fetch=True,
-                )
+                recorded = recipient_log.record_results(cur, rows)
         self._conn.commit()
         for key in recorded:
             effects[(key[0], key[1])]()
@@ -734,16 +675,13 @@ class ChannelSender:
         if now - read_at < CHANNEL_STATE_TTL_S and reason is None:
             return "closed"
         with self._conn.cursor() as cur:
-            cur.execute(CHANNEL_STATE_SQL, (self._channel,))
-            row = cur.fetchone()
-            reason = row[0] if row else None
+            reason = channels.paused_reason(cur, self._channel)
             probe = False
             if reason is not None:
-                cur.execute(TAKE_PROBE_SQL, (self._channel, datetime.now(UTC)))
-                taken = cur.fetchone()
+                taken = channels.take_probe(cur, self._channel, datetime.now(UTC))
                 if taken is not None:  # this worker sends the probe; the next one waits longer if it fails
-                    cur.execute(SET_NEXT_PROBE_SQL, (datetime.now(UTC) + timedelta(
-                        seconds=next_probe_delay_s(taken[0])), self._channel))
+                    channels.set_next_probe(cur, self._channel,
+                                            datetime.now(UTC) + timedelta(seconds=next_probe_delay_s(taken)))
                     probe = True
         self._conn.commit()
         self._channel_open = (reason, now)
@@ -754,9 +692,9 @@ class ChannelSender:
         """A probe that reached the provider and was not refused for our account closes the channel; one
         that made no call (a duplicate, a cancelled campaign) is given back."""
         if not calls:
-            self._write_channel(GIVE_BACK_PROBE_SQL, (datetime.now(UTC), self._channel))
+            self._write_channel(channels.give_back_probe, datetime.now(UTC))
         elif any(p.result not in ("held", "expired") and (p.reason or "") not in TRANSPORT_REASONS for p in calls):
-            if self._write_channel(CLOSE_CHANNEL_SQL, (self._channel,)):
+            if self._write_channel(channels.close):
                 log.warning("%s channel: the provider accepts our account again; breaker closed", self._channel)
             self._channel_open = (None, time.monotonic())
             self._report_channel("closed")
@@ -774,8 +712,7 @@ class ChannelSender:
         if reason is None:
             return
         now = datetime.now(UTC)
-        opened = self._write_channel(OPEN_CHANNEL_SQL, (
-            reason, now, now + timedelta(seconds=next_probe_delay_s(0)), self._channel))
+        opened = self._write_channel(channels.open_, reason, now, now + timedelta(seconds=next_probe_delay_s(0)))
         self._transport_errors = TransportErrorRun(self._transport_errors.limit)
         self._channel_open = (reason, time.monotonic())
         self._report_channel("open")
@@ -784,10 +721,9 @@ class ChannelSender:
             log.error("%s channel paused: the provider %s; no recipient is failed for it. Half-open probes "
                       "follow; `campaigns channel close %s` closes it by hand", self._channel, why, self._channel)
 
-    def _write_channel(self, sql: str, params: tuple[Any, ...]) -> bool:
+    def _write_channel(self, write: Callable[..., Any], *args: Any) -> bool:
         with self._conn.cursor() as cur:
-            cur.execute(sql, params)
-            changed = cur.rowcount > 0
+            changed = bool(write(cur, self._channel, *args))
         self._conn.commit()
         return changed
 
@@ -876,26 +812,6 @@ class ChannelSender:
         self.stats.dead_lettered += 1
         self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
 
-
-# The channel breaker's state lives on the enabled channels row of the kind (migration 0004).
-CHANNEL_STATE_SQL = "SELECT paused_reason FROM channels WHERE kind = %s AND enabled"
-OPEN_CHANNEL_SQL = (
-    "UPDATE channels SET paused_reason = %s, paused_at = %s, probe_at = %s, failed_probes = 0 "
-    "WHERE kind = %s AND enabled AND paused_reason IS NULL"
-)
-# One worker at a time wins the probe: the row's probe_at moves on when it is taken.
-TAKE_PROBE_SQL = (
-    "UPDATE channels SET failed_probes = failed_probes + 1 WHERE kind = %s AND enabled "
-    "AND paused_reason IS NOT NULL AND probe_at <= %s RETURNING failed_probes"
-)
-SET_NEXT_PROBE_SQL = "UPDATE channels SET probe_at = %s WHERE kind = %s AND enabled"
-GIVE_BACK_PROBE_SQL = (
-    "UPDATE channels SET probe_at = %s, failed_probes = greatest(failed_probes - 1, 0) WHERE kind = %s AND enabled"
-)
-CLOSE_CHANNEL_SQL = (
-    "UPDATE channels SET paused_reason = NULL, paused_at = NULL, probe_at = NULL, failed_probes = 0 "
-    "WHERE kind = %s AND enabled AND paused_reason IS NOT NULL"
-)
 
 # Locks the rows of the campaigns still active, in id order (one lock order for every sender), until the
 # claim commits; FOR SHARE re-checks the status of a row that a concurrent UPDATE just changed.

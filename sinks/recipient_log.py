@@ -1,0 +1,171 @@
+"""``campaign_recipient_log`` writes of the senders and of expansion: batched, idempotent, one statement each.
+
+Every function takes a psycopg2 cursor and never commits: the stage owns the transaction (and commits it
+before producing the records derived from the rows). Keys are ``(campaign_id: str, recipient_id: int)``.
+
+Guarantees (the UNIQUE (campaign_id, recipient_id) constraint is what makes them hold under any number of
+workers, redeliveries and replays):
+
+* :func:`claim` inserts a ``claimed`` row only for pairs that have none: exactly one claim wins a pair.
+* :func:`take_over` claims a pair whose row is ``retrying`` (its retry) or a ``claimed`` row whose lease ran
+  out (left by a crashed worker); a live claim of another worker is never taken.
+* :func:`record_results` writes results only for claims still held by the caller (same ``claimed_at``): a
+  claim taken over meanwhile keeps the other worker's result.
+* :func:`record_terminal` never overwrites a terminal row; a ``cancelled`` write also ends a ``retrying``
+  row. :func:`terminal_rows` then lists the rows in that status, so their outcomes can be (re-)emitted with
+  the same ids whatever happened before.
+* :func:`settle_in_flight` ends the rows of a cancelled/failed campaign that no sender will end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg2.extras
+
+Key = tuple[str, int]
+
+CLAIM_SQL = (
+    "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
+    "attempts, claimed_at, lease_until, created_at, updated_at) "
+    "SELECT v.c::uuid, v.r, v.m::uuid, v.k, 'claimed', 0, v.t, v.l, v.t, v.t "
+    "FROM (VALUES %s) AS v(c, r, m, k, t, l) "
+    "ON CONFLICT (campaign_id, recipient_id) DO NOTHING RETURNING campaign_id::text, recipient_id"
+)
+TAKE_OVER_SQL = (
+    "UPDATE campaign_recipient_log AS l SET status = 'claimed', claimed_at = %s, lease_until = %s, "
+    "updated_at = %s FROM (VALUES {values}) AS v(c, r) "
+    "WHERE l.campaign_id = v.c AND l.recipient_id = v.r "
+    "AND (l.status = 'retrying' OR (l.status = 'claimed' AND l.lease_until < %s)) "
+    "RETURNING l.campaign_id::text, l.recipient_id, l.attempts"
+)
+ROWS_SQL = (
+    "SELECT l.campaign_id::text, l.recipient_id, l.status, l.attempts, l.failure_reason, "
+    "l.provider_message_id, l.lease_until FROM campaign_recipient_log AS l "
+    "JOIN (VALUES {values}) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r"
+)
+RECORD_RESULTS_SQL = (
+    "UPDATE campaign_recipient_log AS l SET status = v.s, attempts = v.a, failure_reason = v.f, "
+    "provider_message_id = v.p, sent_at = v.t::timestamptz, updated_at = now(), lease_until = NULL "
+    "FROM (VALUES %s) AS v(c, r, s, a, f, p, t, ca) "
+    "WHERE l.campaign_id = v.c::uuid AND l.recipient_id = v.r AND l.status = 'claimed' "
+    "AND l.claimed_at = v.ca::timestamptz "
+    "RETURNING l.campaign_id::text, l.recipient_id"
+)
+# A message of a finished campaign: cancelled (reason from the campaign's status) unless terminal already.
+CANCEL_MESSAGES_SQL = (
+    "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
+    "failure_reason, created_at, updated_at) "
+    "SELECT v.c, v.r, v.m, %s, 'cancelled', 'campaign_' || c.status, %s, %s "
+    "FROM (VALUES {values}) AS v(c, r, m) JOIN campaigns AS c ON c.id = v.c "
+    "ON CONFLICT (campaign_id, recipient_id) DO UPDATE SET status = 'cancelled', "
+    "failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at "
+    "WHERE campaign_recipient_log.status = 'retrying' "
+    "RETURNING campaign_id::text"
+)
+CANCELLED_ROWS_SQL = (
+    "SELECT l.campaign_id::text, l.recipient_id, l.failure_reason FROM campaign_recipient_log AS l "
+    "JOIN (VALUES {values}) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r "
+    "WHERE l.status = 'cancelled'"
+)
+_INSERT_TERMINAL = (
+    "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
+    "failure_reason, created_at, updated_at) VALUES %s ON CONFLICT (campaign_id, recipient_id) "
+)
+RECORD_SKIPPED_SQL = _INSERT_TERMINAL + "DO NOTHING"
+RECORD_CANCELLED_SQL = _INSERT_TERMINAL + (
+    "DO UPDATE SET status = 'cancelled', failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at "
+    "WHERE campaign_recipient_log.status = 'retrying'"
+)
+TERMINAL_ROWS_SQL = (
+    "SELECT recipient_id, message_id, failure_reason FROM campaign_recipient_log "
+    "WHERE campaign_id = %s AND recipient_id = ANY(%s) AND status = %s"
+)
+SETTLE_IN_FLIGHT_SQL = (
+    "UPDATE campaign_recipient_log SET status = 'cancelled', failure_reason = %s, updated_at = %s, "
+    "lease_until = NULL WHERE campaign_id = %s "
+    "AND (status = 'retrying' OR (status = 'claimed' AND lease_until < %s)) "
+    "RETURNING recipient_id, message_id, failure_reason"
+)
+LIVE_CLAIMS_SQL = "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s AND status = 'claimed'"
+
+
+def _keys(cur: Any, keys: Sequence[Key]) -> str:
+    return ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in keys)
+
+
+def claim(cur: Any, rows: Sequence[tuple[str, int, str, str, datetime, datetime]]) -> list[Key]:
+    """Claim ``(campaign, recipient, message id, channel, now, lease until)``; the pairs this call won."""
+    if not rows:
+        return []
+    won = psycopg2.extras.execute_values(cur, CLAIM_SQL, rows, page_size=len(rows), fetch=True)
+    return [(c, r) for c, r in won]
+
+
+def take_over(cur: Any, keys: Sequence[Key], now: datetime, lease: datetime) -> list[tuple[str, int, int]]:
+    """Claim the pairs whose row is retrying or an expired claim; ``(campaign, recipient, attempts so far)``."""
+    if not keys:
+        return []
+    cur.execute(TAKE_OVER_SQL.format(values=_keys(cur, keys)), (now, lease, now, now))
+    return cur.fetchall()
+
+
+def rows(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str, int, str | None, str | None, datetime]]:
+    """``(campaign, recipient, status, attempts, failure reason, provider message id, lease until)`` of the
+    pairs that have a row."""
+    if not keys:
+        return []
+    cur.execute(ROWS_SQL.format(values=_keys(cur, keys)))
+    return cur.fetchall()
+
+
+def record_results(cur: Any, results: Sequence[tuple[Any, ...]]) -> list[Key]:
+    """Write ``(campaign, recipient, status, attempts, reason, provider id, sent at, claimed at)``; the pairs
+    whose claim the caller still held (only those were written)."""
+    if not results:
+        return []
+    written = psycopg2.extras.execute_values(cur, RECORD_RESULTS_SQL, results, page_size=len(results), fetch=True)
+    return [(c, r) for c, r in written]
+
+
+def cancel_messages(cur: Any, messages: Sequence[tuple[str, int, str]], channel: str, now: datetime) -> int:
+    """``(campaign, recipient, message id)`` of finished campaigns become ``cancelled`` rows unless terminal;
+    how many rows changed."""
+    if not messages:
+        return 0
+    values = ",".join(cur.mogrify("(%s::uuid, %s::bigint, %s::uuid)", m).decode() for m in messages)
+    cur.execute(CANCEL_MESSAGES_SQL.format(values=values), (channel, now, now))
+    return len(cur.fetchall())
+
+
+def cancelled_rows(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str | None]]:
+    """``(campaign, recipient, failure reason)`` of the pairs whose row is ``cancelled``."""
+    if not keys:
+        return []
+    cur.execute(CANCELLED_ROWS_SQL.format(values=_keys(cur, keys)))
+    return cur.fetchall()
+
+
+def record_terminal(cur: Any, status: str, rows_: Sequence[tuple[Any, ...]]) -> None:
+    """``skipped`` or ``cancelled`` rows ``(campaign, recipient, message id, channel, status, reason, created,
+    updated)`` for recipients without a terminal row."""
+    if rows_:
+        sql = RECORD_CANCELLED_SQL if status == "cancelled" else RECORD_SKIPPED_SQL
+        psycopg2.extras.execute_values(cur, sql, rows_, page_size=len(rows_))
+
+
+def terminal_rows(cur: Any, campaign: str, recipients: Sequence[int], status: str) -> list[tuple[Any, Any, Any]]:
+    """``(recipient, message id, failure reason)`` of the campaign's recipients whose row is in ``status``."""
+    cur.execute(TERMINAL_ROWS_SQL, (campaign, list(recipients), status))
+    return cur.fetchall()
+
+
+def settle_in_flight(cur: Any, campaign: str, reason: str, now: datetime) -> tuple[list[tuple[Any, Any, Any]], int]:
+    """End the ``retrying`` rows and expired claims of a finished campaign as ``cancelled``; returns those rows
+    ``(recipient, message id, reason)`` and how many live claims remain (their senders record them)."""
+    cur.execute(SETTLE_IN_FLIGHT_SQL, (reason, now, campaign, now))
+    settled = cur.fetchall()
+    cur.execute(LIVE_CLAIMS_SQL, (campaign,))
+    return settled, int(cur.fetchone()[0])
