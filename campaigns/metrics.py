@@ -42,6 +42,7 @@ from campaigns.topics import (
     COMMANDS,
     MESSAGES_DLQ,
     OUTCOMES,
+    commands_group,
     messages_topic,
     retry_topic,
     sender_group,
@@ -210,7 +211,6 @@ def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS) -
     The group names follow the stages: ``sender-<channel>`` (streams/sender.py), ``analytics``
     (streams/analytics.py) and the command consumer's (producers/commands.py), all with the topic prefix.
     """
-    from producers.commands import command_group_id
 
     kafka = settings.kafka
     groups: dict[str, list[str]] = {}
@@ -221,7 +221,7 @@ def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS) -
             *(kafka.topic(retry_topic(channel, n)) for n in tiers),
         ]
     groups[kafka.topic(ANALYTICS_GROUP)] = [kafka.topic(OUTCOMES)]
-    groups[command_group_id(settings)] = [kafka.topic(COMMANDS)]
+    groups[commands_group(kafka.topic_prefix, kafka.client_id)] = [kafka.topic(COMMANDS)]
     return groups
 
 

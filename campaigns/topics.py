@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "ANALYTICS", "ANALYTICS_GROUP", "COMMANDS", "COMMANDS_REJECTED", "EVENTS", "MESSAGES_DLQ", "OUTCOMES",
-    "OUTCOME_COUNTS", "TOPICS", "Topic", "messages_topic", "record_for", "retry_topic", "sender_group",
+    "OUTCOME_COUNTS", "TOPICS", "Topic", "commands_group", "messages_topic", "record_for", "retry_topic",
+    "sender_group",
 ]
 
 
@@ -60,6 +61,11 @@ def retry_topic(channel: str, tier: int) -> str:
 def sender_group(channel: str) -> str:
     """The consumer group of a channel's senders (its message topic and retry tiers)."""
     return f"sender-{channel}"
+
+
+def commands_group(topic_prefix: str, client_id: str) -> str:
+    """The (physical) consumer group of the command consumer: ``<topic prefix><client id>.commands``."""
+    return f"{topic_prefix}{client_id}.commands"
 
 
 def record_for(name: str, prefix: str = "") -> str | None:

@@ -50,6 +50,7 @@ from campaigns.errors import (
 )
 from campaigns.service import COMMAND_TYPES, CampaignService, CommandRequest, CommandResult
 from campaigns.settings import Settings
+from campaigns.topics import commands_group
 from producers.dead_letters import DeadLetters
 from producers.kafka import KafkaProducer, Publisher
 from producers.topics import COMMANDS, COMMANDS_REJECTED
@@ -60,8 +61,8 @@ COMMAND_RECORD = "CampaignCommand"
 
 
 def command_group_id(settings: Settings) -> str:
-    """The consumer group of the command consumer: ``<topic prefix><client id>.commands``."""
-    return f"{settings.kafka.topic_prefix}{settings.kafka.client_id}.commands"
+    """The consumer group of the command consumer (from the topic registry)."""
+    return commands_group(settings.kafka.topic_prefix, settings.kafka.client_id)
 
 
 @dataclass(frozen=True)
