@@ -30,6 +30,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+from pydantic import BaseModel, SecretStr
 
 from campaigns.codec import get_codec
 from campaigns.settings import DatabaseSettings, Settings
@@ -40,6 +41,9 @@ from tests.helpers import consume_to_end, wait_for
 CAMPAIGNS = Path(sys.executable).with_name("campaigns")
 TERMINAL = ("sent", "failed", "skipped", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
+HARNESS_ADMIN = "harness-admin"  # the admin whose token commands get when a test names no actor
+# Commands that run with the services' own credentials, not as a principal: they take no API token.
+NO_TOKEN_COMMANDS = ("migrate", "bootstrap", "topics", "worker", "relay", "commands", "live", "demo", "bench")
 
 
 class EntryPoints(Cluster):
@@ -50,12 +54,19 @@ class EntryPoints(Cluster):
     the background with its own log file. The environment is what a user sets: the services' addresses, the
     test's topic prefix and database, where the providers are; with ``canaries`` also the provider credentials
     as canary strings (see :class:`Secrets`). Nothing else: production defaults apply (claim lease 60 s, ...).
+
+    Commands that act as a principal get an API token (``CAMPAIGNS_TOKEN``), as a user has one: the token of
+    ``actor`` (or ``CAMPAIGNS_ACTOR``), made with ``campaigns token create``, else the token of the harness's own
+    admin, :data:`HARNESS_ADMIN` (provisioned on first use). A command whose environment already has a token
+    keeps it. ``auto_token=False`` turns this off (README's own commands bring their tokens).
     """
 
     def __init__(self, settings: Settings, secrets: Secrets, log_dir: Path, *, canaries: bool = True,
-                 **env: str) -> None:
+                 auto_token: bool = True, **env: str) -> None:
         super().__init__(settings, secrets, log_dir, extra_env=env)
         self.canaries = canaries
+        self.auto_token = auto_token
+        self._tokens: dict[str, str] = {}
         assert CAMPAIGNS.exists(), f"{CAMPAIGNS} is missing: `pip install -e '.[dev]'` installs the console script"
 
     def env(self, **overrides: str) -> dict[str, str]:
@@ -66,11 +77,7 @@ class EntryPoints(Cluster):
             "CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
             "CAMPAIGNS_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix,
             "CAMPAIGNS_KAFKA__PARTITIONS": str(s.kafka.partitions),
-            "CAMPAIGNS_DATABASE__HOST": s.database.host,
-            "CAMPAIGNS_DATABASE__PORT": str(s.database.port),
-            "CAMPAIGNS_DATABASE__USER": s.database.user,
-            "CAMPAIGNS_DATABASE__PASSWORD": s.database.password.get_secret_value(),
-            "CAMPAIGNS_DATABASE__NAME": s.database.name,
+            **_group_env("CAMPAIGNS_DATABASE__", s.database),  # host, port, user, password, name and the rest
         })
         if self.canaries:
             env.update({
@@ -88,6 +95,7 @@ class EntryPoints(Cluster):
             **env: str) -> subprocess.CompletedProcess[str]:
         """``campaigns ARGS`` to completion; asserts the exit code (unless ``expect`` is None)."""
         extra = {"CAMPAIGNS_ACTOR": actor} if actor else {}
+        extra.update(self._token_env(args, {**extra, **env}))
         result = subprocess.run([str(CAMPAIGNS), *args], env=self.env(**extra, **env), cwd=REPO_ROOT,
                                 capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if expect is not None:
@@ -99,7 +107,39 @@ class EntryPoints(Cluster):
 
     def start(self, name: str, *args: str, **env: str) -> Proc:
         """``campaigns ARGS`` in the background (logs in ``<log_dir>/<name>-N.log``)."""
-        return self.spawn(name, [str(CAMPAIGNS), *args], **env)
+        return self.spawn(name, [str(CAMPAIGNS), *args], **self._token_env(args, env), **env)
+
+    def _token_env(self, args: tuple[str, ...], env: dict[str, str]) -> dict[str, str]:
+        """``CAMPAIGNS_TOKEN`` for a command that acts as a principal and has no token in its environment."""
+        if not self.auto_token or not args or args[0] in NO_TOKEN_COMMANDS or "--help" in args:
+            return {}
+        if "CAMPAIGNS_TOKEN" in env or "CAMPAIGNS_TOKEN" in self.extra_env:
+            return {}
+        actor = env.get("CAMPAIGNS_ACTOR") or self.extra_env.get("CAMPAIGNS_ACTOR")
+        return {"CAMPAIGNS_TOKEN": self.token_for(actor)}
+
+    def token_for(self, principal: str | None = None) -> str:
+        """An API token of ``principal`` (None: the harness's admin), made once per principal: the admin's
+        in-process (the database may already have principals, so `campaigns bootstrap` could refuse), every
+        other with ``campaigns token create`` as the admin (the principal must exist by then)."""
+        name = principal or HARNESS_ADMIN
+        if name in self._tokens:
+            return self._tokens[name]
+        if name == HARNESS_ADMIN:
+            from campaigns.db.engine import make_engine, make_sessionmaker
+            from campaigns.service import CampaignService
+
+            engine = make_engine(self.settings.database)
+            try:
+                service = CampaignService(make_sessionmaker(engine))
+                service.provision_principal(HARNESS_ADMIN, "admin")
+                self._tokens[name] = service.create_token(HARNESS_ADMIN, HARNESS_ADMIN)[1]
+            finally:
+                engine.dispose()
+        else:
+            created = self.cli("token", "create", name, CAMPAIGNS_TOKEN=self.token_for(None))
+            self._tokens[name] = created.stdout.strip()
+        return self._tokens[name]
 
     def spawn(self, name: str, argv: list[str], **env: str) -> Proc:
         """Any program in the background, in the repository root, with this test's environment."""
@@ -127,6 +167,19 @@ def secrets() -> Secrets:
     return Secrets()
 
 
+def _group_env(prefix: str, group: BaseModel) -> dict[str, str]:
+    """``CAMPAIGNS_<GROUP>__<FIELD>`` for every field of a settings group that is set (secrets unwrapped), so a
+    subprocess sees exactly the settings the test's fixtures chose."""
+    env = {}
+    for name in type(group).model_fields:
+        value = getattr(group, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is not None:
+            env[f"{prefix}{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return env
+
+
 @contextmanager
 def entry_points(settings: Settings, secrets: Secrets, log_dir: Path, **options: Any) -> Iterator[EntryPoints]:
     """:class:`EntryPoints` whose processes are all ended on exit; their logs must not hold a canary secret."""
@@ -149,9 +202,10 @@ def entry(settings: Settings, secrets: Secrets, tmp_path: Path) -> Iterator[Entr
 
 @pytest.fixture
 def empty_database(database_server: DatabaseSettings) -> Iterator[DatabaseSettings]:
-    """A database with nothing in it (not even the schema), as on a fresh install; dropped afterwards."""
+    """A database with nothing in it (not even the schema), as on a fresh install; made (and dropped afterwards)
+    by the migration role, which owns the schema ``campaigns migrate`` creates, as ``make services`` sets it up."""
     name = f"campaigns_empty_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(database_server.model_copy(update={"name": "postgres"}).dsn())
+    admin = psycopg2.connect(database_server.for_migrations().model_copy(update={"name": "postgres"}).dsn())
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')

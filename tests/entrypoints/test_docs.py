@@ -33,8 +33,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from campaigns.cli import build_parser
 from campaigns.operate import dead_letters, rejected_commands
 from campaigns.settings import DatabaseSettings, Settings
-from producers.batch import BatchProducer
 from producers.commands import send_command
+from producers.kafka import KafkaProducer
 from tests.conftest import CI, _delete_topics_with_prefix
 from tests.entrypoints.conftest import (
     REPO_ROOT,
@@ -166,7 +166,7 @@ def test_readme_configuration_names_real_settings_with_their_defaults():
             names.append(variable)
         defaults = re.findall(r"`([^`]+)`", default_cell)
         for index, name in enumerate(names):
-            if name == "CAMPAIGNS_ACTOR":  # the CLI's own variable, not a setting
+            if name in ("CAMPAIGNS_ACTOR", "CAMPAIGNS_TOKEN", "CAMPAIGNS_TOKEN_FILE"):  # the CLI's own, not settings
                 continue
             if name.endswith("*"):  # a whole group, e.g. CAMPAIGNS_PROVIDERS__*
                 assert name.removesuffix("__*").removeprefix("CAMPAIGNS_").lower() in Settings.model_fields, name
@@ -194,7 +194,7 @@ def inject_poison(settings: Settings, channel: str = "sms") -> None:
 def send_refused_command(settings: Settings, campaign_id: str, principal: str) -> None:
     """An upstream system asks ``principal`` (without the permission) to pause the campaign: it is refused
     (``permission_denied``) onto ``campaign.commands.rejected`` by the worker's commands stage."""
-    producer = BatchProducer(settings.kafka)
+    producer = KafkaProducer(settings.kafka)
     try:
         send_command(producer, settings, {"command_type": "PAUSE", "campaign_id": campaign_id,
                                           "principal": principal})
@@ -280,7 +280,8 @@ def fresh_install(settings: Settings, empty_database: DatabaseSettings, secrets:
     user = settings.model_copy(update={
         "database": empty_database, "kafka": settings.kafka.model_copy(update={"partitions": 6}),
     })
-    with entry_points(user, secrets, tmp_path / "logs", canaries=False) as procs:
+    # README's commands bring their own API token (`export CAMPAIGNS_TOKEN=$(... bootstrap ...)`), none the harness's.
+    with entry_points(user, secrets, tmp_path / "logs", canaries=False, auto_token=False) as procs:
         yield procs
 
 
@@ -307,7 +308,9 @@ class ReadmeUser:
     def type(self, argv: list[str]) -> None:
         line = " ".join(argv)
         program, args = argv[0], [self.substitute(a) for a in argv[1:]]
-        if program == ".venv/bin/python" and args[:2] == ["-m", "simulator"]:
+        if program == "export":
+            self.export(line)
+        elif program == ".venv/bin/python" and args[:2] == ["-m", "simulator"]:
             self.simulator(args)
         elif program != ".venv/bin/campaigns":
             raise AssertionError(f"README: no doc test for {line!r} (teach tests/entrypoints/test_docs.py)")
@@ -325,6 +328,16 @@ class ReadmeUser:
             bench_parser().parse_args(args[1:])
         else:
             self.command(args)
+
+    def export(self, line: str) -> None:
+        """``export NAME=$(.venv/bin/campaigns ...)``: the command's output becomes NAME for every later command."""
+        match = re.fullmatch(r"export ([A-Z_]+)=\$\((.+)\)", line)
+        assert match, f"README: no doc test for {line!r} (teach tests/entrypoints/test_docs.py)"
+        inner = shlex.split(match[2])
+        assert inner[0] == ".venv/bin/campaigns", line
+        value = self.entry.cli(*[self.substitute(a) for a in inner[1:]]).stdout.strip()
+        assert value, f"{line}: printed nothing"
+        self.entry.extra_env[match[1]] = value
 
     def simulator(self, args: list[str]) -> None:
         # The documented default ports (18080, 18025, where the provider settings point) may be taken on a
@@ -392,6 +405,8 @@ class ReadmeUser:
         elif name == "rejected":
             records = check_listing(args, result.stdout)
             assert [r["reason"] for r in records] == ["permission_denied"], records
+        elif name == "audit":  # the README's admin did all of it, under its own name
+            assert re.search(r"^\S+\s+root\s+cancel_campaign\s", result.stdout, re.M), result.stdout
         elif name == "replay":
             since = datetime.fromisoformat(args[args.index("--from-time") + 1])
             sent = r"[1-9]\d*" if since < datetime.now(UTC) else r"\d+"  # this run's messages are in the range
@@ -510,7 +525,7 @@ def run_recipe(state: RunbookState, context: str, command: str) -> None:
         return
     if re.fullmatch(r"CAMPAIGNS_[A-Z_]+", command):
         # A variable the runbook tells operators to set: it must be one the programs read.
-        if command != "CAMPAIGNS_ACTOR":  # the CLI's own variable; the others are settings
+        if command not in ("CAMPAIGNS_ACTOR", "CAMPAIGNS_TOKEN", "CAMPAIGNS_TOKEN_FILE"):  # the CLI's; others: settings
             setting_default(command)
         if command == "CAMPAIGNS_KAFKA__RETENTION_MS":  # "recreate with a shorter CAMPAIGNS_KAFKA__RETENTION_MS"
             prefix = f"t{uuid.uuid4().hex[:10]}."

@@ -38,6 +38,7 @@ def test_live_with_no_settings_serves_a_campaign_run_by_the_worker(entry: EntryP
     path = tmp_path / "campaign.json"
     path.write_text(json.dumps(payload))
     campaign_id = entry.cli("create", str(path), actor="alice").stdout.strip()
+    entry.cli("approve", campaign_id)  # alice's inline content, approved by an admin
     entry.cli("schedule", campaign_id, "--at", "now", actor="alice")
 
     entry.start_simulator()
