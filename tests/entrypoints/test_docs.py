@@ -463,7 +463,8 @@ class RunbookState:
         return worker
 
     def new_campaign(self) -> str:
-        payload = json.loads((REPO_ROOT / "examples" / "campaign-inline-sms.json").read_text())
+        """The SMS example (its template was approved at set-up) to the last seeded segment, scheduled now."""
+        payload = json.loads((REPO_ROOT / "examples" / "campaign-sms.json").read_text())
         payload["segments"] = [self.segments[-1]]
         path = self.tmp_path / f"campaign-{uuid.uuid4().hex[:6]}.json"
         path.write_text(json.dumps(payload))
