@@ -32,16 +32,11 @@ from campaigns.core.ids import message_id
 from campaigns.settings import Settings
 from campaigns.topics import OUTCOMES, messages_topic
 from producers.kafka import KafkaProducer
-from sinks import recipient_log
+from sinks import campaign_progress, recipient_log
 from streams.audience import Recipient, fetch_page
 
 log = logging.getLogger(__name__)
 
-CANDIDATES_SQL = """
-SELECT id FROM campaigns
-WHERE NOT expansion_done AND activated_at IS NOT NULL AND status IN ('active', 'cancelled', 'failed')
-ORDER BY activated_at LIMIT 20
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +110,11 @@ class Expander:
     def run_once(self) -> int:
         """Work on every campaign that needs expansion or a sweep; returns how many it handled."""
         with self._conn.cursor() as cur:
-            cur.execute(CANDIDATES_SQL)
-            candidates = [row[0] for row in cur.fetchall()]
+            candidates = campaign_progress.candidates(cur)
         self._conn.commit()
         handled = 0
         for campaign_id in candidates:
-            if self._with_lock(uuid.UUID(str(campaign_id)), self._process):
+            if self._with_lock(campaign_id, self._process):
                 handled += 1
         return handled
 
@@ -128,8 +122,7 @@ class Expander:
         """Run ``work`` under the campaign's advisory lock; its result (did it make progress), or False when
         another worker holds the lock."""
         with self._conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 7))", (str(campaign_id),))
-            locked = cur.fetchone()[0]
+            locked = campaign_progress.try_lock(cur, campaign_id)
         self._conn.commit()
         if not locked:
             return False
@@ -138,30 +131,18 @@ class Expander:
         finally:
             self._conn.rollback()
             with self._conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 7))", (str(campaign_id),))
+                campaign_progress.unlock(cur, campaign_id)
             self._conn.commit()
 
     def _load(self, campaign_id: uuid.UUID) -> CampaignPlan | None:
         with self._conn.cursor() as cur:
-            cur.execute(
-                "SELECT status, version, channel_kind, batch_size, coalesce(expansion_cursor, 0), locale, "
-                "expansion_done FROM campaigns WHERE id = %s",
-                (str(campaign_id),),
-            )
-            row = cur.fetchone()
-            if row is None or row[6]:
-                return None
-            cur.execute("SELECT segment_id FROM campaign_segments WHERE campaign_id = %s", (str(campaign_id),))
-            segments = [r[0] for r in cur.fetchall()]
-            cur.execute(
-                "SELECT locale, subject, body, template_name, template_parameters FROM campaign_messages "
-                "WHERE campaign_id = %s",
-                (str(campaign_id),),
-            )
-            content = {r[0]: Content(r[0], r[1], r[2], r[3], list(r[4] or ())) for r in cur.fetchall()}
+            row = campaign_progress.plan(cur, campaign_id)
+        if row is None:
+            return None
         return CampaignPlan(
-            id=campaign_id, status=row[0], version=row[1], channel=row[2], batch_size=row[3], cursor=row[4],
-            segments=segments, content=content, default_locale=row[5],
+            id=campaign_id, status=row.status, version=row.version, channel=row.channel, batch_size=row.batch_size,
+            cursor=row.cursor, segments=row.segments, content={c[0]: Content(*c) for c in row.content},
+            default_locale=row.default_locale,
         )
 
     def _process(self, campaign_id: uuid.UUID) -> bool:
@@ -271,14 +252,9 @@ class Expander:
         """Advance the cursor past the page (its rows are committed and its records acknowledged), only if
         the campaign did not change meanwhile (pause, resume, cancel): then the page is done again."""
         with self._conn.cursor() as cur:
-            cur.execute(
-                "UPDATE campaigns SET expansion_cursor = %s, expanded_recipients = expanded_recipients + %s "
-                "WHERE id = %s AND version = %s",
-                (last_id, page_size, str(plan.id), plan.version),
-            )
-            changed = cur.rowcount != 1
+            advanced = campaign_progress.checkpoint(cur, plan.id, plan.version, last_id, page_size)
         self._conn.commit()
-        if changed:
+        if not advanced:
             return False
         plan.cursor = last_id
         return True
@@ -287,17 +263,10 @@ class Expander:
         """The pass is over: the total is what it expanded (accumulated page by page in the checkpoints), so
         a customer who joined the audience behind the cursor is not counted without ever getting a row."""
         with self._conn.cursor() as cur:
-            cur.execute(
-                "UPDATE campaigns SET expansion_done = true, total_recipients = expanded_recipients, "
-                "skipped_recipients = (SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s "
-                "AND status = 'skipped') WHERE id = %s AND version = %s RETURNING total_recipients",
-                (str(plan.id), str(plan.id), plan.version),
-            )
-            row = cur.fetchone()
+            total = campaign_progress.finish(cur, plan.id, plan.version)
         self._conn.commit()
-        if row is None:
+        if total is None:
             return  # the campaign changed meanwhile: the next pass finishes it
-        total = row[0]
         log.info("expansion of %s done: %d recipients", plan.id, total)
 
 

@@ -62,7 +62,7 @@ from campaigns.topics import MESSAGES_DLQ, OUTCOMES, messages_topic, retry_topic
 from campaigns.transports.base import OutgoingMessage, Transport
 from producers.dead_letters import DeadLetters
 from producers.kafka import KafkaProducer
-from sinks import channels, recipient_log
+from sinks import campaign_progress, channels, recipient_log
 
 log = logging.getLogger(__name__)
 
@@ -468,12 +468,8 @@ class ChannelSender:
         if missing:
             valid = [i for i in missing if _is_uuid(i)]
             with self._conn.cursor() as cur:
-                cur.execute(
-                    "SELECT id::text, status, max_retries, backoff_base_s, backoff_max_s, retry_jitter, "
-                    "failure_threshold, failure_min_sample FROM campaigns WHERE id = ANY(%s::uuid[])",
-                    (valid,),
-                )
-                for cid, status, retries, base, cap, jitter, threshold, min_sample in cur.fetchall():
+                for cid, status, retries, base, cap, jitter, threshold, min_sample in campaign_progress.states(
+                        cur, valid):
                     self._campaigns[cid] = CampaignState(
                         status, RetryPolicy(retries, base, cap, jitter), now + CAMPAIGN_STATE_TTL_S,
                         threshold, min_sample,
@@ -488,8 +484,8 @@ class ChannelSender:
 
         Returns (claimed: this worker may send them now, inactive: their campaign is no longer active).
         The claim transaction first takes a share lock on the campaigns' rows while they are ``active``
-        (``ACTIVE_CAMPAIGNS_SQL``): a pause, cancel or fail (an UPDATE of that row) waits for the claim to
-        commit, and a claim that starts after it sees the new status. So once such a command has committed,
+        (``sinks.campaign_progress.lock_active``): a pause, cancel or fail (an UPDATE of that row) waits for
+        the claim to commit, and a claim that starts after it sees the new status. So once such a command has committed,
         nothing of that campaign is claimed any more; only claims committed before it are still sent.
         """
         if not pending:
@@ -499,8 +495,7 @@ class ChannelSender:
         lease = now + timedelta(seconds=self._settings.sender.claim_lease_s)
         claimed: list[Pending] = []
         with self._conn.cursor() as cur:
-            cur.execute(ACTIVE_CAMPAIGNS_SQL, (sorted({p.record["campaign_id"] for p in pending}),))
-            active = {row[0] for row in cur.fetchall()}
+            active = campaign_progress.lock_active(cur, {p.record["campaign_id"] for p in pending})
             inactive = [p for p in pending if p.record["campaign_id"] not in active]
             by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p
                       for p in pending if p.record["campaign_id"] in active}
@@ -811,13 +806,6 @@ class ChannelSender:
         )
         self.stats.dead_lettered += 1
         self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
-
-
-# Locks the rows of the campaigns still active, in id order (one lock order for every sender), until the
-# claim commits; FOR SHARE re-checks the status of a row that a concurrent UPDATE just changed.
-ACTIVE_CAMPAIGNS_SQL = (
-    "SELECT id::text FROM campaigns WHERE id = ANY(%s::uuid[]) AND status = 'active' ORDER BY id FOR SHARE"
-)
 
 
 def _as_millis(value: Any) -> float:
