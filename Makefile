@@ -34,7 +34,7 @@ services-status:
 migrate: services
 	@$(VENV)/bin/campaigns migrate
 
-test: services
+test: services lint
 	@$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -53,6 +53,7 @@ bench: services
 lint: venv
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy campaigns/core
+	@$(VENV)/bin/lint-imports --no-cache
 
 clean: services-stop
 	rm -rf .state
