@@ -259,6 +259,11 @@ class AnalyticsSettings(BaseModel):
     window_s: int = 60
     flush_interval_s: float = 1.0
     failure_min_sample: int = 20
+    # The Faust analytics (streams/tally.py): outcomes per agent micro-batch, its longest wait, and how many
+    # windows its windowed table keeps per campaign (a later outcome reopens its window; nothing is dropped).
+    faust_batch_size: int = 1000
+    faust_batch_within_s: float = 0.5
+    windows_kept: int = 60
 
 
 class LiveSettings(BaseModel):

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "ANALYTICS", "ANALYTICS_GROUP", "COMMANDS", "COMMANDS_REJECTED", "EVENTS", "MESSAGES_DLQ", "OUTCOMES",
-    "OUTCOME_COUNTS", "TOPICS", "Topic", "commands_group", "messages_topic", "record_for", "retry_topic",
+    "ANALYTICS", "ANALYTICS_GROUP", "ANALYTICS_PARTS", "COMMANDS", "COMMANDS_REJECTED", "EVENTS", "MESSAGES_DLQ",
+    "OUTCOMES", "OUTCOME_COUNTS", "TOPICS", "Topic", "commands_group", "messages_topic", "record_for", "retry_topic",
     "sender_group",
 ]
 
@@ -31,6 +31,9 @@ MESSAGES_DLQ = "campaign.messages.dlq"
 OUTCOMES = "delivery.outcomes"
 OUTCOME_COUNTS = "campaign.outcome_counts"
 ANALYTICS = "campaign.analytics"
+ANALYTICS_PARTS = "campaign.analytics_parts"
+"""Internal to the Faust analytics (``streams/tally.py``): one source partition's absolute counts of a (campaign,
+window), keyed by campaign id, JSON values (Faust's own serializer; nothing outside that app reads it)."""
 _MESSAGES_PREFIX = "campaign.messages."
 
 TOPICS: dict[str, Topic] = {t.name: t for t in (

@@ -295,6 +295,39 @@ class CampaignAnalytics(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
+class CampaignAnalyticsPart(Base):
+    """One source partition's share of a ``campaign_analytics`` row (migration 0007), written by the Faust
+    analytics (``streams/tally.py``) with absolute values; the row is the sum of its parts. ``src_offset`` is the
+    highest ``delivery.outcomes`` offset folded in: a write with a lower or equal one changes nothing."""
+
+    __tablename__ = "campaign_analytics_parts"
+    __table_args__ = (
+        UniqueConstraint(
+            "campaign_id", "window_start", "source_partition", name="uq_campaign_analytics_parts",
+            postgresql_nulls_not_distinct=True,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    window_start: Mapped[datetime | None] = mapped_column(_tz())
+    source_partition: Mapped[int] = mapped_column(Integer)
+    sent: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    retried: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    skipped: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cancelled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    delivered: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    read: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    clicked: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    bounced: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    latency_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    latency_sum_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    latency_max_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    src_offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class Outbox(Base):
     """Transactional outbox: events written in the same transaction as the state change they describe.
 

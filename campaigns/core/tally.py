@@ -1,0 +1,104 @@
+"""Counting delivery outcomes into per-partition window parts: the pure arithmetic of the Faust analytics.
+
+The Faust analytics (``streams/tally.py``) counts ``delivery.outcomes`` (keyed by recipient) on the worker that
+owns each source partition, into *parts*: absolute counts of one (campaign, window, source partition), where
+the window is a tumbling window start in epoch ms or :data:`TOTALS` for the running totals. A campaign's window
+is the sum of its parts over the source partitions (:func:`sum_parts`).
+
+Guarantees:
+
+* **Once per outcome id.** :func:`classify` counts an outcome the first time its id is seen (``counted_at`` is
+  then its own ``(partition, offset)``) and treats any later record of the same id - a sender's re-emission or
+  an operator's replay, at another offset - as a duplicate.
+* **Once per record.** A part carries ``src``: the highest source offset folded into it. :func:`fold` adds a
+  record only if its offset is above ``src``. Records of a partition arrive in offset order, so a record
+  re-delivered after a crash (its effect already in the recovered part) is skipped, and one whose effect was
+  lost is counted. Together: a part counts each outcome id exactly once, whatever is re-delivered or replayed,
+  and whichever of the two tables' changelog writes survived a crash.
+* **Absolute, monotonic.** A part only grows, and ``src`` with it; so writing a part is idempotent and a
+  writer keeps the one with the higher ``src`` (:func:`newer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "COUNTERS", "RECEIPTS", "STATUS_TO_COUNTER", "TOTALS", "Outcome", "classify", "empty_part", "fold",
+    "newer", "part_key", "sum_parts",
+]
+
+COUNTERS = ("sent", "failed", "retried", "skipped", "cancelled", "delivered", "read", "clicked", "bounced")
+STATUS_TO_COUNTER = {
+    "SENT": "sent", "FAILED": "failed", "RETRYING": "retried", "SKIPPED": "skipped", "CANCELLED": "cancelled",
+    "DELIVERED": "delivered", "READ": "read", "CLICKED": "clicked", "BOUNCED": "bounced",
+}
+RECEIPTS = frozenset({"DELIVERED", "READ", "CLICKED", "BOUNCED"})  # external receipts: ``attempt`` is the count
+TOTALS = -1  # the window "start" of a campaign's running totals (no real window starts there: epoch-aligned >= 0)
+LATENCY = ("latency_count", "latency_sum_ms", "latency_max_ms")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One decoded, validated ``DeliveryOutcome`` and where it was read."""
+
+    outcome_id: str
+    campaign_id: str
+    status: str
+    attempt: int
+    latency_ms: float | None
+    window_start_ms: int
+    partition: int
+    offset: int
+
+
+def part_key(campaign_id: str, window_start_ms: int, partition: int) -> str:
+    """The partition table's key of a part (a string: Faust's json key serializer keeps it as is)."""
+    return f"{campaign_id}|{window_start_ms}|{partition}"
+
+
+def empty_part() -> dict[str, Any]:
+    part: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+    part.update(latency_count=0, latency_sum_ms=0.0, latency_max_ms=0.0, src=-1)
+    return part
+
+
+def classify(counted_at: Any, outcome: Outcome) -> bool:
+    """Whether ``outcome`` is the record that counts its id: ``counted_at`` is the dedup table's
+    ``[partition, offset]`` for the id (None if unseen). False means a duplicate."""
+    return counted_at is None or tuple(counted_at) == (outcome.partition, outcome.offset)
+
+
+def fold(part: Mapping[str, Any] | None, outcomes: Iterable[Outcome]) -> dict[str, Any] | None:
+    """``part`` plus the ``outcomes`` (of its key, in offset order) above its ``src``; None if none was."""
+    out = dict(part) if part else empty_part()
+    changed = False
+    for o in outcomes:
+        if o.offset <= out["src"]:
+            continue
+        out[STATUS_TO_COUNTER[o.status]] += o.attempt if o.status in RECEIPTS else 1
+        if o.latency_ms is not None:
+            out["latency_count"] += 1
+            out["latency_sum_ms"] += o.latency_ms
+            out["latency_max_ms"] = max(out["latency_max_ms"], o.latency_ms)
+        out["src"] = o.offset
+        changed = True
+    return out if changed else None
+
+
+def newer(stored: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> bool:
+    """Whether ``incoming`` (a part of the same key) replaces ``stored``: it has folded in more records."""
+    return stored is None or int(incoming["src"]) > int(stored["src"])
+
+
+def sum_parts(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A window's values: the sum of its parts (the maximum for ``latency_max_ms``), without ``src``."""
+    out: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+    out.update(latency_count=0, latency_sum_ms=0.0, latency_max_ms=0.0)
+    for part in parts:
+        for name in (*COUNTERS, "latency_count", "latency_sum_ms"):
+            out[name] += part[name]
+        out["latency_max_ms"] = max(out["latency_max_ms"], part["latency_max_ms"])
+    return out
