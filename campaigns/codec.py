@@ -39,6 +39,7 @@ Nothing is parsed at import; build a :class:`Codec` or call :func:`get_codec` on
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import reprlib
 import struct
@@ -87,8 +88,8 @@ _TS_MAX = 253_402_300_799_999
 
 
 def default_schema_dir() -> Path:
-    """The repository's ``schemas/`` folder (next to the ``campaigns`` package)."""
-    return Path(__file__).resolve().parent.parent / "schemas"
+    """The ``schemas`` package's folder (package data: the same in a checkout, an editable or a wheel install)."""
+    return Path(str(importlib.resources.files("schemas")))
 
 
 @dataclass(frozen=True, slots=True)
