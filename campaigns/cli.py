@@ -370,6 +370,23 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_command_key_create(args: argparse.Namespace) -> int:
+    with _authenticated(args) as (service, actor):
+        key_id, secret = service.create_command_key(actor, args.principal)
+    _out(json.dumps({"key_id": key_id, "secret": secret, "principal": args.principal}) if args.json
+         else f"{key_id} {secret}")
+    _info(f"command key {key_id}: commands signed with it act as {args.principal} (the secret is shown only this "
+          f"once; sign records as docs/security.md says; revoke it with `campaigns command-key revoke {key_id}`)")
+    return EXIT_OK
+
+
+def cmd_command_key_revoke(args: argparse.Namespace) -> int:
+    with _authenticated(args) as (service, actor):
+        service.revoke_command_key(actor, args.key_id)
+    _info(f"command key {args.key_id} revoked: commands signed with it are refused from now on")
+    return EXIT_OK
+
+
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     if (args.token_id is None) == (args.principal is None):
         raise ValidationError("token revoke: give a token id (or the token) or --principal NAME, not both")
@@ -931,6 +948,19 @@ def build_parser() -> argparse.ArgumentParser:
     token_list.add_argument("--json", action="store_true")
     _add_actor(token_list)
     token_list.set_defaults(handler=cmd_token_list)
+
+    command_key = sub.add_parser(
+        "command-key", help="HMAC keys upstream systems sign campaign.commands with (the key names the principal)")
+    command_key_sub = command_key.add_subparsers(dest="command_key_command", required=True)
+    command_key_create = command_key_sub.add_parser("create", help="create a key for a principal; prints id and secret")
+    command_key_create.add_argument("principal")
+    command_key_create.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_actor(command_key_create)
+    command_key_create.set_defaults(handler=cmd_command_key_create)
+    command_key_revoke = command_key_sub.add_parser("revoke", help="revoke a key (its commands are refused from then)")
+    command_key_revoke.add_argument("key_id")
+    _add_actor(command_key_revoke)
+    command_key_revoke.set_defaults(handler=cmd_command_key_revoke)
 
     audit = sub.add_parser("audit", help="read the audit log (who did what, when), oldest first")
     audit.add_argument("--campaign", help="only entries of this campaign id")

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from campaigns.core import rbac
+from campaigns.core import rbac, signing
 from campaigns.core import tokens as tokens_core
 from campaigns.core.payload import (
     MAX_SCHEDULE_AHEAD,
@@ -293,6 +293,39 @@ class CampaignService:
             repo.add_audit(session, principal=actor, action="revoke_token", campaign_id=None,
                            detail={"token_ids": revoked, "principal": owner})
             return revoked
+
+    def create_command_key(self, actor: str, principal: str) -> tuple[str, str]:
+        """A new HMAC key for an upstream system that produces ``campaign.commands`` as ``principal``:
+        (key id, secret). The secret is shown once; commands signed with it act as ``principal``."""
+        now = self._clock()
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "create_token")
+            if not repo.principal_exists(session, principal):
+                raise NotFound(f"principal {principal!r} does not exist; add it with `campaigns principal add`")
+            key_id, secret = f"ck_{uuid.uuid4().hex[:16]}", signing.new_secret()
+            repo.add_command_key(session, key_id=key_id, principal=principal, secret=secret, created_by=actor,
+                                 now=now)
+            repo.add_audit(session, principal=actor, action="create_command_key", campaign_id=None,
+                           detail={"principal": principal, "key_id": key_id})
+            return key_id, secret
+
+    def revoke_command_key(self, actor: str, key_id: str) -> None:
+        """Revoke a command key: records signed with it are refused from now on (consumers re-read keys
+        within ``COMMAND_KEY_TTL_S``)."""
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "revoke_token")
+            if not repo.revoke_command_key(session, key_id, self._clock()):
+                raise NotFound(f"command key {key_id!r}: no live key by that id")
+            repo.add_audit(session, principal=actor, action="revoke_command_key", campaign_id=None,
+                           detail={"key_id": key_id})
+
+    def command_key(self, key_id: str) -> tuple[str, str] | None:
+        """(principal, secret) of a live command key, or None (internal: the command consumer's lookup)."""
+        with transaction(self._sessions) as session:
+            row = repo.command_key(session, key_id)
+            if row is None or row.revoked_at is not None:
+                return None
+            return row.principal, row.secret
 
     def list_tokens(self, actor: str, principal: str | None = None) -> list[dict[str, Any]]:
         """Every token (never a secret or its hash): id, principal, created, expiry, revocation, last use."""

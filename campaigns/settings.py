@@ -255,6 +255,14 @@ class SenderSettings(BaseModel):
         return len(self.retry_tier_delays_s)
 
 
+class CommandSettings(BaseModel):
+    """``campaign.commands`` authentication (campaigns/core/signing.py, docs/security.md)."""
+
+    # A signed command older (or newer) than this is refused as stale: a captured record cannot be replayed later.
+    signature_window_s: float = 300.0
+    key_cache_s: float = 10.0  # how long a consumer trusts its copy of a key (a revocation takes effect within it)
+
+
 class AnalyticsSettings(BaseModel):
     window_s: int = 60
     flush_interval_s: float = 1.0
@@ -287,6 +295,7 @@ class Settings(BaseSettings):
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     sender: SenderSettings = Field(default_factory=SenderSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
+    commands: CommandSettings = Field(default_factory=CommandSettings)
     live: LiveSettings = Field(default_factory=LiveSettings)
     metrics_enabled: bool = True  # the worker's Prometheus metrics and /metrics endpoint
     metrics_host: str = "127.0.0.1"  # loopback by default: expose it on purpose, never by accident

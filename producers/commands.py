@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from campaigns.codec import Codec, get_codec
+from campaigns.core import signing
 from campaigns.errors import (
     CampaignError,
     ConcurrentUpdate,
@@ -101,6 +103,7 @@ class CommandConsumer:
         self._batch_size = batch_size
         self._conflict_retries = conflict_retries
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._keys: dict[str, tuple[float, tuple[str, str] | None]] = {}  # key id -> (read at, key)
         self._rejections = DeadLetters(self._publisher, settings.kafka.topic(COMMANDS_REJECTED),
                                        lambda: self._clock().timestamp(), self._codec)
         self._topic = settings.kafka.topic(COMMANDS)
@@ -175,10 +178,19 @@ class CommandConsumer:
         raw = msg.value()
         if not raw:
             return Rejection("undecodable", "empty record value (expected an Avro CampaignCommand)")
+        # An unauthenticated record carries no command id into the rejection: it must not be able to mark a
+        # genuine command's id as rejected (and so block it).
+        principal, refused = self._authenticate(msg, raw)
+        if refused is not None:
+            return Rejection("unauthenticated", refused)
         try:
             record = self._codec.decode(raw, COMMAND_RECORD)
         except SchemaError as exc:
             return Rejection("undecodable", f"not a CampaignCommand: {exc}")
+        if record.get("principal") and record["principal"] != principal:
+            return Rejection("unauthenticated", f"the record names principal {str(record['principal'])[:64]!r} "
+                             f"but is signed with a key of {principal!r}")
+        record = {**record, "principal": principal}  # the key's principal acts, never the payload's claim
         command_id = record.get("command_id") or None
         campaign_id = record.get("campaign_id")
         if command_id in rejected_in_batch:
@@ -214,6 +226,41 @@ class CommandConsumer:
             self._count(result)
             return None
         raise AssertionError("unreachable")
+
+    def _authenticate(self, msg: Message, raw: bytes) -> tuple[str, str | None]:
+        """(the principal of the key the record is signed with, None) or ("", why it is refused)."""
+        signed = signing.claimed(msg.headers())
+        if signed is None:
+            return "", ("unsigned: a command needs the headers x-campaigns-key-id, x-campaigns-timestamp and "
+                        "x-campaigns-signature (docs/security.md)")
+        key = self._key(signed.key_id)
+        if key is None:
+            return "", f"unknown or revoked command key {signed.key_id[:40]!r}"
+        principal, secret = key
+        window_ms = int(self._settings.commands.signature_window_s * 1000)
+        why = signing.verify(secret, signed, msg.key(), raw, now_ms=int(self._clock().timestamp() * 1000),
+                             window_ms=window_ms)
+        if why == "stale":
+            return "", (f"signed at {signed.timestamp_ms} ms, outside the {window_ms // 1000} s window: a replay, or "
+                        "a producer whose clock is off")
+        if why is not None:
+            return "", "the signature does not match the record (wrong secret, or the record was altered)"
+        return principal, None
+
+    def _key(self, key_id: str) -> tuple[str, str] | None:
+        """(principal, secret) of a live key, cached ``commands.key_cache_s`` (misses too)."""
+        now = time.monotonic()
+        cached = self._keys.get(key_id)
+        if cached is not None and now - cached[0] < self._settings.commands.key_cache_s:
+            return cached[1]
+        try:
+            found = self._service.command_key(key_id)
+        except (OperationalError, InterfaceError, DisconnectionError, PoolTimeout) as exc:
+            raise ServiceUnavailable(f"PostgreSQL unreachable: {type(exc).__name__}") from exc
+        if len(self._keys) > 10_000:  # bogus key ids cannot grow the cache without bound
+            self._keys.clear()
+        self._keys[key_id] = (now, found)
+        return found
 
     def _count(self, result: CommandResult) -> None:
         if result.outcome == "duplicate":
@@ -370,14 +417,25 @@ def build_command(command: Mapping[str, Any]) -> dict[str, Any]:
     return record
 
 
+@dataclass(frozen=True)
+class SigningKey:
+    """An upstream system's command key (``campaigns command-key create``): its id and secret."""
+
+    key_id: str
+    secret: str
+
+
 def send_command(
     producer: Publisher,
     settings: Settings,
     command: Mapping[str, Any],
     *,
+    key: SigningKey | None,
     flush: bool = True,
+    clock: Callable[[], float] = time.time,
 ) -> str:
-    """Produce one command to ``campaign.commands`` (see :func:`build_command`); returns its command id.
+    """Produce one command to ``campaign.commands`` (see :func:`build_command`), signed with ``key``
+    (``None``: unsigned, which the consumer rejects — for tests of exactly that); returns its command id.
 
     The key is the campaign id (or, for a CREATE without one, the command id), so a campaign's commands
     are applied in the order they were sent. With ``flush`` (the default) it returns only once Kafka
@@ -385,12 +443,11 @@ def send_command(
     """
     record = build_command(command)
     value = get_codec().encode(COMMAND_RECORD, record)
-    producer.produce_tracked(
-        settings.kafka.topic(COMMANDS),
-        record["campaign_id"] or record["command_id"],
-        value,
-        headers={"command_id": record["command_id"]},
-    )
+    record_key = str(record["campaign_id"] or record["command_id"]).encode()
+    headers = {"command_id": record["command_id"]}
+    if key is not None:
+        headers.update(signing.signed_headers(key.secret, key.key_id, int(clock() * 1000), record_key, value))
+    producer.produce_tracked(settings.kafka.topic(COMMANDS), record_key, value, headers=headers)
     if flush:
         producer.flush(30.0)
     return str(record["command_id"])

@@ -392,6 +392,20 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(_tz())
 
 
+class CommandKey(Base):
+    """An upstream system's HMAC key for signing ``campaign.commands`` records (migration 0008). Commands
+    signed with it act as ``principal``; a revoked key verifies nothing."""
+
+    __tablename__ = "command_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal: Mapped[str] = mapped_column(ForeignKey("principals.name", ondelete="CASCADE"))
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    created_by: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[datetime | None] = mapped_column(_tz())
+
+
 class AuditLog(Base):
     __tablename__ = "audit_log"
     __table_args__ = (

@@ -24,6 +24,7 @@ from campaigns.db.models import (
     CampaignRecipientLog,
     CampaignSegment,
     Channel,
+    CommandKey,
     CustomerSegment,
     Outbox,
     Principal,
@@ -86,6 +87,22 @@ def add_token(session: Session, *, token_id: str, principal: str, secret_hash: s
     session.add(ApiToken(id=token_id, principal=principal, secret_hash=secret_hash, created_by=created_by,
                          created_at=now, expires_at=expires_at))
     session.flush()
+
+
+def add_command_key(session: Session, *, key_id: str, principal: str, secret: str, created_by: str,
+                    now: datetime) -> None:
+    session.add(CommandKey(id=key_id, principal=principal, secret=secret, created_by=created_by, created_at=now))
+    session.flush()
+
+
+def command_key(session: Session, key_id: str) -> CommandKey | None:
+    return session.get(CommandKey, key_id)
+
+
+def revoke_command_key(session: Session, key_id: str, now: datetime) -> bool:
+    done = session.execute(update(CommandKey).where(CommandKey.id == key_id, CommandKey.revoked_at.is_(None))
+                           .values(revoked_at=now))
+    return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
 def get_token(session: Session, token_id: str) -> ApiToken | None:

@@ -16,7 +16,7 @@ import uuid
 import psycopg2
 from confluent_kafka import Producer
 
-from producers.commands import command_group_id, send_command
+from producers.commands import SigningKey, command_group_id, send_command
 from producers.kafka import KafkaProducer
 from tests.faults.conftest import ACTOR, set_channel, wait_finished
 from tests.faults.history import check, committed_to_end, read_topic, settle
@@ -52,13 +52,15 @@ def test_replaying_everything_after_completion_changes_nothing(settings, service
     cluster.start_worker("commands,scheduler,expander,analytics", channel)
     cluster.start_worker("senders", channel)
     producer = KafkaProducer(settings.kafka)
+    service.provision_principal("admin-replay", "admin")
+    key = SigningKey(*service.create_command_key("admin-replay", ACTOR))  # the upstream system acting as ACTOR
     campaign_id = str(uuid.uuid4())
     create = {"command_id": f"create-{campaign_id}", "command_type": "CREATE", "campaign_id": campaign_id,
               "principal": ACTOR, "payload": _payload(segments[:2], "replayed")}
     schedule = {"command_id": f"schedule-{campaign_id}", "command_type": "SCHEDULE", "campaign_id": campaign_id,
                 "principal": ACTOR}
-    send_command(producer, settings, create)
-    send_command(producer, settings, schedule)
+    send_command(producer, settings, create, key=key)
+    send_command(producer, settings, schedule, key=key)
     wait_finished(settings, campaign_id, timeout=120, cluster=cluster)
 
     dsn = settings.database.dsn()
@@ -77,15 +79,15 @@ def test_replaying_everything_after_completion_changes_nothing(settings, service
     assert raw.flush(30) == 0
     # The commands again, a resubmission, a huge record, then a valid command behind it.
     other_id = str(uuid.uuid4())
-    send_command(producer, settings, create)
-    send_command(producer, settings, schedule)
-    send_command(producer, settings, dict(schedule, command_id=f"again-{uuid.uuid4()}"))
-    send_command(producer, settings, dict(create, command_id=f"again-{uuid.uuid4()}"))
+    send_command(producer, settings, create, key=key)
+    send_command(producer, settings, schedule, key=key)
+    send_command(producer, settings, dict(schedule, command_id=f"again-{uuid.uuid4()}"), key=key)
+    send_command(producer, settings, dict(create, command_id=f"again-{uuid.uuid4()}"), key=key)
     raw.produce(settings.kafka.topic("campaign.commands"), value=os.urandom(1_040_000), key=other_id.encode())
     assert raw.flush(30) == 0
     send_command(producer, settings, {"command_id": f"create-{other_id}", "command_type": "CREATE",
                                       "campaign_id": other_id, "principal": ACTOR,
-                                      "payload": _payload(segments[2:], "behind the huge record")})
+                                      "payload": _payload(segments[2:], "behind the huge record")}, key=key)
 
     for group, logical in ((settings.kafka.topic(f"sender-{channel}"), f"campaign.messages.{channel}"),
                            (settings.kafka.topic("analytics"), "delivery.outcomes"),

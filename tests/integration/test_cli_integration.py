@@ -332,7 +332,7 @@ def test_operators_read_campaign_events_and_rejected_commands_with_the_cli(setti
     `campaigns rejected list`, filtered by campaign and time, as text and --json."""
     from confluent_kafka import Producer
 
-    from producers.commands import send_command
+    from producers.commands import SigningKey, send_command
     from producers.kafka import KafkaProducer
     from producers.topics import COMMANDS
     from tests.helpers import wait_for
@@ -368,9 +368,12 @@ def test_operators_read_campaign_events_and_rejected_commands_with_the_cli(setti
     # An upstream system's commands: a pause by an auditor (refused: permission), one for an unknown campaign
     # (refused: not found), and bytes that are no command at all.
     publisher = KafkaProducer(settings.kafka)
-    send_command(publisher, settings, {"command_type": "CANCEL", "campaign_id": campaign_id, "principal": f"a-{tag}"})
+    keys = {p: SigningKey(**{k: v for k, v in json.loads(run("command-key", "create", p, "--json").stdout).items()
+                             if k != "principal"}) for p in (f"a-{tag}", f"m-{tag}")}
+    send_command(publisher, settings, {"command_type": "CANCEL", "campaign_id": campaign_id, "principal": f"a-{tag}"},
+                 key=keys[f"a-{tag}"])
     send_command(publisher, settings, {"command_type": "PAUSE", "campaign_id": str(uuid.uuid4()),
-                                       "principal": f"m-{tag}"})
+                                       "principal": f"m-{tag}"}, key=keys[f"m-{tag}"])
     raw = Producer(settings.kafka.as_librdkafka())
     raw.produce(settings.kafka.topic(COMMANDS), b"not a command", b"k")
     raw.flush(30)
@@ -396,7 +399,8 @@ def test_operators_read_campaign_events_and_rejected_commands_with_the_cli(setti
     assert [e["event_type"] for e in events] == ["CREATED", "SCHEDULED", "PAUSED"]
     assert {e["campaign_id"] for e in events} == {campaign_id}
     assert events[0]["actor"] == f"m-{tag}" and events[1]["campaign_version"] == 2
-    assert sorted(r["reason"] for r in rejected) == ["not_found", "permission_denied", "undecodable"]
+    # The bytes that are no command at all are unsigned: refused before anything reads them.
+    assert sorted(r["reason"] for r in rejected) == ["not_found", "permission_denied", "unauthenticated"]
     mine = listed("rejected", "list", "--campaign", campaign_id)
     assert [(r["reason"], r["command"]["command_type"], r["command"]["principal"]) for r in mine] == [
         ("permission_denied", "CANCEL", f"a-{tag}")]
@@ -411,7 +415,7 @@ def test_operators_read_campaign_events_and_rejected_commands_with_the_cli(setti
     assert "PAUSED" in text[2] and f"campaign={campaign_id}" in text[2] and f"actor=m-{tag}" in text[2]
     text = run("rejected", "list", "--limit", "1").stdout.splitlines()
     assert text[0] == "(2 earlier rejected commands not shown: raise --limit or narrow --since)"
-    assert text[-1] == "3 rejected commands: not_found 1, permission_denied 1, undecodable 1"
+    assert text[-1] == "3 rejected commands: not_found 1, permission_denied 1, unauthenticated 1"
     bad = _campaigns(db, "events", "list", "--since", "yesterday", **kafka)
     assert bad.returncode == 2 and "--since" in _one_line(bad)
 
