@@ -13,6 +13,11 @@ PORT="${CAMPAIGNS_KAFKA_PORT:-19092}"
 CONTROLLER_PORT="${CAMPAIGNS_KAFKA_CONTROLLER_PORT:-19093}"
 PYTHON="${PYTHON:-$REPO_ROOT/.venv/bin/python}"
 START_TIMEOUT="${CAMPAIGNS_KAFKA_START_TIMEOUT:-90}"
+# CAMPAIGNS_KAFKA_SASL=1: clients authenticate with SASL/SCRAM-SHA-512 and the StandardAuthorizer enforces ACLs
+# (nothing is allowed without one). The broker's own user 'admin' (a super user) has a random password in
+# $DATA/admin.password (0600); it creates the other users and their ACLs (docs/security.md). Off by default.
+SASL="${CAMPAIGNS_KAFKA_SASL:-0}"
+ADMIN_PASSWORD_FILE="$STATE_DIR/kafka/admin.password"
 
 kafka_version() { sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_DIR/pom.xml"; }
 
@@ -35,6 +40,7 @@ write_config() {
   mkdir -p "$DATA/logs" "$DATA/data"
   # Topic data holds addresses and message bodies: owner only (also a directory made before umask 077).
   chmod 700 "$DATA"
+  if [ "$SASL" = 1 ]; then write_sasl_config; return 0; fi
   cat >"$DATA/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -61,6 +67,39 @@ log.segment.bytes=268435456
 PROPS
 }
 
+# SASL_PLAINTEXT on 127.0.0.1 (TLS is for a real network) with SCRAM-SHA-512 and ACLs. The controller listener
+# stays PLAINTEXT on loopback; its connections are the broker's own, hence User:ANONYMOUS among the super users.
+write_sasl_config() {
+  [ -s "$ADMIN_PASSWORD_FILE" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$ADMIN_PASSWORD_FILE"
+  local password; password=$(cat "$ADMIN_PASSWORD_FILE")
+  cat >"$DATA/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=SASL_PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$password";
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+log.dirs=$DATA/data
+num.partitions=6
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=12
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+PROPS
+}
+
 # Broker heap kept small: the machine also runs PostgreSQL, the workers and the tests.
 JAVA_ARGS=(-Xms512m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
   -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true
@@ -71,10 +110,14 @@ is_running() {
 }
 
 answers_metadata() {
-  "$PYTHON" - "$PORT" 2>/dev/null <<'PY'
+  "$PYTHON" - "$PORT" "$SASL" "$ADMIN_PASSWORD_FILE" 2>/dev/null <<'PY'
 import sys
 from confluent_kafka.admin import AdminClient
-admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{sys.argv[1]}", "log_level": 0})
+conf = {"bootstrap.servers": f"127.0.0.1:{sys.argv[1]}", "log_level": 0}
+if sys.argv[2] == "1":
+    conf.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "admin",
+                 "sasl.password": open(sys.argv[3]).read().strip()})
+admin = AdminClient(conf)
 md = admin.list_topics(timeout=2)
 sys.exit(0 if md.brokers else 1)
 PY
@@ -92,7 +135,9 @@ start() {
   if [ ! -f "$DATA/data/meta.properties" ]; then
     info "formatting KRaft storage in $DATA/data"
     local cluster_id; cluster_id=$(java "${JAVA_ARGS[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
-    java "${JAVA_ARGS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$DATA/server.properties" \
+    local scram=()
+    [ "$SASL" = 1 ] && scram=(--add-scram "SCRAM-SHA-512=[name=admin,password=$(cat "$ADMIN_PASSWORD_FILE")]")
+    java "${JAVA_ARGS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$DATA/server.properties" "${scram[@]}" \
       >"$DATA/logs/format.log" 2>&1 || { tail -n 5 "$DATA/logs/format.log" >&2; die "formatting KRaft storage failed (see $DATA/logs/format.log)"; }
   fi
   info "starting kafka $(kafka_version) on 127.0.0.1:$PORT"
