@@ -9,7 +9,7 @@ other users of the machine can see in the process list). The token's principal i
 permissions; ``--as NAME`` (or ``CAMPAIGNS_ACTOR``) only checks that the token is NAME's. Tokens come from
 ``campaigns bootstrap NAME`` (the first admin, on a database without principals) and ``campaigns token create
 NAME`` (an admin). Infrastructure commands (``migrate``, ``topics create``, ``worker``, ``relay``,
-``commands``, ``live``, ``demo``, ``bench``) run with the services' own credentials (the database roles,
+``commands``, ``live``, ``api``, ``demo``, ``bench``) run with the services' own credentials (the database roles,
 Kafka) and take no token.
 """
 
@@ -894,6 +894,13 @@ def cmd_live(args: argparse.Namespace) -> int:
     return int(live_main(argv) or 0)
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    from api.server import serve
+
+    _setup_logging()
+    return serve(args.host, args.port, args.log_level)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.__main__ import main as bench_main
 
@@ -1133,6 +1140,12 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--host", help="web host (default 127.0.0.1)")
     live.add_argument("-l", "--log-level", default="info", help="faust log level (keep info: warn is slower)")
     live.set_defaults(handler=cmd_live)
+
+    api = sub.add_parser("api", help="serve the HTTP API and the live dashboard (docs/api.md) until Ctrl-C")
+    api.add_argument("--host", help="listen address (default CAMPAIGNS_API__HOST, 127.0.0.1)")
+    api.add_argument("--port", type=int, help="port (default CAMPAIGNS_API__PORT, 8080; 0: any free port)")
+    api.add_argument("--log-level", default="info", help="uvicorn's log level")
+    api.set_defaults(handler=cmd_api)
 
     bench = sub.add_parser("bench", help="run the benchmark harness (see docs/benchmarks.md)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the harness")
