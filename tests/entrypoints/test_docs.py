@@ -33,7 +33,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from campaigns.cli import build_parser
 from campaigns.operate import dead_letters, rejected_commands
 from campaigns.settings import DatabaseSettings, Settings
-from producers.commands import send_command
+from producers.commands import SigningKey, send_command
 from producers.kafka import KafkaProducer
 from tests.conftest import CI, _delete_topics_with_prefix
 from tests.entrypoints.conftest import (
@@ -191,13 +191,16 @@ def inject_poison(settings: Settings, channel: str = "sms") -> None:
     assert producer.flush(30) == 0
 
 
-def send_refused_command(settings: Settings, campaign_id: str, principal: str) -> None:
-    """An upstream system asks ``principal`` (without the permission) to pause the campaign: it is refused
-    (``permission_denied``) onto ``campaign.commands.rejected`` by the worker's commands stage."""
+def send_refused_command(entry: EntryPoints, campaign_id: str, principal: str) -> None:
+    """An upstream system acting as ``principal`` (without the permission) asks to pause the campaign: the worker's
+    commands stage refuses it (``permission_denied``) onto ``campaign.commands.rejected``. Its command key comes
+    from ``campaigns command-key create``, as an upstream system's does."""
+    settings = entry.settings
+    key_id, secret = entry.cli("command-key", "create", principal).stdout.split()
     producer = KafkaProducer(settings.kafka)
     try:
         send_command(producer, settings, {"command_type": "PAUSE", "campaign_id": campaign_id,
-                                          "principal": principal})
+                                          "principal": principal}, key=SigningKey(key_id, secret))
     finally:
         producer.close()
     wait_for(lambda: rejected_commands(settings, campaign=campaign_id), timeout=60, interval=0.25,
@@ -380,7 +383,7 @@ class ReadmeUser:
             wait_for(lambda: unpublished_outbox(settings) == 0, timeout=30, interval=0.25, what="outbox published")
         elif name == "rejected":
             self.entry.cli("principal", "add", "bob", "--role", "auditor")
-            send_refused_command(settings, self.campaign_id, "bob")
+            send_refused_command(self.entry, self.campaign_id, "bob")
         result = self.entry.cli(*args, timeout=300)
         if name == "migrate":
             assert query(settings, "SELECT count(*) FROM alembic_version")[0][0] == 1
@@ -612,7 +615,7 @@ def run_recipe(state: RunbookState, context: str, command: str) -> None:
     elif args[:2] == ["rejected", "list"]:
         if not rejected_commands(settings, campaign=state.campaign_id):
             entry.cli("principal", "add", "auditor-1", "--role", "auditor")
-            send_refused_command(settings, state.campaign_id, "auditor-1")
+            send_refused_command(entry, state.campaign_id, "auditor-1")
         listed = check_listing(args, state.cli(*args).stdout)
         if "--json" in args:
             assert [r["reason"] for r in listed] == ["permission_denied"], listed
