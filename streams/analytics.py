@@ -86,18 +86,90 @@ RETURNING campaign_id::text, window_start, window_end, {", ".join(COUNTERS)},
 """
 
 
-class AnalyticsStage:
+class CompletionStage:
+    """Completion and the backstop failure threshold, on their own: a sweep of the active, expanded campaigns
+    every ``sweep_every_s`` (default 2 s) against the recipient log (completion) and the ``campaign_analytics``
+    totals (threshold). The worker's ``completion`` stage, next to the Faust analytics (``streams/tally.py``);
+    :class:`AnalyticsStage` runs the same checks after each batch it counts, and this sweep."""
+
+    def __init__(self, settings: Settings, service: CampaignService, clock: Callable[[], float] = time.time,
+                 metrics: Any = None) -> None:
+        self._metrics = metrics  # campaigns.metrics.PipelineMetrics, optional
+        self._service = service
+        self._clock = clock
+        self._conn = psycopg2.connect(settings.database.dsn())
+        self._last_sweep = 0.0
+
+    def run_forever(self, stop: threading.Event, sweep_every_s: float = 2.0) -> None:
+        try:
+            while not stop.is_set():
+                self.sweep()
+                stop.wait(sweep_every_s)
+        finally:
+            self._conn.close()
+
+    # --- completion and failure threshold ----------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Re-check every active campaign (catches anything a crash or a race left behind)."""
+        self._last_sweep = self._clock()
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT id::text FROM campaigns WHERE status = 'active' AND expansion_done")
+            ids = {row[0] for row in cur.fetchall()}
+        self._conn.commit()
+        if ids:
+            self.check_campaigns(ids, count_log=True)
+
+    def check_campaigns(self, campaign_ids: set[str], *, count_log: bool = False) -> None:
+        """Fail campaigns over their failure threshold; complete those whose every recipient is terminal.
+
+        ``count_log`` checks the recipient log even when the analytics totals say it is not done yet."""
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT c.id::text, c.status, c.expansion_done, c.total_recipients, c.failure_threshold, "
+                "c.failure_min_sample, coalesce(a.sent, 0), coalesce(a.failed, 0), "
+                "coalesce(a.sent + a.failed + a.skipped + a.cancelled, 0) "
+                "FROM campaigns AS c LEFT JOIN campaign_analytics AS a "
+                "ON a.campaign_id = c.id AND a.window_start IS NULL WHERE c.id = ANY(%s::uuid[])",
+                (list(campaign_ids),),
+            )
+            rows = cur.fetchall()
+        self._conn.commit()
+        for cid, status, expanded, total, threshold, min_sample, sent, failed, terminal in rows:
+            if status != "active":
+                continue
+            attempted = sent + failed
+            if attempted >= max(min_sample, 1) and failed / attempted > threshold:
+                if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.FAIL,
+                                                 {"failed": failed, "sent": sent, "threshold": threshold}):
+                    if self._metrics is not None:
+                        self._metrics.campaign_transition("failed")
+                    log.warning("campaign %s failed: %d of %d sends failed", cid, failed, attempted)
+                continue
+            if expanded and total is not None and (terminal >= total or count_log) and self._log_complete(cid, total):
+                if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.COMPLETE, {"recipients": total}):
+                    if self._metrics is not None:
+                        self._metrics.campaign_transition("completed")
+                    log.info("campaign %s completed: %d recipients", cid, total)
+
+    def _log_complete(self, campaign_id: str, total: int) -> bool:
+        with self._conn.cursor() as cur:
+            cur.execute(TERMINAL_LOG_SQL, (campaign_id,))
+            terminal = cur.fetchone()[0]
+        self._conn.commit()
+        return bool(terminal >= total)
+
+
+class AnalyticsStage(CompletionStage):
     """Consumes ``delivery.outcomes`` in micro-batches. Run :meth:`run_forever` in its own thread."""
 
     def __init__(
         self, settings: Settings, producer: KafkaProducer, service: CampaignService,
         clock: Callable[[], float] = time.time, batch_size: int = 5000, metrics: Any = None,
     ) -> None:
+        super().__init__(settings, service, clock, metrics)
         self._settings = settings
-        self._metrics = metrics  # campaigns.metrics.PipelineMetrics, optional
         self._producer = producer
-        self._service = service
-        self._clock = clock
         self._batch_size = batch_size
         self._codec = get_codec()
         self._window_s = settings.analytics.window_s
@@ -106,8 +178,6 @@ class AnalyticsStage:
         self._analytics_topic = kafka.topic(ANALYTICS)
         self._counts_topic = kafka.topic(OUTCOME_COUNTS)
         self._consumer = Consumer(kafka.stage_consumer(kafka.topic(ANALYTICS_GROUP)))
-        self._conn = psycopg2.connect(settings.database.dsn())
-        self._last_sweep = 0.0
         self.received = 0  # outcomes decoded (counted or recognised as already counted)
         self.counted = 0
         self.undecodable = 0
@@ -243,54 +313,3 @@ class AnalyticsStage:
             self._producer.produce(self._analytics_topic, record["campaign_id"],
                                    self._codec.encode("CampaignAnalytics", record))
         return {cid for cid, _ in aggregates}
-
-    # --- completion and failure threshold ----------------------------------------------------------
-
-    def sweep(self) -> None:
-        """Re-check every active campaign (catches anything a crash or a race left behind)."""
-        self._last_sweep = self._clock()
-        with self._conn.cursor() as cur:
-            cur.execute("SELECT id::text FROM campaigns WHERE status = 'active' AND expansion_done")
-            ids = {row[0] for row in cur.fetchall()}
-        self._conn.commit()
-        if ids:
-            self.check_campaigns(ids, count_log=True)
-
-    def check_campaigns(self, campaign_ids: set[str], *, count_log: bool = False) -> None:
-        """Fail campaigns over their failure threshold; complete those whose every recipient is terminal.
-
-        ``count_log`` checks the recipient log even when the analytics totals say it is not done yet."""
-        with self._conn.cursor() as cur:
-            cur.execute(
-                "SELECT c.id::text, c.status, c.expansion_done, c.total_recipients, c.failure_threshold, "
-                "c.failure_min_sample, coalesce(a.sent, 0), coalesce(a.failed, 0), "
-                "coalesce(a.sent + a.failed + a.skipped + a.cancelled, 0) "
-                "FROM campaigns AS c LEFT JOIN campaign_analytics AS a "
-                "ON a.campaign_id = c.id AND a.window_start IS NULL WHERE c.id = ANY(%s::uuid[])",
-                (list(campaign_ids),),
-            )
-            rows = cur.fetchall()
-        self._conn.commit()
-        for cid, status, expanded, total, threshold, min_sample, sent, failed, terminal in rows:
-            if status != "active":
-                continue
-            attempted = sent + failed
-            if attempted >= max(min_sample, 1) and failed / attempted > threshold:
-                if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.FAIL,
-                                                 {"failed": failed, "sent": sent, "threshold": threshold}):
-                    if self._metrics is not None:
-                        self._metrics.campaign_transition("failed")
-                    log.warning("campaign %s failed: %d of %d sends failed", cid, failed, attempted)
-                continue
-            if expanded and total is not None and (terminal >= total or count_log) and self._log_complete(cid, total):
-                if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.COMPLETE, {"recipients": total}):
-                    if self._metrics is not None:
-                        self._metrics.campaign_transition("completed")
-                    log.info("campaign %s completed: %d recipients", cid, total)
-
-    def _log_complete(self, campaign_id: str, total: int) -> bool:
-        with self._conn.cursor() as cur:
-            cur.execute(TERMINAL_LOG_SQL, (campaign_id,))
-            terminal = cur.fetchone()[0]
-        self._conn.commit()
-        return bool(terminal >= total)

@@ -1,0 +1,446 @@
+"""Faust analytics: ``delivery.outcomes`` -> windowed Faust tables -> ``campaign_analytics`` (+ ``campaign.analytics``).
+
+Two agents and four tables (``python -m streams.tally worker -l info``; settings from ``CAMPAIGNS_*``):
+
+1. ``count_outcomes`` reads ``delivery.outcomes`` (keyed by recipient) in micro-batches. On the worker that owns
+   source partition P, ``outcome_to_counted`` (outcome id -> the ``[partition, offset]`` that counted it) drops
+   duplicates (re-emitted outcomes, replays), and ``part_to_counts`` keeps the absolute counts of P's share of
+   each (campaign, window) and of each campaign's totals: a *part* (``campaigns.core.tally``). Both tables write
+   to changelog partition P, so recovery rebuilds exactly P's state on P's new owner. One table write per touched
+   part per batch (plus one per new outcome id). After each batch every part the batch touched - changed or not -
+   is sent, absolute, keyed by campaign, to ``campaign.analytics_parts``.
+2. ``merge_parts`` reads ``campaign.analytics_parts`` (keyed by campaign) into ``campaign_to_window_parts``, a
+   tumbling windowed table (``analytics.window_s``, epoch-aligned like ``campaigns.core.windows``) of campaign
+   -> {partition: part}, and ``campaign_to_total_parts`` (plain). A part replaces the stored one only if its
+   ``src`` is higher. A timer (``analytics.flush_interval_s``) writes the changed parts, and every
+   ``full_flush_every`` ticks all of them, to PostgreSQL (``sinks.analytics.write_parts``): absolute values,
+   kept only if newer, rows re-summed from their parts; the rows that changed go to ``campaign.analytics``.
+
+Exactly-once, step by step (what each relies on):
+
+* Source offsets are committed only after Faust flushed its producer (changelogs and the parts topic): Faust's
+  ``Consumer._commit_offsets``; ``take_events`` acks a batch's events only after the agent's body ran.
+  So a crash re-delivers every record whose effects may be missing, from the committed offset on.
+* A re-delivered record is counted again only where its effect is missing: per part, ``src`` is a watermark
+  (records of a partition come in offset order); per outcome id, the record that counted it is the one at
+  ``counted_at``. Which of the two tables' changelog writes survived a crash does not matter.
+* Parts are absolute and carry ``src``: a lost send is repaired by the re-delivered batch re-sending every part
+  it touches; a duplicate or stale send changes nothing.
+* The database keeps a part only if its ``src_offset`` is higher, and the row is the sum of its parts: a crash
+  between the database write and the changelog, a rebalance (two owners writing), a replay or a full flush
+  writes the same values. Recovered state that never reached the database is written by the next full flush.
+* A late outcome (any age) changes its partition's part; its window reopens in the windowed table if it had
+  expired there (holding only the parts that changed since), which is harmless: the database re-sums from all
+  stored parts. Nothing is dropped from the totals or the windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import faust
+import psycopg2
+from faust.tables.wrappers import WindowWrapper
+from faust.types import EventT
+from mode import want_seconds
+from pydantic import BaseModel, SecretStr
+
+from campaigns.codec import Codec, get_codec
+from campaigns.core.tally import STATUS_TO_COUNTER, TOTALS, Outcome, classify, fold, newer, part_key, sum_parts
+from campaigns.core.windows import EPOCH, window_start_ms
+from campaigns.errors import SchemaError
+from campaigns.settings import Settings, load_settings
+from campaigns.topics import ANALYTICS, ANALYTICS_PARTS, OUTCOMES
+from producers.topics import TopicSpec, ensure_topics
+from producers.topics import topic_specs as pipeline_topic_specs
+from sinks import analytics as sink
+from streams.live import SourcePartitionedTable, _writing_to
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "campaigns-analytics"
+DEDUP_TABLE = "outcome_to_counted"
+PARTS_TABLE = "part_to_counts"
+WINDOWS_TABLE = "campaign_to_window_parts"
+TOTALS_TABLE = "campaign_to_total_parts"
+OUTCOME_ID_MAX = 128
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+@dataclass
+class TallyStats:
+    records: int = 0
+    counted: int = 0  # outcomes counted for the first time
+    duplicates: int = 0  # outcome ids counted before (re-emitted, replayed)
+    skipped: int = 0  # undecodable or invalid
+    batches: int = 0
+    parts_sent: int = 0
+    flushes: int = 0
+    rows_written: int = 0
+    flush_errors: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+class Counter:
+    """``count_outcomes``' body: dedup, fold into the partition-local parts, return the parts to send."""
+
+    def __init__(self, counted: faust.Table[str, Any], parts: faust.Table[str, Any], window_s: int,
+                 codec: Codec, stats: TallyStats) -> None:
+        self.counted = counted
+        self.parts = parts
+        self.window_s = window_s
+        self.codec = codec
+        self.stats = stats
+
+    def decode(self, event: EventT[Any]) -> Outcome | None:
+        message = event.message
+        try:
+            o = self.codec.decode(event.value, "DeliveryOutcome")
+            campaign_id = str(uuid.UUID(o["campaign_id"]))
+            occurred = o["occurred_at"]
+            occurred_ms = ((occurred - EPOCH) // _MILLISECOND if isinstance(occurred, datetime) else int(occurred))
+            start_ms = window_start_ms(occurred_ms, self.window_s)
+            # Representable as a timestamptz window (not past year 9999), a known status, a sane id and attempt.
+            datetime.fromtimestamp((start_ms + self.window_s * 1000) / 1000, UTC)
+            if o["status"] not in STATUS_TO_COUNTER or o["attempt"] < 0 or len(o["outcome_id"]) > OUTCOME_ID_MAX:
+                raise ValueError("invalid status, attempt or outcome id")
+        except (SchemaError, ValueError, OverflowError, OSError, TypeError, KeyError) as exc:
+            self.stats.skipped += 1
+            log.warning("analytics: skipping outcome at %s[%d]@%d: %s", message.topic, message.partition,
+                        message.offset, exc)
+            return None
+        return Outcome(o["outcome_id"], campaign_id, o["status"], o["attempt"], o["latency_ms"], start_ms,
+                       message.partition, message.offset)
+
+    def apply(self, events: Sequence[EventT[Any]]) -> list[dict[str, Any]]:
+        """Count the batch; the parts it touched (absolute, with ``src``) for ``campaign.analytics_parts``."""
+        by_key: dict[tuple[str, int, int], list[Outcome]] = {}
+        for event in events:
+            o = self.decode(event)
+            self.stats.records += 1
+            if o is None:
+                continue
+            with _writing_to(o.partition):
+                counted_at = self.counted.get(o.outcome_id)
+                if not classify(counted_at, o):
+                    self.stats.duplicates += 1
+                    continue
+                if counted_at is None:
+                    self.counted[o.outcome_id] = [o.partition, o.offset]
+                    self.stats.counted += 1
+            for window in (o.window_start_ms, TOTALS):
+                by_key.setdefault((o.campaign_id, window, o.partition), []).append(o)
+        out = []
+        for (campaign_id, window, partition), outcomes in by_key.items():
+            key = part_key(campaign_id, window, partition)
+            with _writing_to(partition):
+                stored = self.parts.get(key)
+                state = fold(stored, outcomes)
+                if state is not None:
+                    self.parts[key] = state
+                else:
+                    state = stored  # already counted: send it again (a crash may have lost the last send)
+            if state is not None:
+                out.append({"campaign_id": campaign_id, "window_start_ms": window, "partition": partition, **state})
+        self.stats.batches += 1
+        return out
+
+
+class Merger:
+    """``merge_parts``' body and the flush: per-campaign tables of parts, written to PostgreSQL."""
+
+    def __init__(self, windows: WindowWrapper, totals: faust.Table[str, Any], window_s: int, stats: TallyStats) -> None:
+        self.windows = windows
+        self.totals = totals
+        self.window_s = window_s
+        self.stats = stats
+        self.dirty: dict[tuple[str, int, int], dict[str, Any]] = {}
+        self.unknown: set[str] = set()  # campaign ids that are no campaign (warned once)
+
+    def apply(self, events: Sequence[EventT[Any]]) -> None:
+        for event in events:
+            part = event.value
+            campaign_id, window, partition = part["campaign_id"], int(part["window_start_ms"]), int(part["partition"])
+            with _writing_to(event.message.partition):
+                if window == TOTALS:
+                    value = self.totals[campaign_id]
+                    if newer(value.get(str(partition)), part):
+                        self.totals[campaign_id] = {**value, str(partition): part}
+                        self.dirty[(campaign_id, window, partition)] = part
+                else:
+                    windowed = self.windows.relative_to(window / 1000)
+                    value = windowed[campaign_id].value()
+                    if newer(value.get(str(partition)), part):
+                        windowed[campaign_id] = {**value, str(partition): part}
+                        self.dirty[(campaign_id, window, partition)] = part
+
+    def all_parts(self) -> dict[tuple[str, int, int], dict[str, Any]]:
+        """Every part this worker holds (its tables' data, standbys included: stale parts are ignored by the
+        database's ``src_offset`` rule)."""
+        out: dict[tuple[str, int, int], dict[str, Any]] = {}
+        for campaign_id, value in list(self.totals.data.items()):
+            for partition, part in value.items():
+                out[(campaign_id, TOTALS, int(partition))] = part
+        for (campaign_id, (start, _end)), value in list(self.windows.table.data.items()):
+            for partition, part in value.items():
+                out[(campaign_id, round(start * 1000), int(partition))] = part
+        return out
+
+    def rows(self, parts: dict[tuple[str, int, int], dict[str, Any]]) -> list[tuple[Any, ...]]:
+        rows = []
+        for (campaign_id, window, partition), part in parts.items():
+            if window == TOTALS:
+                start = end = None
+            else:
+                start = EPOCH + timedelta(milliseconds=window)
+                end = start + timedelta(seconds=self.window_s)
+            rows.append((campaign_id, start, end, partition, part))
+        return rows
+
+    def window_values(self, campaign_id: str, window: int) -> dict[str, Any]:
+        """A window's (or the totals', ``TOTALS``) values as this worker's table holds them."""
+        if window == TOTALS:
+            return sum_parts(self.totals[campaign_id].values())
+        return sum_parts(self.windows.relative_to(window / 1000)[campaign_id].value().values())
+
+
+def write(dsn: str, rows: list[tuple[Any, ...]], unknown: set[str]) -> list[dict[str, Any]]:
+    """One transaction: drop parts of campaigns that do not exist (logged once each), write the rest."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            known = sink.known_campaigns(cur, {r[0] for r in rows})
+            missing = {r[0] for r in rows} - known - unknown
+            if missing:
+                unknown.update(missing)
+                log.warning("analytics: skipping outcomes of %d unknown campaigns: %s", len(missing), sorted(missing))
+            updated = sink.write_parts(cur, [r for r in rows if r[0] in known], datetime.now(UTC))
+        conn.commit()
+        return updated
+    finally:
+        conn.close()
+
+
+@dataclass
+class TallyApp:
+    app: faust.App
+    settings: Settings
+    counter: Counter
+    merger: Merger
+    stats: TallyStats
+
+
+def data_dir(settings: Settings) -> Path:
+    app_id = settings.kafka.topic(APP_NAME)
+    path = Path(tempfile.gettempdir()) / APP_NAME / app_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
+    kafka, analytics, live = settings.kafka, settings.analytics, settings.live
+    window_s = analytics.window_s
+    app = faust.App(
+        kafka.topic(APP_NAME),
+        broker=kafka.faust_broker,
+        store="memory://",  # tables rebuilt from their changelogs at start
+        datadir=data_dir(settings),
+        autodiscover=False,
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=live.session_timeout_s,
+        topic_disable_leader=True,
+        web_enabled=False,
+        Table=SourcePartitionedTable,
+    )
+    source = app.topic(kafka.topic(OUTCOMES), key_serializer="raw", value_serializer="raw")
+    parts_topic = app.topic(kafka.topic(ANALYTICS_PARTS), key_serializer="raw", value_serializer="json",
+                            partitions=kafka.partitions)
+    results = app.topic(kafka.topic(ANALYTICS), key_serializer="raw", value_serializer="raw")
+    counted = app.Table(DEDUP_TABLE, default=None, partitions=kafka.partitions,
+                        help="outcome id -> [partition, offset] of the record that counted it")
+    parts = app.Table(PARTS_TABLE, default=None, partitions=kafka.partitions,
+                      help="campaign|window|partition -> that source partition's absolute counts")
+    windows = app.Table(WINDOWS_TABLE, default=dict, partitions=kafka.partitions,
+                        help="campaign -> {source partition: part} per tumbling window").tumbling(
+        timedelta(seconds=window_s), expires=timedelta(seconds=window_s * analytics.windows_kept))
+    totals = app.Table(TOTALS_TABLE, default=dict, partitions=kafka.partitions,
+                       help="campaign -> {source partition: totals part}")
+    assert isinstance(windows, WindowWrapper)
+    stats = TallyStats()
+    counter = Counter(cast(Any, counted), cast(Any, parts), window_s, get_codec(), stats)
+    merger = Merger(windows, cast(Any, totals), window_s, stats)
+    codec = get_codec()
+    dsn = settings.database.dsn()
+
+    @app.agent(source, name="count_outcomes")
+    async def count_outcomes(stream: faust.StreamT[Any]) -> None:
+        async for events in cast(faust.Stream[Any], stream).take_events(
+                analytics.faust_batch_size, within=analytics.faust_batch_within_s):
+            for part in counter.apply(events):
+                await parts_topic.send(key=part["campaign_id"].encode(), value=part)
+                stats.parts_sent += 1
+
+    @app.agent(parts_topic, name="merge_parts")
+    async def merge_parts(stream: faust.StreamT[Any]) -> None:
+        async for events in cast(faust.Stream[Any], stream).take_events(
+                analytics.faust_batch_size, within=analytics.faust_batch_within_s):
+            merger.apply(events)
+
+    ticks = 0
+
+    @app.timer(analytics.flush_interval_s)
+    async def flush_analytics() -> None:
+        nonlocal ticks
+        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return
+        full = ticks % full_flush_every == 0
+        ticks += 1
+        pending, merger.dirty = merger.dirty, {}
+        batch = {**merger.all_parts(), **pending} if full else pending
+        if not batch:
+            return
+        try:
+            updated = await asyncio.get_running_loop().run_in_executor(
+                None, write, dsn, merger.rows(batch), merger.unknown)
+        except psycopg2.Error as exc:
+            stats.flush_errors += 1
+            log.warning("analytics: flush failed (%s); retrying on the next tick", exc)
+            merger.dirty = {**pending, **merger.dirty}
+            return
+        stats.flushes += 1
+        stats.rows_written += len(updated)
+        for row in updated:
+            await results.send(key=row["campaign_id"].encode(), value=codec.encode("CampaignAnalytics", row))
+
+    return TallyApp(app=app, settings=settings, counter=counter, merger=merger, stats=stats)
+
+
+def tally_topic_specs(tally: TallyApp) -> list[TopicSpec]:
+    """The parts topic and the changelogs (logical names), with the configs Faust would give them."""
+    kafka = tally.settings.kafka
+    specs = [TopicSpec(ANALYTICS_PARTS, kafka.partitions,
+                       {"cleanup.policy": "delete", "retention.ms": str(kafka.retention_ms)})]
+    for table in tally.app.tables.values():
+        topic = table.changelog_topic
+        name = topic.get_topic_name()
+        flags = sorted(flag for flag, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on)
+        config = {"cleanup.policy": ",".join(flags)} if flags else {}
+        if topic.retention:
+            config["retention.ms"] = str(int(want_seconds(topic.retention) * 1000))
+        specs.append(TopicSpec(name[len(kafka.topic_prefix):], topic.partitions or kafka.partitions, config))
+    return specs
+
+
+def settings_env(settings: Settings, prefix: str = "CAMPAIGNS_") -> dict[str, str]:
+    """``settings`` as the environment that :func:`campaigns.settings.load_settings` reads back (secrets
+    revealed: the child process needs them; the environment of a process is readable only by its user)."""
+    env: dict[str, str] = {}
+
+    def walk(model: BaseModel, name: str) -> None:
+        for field_name in type(model).model_fields:
+            value = getattr(model, field_name)
+            key = f"{name}{field_name.upper()}"
+            if isinstance(value, BaseModel):
+                walk(value, f"{key}__")
+            elif isinstance(value, SecretStr):
+                env[key] = value.get_secret_value()
+            elif value is None:
+                continue
+            elif isinstance(value, bool):
+                env[key] = "true" if value else "false"
+            elif isinstance(value, list | tuple | dict):
+                env[key] = json.dumps(value)
+            else:
+                env[key] = str(value)
+
+    walk(settings, prefix)
+    return env
+
+
+DIE_WITH_PARENT = "--die-with-parent"
+
+
+def _die_with_parent(parent: int) -> None:
+    """This process gets SIGTERM when the thread that started it ends (Linux ``PR_SET_PDEATHSIG``), so a worker
+    killed by SIGKILL leaves no Faust process behind. Set in the child itself, not in a ``preexec_fn`` (unsafe
+    in a process with threads, as the worker is)."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker's stop still ends the child
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class TallyProcess:
+    """The Faust analytics as a child of ``campaigns worker`` (its ``tally`` stage).
+
+    A child process, not a thread: a Faust worker owns its process (its own asyncio loop in the main thread,
+    signal handlers, logging set-up), and the worker's stages are threads. :meth:`run_forever` starts
+    ``python -m streams.tally worker`` with the worker's settings, raises if it exits (the worker restarts the
+    stage, at most ``MAX_RESTARTS_PER_MINUTE`` times a minute), and stops it (SIGTERM, then SIGKILL after
+    ``stop_timeout_s``) when the worker stops.
+    """
+
+    def __init__(self, settings: Settings, *, log_level: str = "warn", stop_timeout_s: float = 30.0) -> None:
+        self.settings = settings
+        self.log_level = log_level
+        self.stop_timeout_s = stop_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def run_forever(self, stop: threading.Event) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGNS_")}
+        env.update(settings_env(self.settings))
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "streams.tally", DIE_WITH_PARENT, str(os.getpid()), "worker", "-l", self.log_level],
+            env=env, stdin=subprocess.DEVNULL,
+        )
+        try:
+            while not stop.wait(0.5):
+                rc = self.proc.poll()
+                if rc is not None:
+                    raise RuntimeError(f"the Faust analytics (python -m streams.tally) exited with {rc}")
+        finally:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(self.stop_timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m streams.tally worker -l info``: the topics are created first (Faust would join its group
+    before a KRaft broker lists the changelogs it creates, leaving their partitions unassigned)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [DIE_WITH_PARENT]:
+        _die_with_parent(int(args[1]))
+        args = args[2:]
+    tally = build_app(load_settings())
+    if args[:1] == ["worker"]:
+        ensure_topics(tally.settings.kafka, [*pipeline_topic_specs(tally.settings), *tally_topic_specs(tally)])
+    sys.argv = [sys.argv[0], *args]
+    tally.app.main()
+
+
+if __name__ == "__main__":
+    main()
