@@ -311,12 +311,17 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
             f"{request.method} is not allowed on {request.url.path}"
         return Problem(kind, detail).response(request.url.path)
 
+    async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("service unavailable on %s %s: %s", request.method, request.url.path,
+                    str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
+        return Problem(UNAVAILABLE, "PostgreSQL or Kafka cannot be reached; retry later",
+                       headers={"Retry-After": "5"}).response(request.url.path)
+
+    for unavailable in _unavailable_errors():  # handled here, so no traceback: an outage is not a bug
+        app.add_exception_handler(unavailable, on_unavailable)
+
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        if _unavailable(exc):
-            log.warning("service unavailable: %s", exc)
-            return Problem(UNAVAILABLE, "PostgreSQL or Kafka cannot be reached; retry later",
-                           headers={"Retry-After": "5"}).response(request.url.path)
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return Problem(INTERNAL, "unexpected error (logged by the server)").response(request.url.path)
 
@@ -683,6 +688,12 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
         if app.openapi_schema is None:
             schema = original_openapi()
             schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = problem_schema()
+            problem_content = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            for operations in schema["paths"].values():
+                for op in operations.values():
+                    for code, answer in op["responses"].items():
+                        if int(code) >= 400:  # FastAPI's own 422 (HTTPValidationError) is a problem here too
+                            answer["content"] = problem_content
             for schemas in ("HTTPValidationError", "ValidationError"):
                 schema["components"]["schemas"].pop(schemas, None)
             app.openapi_schema = schema
@@ -706,15 +717,9 @@ _DESCRIPTIONS = {
 }
 
 
-def _unavailable(exc: BaseException) -> bool:
+def _unavailable_errors() -> tuple[type[Exception], ...]:
+    import psycopg2
+    from confluent_kafka import KafkaException
     from sqlalchemy.exc import InterfaceError, OperationalError
 
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    import psycopg2
-
-    if isinstance(exc, psycopg2.OperationalError):
-        return True
-    from confluent_kafka import KafkaException
-
-    return isinstance(exc, KafkaException)
+    return (OperationalError, InterfaceError, psycopg2.OperationalError, KafkaException)
