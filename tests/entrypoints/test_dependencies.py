@@ -19,8 +19,8 @@ from packaging.requirements import Requirement
 
 from tests.entrypoints.conftest import REPO_ROOT
 
-OWN = {"campaigns", "streams", "producers", "sinks", "simulator", "bench", "migrations"}
-SHIPPED = ("campaigns", "streams", "producers", "sinks", "simulator", "migrations")  # `bench` has its own extra
+OWN = {"campaigns", "streams", "producers", "sinks", "simulator", "bench", "migrations", "api"}
+SHIPPED = ("campaigns", "streams", "producers", "sinks", "simulator", "migrations", "api")  # `bench` has its own extra
 
 
 def _imports(package: str) -> dict[str, set[str]]:
