@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import psycopg2
 from rich.console import Console, Group
@@ -91,9 +92,19 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
         })
         service.schedule_campaign("demo-marketer", campaign_ids[channel])
 
-    with SimulatorThread(latency_ms=(2, 20), transient_error_rate=0.03, seed=7,
-                         permanent_failures=frozenset(invalid_addresses(plan)),
-                         templates=provider_templates) as simulator:
+    from api.server import ApiThread
+    from api.settings import load_api_settings
+
+    # The live dashboard of `campaigns api`, served from this process while the campaigns run (a free port if
+    # CAMPAIGNS_API__PORT is taken); the marketer's token opens it.
+    service.provision_principal("demo-admin", "admin")
+    _, dashboard_token = service.create_token("demo-admin", "demo-marketer", expires_in=timedelta(hours=12))
+    with ApiThread(settings, load_api_settings()) as dashboard, \
+            SimulatorThread(latency_ms=(2, 20), transient_error_rate=0.03, seed=7,
+                            permanent_failures=frozenset(invalid_addresses(plan)),
+                            templates=provider_templates) as simulator:
+        console.print(f"dashboard: {dashboard.url} (API token of demo-marketer, valid 12 h: {dashboard_token})",
+                      highlight=False, soft_wrap=True)
         worker_settings = settings.model_copy(update={"providers": simulator.provider_settings()})
         with Worker(worker_settings, stages=("scheduler", "expander", "senders", "analytics")) as worker:
             ok = _watch(console, service, settings, campaign_ids, size.timeout_s, pause_channel="sms")
