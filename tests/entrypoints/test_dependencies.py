@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import tomllib
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -19,8 +20,12 @@ from packaging.requirements import Requirement
 
 from tests.entrypoints.conftest import REPO_ROOT
 
-OWN = {"campaigns", "streams", "producers", "sinks", "simulator", "bench", "migrations", "api"}
-SHIPPED = ("campaigns", "streams", "producers", "sinks", "simulator", "migrations", "api")  # `bench` has its own extra
+# The project's own packages as pyproject.toml ships them (`[tool.setuptools.packages.find] include`, so a new
+# package is covered without editing this file), and migrations/ (run by `campaigns migrate`); `bench` has its
+# own extra.
+_PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+OWN = {p.rstrip("*") for p in _PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]} | {"migrations"}
+SHIPPED = tuple(sorted(p for p in OWN - {"bench"} if (REPO_ROOT / p).is_dir()))
 
 
 def _imports(package: str) -> dict[str, set[str]]:
