@@ -11,6 +11,7 @@ since the service and its sessions are synchronous.
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -635,11 +636,31 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
     sse_doc = {"200": {"description": "text/event-stream of JSON snapshots (`event: snapshot`)",
                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
-    async def sse(request: Request, snapshots: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async def sse(request: Request, snapshots: AsyncIterator[dict[str, Any]],
+                  operation: str = "get_campaign") -> AsyncIterator[bytes]:
+        """Snapshots as server-sent events. The token is checked again every ``stream_recheck_s``: a stream ends
+        (``event: end`` with the problem) once its token is revoked or expired or its principal loses the
+        permission, and the page's reconnect then meets the 401 or 403."""
+        token = (request.headers.get("authorization") or "").partition(" ")[2].strip()
+
+        def recheck() -> None:
+            require(service.authenticate(token), operation)
+
         yield b": connected\n\nretry: 2000\n\n"
         iterator = snapshots.__aiter__()
+        checked = time.monotonic()
         try:
             while not await request.is_disconnected():
+                if time.monotonic() - checked >= api.stream_recheck_s:
+                    checked = time.monotonic()
+                    try:
+                        await run_in_threadpool(recheck)
+                    except CampaignError as error:
+                        problem = problem_for(error).body(request.url.path)
+                        yield b"event: end\ndata: " + json.dumps(problem).encode() + b"\n\n"
+                        return
+                    except _unavailable_errors():
+                        log.warning("cannot re-check a stream's token (database unavailable); checking later")
                 try:
                     snapshot = await asyncio.wait_for(iterator.__anext__(), timeout=15)
                 except TimeoutError:

@@ -14,6 +14,7 @@ class ApiSettings(BaseModel):
     rate_per_s: float = Field(20.0, gt=0)  # requests per second per token (per client address without one)
     burst: int = Field(40, ge=1)
     poll_interval_s: float = Field(1.0, gt=0)  # the dashboard's one shared poller
+    stream_recheck_s: float = Field(30.0, gt=0)  # an event stream re-checks its token this often
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)  # keys older than this are forgotten
     idempotency_stale_s: float = Field(60.0, gt=0)  # an in-progress key older than this is taken over
 

@@ -4,11 +4,14 @@ role holds the operation's documented permission (``x-permission`` in /openapi.j
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
 
 from campaigns.core.rbac import DEFAULT_ROLES
 from campaigns.settings import Settings
-from tests.api.conftest import Api
+from tests.api.conftest import Api, start_api
 from tests.api.test_contract import CASES, World, operations
 from tests.entrypoints.conftest import EntryPoints
 
@@ -64,3 +67,29 @@ def test_a_marketer_manages_only_her_own_campaigns(entry: EntryPoints, api: Api,
     audit = api.call("GET", "/v1/audit", token=world.tokens["auditor"], params={"campaign": hers}).body["items"]
     assert [(e["principal"], e["action"]) for e in audit][-2:] == [("alice", "pause_campaign"),
                                                                     ("harness-admin", "cancel_campaign")], audit
+
+
+def test_an_event_stream_ends_when_its_token_is_revoked(entry: EntryPoints, settings: Settings):
+    api = start_api(entry, CAMPAIGNS_API__STREAM_RECHECK_S="0.5")
+    try:
+        world = World(entry, api, settings)
+        token = world.tokens["marketer"]
+        token_id = token.split("_")[1]
+        events: list[tuple[str, str]] = []
+        with httpx.Client(base_url=api.base, timeout=30) as client, client.stream(
+                "GET", "/v1/stream/campaigns", headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status_code == 200
+            event = ""
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    events.append((event, line[5:].strip()))
+                    if event == "snapshot" and len(events) == 1:
+                        revoked = api.call("POST", f"/v1/tokens/{token_id}/revoke", token=world.admin)
+                        assert revoked.status == 200, revoked.body
+        assert events[0][0] == "snapshot" and events[-1][0] == "end", events
+        assert json.loads(events[-1][1])["code"] == "unauthenticated"
+        assert api.call("GET", "/v1/stream/campaigns", token=token).status == 401
+    finally:
+        api.close()
