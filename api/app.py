@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -412,11 +413,16 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
                                                     created_by=created_by, limit=limit, cursor=cursor)
         return {"items": items, "next_cursor": next_cursor}
 
+    create_doc = doc("create_campaign", post_body=True)
+    create_doc["openapi_extra"]["requestBody"] = {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/CampaignPayload"}}}}
+
     @app.post("/v1/campaigns", response_model=Campaign, status_code=201, tags=["campaigns"],
               summary="create a draft campaign",
               description="The body is the create payload of `docs/campaign-payload.schema.json` (as `campaigns "
-                          "create`). With an Idempotency-Key, retries make one campaign.",
-              **doc("create_campaign", post_body=True))
+                          "create`; the service's validator is authoritative). With an Idempotency-Key, retries "
+                          "make one campaign.",
+              **create_doc)
     def create_campaign(request: Request, principal: Actor,
                         payload: Annotated[dict[str, Any], Body(description="the create payload")],
                         key: IdemKey = None) -> JSONResponse:
@@ -709,6 +715,7 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
         if app.openapi_schema is None:
             schema = original_openapi()
             schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = problem_schema()
+            schema["components"]["schemas"]["CampaignPayload"] = payload_schema()
             problem_content = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
             for operations in schema["paths"].values():
                 for op in operations.values():
@@ -747,6 +754,13 @@ _DESCRIPTIONS = {
     429: "more requests than the token's rate limit (`rate-limited`; Retry-After)",
     503: "PostgreSQL or Kafka cannot be reached (`service-unavailable`, 5)",
 }
+
+
+def payload_schema() -> dict[str, Any]:
+    """The create payload's JSON Schema (a copy of docs/campaign-payload.schema.json shipped with the package; a
+    test keeps the two equal), without the keywords that only a standalone document has."""
+    text = resources.files("api").joinpath("campaign-payload.schema.json").read_text(encoding="utf-8")
+    return {k: v for k, v in json.loads(text).items() if k not in ("$schema", "$id")}
 
 
 def _unavailable_errors() -> tuple[type[Exception], ...]:

@@ -301,6 +301,20 @@ def test_every_route_and_every_documented_error(entry: EntryPoints, api: Api, se
     assert all(seen[key] >= {int(s) for s in ops[key]["responses"]} - {429, 503} for key in ops), seen
 
 
+def test_the_documented_create_payload_is_the_docs_schema_and_fits_the_examples(api: Api):
+    from jsonschema import Draft202012Validator
+
+    shipped = json.loads((REPO_ROOT / "api" / "campaign-payload.schema.json").read_text())
+    assert shipped == json.loads((REPO_ROOT / "docs" / "campaign-payload.schema.json").read_text()), \
+        "api/campaign-payload.schema.json must be a copy of docs/campaign-payload.schema.json"
+    document = api.call("GET", "/openapi.json").body
+    body = document["paths"]["/v1/campaigns"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = {**body, "components": document["components"]}
+    for example in sorted((REPO_ROOT / "examples").glob("campaign-*.json")):
+        Draft202012Validator(schema).validate(json.loads(example.read_text()))
+    assert not Draft202012Validator(schema).is_valid({"name": "x", "channel": "fax"})
+
+
 def test_outages_and_rate_limits_on_every_route(entry: EntryPoints, api: Api):
     """503 (PostgreSQL unreachable) and 429 (over the token's rate) on every route that documents them, from a
     second server whose database port is closed and whose rate is one request per minute."""

@@ -20,8 +20,9 @@ def test_a_wheel_install_ships_the_schemas_and_the_codec_loads_them(tmp_path: Pa
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {n for n in names if n.startswith("schemas/") and n.endswith(".avsc")}
     assert {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "schemas").rglob("*.avsc")} == shipped
-    # The dashboard's page, script and style ship with the API server (api/static, package data).
+    # The dashboard's pages, scripts and style ship with the API server (api/static, package data).
     assert {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "api" / "static").iterdir()} <= set(names)
+    assert "api/campaign-payload.schema.json" in names  # the create payload's schema in /openapi.json
 
     target = tmp_path / "site"
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
