@@ -532,8 +532,11 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
     def approve_template(request: Request, principal: Actor,
                          template_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
                          key: IdemKey = None) -> JSONResponse:
-        return post(request, principal, key, 200,
-                    lambda: service.approve_template(principal, template_id) or {"accepted": True})
+        def run() -> dict[str, Any]:
+            service.approve_template(principal, template_id)
+            return {"accepted": True}
+
+        return post(request, principal, key, 200, run)
 
     # --- channels -----------------------------------------------------------------------------------
 
@@ -639,8 +642,9 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
 
     # --- live: server-sent events ---------------------------------------------------------------------
 
-    sse_doc = {"200": {"description": "text/event-stream of JSON snapshots (`event: snapshot`)",
-                       "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+    sse_doc: dict[int | str, dict[str, Any]] = {
+        "200": {"description": "text/event-stream of JSON snapshots (`event: snapshot`)",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
     async def sse(request: Request, snapshots: AsyncIterator[dict[str, Any]],
                   operation: str = "get_campaign") -> AsyncIterator[bytes]:

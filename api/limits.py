@@ -63,7 +63,7 @@ def _rate_key(scope: Scope) -> str:
         if name == b"authorization":
             parts = value.decode("latin-1").split()
             if len(parts) == 2 and parts[0].lower() == "bearer":
-                token = parts[1]
+                token = str(parts[1])
                 # cmpt_<16 hex id>_<secret>: the id is public and stable across the token's uses
                 return "token:" + (token[5:21] if token.startswith("cmpt_") else token[:64])
     client = scope.get("client")

@@ -202,8 +202,9 @@ class LiveFeed:
                                     self._rates.rate(r["id"], now, totals.get(r["id"], {}).get("sent", 0)))
                  for r in rows}
         at = datetime.now(UTC).isoformat()
-        listing = {"at": at, "campaigns": [lines[r["id"]] for r in rows if r["id"] in listed]}
+        listing: dict[str, Any] = {"at": at, "campaigns": [lines[r["id"]] for r in rows if r["id"] in listed]}
         for subscriber in subscribers:
+            snapshot: dict[str, Any]
             if subscriber.campaign_id is None:
                 snapshot = listing
             else:

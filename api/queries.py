@@ -61,7 +61,8 @@ def list_campaigns(sessions: sessionmaker[Session], *, statuses: Sequence[str] =
                    created_by: str | None = None, limit: int = 50,
                    cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """A page of campaigns, newest first, and the cursor of the next page (None: the last page)."""
-    where, params = ["TRUE"], {"limit": limit + 1}
+    where: list[str] = ["TRUE"]
+    params: dict[str, Any] = {"limit": limit + 1}
     if statuses:
         where.append("status = ANY(:statuses)")
         params["statuses"] = list(statuses)
@@ -86,7 +87,8 @@ def list_campaigns(sessions: sessionmaker[Session], *, statuses: Sequence[str] =
 
 def list_templates(sessions: sessionmaker[Session], *, channel: str | None = None,
                    status: str | None = None) -> list[dict[str, Any]]:
-    where, params = ["TRUE"], {}
+    where: list[str] = ["TRUE"]
+    params: dict[str, Any] = {}
     if channel:
         where.append("channel_kind = :channel")
         params["channel"] = channel

@@ -8,15 +8,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    max_body_bytes: int = Field(1024 * 1024, ge=1024)  # a create payload of 100,000 recipients is ~1 MiB
-    max_json_depth: int = Field(32, ge=4)  # payloads nest 3 levels; json recurses and would crash near 1,000
-    rate_per_s: float = Field(20.0, gt=0)  # requests per second per token (per client address without one)
-    burst: int = Field(40, ge=1)
-    poll_interval_s: float = Field(1.0, gt=0)  # the dashboard's one shared poller
-    stream_recheck_s: float = Field(30.0, gt=0)  # an event stream re-checks its token this often
-    idempotency_ttl_s: int = Field(24 * 3600, ge=60)  # keys older than this are forgotten
-    idempotency_stale_s: float = Field(60.0, gt=0)  # an in-progress key older than this is taken over
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # a create payload of 100,000 recipients is ~1 MiB
+    max_json_depth: int = Field(default=32, ge=4)  # payloads nest 3 levels; json recurses and would crash near 1,000
+    rate_per_s: float = Field(default=20.0, gt=0)  # requests per second per token (per client address without one)
+    burst: int = Field(default=40, ge=1)
+    poll_interval_s: float = Field(default=1.0, gt=0)  # the dashboard's one shared poller
+    stream_recheck_s: float = Field(default=30.0, gt=0)  # an event stream re-checks its token this often
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)  # keys older than this are forgotten
+    idempotency_stale_s: float = Field(default=60.0, gt=0)  # an in-progress key older than this is taken over
 
 
 class _Env(BaseSettings):
