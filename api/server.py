@@ -17,11 +17,10 @@ def serve(host: str | None = None, port: int | None = None, log_level: str = "in
     import uvicorn
 
     from api.app import build_app
-    from api.settings import load_api_settings
     from campaigns.settings import load_settings
 
     settings = load_settings()
-    api = load_api_settings()
+    api = settings.api
     host = host or api.host
     port = api.port if port is None else port
     app = build_app(settings, api)
@@ -38,7 +37,7 @@ class ApiThread:
 
     def __init__(self, settings: Settings, api: ApiSettings | None = None) -> None:
         self._settings = settings
-        self._api = api or ApiSettings()
+        self._api = api or settings.api
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.url = ""

@@ -93,13 +93,12 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
         service.schedule_campaign("demo-marketer", campaign_ids[channel])
 
     from api.server import ApiThread
-    from api.settings import load_api_settings
 
     # The live dashboard of `campaigns api`, served from this process while the campaigns run (a free port if
     # CAMPAIGNS_API__PORT is taken); the marketer's token opens it.
     service.provision_principal("demo-admin", "admin")
     _, dashboard_token = service.create_token("demo-admin", "demo-marketer", expires_in=timedelta(hours=12))
-    with ApiThread(settings, load_api_settings()) as dashboard, \
+    with ApiThread(settings) as dashboard, \
             SimulatorThread(latency_ms=(2, 20), transient_error_rate=0.03, seed=7,
                             permanent_failures=frozenset(invalid_addresses(plan)),
                             templates=provider_templates) as simulator:
