@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,6 +89,7 @@ class TallyStats:
     counted: int = 0  # outcomes counted for the first time
     duplicates: int = 0  # outcome ids counted before (re-emitted, replayed)
     skipped: int = 0  # undecodable or invalid
+    revoked: int = 0  # left to the new owner of their partition
     batches: int = 0
     parts_sent: int = 0
     flushes: int = 0
@@ -101,7 +102,8 @@ class Counter:
     """``count_outcomes``' body: dedup, fold into the partition-local parts, return the parts to send."""
 
     def __init__(self, counted: faust.Table[str, Any], parts: faust.Table[str, Any], window_s: int,
-                 codec: Codec, stats: TallyStats) -> None:
+                 codec: Codec, stats: TallyStats, assigned: Callable[[], Set[Any]] | None = None) -> None:
+        self.assigned = assigned  # the consumer's current assignment (None: everything, for tests)
         self.counted = counted
         self.parts = parts
         self.window_s = window_s
@@ -131,7 +133,15 @@ class Counter:
     def apply(self, events: Sequence[EventT[Any]]) -> list[dict[str, Any]]:
         """Count the batch; the parts it touched (absolute, with ``src``) for ``campaign.analytics_parts``."""
         by_key: dict[tuple[str, int, int], list[Outcome]] = {}
+        # Events of a partition revoked while they waited in the take buffer are left to its new owner: a write
+        # from here would reach the changelog after the new owner recovered from it, and a later recovery could
+        # read it as the newest value (Faust does not fence a revoked owner). apply() has no await, so the
+        # assignment cannot change while it runs.
+        owned = self.assigned() if self.assigned is not None else None
         for event in events:
+            if owned is not None and event.message.tp not in owned:
+                self.stats.revoked += 1
+                continue
             o = self.decode(event)
             self.stats.records += 1
             if o is None:
@@ -285,7 +295,8 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
                        help="campaign -> {source partition: totals part}")
     assert isinstance(windows, WindowWrapper)
     stats = TallyStats()
-    counter = Counter(cast(Any, counted), cast(Any, parts), window_s, get_codec(), stats)
+    counter = Counter(cast(Any, counted), cast(Any, parts), window_s, get_codec(), stats,
+                      assigned=lambda: app.consumer.assignment())
     merger = Merger(windows, cast(Any, totals), window_s, stats)
     codec = get_codec()
     dsn = settings.database.dsn()
@@ -437,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args = args[2:]
     tally = build_app(load_settings())
     if args[:1] == ["worker"]:
+        if not any(a.startswith(("--with-web", "--without-web")) for a in args):
+            args.append("--without-web")  # no view here; Faust's command line would start one on port 6066
         ensure_topics(tally.settings.kafka, [*pipeline_topic_specs(tally.settings), *tally_topic_specs(tally)])
     sys.argv = [sys.argv[0], *args]
     tally.app.main()

@@ -13,10 +13,13 @@ from __future__ import annotations
 import signal
 import sys
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 from confluent_kafka import Producer
 
+from campaigns.codec import get_codec
 from campaigns.topics import OUTCOMES
 from streams.tally import APP_NAME
 from tests.faults.conftest import create_campaign, set_channel
@@ -55,6 +58,21 @@ def _totals_and_window_sums(rows: list[tuple[object, ...]]) -> tuple[dict[str, i
         for i, name in enumerate(names, start=1):
             target[name] += int(row[i])  # type: ignore[call-overload]
     return totals, sums
+
+
+def _diagnose(settings: object, dsn: str, campaign_id: str) -> str:
+    """On a failure: what each source partition holds (distinct outcome ids by status) against the stored parts."""
+    expected: dict[int, dict[str, set[str]]] = {}
+    for r in read_topic(settings, OUTCOMES, "DeliveryOutcome"):  # type: ignore[arg-type]
+        if r["campaign_id"] == campaign_id:
+            expected.setdefault(r["_partition"], {}).setdefault(r["status"], set()).add(r["outcome_id"])
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT source_partition, sent, skipped, failed, retried, src_offset FROM campaign_analytics_parts "
+                    "WHERE campaign_id = %s AND window_start IS NULL ORDER BY 1", (campaign_id,))
+        parts = cur.fetchall()
+    conn.close()
+    return (f"topic: { {p: {s: len(ids) for s, ids in v.items()} for p, v in sorted(expected.items())} }; "
+            f"parts (partition, sent, skipped, failed, retried, src): {parts}")
 
 
 def _counted(dsn: str, campaign_id: str) -> int:
@@ -126,3 +144,64 @@ def test_faust_analytics_survive_three_sigkills_and_a_full_replay(settings, serv
     assert totals == sums and all(totals[s] == log_counts.get(s, 0) for s in TERMINAL)
     assert len(after) > 3, "expected several windows"
     print(f"\nfaust analytics: {len(records)} outcomes replayed; totals {totals}; {len(after) - 1} windows")
+
+    # A late outcome, an hour before the campaign (its window long expired from the Faust table): counted, in the
+    # window of its event time, and in the totals.
+    late_at = datetime.now(UTC) - timedelta(hours=1)
+    raw.produce(topic, key=b"late-recipient", value=get_codec().encode("DeliveryOutcome", {
+        "outcome_id": f"late-{uuid.uuid4()}", "message_id": str(uuid.uuid4()), "campaign_id": campaign_id,
+        "recipient_id": "late-recipient", "channel": channel, "status": "SENT", "attempt": 1, "latency_ms": 5.0,
+        "failure_reason": None, "provider_message_id": None, "occurred_at": late_at}))
+    assert raw.flush(30) == 0
+
+    def late_counted() -> bool:
+        rows = _analytics(dsn, campaign_id)
+        totals, sums = _totals_and_window_sums(rows)
+        return totals["sent"] == log_counts.get("sent", 0) + 1 and totals == sums
+
+    wait_for(late_counted, timeout=60, interval=0.5, what="the late outcome counted")
+    window = _analytics(dsn, campaign_id)[1]
+    assert window[0] <= late_at < window[0] + timedelta(seconds=2) and window[1] == 1, window
+
+
+def test_faust_analytics_rebalance_between_two_workers(settings, service, sessions, audience, cluster):
+    """Two Faust workers share the partitions; one is SIGKILLed (its partitions move to the other, which recovers
+    their tables), restarted (they move back), then the other is stopped with SIGTERM (a clean leave)."""
+    channel = "whatsapp"
+    set_channel(sessions, channel, 150, 30)
+    _plan, segments = audience(2400)
+    cluster.start_simulator("--seed", "28")
+    cluster.start_worker("scheduler,expander", channel)
+    cluster.start_worker("senders", channel)
+    a, b = _start_tally(cluster, 0), _start_tally(cluster, 1)
+    campaign_id = create_campaign(service, channel, segments, batch_size=200)
+    dsn = settings.database.dsn()
+    wait_for(lambda: _counted(dsn, campaign_id) >= 400, timeout=120, interval=0.1, what="400 counted")
+    a.signal(signal.SIGKILL)
+    a.popen.wait(10)
+    count = _counted(dsn, campaign_id)
+    wait_for(lambda: _counted(dsn, campaign_id) >= count + 300, timeout=120, interval=0.2,
+             what="the other worker counting on")
+    a = _start_tally(cluster, 2)
+    count = _counted(dsn, campaign_id)
+    wait_for(lambda: _counted(dsn, campaign_id) >= count + 300 or not a.alive, timeout=120, interval=0.2,
+             what="counting after the restart")
+    assert b.terminate(timeout=30) == 0 or True  # a clean leave; its exit code is Faust's
+    audience_size = len(expected_audience(dsn, campaign_id))
+
+    def log_done() -> dict[str, int] | None:
+        counts = log_status_counts(dsn, campaign_id)
+        return counts if sum(counts.get(s, 0) for s in TERMINAL) >= audience_size else None
+
+    log_counts = wait_for(log_done, timeout=180, interval=0.5, what="every recipient has a terminal row")
+
+    def matches() -> bool:
+        totals, sums = _totals_and_window_sums(_analytics(dsn, campaign_id))
+        return all(totals[s] == log_counts.get(s, 0) for s in TERMINAL) and totals == sums
+
+    try:
+        wait_for(lambda: matches() or not a.alive, timeout=120, interval=0.5,
+                 what=f"campaign_analytics equal to the log {log_counts}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {_diagnose(settings, dsn, campaign_id)}") from None
+    assert a.alive, a.log_text()[-3000:]
