@@ -102,8 +102,9 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
             SimulatorThread(latency_ms=(2, 20), transient_error_rate=0.03, seed=7,
                             permanent_failures=frozenset(invalid_addresses(plan)),
                             templates=provider_templates) as simulator:
-        console.print(f"dashboard: {dashboard.url} (API token of demo-marketer, valid 12 h: {dashboard_token})",
-                      highlight=False, soft_wrap=True)
+        # Two lines: each fits 80 columns in a pipe (the token alone is 65 characters).
+        console.print(f"dashboard: {dashboard.url} (demo-marketer's API token, 12 h:)", highlight=False, soft_wrap=True)
+        console.print(f"  {dashboard_token}", highlight=False, soft_wrap=True)
         worker_settings = settings.model_copy(update={"providers": simulator.provider_settings()})
         with Worker(worker_settings, stages=("scheduler", "expander", "senders", "analytics")) as worker:
             ok = _watch(console, service, settings, campaign_ids, size.timeout_s, pause_channel="sms")

@@ -74,6 +74,7 @@ SENDER_COUNTERS = {
 }
 DEAD_LETTER_REASONS = (
     "undecodable", "wrong_channel", "unknown_campaign", "permanent_failure", "retries_exhausted", "failed",
+    "invalid_record", "not_in_audience",
 )
 ATTEMPT_RESULTS = ("sent", "retry", "failed")
 OUTCOME_STATUSES = (

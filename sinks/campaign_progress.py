@@ -96,6 +96,14 @@ def plan(cur: Any, campaign_id: uuid.UUID) -> PlanRow | None:
     return PlanRow(row[0], row[1], row[2], row[3], row[4], row[5], segments, content)
 
 
+def content(cur: Any, campaign_id: str) -> tuple[str, list[tuple[str, str | None, str, str | None, list[str]]]]:
+    """The campaign's default locale and its content rows (locale, subject, body, template, parameters)."""
+    cur.execute("SELECT locale FROM campaigns WHERE id = %s", (campaign_id,))
+    row = cur.fetchone()
+    cur.execute(CONTENT_SQL, (campaign_id,))
+    return (row[0] if row else "en"), [(r[0], r[1], r[2], r[3], list(r[4] or ())) for r in cur.fetchall()]
+
+
 def checkpoint(cur: Any, campaign_id: uuid.UUID, version: int, last_id: int, page_size: int) -> bool:
     """Advance the cursor past a page of ``page_size`` recipients; False if the campaign changed meanwhile."""
     cur.execute(CHECKPOINT_SQL, (last_id, page_size, str(campaign_id), version))

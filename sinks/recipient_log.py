@@ -3,6 +3,10 @@
 Every function takes a psycopg2 cursor and never commits: the stage owns the transaction (and commits it
 before producing the records derived from the rows). Keys are ``(campaign_id: str, recipient_id: int)``.
 
+Every batch write takes its rows in (campaign, recipient) order: two writers over overlapping pairs (a sender
+cancelling messages while the cancel sweep inserts the same rows) then lock them in the same order and cannot
+deadlock.
+
 Guarantees (the UNIQUE (campaign_id, recipient_id) constraint is what makes them hold under any number of
 workers, redeliveries and replays):
 
@@ -92,15 +96,19 @@ SETTLE_IN_FLIGHT_SQL = (
 LIVE_CLAIMS_SQL = "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s AND status = 'claimed'"
 
 
+def _pair(row: Sequence[Any]) -> tuple[str, int]:
+    return str(row[0]), int(row[1])
+
+
 def _keys(cur: Any, keys: Sequence[Key]) -> str:
-    return ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in keys)
+    return ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in sorted(keys))
 
 
 def claim(cur: Any, rows: Sequence[tuple[str, int, str, str, datetime, datetime]]) -> list[Key]:
     """Claim ``(campaign, recipient, message id, channel, now, lease until)``; the pairs this call won."""
     if not rows:
         return []
-    won = psycopg2.extras.execute_values(cur, CLAIM_SQL, rows, page_size=len(rows), fetch=True)
+    won = psycopg2.extras.execute_values(cur, CLAIM_SQL, sorted(rows, key=_pair), page_size=len(rows), fetch=True)
     return [(c, r) for c, r in won]
 
 
@@ -126,7 +134,8 @@ def record_results(cur: Any, results: Sequence[tuple[Any, ...]]) -> list[Key]:
     whose claim the caller still held (only those were written)."""
     if not results:
         return []
-    written = psycopg2.extras.execute_values(cur, RECORD_RESULTS_SQL, results, page_size=len(results), fetch=True)
+    written = psycopg2.extras.execute_values(cur, RECORD_RESULTS_SQL, sorted(results, key=_pair),
+                                             page_size=len(results), fetch=True)
     return [(c, r) for c, r in written]
 
 
@@ -135,7 +144,7 @@ def cancel_messages(cur: Any, messages: Sequence[tuple[str, int, str]], channel:
     how many rows changed."""
     if not messages:
         return 0
-    values = ",".join(cur.mogrify("(%s::uuid, %s::bigint, %s::uuid)", m).decode() for m in messages)
+    values = ",".join(cur.mogrify("(%s::uuid, %s::bigint, %s::uuid)", m).decode() for m in sorted(messages, key=_pair))
     cur.execute(CANCEL_MESSAGES_SQL.format(values=values), (channel, now, now))
     return len(cur.fetchall())
 
@@ -153,7 +162,7 @@ def record_terminal(cur: Any, status: str, rows_: Sequence[tuple[Any, ...]]) -> 
     updated)`` for recipients without a terminal row."""
     if rows_:
         sql = RECORD_CANCELLED_SQL if status == "cancelled" else RECORD_SKIPPED_SQL
-        psycopg2.extras.execute_values(cur, sql, rows_, page_size=len(rows_))
+        psycopg2.extras.execute_values(cur, sql, sorted(rows_, key=_pair), page_size=len(rows_))
 
 
 def terminal_rows(cur: Any, campaign: str, recipients: Sequence[int], status: str) -> list[tuple[Any, Any, Any]]:

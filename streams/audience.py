@@ -46,6 +46,45 @@ class Recipient:
     skip_reason: str | None  # None: send; else why not (inactive, opted_out, no_address)
 
 
+# The audience members among (campaign, recipient) pairs, with what a send needs of them now: a record on a
+# message topic names the pair, PostgreSQL says whether it belongs to the campaign and where it goes.
+RESOLVE_SQL = """
+SELECT v.c::text, v.r, cu.status, cu.opted_out_channels, cu.locale, cu.email, cu.phone, cu.whatsapp
+FROM (VALUES {values}) AS v(c, r) JOIN customers AS cu ON cu.id = v.r
+WHERE EXISTS (SELECT 1 FROM campaign_segments AS cs JOIN segment_members AS sm
+              ON sm.segment_id = cs.segment_id AND sm.customer_id = v.r WHERE cs.campaign_id = v.c)
+   OR EXISTS (SELECT 1 FROM campaign_manual_recipients AS m WHERE m.campaign_id = v.c AND m.customer_id = v.r)
+"""
+
+
+def skip_reason(status: str, opted_out_channels: list[str], channel: str, address: str | None) -> str | None:
+    """Why a customer gets no message on ``channel`` (inactive, opted out, no address), or None."""
+    if status != "active":
+        return f"customer_{status}"
+    if channel in opted_out_channels:
+        return "opted_out"
+    if not address:
+        return "no_address"
+    return None
+
+
+def resolve(cur: Cursor, channel: str, keys: list[tuple[str, int]]) -> dict[tuple[str, int], Recipient]:
+    """The pairs whose customer is in the campaign's audience (segments or manual list), as they are now:
+    address and locale from ``customers``, and a skip reason if they may no longer be sent to. A pair that is
+    not in the audience is absent."""
+    if not keys:
+        return {}
+    values = ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in keys)
+    cur.execute(RESOLVE_SQL.format(values=values))
+    column = ADDRESS_COLUMN[channel] + 1  # the resolve query has one more column before them than the page query
+    found = {}
+    for row in cur.fetchall():
+        address = row[column]
+        found[(row[0], row[1])] = Recipient(customer_id=row[1], locale=row[4], address=address,
+                                            skip_reason=skip_reason(row[2], row[3], channel, address))
+    return found
+
+
 def fetch_page(
     cur: Cursor, campaign_id: uuid.UUID, segments: list[int], channel: str, after: int, limit: int
 ) -> list[Recipient]:
@@ -55,13 +94,6 @@ def fetch_page(
     page = []
     for row in cur.fetchall():
         address = row[column]
-        if row[1] != "active":
-            reason: str | None = f"customer_{row[1]}"
-        elif channel in row[2]:
-            reason = "opted_out"
-        elif not address:
-            reason = "no_address"
-        else:
-            reason = None
-        page.append(Recipient(customer_id=row[0], locale=row[3], address=address, skip_reason=reason))
+        page.append(Recipient(customer_id=row[0], locale=row[3], address=address,
+                              skip_reason=skip_reason(row[1], row[2], channel, address)))
     return page

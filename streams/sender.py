@@ -63,6 +63,7 @@ from campaigns.transports.base import OutgoingMessage, Transport
 from producers.dead_letters import DeadLetters
 from producers.kafka import KafkaProducer
 from sinks import campaign_progress, channels, recipient_log
+from streams import audience
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class ChannelSender:
                         "a %.1f s margin; calls are cut when their lease runs out", channel,
                         settings.sender.claim_lease_s, self._call_timeout_s, LEASE_MARGIN_S)
         self._breakers: dict[str, FailureBreaker] = {}
+        self._contents: dict[str, tuple[str, dict[str, tuple[Any, ...]]]] = {}  # campaign -> (default, locale->row)
         self._transport_errors = TransportErrorRun()
         self._channel_open: tuple[str | None, float] = (None, 0.0)  # (paused reason or None, read at)
         self._metrics = metrics
@@ -414,7 +416,12 @@ class ChannelSender:
             elif state.status in FINISHED:
                 to_cancel.append(p)
             # paused/scheduled/draft: dropped; resuming re-expands the campaign.
-        claimed, inactive = self._claim(to_claim)
+        claimed, inactive, outsiders, skipped = self._claim(to_claim)
+        for p in outsiders:  # forged, or replayed into another campaign: never sent, never logged
+            self._dead_letter(p.msg, p.record, "not_in_audience",
+                              f"recipient {p.record['recipient_id']} is not in campaign {p.record['campaign_id']}'s "
+                              "audience")
+        self._emit_skipped(skipped)
         if inactive:  # paused, cancelled or failed since the state was read: the claim saw it, re-read it
             for cid in {p.record["campaign_id"] for p in inactive}:
                 self._campaigns.pop(cid, None)
@@ -479,17 +486,24 @@ class ChannelSender:
 
     # --- claims ------------------------------------------------------------------------------------
 
-    def _claim(self, pending: list[Pending]) -> tuple[list[Pending], list[Pending]]:
+    def _claim(self, pending: list[Pending]) -> tuple[list[Pending], list[Pending], list[Pending], list[Pending]]:
         """Claim (campaign, recipient) for each message, atomically with the campaign being ``active``.
 
-        Returns (claimed: this worker may send them now, inactive: their campaign is no longer active).
+        Returns (claimed: this worker may send them now, inactive: their campaign is no longer active,
+        outsiders: their recipient is not in the campaign's audience, skipped: their recipient may no longer be
+        sent to: opted out, inactive or without an address since expansion; they got a ``skipped`` row).
+
+        The record only names the pair: whether it belongs to the campaign, the address and the content come
+        from PostgreSQL (``streams.audience.resolve``, the campaign's content), so a forged or altered record
+        can at most cause the genuine message to the genuine address of a genuine audience member, which the
+        claim then makes happen once.
         The claim transaction first takes a share lock on the campaigns' rows while they are ``active``
         (``sinks.campaign_progress.lock_active``): a pause, cancel or fail (an UPDATE of that row) waits for
         the claim to commit, and a claim that starts after it sees the new status. So once such a command has committed,
         nothing of that campaign is claimed any more; only claims committed before it are still sent.
         """
         if not pending:
-            return [], []
+            return [], [], [], []
         deadline = time.monotonic() + self._settings.sender.claim_lease_s  # taken before the lease starts
         now = datetime.now(UTC)
         lease = now + timedelta(seconds=self._settings.sender.claim_lease_s)
@@ -499,6 +513,13 @@ class ChannelSender:
             inactive = [p for p in pending if p.record["campaign_id"] not in active]
             by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p
                       for p in pending if p.record["campaign_id"] in active}
+            members = audience.resolve(cur, self._channel, list(by_key))
+            outsiders = [p for key, p in by_key.items() if key not in members]
+            skipped = [p for key, p in by_key.items() if key in members and members[key].skip_reason]
+            by_key = {key: p for key, p in by_key.items() if key in members and not members[key].skip_reason}
+            for key, p in by_key.items():
+                p.record = self._authoritative(cur, p.record, members[key])
+            self._record_skipped(cur, skipped, members, now)
             rows = [(c, r, p.record["message_id"], self._channel, now, lease) for (c, r), p in by_key.items()]
             for c, r in recipient_log.claim(cur, rows):
                 p = by_key.pop((c, r))
@@ -514,7 +535,41 @@ class ChannelSender:
             if by_key:
                 self._settle_unclaimed(cur, by_key)
         self._conn.commit()
-        return claimed, inactive
+        return claimed, inactive, outsiders, skipped
+
+    def _authoritative(self, cur: Any, record: dict[str, Any], member: Any) -> dict[str, Any]:
+        """The record with the recipient's current address and the campaign's content for its locale."""
+        cid = record["campaign_id"]
+        if cid not in self._contents:
+            default, rows = campaign_progress.content(cur, cid)
+            self._contents[cid] = (default, {r[0]: r for r in rows})
+        default, by_locale = self._contents[cid]
+        content = by_locale.get(member.locale) or by_locale.get(default)
+        if content is None:
+            return dict(record, address=member.address)
+        locale, subject, body, template_name, parameters = content
+        return dict(record, address=member.address, locale=locale, subject=subject, body=body,
+                    template_name=template_name, template_parameters=parameters)
+
+    def _record_skipped(self, cur: Any, skipped: list[Pending], members: dict[Any, Any], now: datetime) -> None:
+        rows = []
+        for p in skipped:
+            key = (p.record["campaign_id"], int(p.record["recipient_id"]))
+            rows.append((key[0], key[1], p.record["message_id"], self._channel, "skipped", members[key].skip_reason,
+                         now, now))
+        recipient_log.record_terminal(cur, "skipped", rows)
+
+    def _emit_skipped(self, skipped: list[Pending]) -> None:
+        """SKIPPED outcomes for every message whose row is ``skipped`` (after the claim committed; again on a
+        redelivery, same outcome id)."""
+        by_campaign: dict[str, dict[int, Pending]] = {}
+        for p in skipped:
+            by_campaign.setdefault(p.record["campaign_id"], {})[int(p.record["recipient_id"])] = p
+        with self._conn.cursor() as cur:
+            for cid, ps in by_campaign.items():
+                for recipient, _message_id, reason in recipient_log.terminal_rows(cur, cid, list(ps), "skipped"):
+                    self._outcome(ps[recipient].record, "SKIPPED", 0, reason, None, None)
+        self._conn.commit()
 
     def _settle_unclaimed(self, cur: Any, unclaimed: dict[tuple[str, int], Pending]) -> None:
         """Messages whose recipient already has a row this worker cannot take.

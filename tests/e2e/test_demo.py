@@ -22,7 +22,7 @@ def test_quick_demo_ends_green(settings):
     output = console.export_text()
     assert "demo OK" in output
     assert "paused the sms campaign" in output and "resumed the sms campaign" in output
-    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ \(API token of demo-marketer", output), output[:2000]
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ \(demo-marketer's API token", output), output[:2000]
 
 
 def _service_env(settings) -> dict[str, str]:

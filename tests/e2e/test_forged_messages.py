@@ -1,0 +1,68 @@
+"""Forged stage records on the real services (issue 16, part 3, for the message topics): a record names a
+(campaign, recipient) pair and nothing more is believed. Regression: a hand-produced record for a real campaign
+was delivered to an address and with content of the producer's choosing, and one for a real audience member
+won that member's claim, so the real address got nothing (24 log rows for a total of 23)."""
+
+from __future__ import annotations
+
+import time
+
+from campaigns.codec import get_codec
+from campaigns.core.ids import message_id
+from campaigns.transports.fake import FakeTransport
+from producers.kafka import KafkaProducer
+from streams.worker import Worker
+from tests.e2e.test_pipeline import log_counts
+from tests.helpers import consume_to_end, wait_for
+
+TERMINAL = ("sent", "failed", "skipped", "cancelled")
+
+
+def test_forged_records_send_nothing_of_the_forger_and_every_member_gets_the_real_message(settings, service,
+                                                                                          audience):
+    plan, segments = audience(60)
+    campaign_id = service.create_campaign("marketer-1", {
+        "name": "forged", "channel": "email", "content": {"subject": "Real subject", "body": "<p>Real</p>"},
+        "segments": segments[:1], "batch_size": 100,
+    })
+    members = [cid for cid in plan.ids() if 0 in plan.segment_of(cid)]
+    outsider = next(cid for cid in plan.ids() if 0 not in plan.segment_of(cid))
+    campaign = str(campaign_id)
+    forged = {"campaign_id": campaign, "channel": "email", "subject": "You won", "body": "<a href=x>claim</a>",
+              "template_name": None, "locale": "en", "attempt": 0, "not_before": 0,
+              "created_at": int(time.time() * 1000), "last_error": None}
+    producer = KafkaProducer(settings.kafka)
+    topic = settings.kafka.topic("campaign.messages.email")
+    codec = get_codec()
+    from producers.topics import ensure_topics, topic_specs
+
+    ensure_topics(settings.kafka, topic_specs(settings))
+    # Before the campaign starts: one forged record for a member (its own address and content), one for a
+    # customer outside the audience.
+    for recipient in (members[0], outsider):
+        record = dict(forged, message_id=message_id(campaign, str(recipient)), recipient_id=str(recipient),
+                      address="attacker@example.net")
+        producer.produce(topic, str(recipient), codec.encode("RecipientMessage", record))
+    producer.flush()
+
+    transport = FakeTransport("email")
+    service.schedule_campaign("marketer-1", campaign_id)
+    dsn = settings.database.dsn()
+    with Worker(settings, stages=("scheduler", "expander", "senders", "analytics"), channels=("email",),
+                transports={"email": transport}, rate_limits=False) as worker:
+        wait_for(lambda: service.get_campaign("marketer-1", campaign_id).status == "completed", timeout=60,
+                 what="campaign completed")
+        assert worker.restarts == {}
+
+    view = service.get_campaign("marketer-1", campaign_id)
+    counts = log_counts(dsn, campaign_id)
+    assert sum(counts.get(s, 0) for s in TERMINAL) == view.total_recipients == len(members)
+    assert all(m.address != "attacker@example.net" for m in transport.attempts)
+    assert all(m.subject == "Real subject" and m.body == "<p>Real</p>" for m in transport.sent)
+    sent_to = [int(m.recipient_id) for m in transport.sent]
+    assert len(sent_to) == len(set(sent_to)) and outsider not in sent_to
+    assert members[0] in sent_to or counts.get("skipped", 0) > 0
+    dlq = [codec.decode(r.value(), "DeadLetter") for r in consume_to_end(
+        settings.kafka.bootstrap_servers, settings.kafka.topic("campaign.messages.dlq"))]
+    assert [(d["reason"], d["recipient_id"]) for d in dlq if d["campaign_id"] == campaign] == [
+        ("not_in_audience", str(outsider))]
