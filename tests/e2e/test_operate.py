@@ -77,9 +77,11 @@ def test_dlq_list_and_redrive(settings, service, audience, capsys):
     assert transport.sent == []
 
 
-def test_cli_dlq_list_and_replay_dry_run(settings, monkeypatch, capsys):
+def test_cli_dlq_list_and_replay_dry_run(settings, service, monkeypatch, capsys):
     from campaigns.settings import load_settings
 
+    service.provision_principal("ops-admin", "admin")  # reading and replaying topics needs pipeline.* permissions
+    monkeypatch.setenv("CAMPAIGNS_TOKEN", service.create_token("ops-admin", "ops-admin")[1])
     monkeypatch.setenv("CAMPAIGNS_KAFKA__TOPIC_PREFIX", settings.kafka.topic_prefix)
     monkeypatch.setenv("CAMPAIGNS_DATABASE__NAME", settings.database.name)
     load_settings.cache_clear()
