@@ -3,12 +3,13 @@
 Two agents and four tables (``python -m streams.tally worker -l info``; settings from ``CAMPAIGNS_*``):
 
 1. ``count_outcomes`` reads ``delivery.outcomes`` (keyed by recipient) in micro-batches. On the worker that owns
-   source partition P, ``outcome_to_counted`` (outcome id -> the ``[partition, offset]`` that counted it) drops
-   duplicates (re-emitted outcomes, replays), and ``part_to_counts`` keeps the absolute counts of P's share of
-   each (campaign, window) and of each campaign's totals: a *part* (``campaigns.core.tally``). Both tables write
-   to changelog partition P, so recovery rebuilds exactly P's state on P's new owner. One table write per touched
-   part per batch (plus one per new outcome id). After each batch every part the batch touched - changed or not -
-   is sent, absolute, keyed by campaign, to ``campaign.analytics_parts``.
+   source partition P, ``batch_to_counted`` (per batch: the outcome ids it counted, each with its offset; indexed
+   in memory by outcome id, the index rebuilt after every assignment) drops duplicates (re-emitted outcomes,
+   replays), and ``part_to_counts`` keeps the absolute counts of P's share of each (campaign, window) and of
+   each campaign's totals: a *part* (``campaigns.core.tally``). Both tables write to changelog partition P, so
+   recovery rebuilds exactly P's state on P's new owner. One table write per touched part per batch, plus one
+   per source partition for the ids it counted. After each batch every part the batch touched - changed or
+   not - is sent, absolute, keyed by campaign, to ``campaign.analytics_parts``.
 2. ``merge_parts`` reads ``campaign.analytics_parts`` (keyed by campaign) into ``campaign_to_window_parts``, a
    tumbling windowed table (``analytics.window_s``, epoch-aligned like ``campaigns.core.windows``) of campaign
    -> {partition: part}, and ``campaign_to_total_parts`` (plain). A part replaces the stored one only if its
@@ -75,7 +76,7 @@ from streams.live import SourcePartitionedTable, _writing_to
 log = logging.getLogger(__name__)
 
 APP_NAME = "campaigns-analytics"
-DEDUP_TABLE = "outcome_to_counted"
+DEDUP_TABLE = "batch_to_counted"
 PARTS_TABLE = "part_to_counts"
 WINDOWS_TABLE = "campaign_to_window_parts"
 TOTALS_TABLE = "campaign_to_total_parts"
@@ -104,7 +105,10 @@ class Counter:
     def __init__(self, counted: faust.Table[str, Any], parts: faust.Table[str, Any], window_s: int,
                  codec: Codec, stats: TallyStats, assigned: Callable[[], Set[Any]] | None = None) -> None:
         self.assigned = assigned  # the consumer's current assignment (None: everything, for tests)
-        self.counted = counted
+        self.counted = counted  # "partition|first offset" -> [[outcome id, offset], ...] counted in that batch
+        self.index: dict[str, tuple[int, int]] = {}  # outcome id -> (partition, offset) that counted it
+        self.generation = 0  # bumped on every partition assignment: the index is rebuilt before the next batch
+        self.indexed = -1
         self.parts = parts
         self.window_s = window_s
         self.codec = codec
@@ -130,14 +134,41 @@ class Counter:
         return Outcome(o["outcome_id"], campaign_id, o["status"], o["attempt"], o["latency_ms"], start_ms,
                        message.partition, message.offset)
 
+    def _reindex(self, owned: Set[Any] | None, topic: str) -> None:
+        """The outcome-id index of the partitions this worker owns, from the dedup table (recovered from its
+        changelog by now: Faust resumes the streams only after recovery)."""
+        partitions = None if owned is None else {tp.partition for tp in owned if tp.topic == topic}
+        self.index = {}
+        for key, entries in list(self.counted.data.items()):
+            partition = int(str(key).split("|", 1)[0])
+            if partitions is None or partition in partitions:
+                for outcome_id, offset in entries:
+                    self.index.setdefault(outcome_id, (partition, int(offset)))
+        self.indexed = self.generation
+
     def apply(self, events: Sequence[EventT[Any]]) -> list[dict[str, Any]]:
-        """Count the batch; the parts it touched (absolute, with ``src``) for ``campaign.analytics_parts``."""
+        """Count the batch; the parts it touched (absolute, with ``src``) for ``campaign.analytics_parts``.
+
+        Table writes: one per source partition for the outcome ids counted (``batch_to_counted``), one per
+        touched part; never one per outcome."""
         by_key: dict[tuple[str, int, int], list[Outcome]] = {}
+        new_ids: dict[int, list[list[Any]]] = {}
         # Events of a partition revoked while they waited in the take buffer are left to its new owner: a write
         # from here would reach the changelog after the new owner recovered from it, and a later recovery could
         # read it as the newest value (Faust does not fence a revoked owner). apply() has no await, so the
         # assignment cannot change while it runs.
         owned = self.assigned() if self.assigned is not None else None
+        if events and self.indexed != self.generation:
+            self._reindex(owned, events[0].message.topic)
+            firsts: dict[int, int] = {}
+            for event in events:
+                firsts.setdefault(event.message.partition, event.message.offset)
+            srcs: dict[int, int] = {}
+            for key, part in list(self.parts.data.items()):
+                partition = int(str(key).rsplit("|", 1)[1])
+                srcs[partition] = max(srcs.get(partition, -1), int(part["src"]))
+            log.info("analytics: first batch after an assignment starts at %s; parts folded up to %s",
+                     sorted(firsts.items()), sorted(srcs.items()))
         for event in events:
             if owned is not None and event.message.tp not in owned:
                 self.stats.revoked += 1
@@ -146,16 +177,19 @@ class Counter:
             self.stats.records += 1
             if o is None:
                 continue
-            with _writing_to(o.partition):
-                counted_at = self.counted.get(o.outcome_id)
-                if not classify(counted_at, o):
-                    self.stats.duplicates += 1
-                    continue
-                if counted_at is None:
-                    self.counted[o.outcome_id] = [o.partition, o.offset]
-                    self.stats.counted += 1
+            counted_at = self.index.get(o.outcome_id)
+            if not classify(counted_at, o):
+                self.stats.duplicates += 1
+                continue
+            if counted_at is None:
+                self.index[o.outcome_id] = (o.partition, o.offset)
+                new_ids.setdefault(o.partition, []).append([o.outcome_id, o.offset])
+                self.stats.counted += 1
             for window in (o.window_start_ms, TOTALS):
                 by_key.setdefault((o.campaign_id, window, o.partition), []).append(o)
+        for partition, entries in new_ids.items():
+            with _writing_to(partition):
+                self.counted[f"{partition}|{entries[0][1]}"] = entries
         out = []
         for (campaign_id, window, partition), outcomes in by_key.items():
             key = part_key(campaign_id, window, partition)
@@ -285,7 +319,7 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
                             partitions=kafka.partitions)
     results = app.topic(kafka.topic(ANALYTICS), key_serializer="raw", value_serializer="raw")
     counted = app.Table(DEDUP_TABLE, default=None, partitions=kafka.partitions,
-                        help="outcome id -> [partition, offset] of the record that counted it")
+                        help="partition|first offset -> [[outcome id, offset], ...] first counted in that batch")
     parts = app.Table(PARTS_TABLE, default=None, partitions=kafka.partitions,
                       help="campaign|window|partition -> that source partition's absolute counts")
     windows = app.Table(WINDOWS_TABLE, default=dict, partitions=kafka.partitions,
@@ -298,6 +332,11 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     counter = Counter(cast(Any, counted), cast(Any, parts), window_s, get_codec(), stats,
                       assigned=lambda: app.consumer.assignment())
     merger = Merger(windows, cast(Any, totals), window_s, stats)
+
+    async def reindex_after_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
+        counter.generation += 1  # partitions moved: their dedup entries may have changed (another owner wrote)
+
+    app.on_partitions_assigned.connect(reindex_after_assignment)
     codec = get_codec()
     dsn = settings.database.dsn()
 
@@ -323,6 +362,8 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
         if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             return
         full = ticks % full_flush_every == 0
+        if full:
+            log.info("analytics: %s", stats)
         ticks += 1
         pending, merger.dirty = merger.dirty, {}
         batch = {**merger.all_parts(), **pending} if full else pending
