@@ -23,8 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg2
+import sqlalchemy.exc
+from confluent_kafka import KafkaException
+
 from campaigns.db import repository as repo
 from campaigns.db.engine import make_engine, make_sessionmaker, transaction
+from campaigns.errors import ServiceUnavailable, SinkError
 from campaigns.service import CampaignService
 from campaigns.settings import CHANNELS, Settings
 from campaigns.transports import build_transports
@@ -36,8 +41,12 @@ from streams.sender import ChannelSender
 
 log = logging.getLogger(__name__)
 
-# A stage crashing this often is not recovering: the worker stops (and exits non-zero) instead of looping.
+# A stage crashing this often in a minute is reported as crash-looping (error level, with its restarts metric).
 MAX_RESTARTS_PER_MINUTE = 5
+MAX_RESTART_BACKOFF_S = 10.0
+# Why a stage may fail to build or run that a restart will fix once the service is back.
+UNREACHABLE = (psycopg2.OperationalError, sqlalchemy.exc.OperationalError, KafkaException, ServiceUnavailable,
+               SinkError, OSError)
 
 STAGES = ("scheduler", "expander", "senders", "analytics", "relay", "commands")
 # Chosen by name only (not in the default set): the Faust analytics (streams/tally.py) as a supervised child
@@ -173,41 +182,53 @@ class Worker:
             self.stop_event.wait(wait)
 
     def _spawn(self, name: str, build: Callable[[], Callable[[], None]]) -> None:
-        """Run a stage in a thread; if it crashes, log at error level, count it and build it afresh after 1 s.
+        """Run a stage in a thread; if it crashes, count it, log it at error level and build it afresh.
 
         Never a silent crash loop: every restart is counted (``restarts``, ``campaigns_stage_restarts_total``)
-        and logged; a stage that cannot even be *built* (a programming or configuration error, which a
-        restart cannot fix) or that crashes ``MAX_RESTARTS_PER_MINUTE`` times in a minute is fatal: the
-        worker stops every stage and ``failed`` is set, so ``campaigns worker`` exits non-zero.
+        and logged, with a backoff from 1 s doubling to ``MAX_RESTART_BACKOFF_S``; a stage crashing
+        ``MAX_RESTARTS_PER_MINUTE`` times in a minute is reported as crash-looping (error level). A stage that
+        cannot even be *built* for a reason other than an unreachable service (a programming or configuration
+        error, which a restart cannot fix) is fatal: the worker stops every stage and ``failed`` is set, so
+        ``campaigns worker`` exits non-zero. An unreachable PostgreSQL or Kafka is ridden out, not fatal.
         """
 
         def run() -> None:
             crashes: list[float] = []
+            backoff = 1.0
             while not self.stop_event.is_set():
                 try:
                     body = build()
+                except UNREACHABLE as exc:
+                    crashes = self._crashed(name, exc, crashes, backoff, "could not be built")
                 except Exception as exc:
                     self._fatal(name, exc, "could not be built")
                     return
-                try:
-                    body()
-                    return
-                except Exception as exc:
-                    self.errors.append(exc)
-                    self.restarts[name] = self.restarts.get(name, 0) + 1
-                    if self.metrics is not None:
-                        self.metrics.stage_restarted(name)
-                    now = time.monotonic()
-                    crashes = [t for t in crashes if now - t < 60.0] + [now]
-                    if len(crashes) >= MAX_RESTARTS_PER_MINUTE:
-                        self._fatal(name, exc, f"crashed {len(crashes)} times in a minute")
+                else:
+                    try:
+                        body()
                         return
-                    log.exception("stage %s crashed; restarting in 1 s", name, extra={"stage": name})
-                    self.stop_event.wait(1.0)
+                    except Exception as exc:
+                        crashes = self._crashed(name, exc, crashes, backoff, "crashed")
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, MAX_RESTART_BACKOFF_S) if len(crashes) > 1 else 1.0
 
         thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
         self.threads.append(thread)
+
+    def _crashed(self, name: str, exc: BaseException, crashes: list[float], backoff: float, what: str) -> list[float]:
+        self.errors.append(exc)
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        if self.metrics is not None:
+            self.metrics.stage_restarted(name)
+        now = time.monotonic()
+        crashes = [t for t in crashes if now - t < 60.0] + [now]
+        if len(crashes) >= MAX_RESTARTS_PER_MINUTE:
+            log.error("stage %s is crash-looping: %d crashes in a minute (last: %s: %s); retrying in %.0f s",
+                      name, len(crashes), type(exc).__name__, exc, backoff, extra={"stage": name})
+        else:
+            log.exception("stage %s %s; restarting in %.0f s", name, what, backoff, extra={"stage": name})
+        return crashes
 
     def _fatal(self, name: str, exc: BaseException, what: str) -> None:
         self.errors.append(exc)
