@@ -408,6 +408,7 @@ def build_command(command: Mapping[str, Any]) -> dict[str, Any]:
     record.setdefault("campaign_id", None)
     record.setdefault("payload_json", None)
     record.setdefault("start_at", None)
+    record.setdefault("principal", "")  # empty: the signing key's principal (the consumer fills it in)
     if isinstance(record["campaign_id"], uuid.UUID):
         record["campaign_id"] = str(record["campaign_id"])
     if record.get("command_type") not in COMMAND_TYPES:

@@ -379,3 +379,25 @@ def test_a_database_outage_rewinds_instead_of_rejecting(settings, env, publisher
         assert (consumer.applied, consumer.rejected) == (2, 0)
     finally:
         consumer.close()
+
+
+def test_the_example_upstream_producer_sends_a_signed_command_as_a_user_runs_it(settings, env, consumer, keys):
+    """``python -m producers.upstream_example`` (docs/security.md's reference producer), as a subprocess."""
+    import os
+    import subprocess
+    import sys
+
+    campaign_id = env.service.create_campaign(env.marketer, env.payload())
+    env.service.schedule_campaign(env.marketer, campaign_id, env.clock() + timedelta(hours=1))
+    key = keys[env.marketer]
+    environ = {**os.environ, "CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+               "CAMPAIGNS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+               "CAMPAIGNS_COMMAND_KEY_ID": key.key_id, "CAMPAIGNS_COMMAND_KEY_SECRET": key.secret}
+    done = subprocess.run([sys.executable, "-m", "producers.upstream_example", "PAUSE", str(campaign_id)],
+                          env=environ, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    _pump_until(consumer, lambda: _status(env, campaign_id) == "paused", what="the example's pause applied")
+    missing = subprocess.run([sys.executable, "-m", "producers.upstream_example", "PAUSE", str(campaign_id)],
+                             env={k: v for k, v in environ.items() if k != "CAMPAIGNS_COMMAND_KEY_SECRET"},
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "CAMPAIGNS_COMMAND_KEY_SECRET" in missing.stderr
