@@ -38,6 +38,7 @@ from campaigns.service import CampaignService
 from campaigns.settings import Settings
 from campaigns.topics import ANALYTICS, ANALYTICS_GROUP, OUTCOME_COUNTS, OUTCOMES
 from producers.kafka import KafkaProducer
+from sinks import recipient_log
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ STATUS_TO_COUNTER = {
     "DELIVERED": "delivered", "READ": "read", "CLICKED": "clicked", "BOUNCED": "bounced",
 }
 RECEIPTS = {"DELIVERED", "READ", "CLICKED", "BOUNCED"}  # external receipts: ``attempt`` carries the count
+# Outcomes about one recipient, which the recipient log must back; the rest (receipts) are campaign-level.
+PER_RECIPIENT = frozenset({"SENT", "FAILED", "SKIPPED", "CANCELLED", "RETRYING"})
+_BIGINT_MAX = 2**63 - 1
 OUTCOME_ID_MAX = 128  # analytics_seen_outcomes.outcome_id is VARCHAR(128)
 TERMINAL_LOG_SQL = (
     "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s "
@@ -181,6 +185,7 @@ class AnalyticsStage(CompletionStage):
         self.received = 0  # outcomes decoded (counted or recognised as already counted)
         self.counted = 0
         self.undecodable = 0
+        self.unbacked = 0  # outcomes no recipient-log row backs (not counted)
 
     def run_forever(self, stop: threading.Event, sweep_every_s: float = 2.0) -> None:
         self._consumer.subscribe([self._topic])
@@ -256,6 +261,40 @@ class AnalyticsStage(CompletionStage):
             self.undecodable += len(outcomes) - len(kept)
             log.warning("analytics: skipping %d outcomes of unknown campaigns or with invalid values",
                         len(outcomes) - len(kept))
+        return self._matching_the_log(kept)
+
+    def _matching_the_log(self, outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Only outcomes the recipient log vouches for are counted: an outcome is produced after its row
+        committed, so a terminal one must find its row in that status (with that attempt count for sent and
+        failed), and a retry a row that reached that attempt. An outcome on ``delivery.outcomes`` that no row
+        backs (forged, or of another cluster) is skipped with a warning. Receipts (no recipient) pass."""
+        keys = set()
+        for o in outcomes:
+            if o["status"] in PER_RECIPIENT and _bigint(o["recipient_id"]):
+                keys.add((o["campaign_id"], int(o["recipient_id"])))
+        rows: dict[tuple[str, int], tuple[str, int]] = {}
+        if keys:
+            with self._conn.cursor() as cur:
+                for row in recipient_log.rows(cur, sorted(keys)):
+                    rows[(row[0], row[1])] = (row[2], row[3])
+            self._conn.commit()
+        kept = []
+        for o in outcomes:
+            if o["status"] not in PER_RECIPIENT:
+                kept.append(o)
+                continue
+            row = rows.get((o["campaign_id"], int(o["recipient_id"]))) if _bigint(o["recipient_id"]) else None
+            status = o["status"].lower()
+            if row is None:
+                continue
+            if status == "retrying":
+                if row[1] >= o["attempt"]:
+                    kept.append(o)
+            elif row[0] == status and (status not in ("sent", "failed") or row[1] == o["attempt"]):
+                kept.append(o)
+        if len(kept) < len(outcomes):
+            self.unbacked += len(outcomes) - len(kept)
+            log.warning("analytics: skipping %d outcomes no recipient-log row backs", len(outcomes) - len(kept))
         return kept
 
     def apply(self, outcomes: list[dict[str, Any]]) -> set[str]:
@@ -313,3 +352,7 @@ class AnalyticsStage(CompletionStage):
             self._producer.produce(self._analytics_topic, record["campaign_id"],
                                    self._codec.encode("CampaignAnalytics", record))
         return {cid for cid, _ in aggregates}
+
+
+def _bigint(value: str) -> bool:
+    return value.isascii() and value.isdigit() and len(value) <= 19 and int(value) <= _BIGINT_MAX

@@ -66,3 +66,41 @@ def test_forged_records_send_nothing_of_the_forger_and_every_member_gets_the_rea
         settings.kafka.bootstrap_servers, settings.kafka.topic("campaign.messages.dlq"))]
     assert [(d["reason"], d["recipient_id"]) for d in dlq if d["campaign_id"] == campaign] == [
         ("not_in_audience", str(outsider))]
+
+
+def test_forged_outcomes_are_not_counted(settings, service, audience):
+    """Regression (issue 16): anyone who could write delivery.outcomes could inject FAILED outcomes and fail any
+    campaign. Analytics now counts only outcomes a recipient-log row backs."""
+    from tests.e2e.test_pipeline import analytics_totals
+
+    plan, segments = audience(40)
+    campaign_id = service.create_campaign("marketer-1", {
+        "name": "forged outcomes", "channel": "email", "content": {"subject": "s", "body": "b"},
+        "segments": segments[:1], "batch_size": 100, "failure_threshold": 0.1, "failure_min_sample": 5,
+    })
+    campaign = str(campaign_id)
+    from producers.topics import ensure_topics, topic_specs
+
+    ensure_topics(settings.kafka, topic_specs(settings))
+    producer = KafkaProducer(settings.kafka)
+    codec = get_codec()
+    for recipient in plan.ids()[:30]:  # FAILED for recipients that have no row (and some outside the campaign)
+        producer.produce(settings.kafka.topic("delivery.outcomes"), str(recipient), codec.encode("DeliveryOutcome", {
+            "outcome_id": f"forged-{recipient}", "message_id": message_id(campaign, str(recipient)),
+            "campaign_id": campaign, "recipient_id": str(recipient), "channel": "email", "status": "FAILED",
+            "attempt": 1, "occurred_at": int(time.time() * 1000)}))
+    producer.flush()
+    transport = FakeTransport("email")
+    dsn = settings.database.dsn()
+    with Worker(settings, stages=("scheduler", "expander", "senders", "analytics"), channels=("email",),
+                transports={"email": transport}, rate_limits=False) as worker:
+        wait_for(lambda: worker.analytics is not None and worker.analytics.unbacked >= 30, timeout=60,
+                 what="the forged outcomes seen and skipped")
+        service.schedule_campaign("marketer-1", campaign_id)
+        wait_for(lambda: service.get_campaign("marketer-1", campaign_id).status == "completed", timeout=60,
+                 what="campaign completed (not failed by forged outcomes)")
+        counts = log_counts(dsn, campaign_id)
+        wait_for(lambda: analytics_totals(dsn, campaign_id)["sent"] == counts.get("sent", 0), timeout=30,
+                 what="analytics caught up")
+    totals = analytics_totals(dsn, campaign_id)
+    assert totals["failed"] == counts.get("failed", 0) == 0
