@@ -34,9 +34,9 @@ TALLY_ENV = {"CAMPAIGNS_ANALYTICS__WINDOW_S": "2", "CAMPAIGNS_ANALYTICS__WINDOWS
 
 
 KNOWN_LOSS = pytest.mark.xfail(strict=False, reason=(
-    "known defect (docs/architecture.md, Faust analytics): in about one run in three a record of a partition is "
-    "committed without ever reaching count_outcomes (the partition's part ends one record short, its src at the "
-    "last offset); suspected in Faust's offset bookkeeping around restarts and rebalances, not found yet"))
+    "known defect (docs/architecture.md, Faust analytics): around a seek Faust's consumer takes a record fetched "
+    "beyond the committed offset for a gap in the topic, commits the records in between and drops their "
+    "re-fetched copies (robinhood/faust#559, faust-streaming/faust#216); about one run in three"))
 
 
 def _start_tally(cluster: Cluster, n: int) -> Proc:
