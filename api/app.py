@@ -615,7 +615,7 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
     def dead_letters(principal: Actor, campaign: Annotated[uuid.UUID | None, Query()] = None,
                      reason: Annotated[str | None, Query(max_length=128, description="reason prefix")] = None,
                      limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> dict[str, Any]:
-        from campaigns.operate import dead_letters as read
+        from producers.operate import dead_letters as read
 
         require(principal, "list_dead_letters")
         records = read(settings, campaign=str(campaign) if campaign else None, reason=reason)
@@ -625,7 +625,7 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
               summary="re-produce dead letters to their source topics (audited)",
               **doc("redrive_dead_letters", post_body=True))
     def redrive(request: Request, principal: Actor, body: RedriveIn, key: IdemKey = None) -> JSONResponse:
-        from campaigns.operate import redrive as run_redrive
+        from producers.operate import redrive as run_redrive
 
         def run() -> dict[str, Any]:
             require(principal, "redrive_dead_letters")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from campaigns.demo import run_demo
+from app.demo import run_demo
 
 RAW_LIBRDKAFKA_LINE = re.compile(r"^%\d\|", re.MULTILINE)  # librdkafka's own stderr format: %4|ts|FAC|...
 

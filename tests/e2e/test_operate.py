@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from campaigns.cli import main as cli_main
+from app.cli import main as cli_main
 from campaigns.codec import get_codec
-from campaigns.operate import Range, dead_letters, redrive, replay
 from campaigns.transports.fake import FakeTransport
 from producers.kafka import KafkaProducer
+from producers.operate import Range, dead_letters, redrive, replay
 from streams.worker import Worker
 from tests.e2e.test_pipeline import analytics_totals, log_counts
 from tests.helpers import wait_for

@@ -30,11 +30,11 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from campaigns.cli import build_parser
-from campaigns.operate import dead_letters, rejected_commands
+from app.cli import build_parser
 from campaigns.settings import DatabaseSettings, Settings
 from producers.commands import SigningKey, send_command
 from producers.kafka import KafkaProducer
+from producers.operate import dead_letters, rejected_commands
 from tests.conftest import CI, _delete_topics_with_prefix
 from tests.entrypoints.conftest import (
     REPO_ROOT,

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from campaigns import cli
+from app import cli
 from campaigns.settings import load_settings
 from producers.topics import all_topic_names
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from campaigns import cli
+from app import cli
 from campaigns.errors import (
     CampaignError,
     ConcurrentUpdate,

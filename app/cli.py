@@ -718,7 +718,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from campaigns.demo import run_demo
+    from app.demo import run_demo
     from campaigns.settings import load_settings
 
     logging.basicConfig(level=logging.WARNING)
@@ -726,7 +726,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _span(args: argparse.Namespace) -> Any:
-    from campaigns.operate import Range
+    from producers.operate import Range
 
     if (args.from_offset is not None or args.to_offset is not None) and (args.from_time or args.to_time):
         raise ValidationError("give offsets (--from-offset/--to-offset) or times (--from-time/--to-time), not both")
@@ -735,8 +735,8 @@ def _span(args: argparse.Namespace) -> Any:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from campaigns.operate import replay
     from campaigns.settings import load_settings
+    from producers.operate import replay
 
     settings = load_settings()
     topic = settings.kafka.topic(args.topic)
@@ -757,8 +757,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    from campaigns.operate import dead_letters
     from campaigns.settings import load_settings
+    from producers.operate import dead_letters
 
     with _authorized(args, "list_dead_letters"):
         records = dead_letters(load_settings(), campaign=args.campaign, reason=args.reason)
@@ -822,8 +822,8 @@ def _json_records(records: list[dict[str, Any]]) -> str:
 
 
 def cmd_events_list(args: argparse.Namespace) -> int:
-    from campaigns.operate import campaign_events
     from campaigns.settings import load_settings
+    from producers.operate import campaign_events
 
     since = _parse_since(args.since)
     with _authorized(args, "list_events"):
@@ -844,8 +844,8 @@ def cmd_events_list(args: argparse.Namespace) -> int:
 
 
 def cmd_rejected_list(args: argparse.Namespace) -> int:
-    from campaigns.operate import rejected_commands
     from campaigns.settings import load_settings
+    from producers.operate import rejected_commands
 
     since = _parse_since(args.since)
     with _authorized(args, "list_rejected_commands"):
@@ -868,8 +868,8 @@ def cmd_rejected_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
-    from campaigns.operate import redrive
     from campaigns.settings import load_settings
+    from producers.operate import redrive
 
     with _authorized(args, "redrive_dead_letters") as (service, actor):
         report = redrive(load_settings(), campaign=args.campaign, reason=args.reason, rate_per_s=args.rate,
