@@ -20,6 +20,9 @@ DB_NAME="${CAMPAIGNS_PG_DB:-campaigns}"
 DATA="$STATE_DIR/postgres"
 SUPERUSER_PASSWORD_FILE="$STATE_DIR/postgres-superuser.password"
 SUPERUSER_PGPASS="$STATE_DIR/postgres-superuser.pgpass"
+# Where the 'postgres' OS user reads them (initdb --pwfile, psql's PGPASSFILE): the same files, unless the
+# checkout is out of its reach (below), then owner-only copies next to the relocated cluster.
+PG_SECRETS="$STATE_DIR"
 
 for name in "$DB_USER" "$DB_OWNER" "$DB_NAME"; do
   [[ "$name" =~ ^[a-z_][a-z0-9_]*$ ]] || die "'$name': role and database names must be plain identifiers ([a-z_][a-z0-9_]*)"
@@ -35,7 +38,10 @@ if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$STATE_DIR" 2>/dev/nu
   fi
   [ -L "$DATA" ] || { rm -rf "$DATA"; ln -s "$real_data" "$DATA"; }
   DATA="$real_data"
+  PG_SECRETS="${real_data}-secrets"
 fi
+PG_PWFILE="$PG_SECRETS/postgres-superuser.password"
+PG_PGPASS="$PG_SECRETS/postgres-superuser.pgpass"
 
 find_bin() {
   local d
@@ -66,7 +72,7 @@ run_pg() {
 psql_admin() {
   local db=postgres
   if [ "${1:-}" = "--db" ]; then db=$2; shift 2; fi
-  run_pg env PGPASSFILE="$SUPERUSER_PGPASS" "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d "$db" \
+  run_pg env PGPASSFILE="$PG_PGPASS" "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d "$db" \
     -v ON_ERROR_STOP=1 -qtA "$@"
 }
 
@@ -76,6 +82,13 @@ superuser_password() {
   [ -s "$SUPERUSER_PASSWORD_FILE" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$SUPERUSER_PASSWORD_FILE"
   printf '127.0.0.1:%s:*:postgres:%s\n' "$PORT" "$(cat "$SUPERUSER_PASSWORD_FILE")" >"$SUPERUSER_PGPASS"
   if [ "$(id -u)" = 0 ]; then chown postgres "$SUPERUSER_PASSWORD_FILE" "$SUPERUSER_PGPASS"; fi
+  if [ "$PG_SECRETS" != "$STATE_DIR" ]; then
+    mkdir -p "$PG_SECRETS"
+    cp "$SUPERUSER_PASSWORD_FILE" "$SUPERUSER_PGPASS" "$PG_SECRETS/"
+    chown -R postgres "$PG_SECRETS"
+    chmod 700 "$PG_SECRETS"
+    chmod 600 "$PG_SECRETS"/*
+  fi
 }
 
 # A SQL string literal ('...' with quotes doubled).
@@ -95,7 +108,7 @@ start() {
     chmod 700 "$DATA"
     superuser_password
     run_pg "$BIN/initdb" -D "$DATA" -U postgres --auth-local=scram-sha-256 --auth-host=scram-sha-256 \
-      --pwfile="$SUPERUSER_PASSWORD_FILE" -E UTF8 --locale=C.UTF-8 >"$STATE_DIR/postgres-initdb.log" 2>&1 \
+      --pwfile="$PG_PWFILE" -E UTF8 --locale=C.UTF-8 >"$STATE_DIR/postgres-initdb.log" 2>&1 \
       || { tail -n 5 "$STATE_DIR/postgres-initdb.log" >&2; die "initdb failed (see .state/postgres-initdb.log)"; }
     cat >>"$DATA/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
