@@ -298,6 +298,11 @@ class ChannelSender:
         if len(self._carry) < wanted:
             timeout = 0 if self._carry else self._settings.sender.poll_timeout_s
             self._carry += self._consumer.consume(num_messages=wanted - len(self._carry), timeout=timeout)
+        free = self._free_prefix() if self._bucket is not None else 0
+        if free:  # records that make no provider call (a finished or paused campaign, garbage): no token
+            messages, self._carry = self._carry[:free], self._carry[free:]
+            self.process(messages)
+            return len(messages)
         tokens = self._tokens(len(self._carry)) if self._carry else 0
         if tokens == 0:
             if gate == "probe":
@@ -316,6 +321,29 @@ class ChannelSender:
         if self._paused_until:  # a held retry partition was rewound to its head: its later records come again
             self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in self._paused_until]
         return len(messages)
+
+    def _free_prefix(self) -> int:
+        """How many records at the head of the carry will make no provider call: undecodable ones and those of
+        campaigns that are not active (cancelled, failed, completed, paused: recorded or dropped). They are
+        processed without waiting for tokens: after a cancel, the campaign's backlog drains at database speed,
+        not at the provider's rate, and the records behind it (another campaign's) are not held up."""
+        free = 0
+        known: dict[str, CampaignState | None] = {}
+        for msg in self._carry:
+            if msg.error() is not None or msg.topic() != self._main_topic:
+                break  # retry tiers keep their own order and holds; errors are handled by process
+            try:
+                cid = self._codec.decode(msg.value(), "RecipientMessage")["campaign_id"]
+            except SchemaError:
+                free += 1  # dead-lettered
+                continue
+            if cid not in known:
+                known[cid] = self._campaign_states({cid}).get(cid) if _is_uuid(cid) else None
+            state = known[cid]
+            if state is None or state.status == "active":
+                break  # an active campaign's message (or one process dead-letters): from here, tokens
+            free += 1
+        return free
 
     def _wait_for_tokens(self) -> None:
         """Wait for the next token without stalling the group.
