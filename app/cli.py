@@ -821,6 +821,22 @@ def _json_records(records: list[dict[str, Any]]) -> str:
     return json.dumps([{k: v for k, v in r.items() if k != "original_value"} for r in records], default=str)
 
 
+def _show_records(args: argparse.Namespace, records: list[dict[str, Any]], line: Callable[[dict[str, Any]], str],
+                  what: str, summary_key: str) -> int:
+    """Print decoded topic records as JSON or one line each (undecodable ones say where they are)."""
+    if args.json:
+        _out(_json_records(records))
+        return EXIT_OK
+
+    def any_line(r: dict[str, Any]) -> str:
+        if "undecodable" in r:
+            return f"{_when(r['_timestamp'])}  undecodable at {r['_position']}: {r['undecodable'][:100]}"
+        return line(r)
+
+    _print_records(records, args.limit, any_line, what, summary_key)
+    return EXIT_OK
+
+
 def cmd_events_list(args: argparse.Namespace) -> int:
     from campaigns.settings import load_settings
     from producers.operate import campaign_events
@@ -828,19 +844,13 @@ def cmd_events_list(args: argparse.Namespace) -> int:
     since = _parse_since(args.since)
     with _authorized(args, "list_events"):
         events = campaign_events(load_settings(), campaign=args.campaign, since=since, event_type=args.type)
-    if args.json:
-        _out(_json_records(events))
-        return EXIT_OK
 
     def line(e: dict[str, Any]) -> str:
-        if "undecodable" in e:
-            return f"{_when(e['_timestamp'])}  undecodable at {e['_position']}: {e['undecodable'][:100]}"
         detail = f"  {e['detail_json'][:100]}" if e.get("detail_json") else ""
         return (f"{_when(e.get('occurred_at'))}  {e.get('event_type'):<9}  campaign={e.get('campaign_id')} "
                 f"v{e.get('campaign_version')} actor={e.get('actor') or 'system'}{detail}")
 
-    _print_records(events, args.limit, line, "events", "event_type")
-    return EXIT_OK
+    return _show_records(args, events, line, "events", "event_type")
 
 
 def cmd_rejected_list(args: argparse.Namespace) -> int:
@@ -850,21 +860,15 @@ def cmd_rejected_list(args: argparse.Namespace) -> int:
     since = _parse_since(args.since)
     with _authorized(args, "list_rejected_commands"):
         records = rejected_commands(load_settings(), campaign=args.campaign, since=since, reason=args.reason)
-    if args.json:
-        _out(_json_records(records))
-        return EXIT_OK
 
     def line(r: dict[str, Any]) -> str:
-        if "undecodable" in r:
-            return f"{_when(r['_timestamp'])}  undecodable at {r['_position']}: {r['undecodable'][:100]}"
         command = r.get("command") or {}
         what = f"{command.get('command_type')} by {command.get('principal')}" if command else "undecodable command"
         return (f"{_when(r.get('failed_at'))}  {r.get('reason')}  command={r.get('message_id') or '-'} ({what}) "
                 f"campaign={r.get('campaign_id') or '-'} at {r.get('source_partition')}@{r.get('source_offset')}"
                 f"  {str(r.get('detail') or '')[:120]}")
 
-    _print_records(records, args.limit, line, "rejected commands", "reason")
-    return EXIT_OK
+    return _show_records(args, records, line, "rejected commands", "reason")
 
 
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
