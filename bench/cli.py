@@ -12,13 +12,16 @@ Kafka's jars for the limit): a baseline is never skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import shlex
+import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +34,9 @@ log = logging.getLogger("bench")
 
 SCENARIOS = ("e2e", "latency", "expansion", "simulator", "bullmq", "cron", "limit")
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+# Figures are published only from a machine that was idle before the run: above this 1-minute load
+# average per core, other processes take a share of the CPU large enough to make the figures noise.
+MAX_LOAD_PER_CORE = 1.5
 BATCH_SIZES = (100, 1000, 5000)
 
 
@@ -68,6 +74,18 @@ def _parser() -> argparse.ArgumentParser:
         help="e2e: extra environment for the workers, e.g. CAMPAIGNS_SENDER__BATCH_SIZE=2000 (repeatable)",
     )
     p.add_argument("--profile", action="store_true", help="e2e: py-spy the worker and sample PostgreSQL")
+    p.add_argument(
+        "--postgres",
+        choices=("durable", "fast"),
+        default="durable",
+        help="durable (default, the headline: fsync, synchronous_commit and full_page_writes on for the run, "
+        "restored afterwards) or fast (the test cluster's own settings, all three off; labelled as such)",
+    )
+    p.add_argument(
+        "--publish-loaded",
+        action="store_true",
+        help="update docs/benchmarks.md even if the machine was busy before the run (see MAX_LOAD_PER_CORE)",
+    )
     p.add_argument("--baseline-n", type=int, default=None, help="audience of the BullMQ runs (default 10000)")
     p.add_argument("--bullmq-variants", default="docs,tuned")
     p.add_argument("--sim-n", type=int, default=None, help="audience of the simulator run (default 20000)")
@@ -244,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     runs = args.runs or (1 if args.quick else 3)
     started = datetime.now(UTC)
+    outside_load = os.getloadavg()[0] / (os.cpu_count() or 1)
     command = "python -m bench " + " ".join(shlex.quote(a) for a in argv)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     failures: list[str] = []
@@ -261,8 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             chosen = sorted({c.scenario for c in cases}, key=SCENARIOS.index)
             for problem in missing:
                 print(f"bench: cannot start: {problem}", file=sys.stderr)
-            print(f"bench: nothing was run; scenarios chosen: {' '.join(chosen)} "
-                  "(name the ones to run, e.g. `python -m bench e2e latency`)", file=sys.stderr)
+            print(
+                f"bench: nothing was run; scenarios chosen: {' '.join(chosen)} "
+                "(name the ones to run, e.g. `python -m bench e2e latency`)",
+                file=sys.stderr,
+            )
             return 2
         meta, failures = _run(args, runs, started, command, results, cases)
     for path in args.merge:
@@ -293,7 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1, default=str))
     print(f"wrote {path}")
-    if not args.no_markdown:
+    if args.no_markdown:
+        pass
+    elif outside_load > MAX_LOAD_PER_CORE and not args.report_only and not args.publish_loaded:
+        print(
+            f"bench: NOT publishing to {args.markdown}: the load before the run was {outside_load:.2f} per core "
+            f"(limit {MAX_LOAD_PER_CORE}); figures from a busy machine are noise. Rerun on an idle machine.",
+            file=sys.stderr,
+        )
+    else:
         report.write_markdown(args.markdown, document)
         print(f"updated {args.markdown}")
     print(report.render_tables(document))
@@ -313,8 +343,9 @@ def _run(
     """Run every planned case ``runs`` times, interleaved; fills ``results``, returns (meta, failures)."""
     failures: list[str] = []
     needs_redis = any(c.scenario == "bullmq" for c in cases)
-    with BenchEnv(keep_db=args.keep_db) as env:
+    with durability(args.postgres), BenchEnv(keep_db=args.keep_db) as env:
         meta = {
+            "postgres_mode": args.postgres,
             "started_at": started.isoformat(),
             "command": command,
             "runs": runs,
@@ -353,6 +384,26 @@ def _run(
             if redis is not None:
                 redis.__exit__(None, None, None)
     return meta, failures
+
+
+@contextlib.contextmanager
+def durability(mode: str) -> Iterator[None]:
+    """PostgreSQL durable (fsync, synchronous_commit, full_page_writes on) or as the test cluster has it for
+    the run, through ``ops/postgres/postgres.sh durability`` (a reload, no restart); the state found is put
+    back afterwards, whatever happens."""
+    from .env import REPO_ROOT
+
+    script = [str(REPO_ROOT / "ops" / "postgres" / "postgres.sh"), "durability"]
+    found = subprocess.run(script, check=True, capture_output=True, text=True).stdout  # noqa: S603
+    was_on = "fsync=on" in found
+    wanted_on = mode == "durable"
+    if wanted_on != was_on:
+        subprocess.run([*script, "on" if wanted_on else "off"], check=True, capture_output=True)  # noqa: S603
+    try:
+        yield
+    finally:
+        if wanted_on != was_on:
+            subprocess.run([*script, "on" if was_on else "off"], check=False, capture_output=True)  # noqa: S603
 
 
 def _redis() -> Any:

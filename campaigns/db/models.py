@@ -38,6 +38,7 @@ CUSTOMER_STATUSES = ("active", "inactive", "blocked")
 # claimed/retrying are in flight; sent, failed, skipped, cancelled are terminal.
 RECIPIENT_STATUSES = ("claimed", "retrying", "sent", "failed", "skipped", "cancelled")
 TERMINAL_RECIPIENT_STATUSES = ("sent", "failed", "skipped", "cancelled")
+SUPPRESSION_REASONS = ("hard_bounce", "complaint", "stop_reply", "unsubscribe", "manual")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -112,6 +113,9 @@ class Customer(Base):
         CheckConstraint(
             "opted_out_channels <@ ARRAY['whatsapp','sms','email']::text[]", name="ck_customers_opt_outs"
         ),
+        CheckConstraint("jsonb_typeof(attributes) = 'object'", name="ck_customers_attributes_object"),
+        Index("ix_customers_attributes", "attributes", postgresql_using="gin",
+              postgresql_ops={"attributes": "jsonb_path_ops"}),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -123,6 +127,27 @@ class Customer(Base):
     locale: Mapped[str] = mapped_column(String(16), server_default=text("'en'"))
     status: Mapped[str] = mapped_column(String(16), server_default=text("'active'"))
     opted_out_channels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    # Profile (migration 0010): what per-recipient templates may use besides the addresses.
+    first_name: Mapped[str | None] = mapped_column(String(128))
+    last_name: Mapped[str | None] = mapped_column(String(128))
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Suppression(Base):
+    """An address no campaign sends to on a channel (migration 0010): a hard bounce, a complaint, a STOP reply,
+    an unsubscribe, or added by hand. Expansion and the sender's claim honour it."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (
+        CheckConstraint(_in("channel_kind", ("whatsapp", "sms", "email")), name="ck_suppressions_channel"),
+        CheckConstraint(_in("reason", SUPPRESSION_REASONS), name="ck_suppressions_reason"),
+    )
+
+    channel_kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
@@ -158,6 +183,9 @@ class Campaign(Base):
         CheckConstraint("batch_size BETWEEN 1 AND 10000", name="ck_campaigns_batch_size"),
         CheckConstraint("max_retries BETWEEN 0 AND 10", name="ck_campaigns_max_retries"),
         CheckConstraint("failure_threshold BETWEEN 0 AND 1", name="ck_campaigns_failure_threshold"),
+        CheckConstraint(
+            "max_sms_segments IS NULL OR max_sms_segments BETWEEN 1 AND 10", name="ck_campaigns_max_sms_segments"
+        ),
         # The scheduler's due-campaign query: status = 'scheduled' AND start_at <= now().
         Index("ix_campaigns_due", "start_at", postgresql_where=text("status = 'scheduled'")),
         Index("ix_campaigns_status", "status"),
@@ -179,6 +207,7 @@ class Campaign(Base):
     failure_threshold: Mapped[float] = mapped_column(Double, server_default=text("0.5"))
     failure_min_sample: Mapped[int] = mapped_column(Integer, server_default=text("20"))
     locale: Mapped[str] = mapped_column(String(16), server_default=text("'en'"))
+    max_sms_segments: Mapped[int | None] = mapped_column(Integer)  # migration 0010; NULL: the channel's limit
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -248,6 +277,12 @@ class CampaignRecipientLog(Base):
         CheckConstraint("attempts >= 0", name="ck_recipient_log_attempts"),
         Index("ix_recipient_log_campaign_status", "campaign_id", "status"),
         Index("ix_recipient_log_message_id", "message_id"),
+        # How a delivery receipt finds its row (migration 0010).
+        Index(
+            "ix_recipient_log_provider_message_id",
+            "provider_message_id",
+            postgresql_where=text("provider_message_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -262,6 +297,12 @@ class CampaignRecipientLog(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(_tz())
     lease_until: Mapped[datetime | None] = mapped_column(_tz())
     sent_at: Mapped[datetime | None] = mapped_column(_tz())
+    # Delivery receipts (migration 0010): each timestamp is set once, by the first receipt that reports it.
+    delivered_at: Mapped[datetime | None] = mapped_column(_tz())
+    read_at: Mapped[datetime | None] = mapped_column(_tz())
+    bounced_at: Mapped[datetime | None] = mapped_column(_tz())
+    complained_at: Mapped[datetime | None] = mapped_column(_tz())
+    provider_status: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -289,6 +330,7 @@ class CampaignAnalytics(Base):
     read: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     clicked: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     bounced: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    complained: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     latency_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     latency_sum_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
     latency_max_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
@@ -321,6 +363,7 @@ class CampaignAnalyticsPart(Base):
     read: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     clicked: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     bounced: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    complained: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     latency_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     latency_sum_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
     latency_max_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))

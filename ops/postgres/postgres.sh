@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # A project-private PostgreSQL cluster on 127.0.0.1 (own port, data under .state/postgres), made with
-# initdb/pg_ctl from the OS packages. Usage: ops/postgres/postgres.sh start|stop|status
+# initdb/pg_ctl from the OS packages. Usage: ops/postgres/postgres.sh start|stop|status|durability [on|off]
+#
+# The cluster starts fast and not durable (fsync, synchronous_commit and full_page_writes off: a test cluster).
+# `durability on` makes it durable as production runs it (the three back to PostgreSQL's defaults, through
+# ALTER SYSTEM and a reload, no restart); `durability off` goes back; `durability` alone prints the state.
+# The benchmark harness turns it on for its headline figures.
 #
 # Least privilege, as in production (docs/security.md): every connection authenticates with scram-sha-256
 # (pg_hba.conf; a wrong password is refused), the superuser 'postgres' has a random password kept in
@@ -207,9 +212,35 @@ status() {
   else echo "postgres: stopped"; return 3; fi
 }
 
+fsync_is() { [ "$(psql_admin -c 'SHOW fsync')" = "$1" ]; }
+
+# ALTER SYSTEM overrides postgresql.conf; all three settings take a reload (sighup/user context), not a restart.
+durability() {
+  BIN=$(find_bin) || die "postgres not installed"
+  is_ready || die "postgres is not running on 127.0.0.1:$PORT"
+  superuser_password
+  case "${1:-show}" in
+    on)
+      psql_admin -c "ALTER SYSTEM SET fsync = on" -c "ALTER SYSTEM SET synchronous_commit = on" \
+        -c "ALTER SYSTEM SET full_page_writes = on" -c "SELECT pg_reload_conf()" >/dev/null ;;
+    off)
+      psql_admin -c "ALTER SYSTEM RESET fsync" -c "ALTER SYSTEM RESET synchronous_commit" \
+        -c "ALTER SYSTEM RESET full_page_writes" -c "SELECT pg_reload_conf()" >/dev/null ;;
+    show) ;;
+    *) die "usage: $0 durability [on|off]" ;;
+  esac
+  # The reload is asynchronous: wait until a new session sees it.
+  case "${1:-show}" in
+    on|off) wait_until 10 "postgres reload" fsync_is "$1" || die "postgres did not apply fsync=$1 within 10 s" ;;
+  esac
+  psql_admin -c "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings
+                 WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  *) die "usage: $0 start|stop|status" ;;
+  durability) durability "${2:-show}" ;;
+  *) die "usage: $0 start|stop|status|durability [on|off]" ;;
 esac
