@@ -14,6 +14,7 @@ import logging
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -222,10 +223,11 @@ class PgSampler:
 
 
 def _py_spy(env: BenchEnv, pid: int, tag: str) -> subprocess.Popen[bytes] | None:
-    exe = shutil.which("py-spy")
-    if exe is None:
-        log.warning("py-spy not found (pip install py-spy): not profiling")
-        return None
+    # The venv's own bin directory first: `.venv/bin/python -m bench` runs without the venv on PATH.
+    beside = Path(sys.executable).with_name("py-spy")
+    exe = str(beside) if beside.exists() else shutil.which("py-spy")
+    if exe is None:  # asked for a profile: a run without one would be mistaken for one
+        raise RuntimeError("--profile needs py-spy: pip install -e '.[bench]' (make bench does)")
     out = env.log_dir / f"profile-{tag}.txt"
     log.info("profiling the worker into %s", out)
     return subprocess.Popen(  # noqa: S603 - our own arguments, no shell
@@ -241,6 +243,7 @@ def _py_spy(env: BenchEnv, pid: int, tag: str) -> subprocess.Popen[bytes] | None
             "--output",
             str(out),
             "--nonblocking",
+            "--gil",  # only the thread holding the GIL: where the worker's Python CPU goes, not who waits
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

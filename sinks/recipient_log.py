@@ -25,22 +25,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
-import psycopg2.extras
+from sinks.arrays import array_literal, plain_array_literal
 
 Key = tuple[str, int]
 
 CLAIM_SQL = (
     "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
     "attempts, claimed_at, lease_until, created_at, updated_at) "
-    "SELECT v.c::uuid, v.r, v.m::uuid, v.k, 'claimed', 0, v.t, v.l, v.t, v.t "
-    "FROM (VALUES %s) AS v(c, r, m, k, t, l) "
+    "SELECT v.c, v.r, v.m, v.k, 'claimed', 0, v.t, v.l, v.t, v.t "
+    "FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
+    "AS v(c, r, m, k, t, l) "
     "ON CONFLICT (campaign_id, recipient_id) DO NOTHING RETURNING campaign_id::text, recipient_id"
 )
 TAKE_OVER_SQL = (
     "UPDATE campaign_recipient_log AS l SET status = 'claimed', claimed_at = %s, lease_until = %s, "
-    "updated_at = %s FROM (VALUES {values}) AS v(c, r) "
+    "updated_at = %s FROM unnest(%s::uuid[], %s::bigint[]) AS v(c, r) "
     "WHERE l.campaign_id = v.c AND l.recipient_id = v.r "
     "AND (l.status = 'retrying' OR (l.status = 'claimed' AND l.lease_until < %s)) "
     "RETURNING l.campaign_id::text, l.recipient_id, l.attempts"
@@ -48,14 +50,14 @@ TAKE_OVER_SQL = (
 ROWS_SQL = (
     "SELECT l.campaign_id::text, l.recipient_id, l.status, l.attempts, l.failure_reason, "
     "l.provider_message_id, l.lease_until FROM campaign_recipient_log AS l "
-    "JOIN (VALUES {values}) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r"
+    "JOIN unnest(%s::uuid[], %s::bigint[]) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r"
 )
 RECORD_RESULTS_SQL = (
     "UPDATE campaign_recipient_log AS l SET status = v.s, attempts = v.a, failure_reason = v.f, "
-    "provider_message_id = v.p, sent_at = v.t::timestamptz, updated_at = now(), lease_until = NULL "
-    "FROM (VALUES %s) AS v(c, r, s, a, f, p, t, ca) "
-    "WHERE l.campaign_id = v.c::uuid AND l.recipient_id = v.r AND l.status = 'claimed' "
-    "AND l.claimed_at = v.ca::timestamptz "
+    "provider_message_id = v.p, sent_at = v.t, updated_at = now(), lease_until = NULL "
+    "FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::timestamptz[], "
+    "%s::timestamptz[]) AS v(c, r, s, a, f, p, t, ca) "
+    "WHERE l.campaign_id = v.c AND l.recipient_id = v.r AND l.status = 'claimed' AND l.claimed_at = v.ca "
     "RETURNING l.campaign_id::text, l.recipient_id"
 )
 # A message of a finished campaign: cancelled (reason from the campaign's status) unless terminal already.
@@ -63,7 +65,7 @@ CANCEL_MESSAGES_SQL = (
     "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
     "failure_reason, created_at, updated_at) "
     "SELECT v.c, v.r, v.m, %s, 'cancelled', 'campaign_' || c.status, %s, %s "
-    "FROM (VALUES {values}) AS v(c, r, m) JOIN campaigns AS c ON c.id = v.c "
+    "FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[]) AS v(c, r, m) JOIN campaigns AS c ON c.id = v.c "
     "ON CONFLICT (campaign_id, recipient_id) DO UPDATE SET status = 'cancelled', "
     "failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at "
     "WHERE campaign_recipient_log.status = 'retrying' "
@@ -71,12 +73,14 @@ CANCEL_MESSAGES_SQL = (
 )
 CANCELLED_ROWS_SQL = (
     "SELECT l.campaign_id::text, l.recipient_id, l.failure_reason FROM campaign_recipient_log AS l "
-    "JOIN (VALUES {values}) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r "
+    "JOIN unnest(%s::uuid[], %s::bigint[]) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r "
     "WHERE l.status = 'cancelled'"
 )
 _INSERT_TERMINAL = (
     "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
-    "failure_reason, created_at, updated_at) VALUES %s ON CONFLICT (campaign_id, recipient_id) "
+    "failure_reason, created_at, updated_at) SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], "
+    "%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
+    "ON CONFLICT (campaign_id, recipient_id) "
 )
 RECORD_SKIPPED_SQL = _INSERT_TERMINAL + "DO NOTHING"
 RECORD_CANCELLED_SQL = _INSERT_TERMINAL + (
@@ -96,27 +100,35 @@ SETTLE_IN_FLIGHT_SQL = (
 LIVE_CLAIMS_SQL = "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s AND status = 'claimed'"
 
 
-def _pair(row: Sequence[Any]) -> tuple[str, int]:
-    return str(row[0]), int(row[1])
+# (campaign, recipient): every caller passes str and int, so the tuple order is the (campaign, recipient) order.
+_by_pair = itemgetter(0, 1)
 
 
-def _keys(cur: Any, keys: Sequence[Key]) -> str:
-    return ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in sorted(keys))
+def _columns(rows_: Sequence[Sequence[Any]], *plain: bool) -> list[str]:
+    """The rows, in (campaign, recipient) order, as one array literal per column: the arrays ``unnest`` takes.
+    ``plain[i]``: column i holds only ints and canonical UUIDs (the keys), which need no quoting."""
+    if not rows_:
+        return ["{}"] * len(plain)
+    columns = zip(*sorted(rows_, key=_by_pair), strict=True)
+    return [plain_array_literal(c) if p else array_literal(c) for c, p in zip(columns, plain, strict=True)]
+
+
+_KEYS = (True, True)
 
 
 def claim(cur: Any, rows: Sequence[tuple[str, int, str, str, datetime, datetime]]) -> list[Key]:
     """Claim ``(campaign, recipient, message id, channel, now, lease until)``; the pairs this call won."""
     if not rows:
         return []
-    won = psycopg2.extras.execute_values(cur, CLAIM_SQL, sorted(rows, key=_pair), page_size=len(rows), fetch=True)
-    return [(c, r) for c, r in won]
+    cur.execute(CLAIM_SQL, _columns(rows, True, True, True, False, False, False))
+    return [(c, r) for c, r in cur.fetchall()]
 
 
 def take_over(cur: Any, keys: Sequence[Key], now: datetime, lease: datetime) -> list[tuple[str, int, int]]:
     """Claim the pairs whose row is retrying or an expired claim; ``(campaign, recipient, attempts so far)``."""
     if not keys:
         return []
-    cur.execute(TAKE_OVER_SQL.format(values=_keys(cur, keys)), (now, lease, now, now))
+    cur.execute(TAKE_OVER_SQL, (now, lease, now, *_columns(keys, *_KEYS), now))
     return cur.fetchall()
 
 
@@ -125,7 +137,7 @@ def rows(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str, int, str | 
     pairs that have a row."""
     if not keys:
         return []
-    cur.execute(ROWS_SQL.format(values=_keys(cur, keys)))
+    cur.execute(ROWS_SQL, _columns(keys, *_KEYS))
     return cur.fetchall()
 
 
@@ -134,9 +146,8 @@ def record_results(cur: Any, results: Sequence[tuple[Any, ...]]) -> list[Key]:
     whose claim the caller still held (only those were written)."""
     if not results:
         return []
-    written = psycopg2.extras.execute_values(cur, RECORD_RESULTS_SQL, sorted(results, key=_pair),
-                                             page_size=len(results), fetch=True)
-    return [(c, r) for c, r in written]
+    cur.execute(RECORD_RESULTS_SQL, _columns(results, True, True, False, False, False, False, False, False))
+    return [(c, r) for c, r in cur.fetchall()]
 
 
 def cancel_messages(cur: Any, messages: Sequence[tuple[str, int, str]], channel: str, now: datetime) -> int:
@@ -144,8 +155,7 @@ def cancel_messages(cur: Any, messages: Sequence[tuple[str, int, str]], channel:
     how many rows changed."""
     if not messages:
         return 0
-    values = ",".join(cur.mogrify("(%s::uuid, %s::bigint, %s::uuid)", m).decode() for m in sorted(messages, key=_pair))
-    cur.execute(CANCEL_MESSAGES_SQL.format(values=values), (channel, now, now))
+    cur.execute(CANCEL_MESSAGES_SQL, (channel, now, now, *_columns(messages, True, True, True)))
     return len(cur.fetchall())
 
 
@@ -153,7 +163,7 @@ def cancelled_rows(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str | 
     """``(campaign, recipient, failure reason)`` of the pairs whose row is ``cancelled``."""
     if not keys:
         return []
-    cur.execute(CANCELLED_ROWS_SQL.format(values=_keys(cur, keys)))
+    cur.execute(CANCELLED_ROWS_SQL, _columns(keys, *_KEYS))
     return cur.fetchall()
 
 
@@ -162,7 +172,7 @@ def record_terminal(cur: Any, status: str, rows_: Sequence[tuple[Any, ...]]) -> 
     updated)`` for recipients without a terminal row."""
     if rows_:
         sql = RECORD_CANCELLED_SQL if status == "cancelled" else RECORD_SKIPPED_SQL
-        psycopg2.extras.execute_values(cur, sql, sorted(rows_, key=_pair), page_size=len(rows_))
+        cur.execute(sql, _columns(rows_, True, True, True, False, False, False, False, False))
 
 
 def terminal_rows(cur: Any, campaign: str, recipients: Sequence[int], status: str) -> list[tuple[Any, Any, Any]]:

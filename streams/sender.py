@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -902,14 +903,16 @@ def _invalid_ids(record: dict[str, Any]) -> str | None:
     recipient = record["recipient_id"]
     if not (recipient.isascii() and recipient.isdigit() and len(recipient) <= 19 and int(recipient) <= _BIGINT_MAX):
         return f"recipient_id {recipient[:40]!r} is not a customer id"
-    if not _is_uuid(record["message_id"]):
-        return f"message_id {record['message_id'][:40]!r} is not a UUID"
+    for name in ("campaign_id", "message_id"):
+        if not _is_uuid(record[name]):
+            return f"{name} {record[name][:40]!r} is not a UUID in canonical form"
     return None
 
 
 def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+    return _CANONICAL_UUID.fullmatch(value) is not None
+
+
+# The log's keys go into array literals unquoted (sinks.arrays.plain_array_literal): only the canonical
+# 8-4-4-4-12 hex form passes, not the braces, URN or undashed forms uuid.UUID and PostgreSQL also accept.
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -62,7 +62,12 @@ def test_poison_records_go_to_the_dlq_and_the_campaign_completes(settings, servi
             "channel": channel, "status": "SENT", "attempt": 1, "occurred_at": 0})),
         ("wrong_channel", b"6", encode("RecipientMessage", _message(campaign_id, "6", channel="sms"))),
         ("unknown_campaign", b"8", encode("RecipientMessage", _message(str(uuid.uuid4()), "8"))),
-        ("unknown_campaign", b"9", encode("RecipientMessage", _message("not-a-campaign", "9"))),
+        # Ids that are not canonical UUIDs never reach a statement (the log's keys go into unquoted array
+        # literals): the braces form PostgreSQL would accept, and text that is no UUID at all.
+        ("invalid_record", b"9", encode("RecipientMessage", _message("not-a-campaign", "9"))),
+        ("invalid_record", b"w", encode("RecipientMessage", _message("{" + campaign_id + "}", "11"))),
+        ("invalid_record", b"v",
+         encode("RecipientMessage", _message(campaign_id, "12", message_id="{" + str(uuid.uuid4()) + "}"))),
         ("invalid_record", b"x", encode("RecipientMessage", _message(campaign_id, "not-a-number"))),
         ("invalid_record", b"y", encode("RecipientMessage", _message(campaign_id, "99999999999999999999999"))),
         ("invalid_record", b"z", encode("RecipientMessage", _message(campaign_id, "10", message_id="nope"))),
