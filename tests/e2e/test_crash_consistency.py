@@ -154,3 +154,41 @@ def test_sender_killed_before_its_flush_re_emits_the_outcomes_of_rows_it_committ
     log_rows, outcomes = _log(settings, campaign_id), _outcomes(settings, campaign_id)
     assert set(log_rows.values()) == {"cancelled"} and len(log_rows) == messages
     assert all(statuses == {"cancelled"} for statuses in outcomes.values())
+
+
+def test_cancel_ends_rows_left_claimed_by_a_dead_sender_and_rows_left_retrying(settings, service, audience):
+    """Bug 3: rows left ``claimed`` by a crashed sender (lease run out) and ``retrying`` rows whose retries
+    came due while the campaign was paused stayed non-terminal forever after a cancel. The sweep now ends
+    both, and emits their CANCELLED outcomes."""
+    _, segments = audience(200, opted_out_every=0, inactive_every=0)
+    campaign_id = _active_campaign(settings, service, segments, batch_size=100)
+    expander = Expander(settings, KafkaProducer(settings.kafka))
+    wait_for(lambda: expander.run_once() is not None
+             and service.get_campaign("marketer-1", campaign_id).expansion_done,
+             timeout=60, what="expansion done")
+    # What a sender killed mid-batch leaves (claims whose lease ran out), and what a transient failure leaves
+    # (retrying rows), for 40 recipients each; nobody will ever come back for them.
+    with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT customer_id FROM segment_members WHERE segment_id = ANY(%s) ORDER BY 1 LIMIT 80",
+                    (segments,))
+        ids = [r for (r,) in cur.fetchall()]
+        cur.execute(
+            "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
+            "attempts, claimed_at, lease_until) SELECT %s, r, gen_random_uuid(), 'sms', "
+            "CASE WHEN n <= 40 THEN 'claimed' ELSE 'retrying' END, CASE WHEN n <= 40 THEN 0 ELSE 1 END, "
+            "now() - interval '1 minute', CASE WHEN n <= 40 THEN now() - interval '30 seconds' END "
+            "FROM unnest(%s::bigint[]) WITH ORDINALITY AS v(r, n)",
+            (campaign_id, ids),
+        )
+    service.pause_campaign("marketer-1", campaign_id)
+    service.cancel_campaign("marketer-1", campaign_id)
+    wait_for(lambda: expander.run_once() is not None
+             and "claimed" not in _log(settings, campaign_id).values()
+             and "retrying" not in _log(settings, campaign_id).values(),
+             timeout=60, what="the sweep to end every row")
+    expander.close()
+
+    log_rows = _log(settings, campaign_id)
+    assert set(log_rows.values()) == {"cancelled"}
+    outcomes = _outcomes(settings, campaign_id)
+    assert all(outcomes.get(str(r)) == {"cancelled"} for r in ids), "each settled row has its CANCELLED outcome"
