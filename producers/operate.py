@@ -32,17 +32,28 @@ class Range:
     to_time: datetime | None = None
 
 
+def _operator_consumer(settings: Settings) -> Any:
+    return Consumer(settings.kafka.as_librdkafka(**{
+        "group.id": f"{settings.kafka.topic('operator')}-{time.monotonic_ns()}", "enable.auto.commit": False}))
+
+
+def _existing_topic(consumer: Any, topic: str) -> Any:
+    """The topic's metadata; ValidationError at once if the broker does not have it (the broker does not create
+    topics on demand here, so a producer would wait for it until its delivery timeout)."""
+    metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise ValidationError(f"topic {topic!r} does not exist (create the pipeline's topics with "
+                              "`campaigns topics create`; CAMPAIGNS_KAFKA__TOPIC_PREFIX names them)")
+    return metadata
+
+
 def read_range(settings: Settings, topic: str, span: Range, *, timeout_s: float = 30.0) -> Iterator[Any]:
     """Every record of ``topic`` in ``span`` (offsets inclusive, or a time range), partition by partition.
 
     Reads up to the high watermark seen at the start, so it always ends."""
-    consumer = Consumer(settings.kafka.as_librdkafka(**{
-        "group.id": f"{settings.kafka.topic('operator')}-{time.monotonic_ns()}", "enable.auto.commit": False}))
+    consumer = _operator_consumer(settings)
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise ValidationError(f"topic {topic!r} does not exist (create the pipeline's topics with "
-                                  "`campaigns topics create`; CAMPAIGNS_KAFKA__TOPIC_PREFIX names them)")
+        metadata = _existing_topic(consumer, topic)
         partitions = [span.partition] if span.partition is not None else sorted(metadata.partitions)
         starts: dict[int, int] = {}
         ends: dict[int, int] = {}
@@ -116,6 +127,12 @@ def replay(
     if campaign is not None and record_name is None:
         raise ValidationError(f"--campaign: records of {topic!r} carry no campaign id")
     report = ReplayReport()
+    if to_topic is not None and not dry_run:  # fail before reading anything, not after a delivery timeout
+        checker = _operator_consumer(settings)
+        try:
+            _existing_topic(checker, to_topic)
+        finally:
+            checker.close()
     producer = None if dry_run else KafkaProducer(settings.kafka)
     started = time.monotonic()
     for msg in read_range(settings, topic, span):

@@ -215,6 +215,7 @@ def build_app(settings: Settings) -> LiveApp:
     app = faust.App(
         app_id,
         broker=kafka.faust_broker,
+        broker_credentials=kafka.faust_credentials(),  # the same SASL/TLS as the other clients, or None
         store=live.store,
         datadir=datadir,
         autodiscover=False,

@@ -303,6 +303,7 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     app = faust.App(
         kafka.topic(APP_NAME),
         broker=kafka.faust_broker,
+        broker_credentials=kafka.faust_credentials(),  # the same SASL/TLS as the other clients, or None
         store="memory://",  # tables rebuilt from their changelogs at start
         datadir=data_dir(settings),
         autodiscover=False,

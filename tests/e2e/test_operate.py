@@ -95,5 +95,11 @@ def test_cli_dlq_list_and_replay_dry_run(settings, service, monkeypatch, capsys)
         assert "would re-drive 0" in capsys.readouterr().out
         assert cli_main(["replay", "--topic", "campaign.messages.sms", "--from-offset", "0",
                          "--from-time", "2026-01-01T00:00:00Z"]) == 2
+        capsys.readouterr()
+        # A target that does not exist is refused before anything is read or produced (it used to wait for
+        # the producer's delivery timeout, ~30 s, and then fail).
+        assert cli_main(["replay", "--topic", "campaign.messages.sms", "--from-offset", "0",
+                         "--to", settings.kafka.topic("no.such.topic")]) == 2
+        assert "does not exist" in capsys.readouterr().err
     finally:
         load_settings.cache_clear()
