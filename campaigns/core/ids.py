@@ -12,6 +12,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 __all__ = ["MESSAGE_NAMESPACE", "message_id"]
@@ -30,4 +31,16 @@ def message_id(campaign_id: str, recipient_id: str) -> str:
         raise ValueError("campaign_id and recipient_id must be non-empty")
     if ":" in campaign_id:
         raise ValueError(f"campaign_id must not contain ':', got {campaign_id!r}")
-    return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{campaign_id}:{recipient_id}"))
+    # uuid.uuid5 by hand (RFC 4122 4.3: SHA-1 of namespace + name, version 5, RFC variant), without the two
+    # UUID objects it builds: a third of the cost (2.7 us instead of 7.5, timeit), once a message on the
+    # expansion's hot path. The unit tests check it equals uuid.uuid5 for any input. SHA-1 is what UUIDv5 is
+    # defined with; nothing here relies on it resisting collisions made on purpose.
+    name = f"{campaign_id}:{recipient_id}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NAMESPACE_BYTES = MESSAGE_NAMESPACE.bytes

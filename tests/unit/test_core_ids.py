@@ -56,3 +56,8 @@ def test_deterministic(campaign_id: str, recipient_id: str) -> None:
 def test_injective(c1: str, r1: str, c2: str, r2: str) -> None:
     if (c1, r1) != (c2, r2):
         assert message_id(c1, r1) != message_id(c2, r2)
+
+
+@given(st.text(min_size=1).filter(lambda s: ":" not in s), st.text(min_size=1))
+def test_equals_the_standard_library_uuid5_for_any_pair(campaign_id: str, recipient_id: str) -> None:
+    assert message_id(campaign_id, recipient_id) == str(uuid.uuid5(MESSAGE_NAMESPACE, f"{campaign_id}:{recipient_id}"))
