@@ -235,9 +235,9 @@ class AnalyticsStage(CompletionStage):
         an outcome id longer than its column, a campaign id that is no known campaign, a negative attempt
         (receipts add it to their counter), a time whose window cannot be represented."""
         ids: dict[str, str] = {}
-        for o in outcomes:
+        for raw in {o["campaign_id"] for o in outcomes}:  # parsed once per campaign, not once per outcome
             try:
-                ids[o["campaign_id"]] = str(uuid.UUID(o["campaign_id"]))
+                ids[raw] = str(uuid.UUID(raw))
             except ValueError:
                 continue
         known: set[str] = set()
