@@ -488,7 +488,7 @@ def cmd_template_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_channel_add(args: argparse.Namespace) -> int:
-    from campaigns.settings import CHANNELS
+    from campaigns.core.vocabulary import CHANNELS
 
     problems = []
     if args.kind not in CHANNELS:

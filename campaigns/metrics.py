@@ -36,7 +36,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from campaigns.settings import CHANNELS, KafkaSettings, Settings
+from campaigns.core.states import CampaignStatus
+from campaigns.core.vocabulary import CHANNELS, OutcomeStatus
+from campaigns.settings import KafkaSettings, Settings
 from campaigns.topics import (
     ANALYTICS_GROUP,
     COMMANDS,
@@ -77,12 +79,10 @@ DEAD_LETTER_REASONS = (
     "invalid_record", "not_in_audience",
 )
 ATTEMPT_RESULTS = ("sent", "retry", "failed")
-OUTCOME_STATUSES = (
-    "SENT", "FAILED", "RETRYING", "SKIPPED", "CANCELLED", "DELIVERED", "READ", "CLICKED", "BOUNCED",
-)
+OUTCOME_STATUSES = tuple(s.value for s in OutcomeStatus)
 RECEIPT_STATUSES = frozenset({"DELIVERED", "READ", "CLICKED", "BOUNCED"})  # as streams.analytics.RECEIPTS
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
-CAMPAIGN_STATES = ("scheduled", "active", "paused", "completed", "failed", "cancelled")
+CAMPAIGN_STATES = tuple(s.value for s in CampaignStatus if s is not CampaignStatus.DRAFT)
 DLQ_TOPIC = MESSAGES_DLQ
 OTHER = "other"  # any value outside a bounded label set is reported as this, never as itself
 

@@ -15,8 +15,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from campaigns.core.retry import DEFAULT_TIER_DELAYS_S
 from campaigns.logs import LibrdkafkaLog
 
-CHANNELS = ("whatsapp", "sms", "email")
-
 
 class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:19092"

@@ -20,8 +20,9 @@ from types import MappingProxyType
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from campaigns.core.vocabulary import CHANNELS
 from campaigns.errors import ServiceUnavailable, SinkError
-from campaigns.settings import CHANNELS, KafkaSettings, Settings
+from campaigns.settings import KafkaSettings, Settings
 
 # The names come from the topic registry; re-exported because callers that create topics read them here.
 from campaigns.topics import (

@@ -46,6 +46,7 @@ import psycopg2
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from campaigns.codec import get_codec
+from campaigns.core import states
 from campaigns.core.breaker import FailureBreaker, TransportErrorRun, next_probe_delay_s
 from campaigns.core.rate import AimdRate, TokenBucket, worker_share
 from campaigns.core.retry import RetryPolicy, decide, tier_for_wait
@@ -77,7 +78,7 @@ CHANNEL_STATE_TTL_S = 1.0  # how stale this worker's view of its channel's break
 # Failure reasons of calls that never got an answer from the provider's application (the path or the
 # provider is down): a run of them opens the channel's breaker.
 TRANSPORT_REASONS = frozenset({"connect_error", "connect_timeout", "timeout", "connection_error"})
-FINISHED = frozenset({"cancelled", "failed", "completed"})
+FINISHED = states.TERMINAL  # a campaign that will never send again (StrEnum members equal their strings)
 _BIGINT_MAX = 2**63 - 1
 SHORT_TOKEN_WAIT_S = 0.1
 RATE_HEADROOM = 0.98

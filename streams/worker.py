@@ -27,11 +27,12 @@ import psycopg2
 import sqlalchemy.exc
 from confluent_kafka import KafkaException
 
+from campaigns.core.vocabulary import CHANNELS
 from campaigns.db import repository as repo
 from campaigns.db.engine import make_engine, make_sessionmaker, transaction
 from campaigns.errors import ServiceUnavailable, SinkError
 from campaigns.service import CampaignService
-from campaigns.settings import CHANNELS, Settings
+from campaigns.settings import Settings
 from campaigns.transports import build_transports
 from campaigns.transports.base import Transport
 from producers.kafka import KafkaProducer

@@ -46,7 +46,6 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from types import MappingProxyType
 
 from campaigns.core._values import kind, shown
@@ -59,6 +58,7 @@ from campaigns.core.templates import (
     template_problems,
     template_variables,
 )
+from campaigns.core.vocabulary import Channel
 from campaigns.errors import ValidationError
 
 __all__ = [
@@ -74,14 +74,6 @@ __all__ = [
     "email_subject_problems",
     "validate_create_payload",
 ]
-
-
-class Channel(StrEnum):
-    """A delivery channel; values are the strings used in payloads, topics and the database."""
-
-    WHATSAPP = "whatsapp"
-    SMS = "sms"
-    EMAIL = "email"
 
 
 BODY_LIMITS: Mapping[Channel, int] = MappingProxyType(

@@ -31,14 +31,19 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-CHANNEL_KINDS = ("whatsapp", "sms", "email")
-CAMPAIGN_STATUSES = ("draft", "scheduled", "active", "paused", "completed", "failed", "cancelled")
-TEMPLATE_STATUSES = ("draft", "pending", "approved", "rejected")
-CUSTOMER_STATUSES = ("active", "inactive", "blocked")
+from campaigns.core.states import CampaignStatus
+from campaigns.core.vocabulary import CHANNELS, CustomerStatus, RecipientStatus, SuppressionReason, TemplateStatus
+from campaigns.core.vocabulary import TERMINAL_RECIPIENT_STATUSES as TERMINAL_RECIPIENT
+
+# The CHECK constraints' value lists, from the core's vocabularies (plain strings, in declaration order).
+CHANNEL_KINDS = CHANNELS
+CAMPAIGN_STATUSES = tuple(s.value for s in CampaignStatus)
+TEMPLATE_STATUSES = tuple(s.value for s in TemplateStatus)
+CUSTOMER_STATUSES = tuple(s.value for s in CustomerStatus)
 # claimed/retrying are in flight; sent, failed, skipped, cancelled are terminal.
-RECIPIENT_STATUSES = ("claimed", "retrying", "sent", "failed", "skipped", "cancelled")
-TERMINAL_RECIPIENT_STATUSES = ("sent", "failed", "skipped", "cancelled")
-SUPPRESSION_REASONS = ("hard_bounce", "complaint", "stop_reply", "unsubscribe", "manual")
+RECIPIENT_STATUSES = tuple(s.value for s in RecipientStatus)
+TERMINAL_RECIPIENT_STATUSES = tuple(s.value for s in RecipientStatus if s in TERMINAL_RECIPIENT)
+SUPPRESSION_REASONS = tuple(s.value for s in SuppressionReason)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-CHANNELS = ("whatsapp", "sms", "email")
+from campaigns.core.vocabulary import CHANNELS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,11 +16,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from campaigns.core.vocabulary import CHANNELS
 from campaigns.db import repository as repo
 from campaigns.db.engine import make_engine, make_sessionmaker, transaction
 from campaigns.db.seed import SeedPlan, seed
 from campaigns.service import CampaignService
-from campaigns.settings import CHANNELS, DatabaseSettings
+from campaigns.settings import DatabaseSettings
 
 
 class FakeClock:
