@@ -42,7 +42,20 @@ def _element(value: object) -> str:
 
 def array_literal(values: Iterable[object]) -> str:
     """``{...}`` for any mix of None, int, str and datetime values (strings quoted and escaped)."""
-    return "{" + ",".join(map(_element, values)) + "}"
+    # A batch's columns repeat values (the same claim time on every row, a handful of statuses): each distinct
+    # value is formatted once.
+    seen: dict[tuple[type, object], str] = {}  # keyed with the type: 1, 1.0 and True are equal keys otherwise
+    out = []
+    for value in values:
+        key = (type(value), value)
+        try:
+            text = seen[key]
+        except KeyError:
+            text = seen[key] = _element(value)
+        except TypeError:  # unhashable: refused by _element below with its own message
+            text = _element(value)
+        out.append(text)
+    return "{" + ",".join(out) + "}"
 
 
 def plain_array_literal(values: Iterable[object]) -> str:

@@ -55,3 +55,10 @@ def test_unsupported_values_are_refused():
         array_literal([1.5])
     with pytest.raises(TypeError):
         array_literal([True])
+
+
+def test_equal_values_of_other_types_are_not_taken_for_each_other():
+    with pytest.raises(TypeError):
+        array_literal([1, True])
+    with pytest.raises(TypeError):
+        array_literal([1, 1.0])
