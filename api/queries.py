@@ -17,11 +17,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from campaigns.core.vocabulary import COUNTERS as COUNTERS  # the API's analytics fields: the pipeline's counters
 from campaigns.db.engine import transaction
 from campaigns.errors import ValidationError
-
-COUNTERS = ("sent", "failed", "retried", "skipped", "cancelled", "delivered", "read", "clicked", "bounced")
-TERMINAL_STATES = ("completed", "failed", "cancelled")
 
 
 def encode_cursor(created_at: datetime, campaign_id: uuid.UUID) -> str:

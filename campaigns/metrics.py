@@ -37,7 +37,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from campaigns.core.states import CampaignStatus
-from campaigns.core.vocabulary import CHANNELS, OutcomeStatus
+from campaigns.core.vocabulary import CHANNELS, RECEIPT_OUTCOMES, OutcomeStatus
 from campaigns.settings import KafkaSettings, Settings
 from campaigns.topics import (
     ANALYTICS_GROUP,
@@ -80,7 +80,7 @@ DEAD_LETTER_REASONS = (
 )
 ATTEMPT_RESULTS = ("sent", "retry", "failed")
 OUTCOME_STATUSES = tuple(s.value for s in OutcomeStatus)
-RECEIPT_STATUSES = frozenset({"DELIVERED", "READ", "CLICKED", "BOUNCED"})  # as streams.analytics.RECEIPTS
+RECEIPT_STATUSES = RECEIPT_OUTCOMES
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 CAMPAIGN_STATES = tuple(s.value for s in CampaignStatus if s is not CampaignStatus.DRAFT)
 DLQ_TOPIC = MESSAGES_DLQ

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg2.extras
 
-from campaigns.core.tally import COUNTERS
+from campaigns.core.vocabulary import COUNTERS
 
 VALUES = (*COUNTERS, "latency_count", "latency_sum_ms", "latency_max_ms")
 

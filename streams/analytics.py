@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from campaigns.codec import get_codec
 from campaigns.core.states import CampaignAction
+from campaigns.core.vocabulary import COUNTERS, PER_RECIPIENT_OUTCOMES, RECEIPT_OUTCOMES, STATUS_TO_COUNTER
 from campaigns.core.windows import window_bounds
 from campaigns.errors import SchemaError
 from campaigns.service import CampaignService
@@ -42,14 +43,9 @@ from sinks import recipient_log
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("sent", "failed", "retried", "skipped", "cancelled", "delivered", "read", "clicked", "bounced")
-STATUS_TO_COUNTER = {
-    "SENT": "sent", "FAILED": "failed", "RETRYING": "retried", "SKIPPED": "skipped", "CANCELLED": "cancelled",
-    "DELIVERED": "delivered", "READ": "read", "CLICKED": "clicked", "BOUNCED": "bounced",
-}
-RECEIPTS = {"DELIVERED", "READ", "CLICKED", "BOUNCED"}  # external receipts: ``attempt`` carries the count
+RECEIPTS = RECEIPT_OUTCOMES  # external receipts: ``attempt`` carries the count
 # Outcomes about one recipient, which the recipient log must back; the rest (receipts) are campaign-level.
-PER_RECIPIENT = frozenset({"SENT", "FAILED", "SKIPPED", "CANCELLED", "RETRYING"})
+PER_RECIPIENT = PER_RECIPIENT_OUTCOMES
 _BIGINT_MAX = 2**63 - 1
 OUTCOME_ID_MAX = 128  # analytics_seen_outcomes.outcome_id is VARCHAR(128)
 TERMINAL_LOG_SQL = (

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["COUNTERS", "SourceRecord", "empty_state", "fold", "snapshot", "window_summary"]
+from campaigns.core.vocabulary import COUNTERS
 
-COUNTERS = ("sent", "failed", "retried", "skipped", "cancelled", "delivered", "read", "clicked", "bounced")
-"""The outcome counters of an ``OutcomeCounts`` record (and of ``campaign_analytics``)."""
+__all__ = ["COUNTERS", "SourceRecord", "empty_state", "fold", "snapshot", "window_summary"]
 
 _SUMMED = (*COUNTERS, "latency_count")
 

@@ -25,17 +25,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from campaigns.core.vocabulary import COUNTERS, RECEIPT_OUTCOMES, STATUS_TO_COUNTER
+
 __all__ = [
     "COUNTERS", "RECEIPTS", "STATUS_TO_COUNTER", "TOTALS", "Outcome", "classify", "empty_part", "fold",
     "newer", "part_key", "sum_parts",
 ]
 
-COUNTERS = ("sent", "failed", "retried", "skipped", "cancelled", "delivered", "read", "clicked", "bounced")
-STATUS_TO_COUNTER = {
-    "SENT": "sent", "FAILED": "failed", "RETRYING": "retried", "SKIPPED": "skipped", "CANCELLED": "cancelled",
-    "DELIVERED": "delivered", "READ": "read", "CLICKED": "clicked", "BOUNCED": "bounced",
-}
-RECEIPTS = frozenset({"DELIVERED", "READ", "CLICKED", "BOUNCED"})  # external receipts: ``attempt`` is the count
+RECEIPTS = RECEIPT_OUTCOMES  # external receipts: ``attempt`` is the count
 TOTALS = -1  # the window "start" of a campaign's running totals (no real window starts there: epoch-aligned >= 0)
 LATENCY = ("latency_count", "latency_sum_ms", "latency_max_ms")
 

@@ -13,6 +13,10 @@ from enum import StrEnum
 
 __all__ = [
     "CHANNELS",
+    "COUNTERS",
+    "PER_RECIPIENT_OUTCOMES",
+    "RECEIPT_OUTCOMES",
+    "STATUS_TO_COUNTER",
     "TERMINAL_RECIPIENT_STATUSES",
     "Channel",
     "CustomerStatus",
@@ -66,6 +70,25 @@ class OutcomeStatus(StrEnum):
     READ = "READ"
     CLICKED = "CLICKED"
     BOUNCED = "BOUNCED"
+
+
+PER_RECIPIENT_OUTCOMES: frozenset[OutcomeStatus] = frozenset(
+    {OutcomeStatus.SENT, OutcomeStatus.FAILED, OutcomeStatus.RETRYING, OutcomeStatus.SKIPPED, OutcomeStatus.CANCELLED}
+)
+"""Outcomes about one recipient's message, which a recipient-log row backs."""
+
+RECEIPT_OUTCOMES: frozenset[OutcomeStatus] = frozenset(set(OutcomeStatus) - PER_RECIPIENT_OUTCOMES)
+"""The provider's aggregate receipts (``update_metrics``): their ``attempt`` field carries the count."""
+
+STATUS_TO_COUNTER: dict[str, str] = {
+    OutcomeStatus.SENT: "sent", OutcomeStatus.FAILED: "failed", OutcomeStatus.RETRYING: "retried",
+    OutcomeStatus.SKIPPED: "skipped", OutcomeStatus.CANCELLED: "cancelled", OutcomeStatus.DELIVERED: "delivered",
+    OutcomeStatus.READ: "read", OutcomeStatus.CLICKED: "clicked", OutcomeStatus.BOUNCED: "bounced",
+}
+"""The ``campaign_analytics`` counter each outcome status adds to."""
+
+COUNTERS: tuple[str, ...] = tuple(STATUS_TO_COUNTER.values())
+"""The outcome counters of ``campaign_analytics``, ``campaign.analytics`` and ``OutcomeCounts``, in column order."""
 
 
 class CustomerStatus(StrEnum):
