@@ -66,6 +66,7 @@ def test_permission_values() -> None:
         "templates.manage",
         "channels.manage",
         "customers.manage",
+        "customers.import",
         "pipeline.read",
         "pipeline.replay",
     }
@@ -73,7 +74,7 @@ def test_permission_values() -> None:
 
 def test_default_roles() -> None:
     assert DEFAULT_ROLES["admin"] == frozenset(Permission)
-    assert DEFAULT_ROLES["marketer"] == {P.CAMPAIGNS_CREATE, P.CAMPAIGNS_SEND, P.CAMPAIGNS_READ}
+    assert DEFAULT_ROLES["marketer"] == {P.CAMPAIGNS_CREATE, P.CAMPAIGNS_SEND, P.CAMPAIGNS_READ, P.CUSTOMERS_IMPORT}
     assert DEFAULT_ROLES["auditor"] == {P.CAMPAIGNS_READ, P.CAMPAIGNS_AUDIT, P.PIPELINE_READ}
 
 
