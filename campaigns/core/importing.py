@@ -309,7 +309,7 @@ def check_customer(line: int, values: Mapping[str, str]) -> CustomerRow | list[P
         elif "\x00" in value:
             problems.append(Problem(line, key, "contains a NUL character"))
         attributes[key] = value
-    if any("\ufffd" in v for v in values.values()):
+    if "\ufffd" in "".join(values.values()):
         problems.append(Problem(line, "encoding", "not UTF-8 text (or contains U+FFFD)"))
     if problems:
         return problems
