@@ -40,6 +40,7 @@ __all__ = [
     "CUSTOMER_STATUSES",
     "PROFILE_COLUMNS",
     "CustomerRow",
+    "ImportCommand",
     "ImportCounts",
     "Problem",
     "ProblemLog",
@@ -51,6 +52,7 @@ __all__ = [
     "csv_records",
     "customer_rows",
     "format_problems",
+    "parse_import_command",
     "row_values",
     "segment_members",
 ]
@@ -409,3 +411,90 @@ class ImportCounts:
             out.update(removed=self.removed, segment=self.segment, segment_id=self.segment_id, created=self.created)
         out["seconds"] = round(self.seconds, 3)
         return out
+
+
+@dataclass(frozen=True)
+class ImportCommand:
+    """An import carried by a command (``payload_json``): customer rows (column -> text), or a segment's
+    members by external id. Rows are numbered from 1 in the order given; problems say ``line N`` for row N."""
+
+    kind: str  # "customers" or "segment"
+    rows: tuple[tuple[int, Mapping[str, str]], ...] = ()
+    segment: str | None = None
+    external_ids: tuple[tuple[int, str], ...] = ()
+    replace: bool = False
+
+
+def parse_import_command(kind: str, payload: object, max_rows: int) -> ImportCommand | list[str]:
+    """The import a command's payload describes, or what is wrong with its shape (the rows themselves are
+    checked by :func:`check_customer` / :func:`check_segment_member` like a file's).
+
+    ``IMPORT_CUSTOMERS``: ``{"rows": [{"external_id": "...", "email": "...", ...}, ...]}``, values strings (null
+    = empty). ``IMPORT_SEGMENT``: ``{"segment": "name", "external_ids": ["...", ...], "replace": false}``. At most
+    ``max_rows`` rows or ids."""
+    if not isinstance(payload, Mapping):
+        return ["payload_json: must be a JSON object"]
+    if kind == "customers":
+        unknown = sorted(set(payload) - {"rows"})
+        rows = payload.get("rows")
+        problems = [f"payload_json.{k}: unknown key (an IMPORT_CUSTOMERS payload has rows)" for k in unknown]
+        if not isinstance(rows, list) or not rows:
+            return [*problems, "payload_json.rows: a non-empty array of objects (column -> text)"]
+        if len(rows) > max_rows:
+            return [
+                *problems,
+                f"payload_json.rows: {len(rows)} rows, at most {max_rows} per command (send several "
+                "commands, or import a file with `campaigns import customers`)",
+            ]
+        parsed: list[tuple[int, Mapping[str, str]]] = []
+        for index, row in enumerate(rows, 1):
+            if not isinstance(row, Mapping) or not all(isinstance(v, str) or v is None for v in row.values()):
+                problems.append(f"payload_json.rows[{index - 1}]: an object whose values are strings (or null)")
+                continue
+            bad_keys = check_customer_header([str(k) for k in row])
+            problems += [
+                f"payload_json.rows[{index - 1}]: {p.column}: {p.message}"
+                for p in bad_keys
+                if p.column != "external_id" or "header must have" not in p.message
+            ]
+            parsed.append((index, {str(k): v or "" for k, v in row.items()}))
+        return problems or ImportCommand("customers", rows=tuple(parsed))
+    unknown = sorted(set(payload) - {"segment", "external_ids", "replace"})
+    problems = [
+        f"payload_json.{k}: unknown key (an IMPORT_SEGMENT payload has segment, external_ids, replace)" for k in unknown
+    ]
+    segment, ids, replace = payload.get("segment"), payload.get("external_ids"), payload.get("replace", False)
+    if not isinstance(segment, str):
+        problems.append("payload_json.segment: the segment's name (a string)")
+    else:
+        problems += [f"payload_json.segment: {p.message}" for p in check_segment_name(segment)]
+    if not isinstance(replace, bool):
+        problems.append("payload_json.replace: true or false")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        problems.append("payload_json.external_ids: a non-empty array of strings")
+    elif len(ids) > max_rows:
+        problems.append(f"payload_json.external_ids: {len(ids)} ids, at most {max_rows} per command")
+    if problems:
+        return problems
+    assert isinstance(segment, str) and isinstance(ids, list) and isinstance(replace, bool)
+    return ImportCommand("segment", segment=segment, external_ids=tuple(enumerate(ids, 1)), replace=replace)
+
+
+def command_customer_rows(command: ImportCommand, log: ProblemLog) -> Iterator[CustomerRow]:
+    """The valid rows of an ``IMPORT_CUSTOMERS`` command; every problem goes to ``log``."""
+    for line, values in command.rows:
+        checked = check_customer(line, values)
+        if isinstance(checked, list):
+            log.add(checked)
+        else:
+            yield checked
+
+
+def command_segment_members(command: ImportCommand, log: ProblemLog) -> Iterator[tuple[int, str]]:
+    """(row, external id) of an ``IMPORT_SEGMENT`` command's well-formed ids; problems go to ``log``."""
+    for line, external_id in command.external_ids:
+        problems = check_segment_member(line, external_id)
+        if problems:
+            log.add(problems)
+        else:
+            yield line, external_id

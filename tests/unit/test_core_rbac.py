@@ -44,6 +44,8 @@ ALLOWED_ROLES: dict[str, set[str]] = {
     "close_channel": {"admin"},
     "list_channels": {"admin", "marketer", "auditor"},
     "seed_customers": {"admin"},
+    "import_customers": {"admin", "marketer"},
+    "import_segment": {"admin", "marketer"},
     "list_dead_letters": {"admin", "auditor"},
     "list_events": {"admin", "auditor"},
     "list_rejected_commands": {"admin", "auditor"},
@@ -125,6 +127,7 @@ def test_principal_with_no_roles_is_denied() -> None:
 def test_permissions_for_roles() -> None:
     assert permissions_for_roles(["marketer", "auditor"]) == {
         P.CAMPAIGNS_CREATE, P.CAMPAIGNS_SEND, P.CAMPAIGNS_READ, P.CAMPAIGNS_AUDIT, P.PIPELINE_READ,
+        P.CUSTOMERS_IMPORT,
     }
     assert permissions_for_roles(["no-such-role"]) == frozenset()
     assert permissions_for_roles([]) == frozenset()
