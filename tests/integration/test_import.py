@@ -246,3 +246,13 @@ def test_sink_never_commits_the_caller_decides(database_settings):
             assert refused.value.problems == ["line 2: email: 'bad' is not an email address (name@domain.tld)"]
     finally:
         conn.close()
+
+
+def test_the_seeder_gives_customers_first_names(database_settings):
+    from campaigns.db.seed import SeedPlan, first_name_for, seed
+
+    db = database_settings
+    seed(db.dsn(), SeedPlan(customers=13, first_id=1, segments=1))
+    names = rows(db, "SELECT id, first_name FROM customers ORDER BY id")
+    assert names == [(n, first_name_for(n)) for n in range(1, 14)]
+    assert len({name for _, name in names}) == 12
