@@ -663,7 +663,7 @@ def _csv_lines(path: str) -> Iterator[Any]:
 def _import(args: argparse.Namespace, operation: str, run: Callable[[Any, Any, Any], Any]) -> int:
     """Read ``args.file`` and import it in one transaction (``run(cursor, records, log)`` via the service), then
     print the counts; a refused import prints its problems (``line N: column: problem``) and exits 2."""
-    from campaigns.core.importing import ProblemLog, csv_records
+    from campaigns.core.importing import ProblemLog, csv_records, format_problems
     from campaigns.errors import ImportRejected
 
     started = time.perf_counter()
@@ -676,7 +676,7 @@ def _import(args: argparse.Namespace, operation: str, run: Callable[[Any, Any, A
                 lambda c: {**c.as_dict(), "file": Path(args.file).name},
             )
         except ImportRejected as rejected:
-            for line in _problem_lines(rejected):
+            for line in format_problems(rejected.problems, rejected.total, IMPORT_PROBLEMS_SHOWN):
                 _info(line)
             _info(f"error: {args.file}: {rejected.total} problem(s); nothing was imported")
             return EXIT_INVALID
@@ -692,13 +692,6 @@ def _import(args: argparse.Namespace, operation: str, run: Callable[[Any, Any, A
               f"unchanged, in {seconds:.2f}s ({counts.rows / max(seconds, 1e-9):,.0f} rows/s)")
     _out(json.dumps(result))
     return EXIT_OK
-
-
-def _problem_lines(rejected: Any) -> list[str]:
-    lines = list(rejected.problems[:IMPORT_PROBLEMS_SHOWN])
-    if rejected.total > len(lines):
-        lines.append(f"... and {rejected.total - len(lines)} more ({rejected.total} problems in all)")
-    return lines
 
 
 def cmd_import_customers(args: argparse.Namespace) -> int:

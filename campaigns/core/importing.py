@@ -136,9 +136,10 @@ class ProblemLog:
         return self.total > 0
 
 
-def format_problems(problems: Sequence[Problem], total: int, limit: int = 50) -> list[str]:
-    """Lines to show a person: the first ``limit`` problems in line order, then how many more there were."""
-    shown = [str(p) for p in sorted(problems, key=lambda p: p.line)[:limit]]
+def format_problems(problems: Sequence[str], total: int, limit: int = 50) -> list[str]:
+    """Lines to show a person: the first ``limit`` problems (already in line order), then how many more there
+    were in all (``total`` counts the problems that were not kept too)."""
+    shown = list(problems[:limit])
     if total > len(shown):
         shown.append(f"... and {total - len(shown)} more ({total} problems in all)")
     return shown
@@ -397,7 +398,6 @@ class ImportCounts:
     segment: str | None = None
     segment_id: int | None = None
     created: bool = False
-    seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -409,7 +409,6 @@ class ImportCounts:
         }
         if self.kind == "segment":
             out.update(removed=self.removed, segment=self.segment, segment_id=self.segment_id, created=self.created)
-        out["seconds"] = round(self.seconds, 3)
         return out
 
 

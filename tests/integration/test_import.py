@@ -256,3 +256,31 @@ def test_the_seeder_gives_customers_first_names(database_settings):
     names = rows(db, "SELECT id, first_name FROM customers ORDER BY id")
     assert names == [(n, first_name_for(n)) for n in range(1, 14)]
     assert len({name for _, name in names}) == 12
+
+
+def test_the_generated_file_imports_and_one_bad_line_in_it_imports_nothing(database_settings, tmp_path):
+    """``python -m bench.customers_csv`` (the generator of docs/import.md's 1M-row figure) as a subprocess."""
+    import sys
+
+    db = database_settings
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    for path, extra in ((good, []), (bad, ["--bad-line", "2500"])):
+        made = subprocess.run(
+            [sys.executable, "-m", "bench.customers_csv", "5000", str(path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+        )
+        assert made.returncode == 0, made.stderr
+    done = campaigns(db, "import", "customers", str(bad))
+    assert done.returncode == 2
+    assert [line for line in done.stderr.splitlines() if line.startswith("line ")] == [
+        "line 2500: phone: '555-BAD' is not an E.164 number (+ then 7 to 15 digits, e.g. +14155550100)",
+        "line 2500: whatsapp: '555-BAD' is not an E.164 number (+ then 7 to 15 digits, e.g. +14155550100)",
+    ]
+    assert rows(db, "SELECT count(*) FROM customers") == [(0,)]
+    done = campaigns(db, "import", "customers", str(good))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["inserted"] == 5000
+    assert rows(db, "SELECT count(*), count(*) FILTER (WHERE attributes ? 'city') FROM customers") == [(5000, 5000)]

@@ -169,7 +169,7 @@ def test_problem_log_keeps_the_first_and_counts_all_and_the_printout_is_capped()
     _, header = next(records)
     assert list(customer_rows(records, header, log)) == []
     assert (len(log.problems), log.total) == (10, 30)
-    shown = format_problems(log.problems, log.total, limit=3)
+    shown = format_problems([str(p) for p in log.problems], log.total, limit=3)
     assert shown[0].startswith("line 2: email:") and shown[2].startswith("line 4: email:")
     assert shown[3] == "... and 27 more (30 problems in all)"
 
