@@ -6,6 +6,11 @@
   :meth:`CampaignService.execute_command <campaigns.service.CampaignService.execute_command>`: the acting
   principal's permissions, payload validation, template approval and the state machine apply exactly as
   for an API call.
+* **Imports too.** ``IMPORT_CUSTOMERS`` / ``IMPORT_SEGMENT`` (rows inline in ``payload_json``, at most
+  ``commands.import_max_rows``) go through the same row checks and sink as ``campaigns import``
+  (:mod:`sinks.customers`), in one transaction opened by :meth:`CampaignService.run_import
+  <campaigns.service.CampaignService.run_import>` with the command-id claim and the ``customers.import`` check:
+  all rows or none; a refused import is rejected (``invalid``) with its problems (``docs/import.md``).
 * **Exactly once per command id.** The command id is claimed in the same database transaction as the
   change; a repeated id (a redelivery, or an upstream retry) is a no-op.
 * **A bad command never stops the partition.** A record that cannot be decoded, or a command that is

@@ -284,3 +284,27 @@ def test_the_generated_file_imports_and_one_bad_line_in_it_imports_nothing(datab
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["inserted"] == 5000
     assert rows(db, "SELECT count(*), count(*) FILTER (WHERE attributes ? 'city') FROM customers") == [(5000, 5000)]
+
+
+def test_concurrent_imports_wait_for_each_other_and_never_share_an_id(database_settings, tmp_path):
+    db = database_settings
+    token = db_token(db)
+    files = []
+    for batch in range(3):
+        lines = "".join(f"b{batch}-{n},b{batch}n{n}@example.com\n" for n in range(2000))
+        files.append(write(tmp_path / f"b{batch}.csv", "external_id,email\n" + lines))
+    procs = [
+        subprocess.Popen(
+            [str(CAMPAIGNS), "import", "customers", path],
+            env=_env(db, CAMPAIGNS_TOKEN=token),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        for path in files
+    ]
+    outcomes = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in outcomes] == [0, 0, 0], [err for _, _, err in outcomes]
+    assert sorted(json.loads(out)["inserted"] for _, out, _ in outcomes) == [2000, 2000, 2000]
+    assert rows(db, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM customers") == [(6000, 6000, 1, 6000)]
