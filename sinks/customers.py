@@ -25,7 +25,17 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from campaigns.core.importing import CustomerRow, ImportCounts, Problem, ProblemLog
+from campaigns.core.importing import (
+    CustomerRow,
+    ImportCounts,
+    Problem,
+    ProblemLog,
+    check_customer_header,
+    check_segment_header,
+    csv_records,
+    customer_rows,
+    segment_members,
+)
 from campaigns.errors import ImportRejected
 
 CHUNK_ROWS = 50_000
@@ -272,3 +282,33 @@ def import_segment(
         segment_id=segment_id,
         created=created,
     )
+
+
+def _csv_header(records: Iterator[tuple[int, list[str]]], log: ProblemLog) -> list[str]:
+    first = next(records, None)
+    if first is None:
+        log.add((Problem(1, "csv", "no header (the first line names the columns)"),))
+        raise _reject(log)
+    return list(first[1])
+
+
+def import_customer_csv(cur: Any, lines: Iterable[str]) -> ImportCounts:
+    """:func:`import_customers` from the lines of a customer CSV (header first, read lazily): the header is
+    checked first (nothing after a bad header can be read), then every row. Raises ImportRejected."""
+    log = ProblemLog()
+    records = csv_records(lines, log)
+    header = _csv_header(records, log)
+    log.add(check_customer_header(header))
+    if log:
+        raise _reject(log)
+    return import_customers(cur, customer_rows(records, header, log), log)
+
+
+def import_segment_csv(cur: Any, segment: str, lines: Iterable[str], *, replace: bool) -> ImportCounts:
+    """:func:`import_segment` from the lines of a segment CSV (one column, ``external_id``)."""
+    log = ProblemLog()
+    records = csv_records(lines, log)
+    log.add(check_segment_header(_csv_header(records, log)))
+    if log:
+        raise _reject(log)
+    return import_segment(cur, segment, segment_members(records, log), log, replace=replace)

@@ -157,6 +157,8 @@ def test_header_and_csv_problems(database_settings, tmp_path):
     assert "line 1: bad key: not a valid attribute name" in done.stderr
     done = campaigns(db, "import", "customers", write(tmp_path / "q.csv", 'external_id,email\na,"x@y.z\n'))
     assert done.returncode == 2 and "line 2: csv: not valid CSV" in done.stderr
+    done = campaigns(db, "import", "customers", write(tmp_path / "empty.csv", ""))
+    assert done.returncode == 2 and "line 1: csv: no header" in done.stderr
     done = campaigns(db, "import", "customers", str(tmp_path / "missing.csv"))
     assert done.returncode == 2 and "no such file" in done.stderr
 
