@@ -9,6 +9,7 @@ since the service and its sessions are synchronous.
 
 
 import asyncio
+import io
 import json
 import logging
 import time
@@ -34,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import queries
 from api.idempotency import KEY_MAX, IdempotencyStore, campaign_id_for, request_hash
-from api.limits import LimitsMiddleware
+from api.limits import CSV_MEDIA_TYPE, LimitsMiddleware
 from api.live import LiveFeed
 from api.problems import (
     INTERNAL,
@@ -52,6 +53,7 @@ from api.settings import ApiSettings
 from campaigns.core.rbac import OPERATION_PERMISSION
 from campaigns.errors import AccessRefused, CampaignError, NotFound
 from campaigns.settings import Settings
+from sinks.customers import import_customer_csv
 
 log = logging.getLogger("campaigns.api")
 STATIC = Path(__file__).with_name("static")
@@ -241,6 +243,14 @@ class Me(BaseModel):
 
 class Accepted(BaseModel):
     accepted: bool
+
+
+class ImportResult(BaseModel):
+    kind: Literal["customers"]
+    rows: int
+    inserted: int
+    updated: int
+    unchanged: int
 
 
 def _view(view: Any) -> dict[str, Any]:
@@ -503,6 +513,32 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
             return {"accepted": True}
 
         return post(request, principal, key, 202, run)
+
+    # --- customers ----------------------------------------------------------------------------------
+
+    import_doc = doc("import_customers", post_body=True)
+    del import_doc["responses"][400]  # the body is CSV, never parsed as JSON: problems in it are 422
+    import_doc["openapi_extra"]["requestBody"] = {"required": True, "content": {CSV_MEDIA_TYPE: {
+        "schema": {"type": "string", "description": "a customer CSV, as `campaigns import customers` reads"}}}}
+
+    @app.post("/v1/customers/import", response_model=ImportResult, tags=["customers"],
+              summary="import customers from CSV (upsert by external_id; all or nothing)",
+              description="The body is a customer CSV (`text/csv`, UTF-8; columns and rules in docs/import.md), at "
+                          "most the API's body limit (larger files: `campaigns import customers`). Any bad row: "
+                          "422 with every problem as `line N: column: problem` in `errors`, nothing imported. With "
+                          "an Idempotency-Key, retries import once.",
+              **import_doc)
+    def import_customers(request: Request, principal: Actor, key: IdemKey = None) -> JSONResponse:
+        raw: bytes = getattr(request.state, "raw_body", b"")
+
+        def run() -> dict[str, Any]:
+            lines = io.StringIO(raw.decode("utf-8-sig", errors="replace"), newline="")
+            _, counts = service.run_import(principal, "import_customers", lambda cur: import_customer_csv(cur, lines),
+                                           lambda c: {**c.as_dict(), "via": "api"})
+            assert counts is not None
+            return counts.as_dict()
+
+        return post(request, principal, key, 200, run)
 
     # --- templates ----------------------------------------------------------------------------------
 

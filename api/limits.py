@@ -6,7 +6,8 @@ a body that must be JSON, well-formed and not nested deeper than ``max_json_dept
   to ``/v1/*``. Over the limit: 429 ``rate-limited`` with ``Retry-After``, before the database is touched.
 * Size: ``Content-Length`` over ``max_body_bytes`` is refused at once (413); a body without one is read up to the
   limit and refused as soon as it passes it. Nothing larger is ever held in memory.
-* JSON: a POST with a body must say ``application/json`` (415); it is parsed once here and refused if it is not
+* CSV: a route of ``CSV_PATHS`` takes ``text/csv`` only (415 otherwise); its body is not parsed here.
+* JSON: any other POST with a body must say ``application/json`` (415); it is parsed once here and refused if it is not
   JSON (400) or nests deeper than ``max_json_depth`` (400: the parser itself recurses, so a deeply nested
   document is refused before a route could crash on it). The body is then handed to the route unchanged and kept
   in ``request.state.raw_body`` for the Idempotency-Key hash.
@@ -25,6 +26,8 @@ from api.problems import MALFORMED, RATE_LIMITED, TOO_LARGE, UNSUPPORTED_MEDIA, 
 from api.settings import ApiSettings
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+CSV_MEDIA_TYPE = "text/csv"
+CSV_PATHS = frozenset({"/v1/customers/import"})  # routes whose body is CSV: never parsed here, only size-checked
 
 
 class TokenBuckets:
@@ -112,7 +115,13 @@ class LimitsMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body.strip():
+        if path in CSV_PATHS:
+            media = headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != CSV_MEDIA_TYPE:
+                await self._refuse(scope, send, Problem(
+                    UNSUPPORTED_MEDIA, f"Content-Type {media or '(none)'}: send {CSV_MEDIA_TYPE}"))
+                return
+        elif body.strip():
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json" and not media.endswith("+json"):
                 await self._refuse(scope, send, Problem(

@@ -643,6 +643,71 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+IMPORT_PROBLEMS_SHOWN = 50  # problems printed by a refused import (the total is always given)
+
+
+@contextmanager
+def _csv_lines(path: str) -> Iterator[Any]:
+    """The file's lines, read lazily (never the whole file): UTF-8 (a BOM is skipped); an invalid byte becomes
+    U+FFFD, which the row checks report with its line."""
+    try:
+        file = Path(path).open(encoding="utf-8-sig", errors="replace", newline="")
+    except FileNotFoundError:
+        raise ValidationError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ValidationError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    with file:
+        yield file
+
+
+def _import(args: argparse.Namespace, operation: str, run: Callable[[Any, Any], Any]) -> int:
+    """Read ``args.file`` and import it in one transaction (``run(cursor, lines)`` via the service), then print the
+    counts; a refused import prints its problems (``line N: column: problem``) and exits 2."""
+    from campaigns.core.importing import format_problems
+    from campaigns.errors import ImportRejected
+
+    started = time.perf_counter()
+    with _authorized(args, operation) as (service, actor), _csv_lines(args.file) as lines:
+        try:
+            outcome, counts = service.run_import(
+                actor, operation, lambda cur: run(cur, lines), lambda c: {**c.as_dict(), "file": Path(args.file).name}
+            )
+        except ImportRejected as rejected:
+            for line in format_problems(rejected.problems, rejected.total, IMPORT_PROBLEMS_SHOWN):
+                _info(line)
+            _info(f"error: {args.file}: {rejected.total} problem(s); nothing was imported")
+            return EXIT_INVALID
+    assert outcome == "applied" and counts is not None
+    seconds = time.perf_counter() - started
+    result = {**counts.as_dict(), "seconds": round(seconds, 3)}
+    if counts.kind == "segment":
+        _info(f"segment {counts.segment!r} (id {counts.segment_id}{', created' if counts.created else ''}): "
+              f"{counts.rows} rows, {counts.inserted} added, {counts.unchanged} already members, {counts.removed} "
+              f"removed, in {seconds:.2f}s")
+    else:
+        _info(f"{counts.rows} customers: {counts.inserted} inserted, {counts.updated} updated, {counts.unchanged} "
+              f"unchanged, in {seconds:.2f}s")
+    _out(json.dumps(result))
+    return EXIT_OK
+
+
+def cmd_import_customers(args: argparse.Namespace) -> int:
+    from sinks.customers import import_customer_csv
+
+    return _import(args, "import_customers", import_customer_csv)
+
+
+def cmd_import_segment(args: argparse.Namespace) -> int:
+    from campaigns.core.importing import check_segment_name
+    from sinks.customers import import_segment_csv
+
+    problems = check_segment_name(args.name)
+    if problems:
+        raise ValidationError([str(p) for p in problems])
+    return _import(args, "import_segment",
+                   lambda cur, lines: import_segment_csv(cur, args.name, lines, replace=args.replace))
+
+
 def cmd_topics_create(args: argparse.Namespace) -> int:
     from campaigns.settings import load_settings
     from producers.topics import all_topic_names, ensure_topics
@@ -1063,6 +1128,25 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--prefix", default="segment", help="segment name prefix (default 'segment')")
     _add_actor(seed)
     seed.set_defaults(handler=cmd_seed)
+
+    import_ = sub.add_parser(
+        "import", help="import customers or segment members from a CSV file (all or nothing; docs/import.md)")
+    import_sub = import_.add_subparsers(dest="import_command", required=True)
+    import_customers = import_sub.add_parser(
+        "customers", help="upsert customers by external_id from a CSV file (header: external_id, email, phone, "
+                          "whatsapp, first_name, last_name, locale, timezone, status, opted_out_channels, "
+                          "and any attribute columns)")
+    import_customers.add_argument("file", metavar="FILE.csv")
+    _add_actor(import_customers)
+    import_customers.set_defaults(handler=cmd_import_customers)
+    import_segment = import_sub.add_parser(
+        "segment", help="add the customers of a CSV file (one column, external_id) to a segment, creating it")
+    import_segment.add_argument("name", help="the segment's name")
+    import_segment.add_argument("file", metavar="FILE.csv")
+    import_segment.add_argument("--replace", action="store_true",
+                                help="the segment ends with exactly the file's customers (default: add them)")
+    _add_actor(import_segment)
+    import_segment.set_defaults(handler=cmd_import_segment)
 
     topics = sub.add_parser("topics", help="manage Kafka topics")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)

@@ -22,6 +22,20 @@ class ValidationError(CampaignError):
         super().__init__("invalid input: " + "; ".join(self.problems))
 
 
+class ImportRejected(ValidationError):
+    """An audience import refused as a whole (nothing was imported): ``problems`` holds the first problems found
+    (``"line N: column: what"``), ``total`` how many there were in all."""
+
+    SHOWN = 5  # problems in the message itself; the CLI prints more from ``problems``
+
+    def __init__(self, problems: list[str], total: int) -> None:
+        self.problems = list(problems)
+        self.total = total
+        shown = "; ".join(self.problems[: self.SHOWN])
+        more = f"; ... ({total} problems in all)" if total > min(len(self.problems), self.SHOWN) else ""
+        CampaignError.__init__(self, f"import refused, nothing was imported: {shown}{more}")
+
+
 class PermissionDenied(CampaignError):
     """The acting principal is unknown or lacks the permission the operation needs."""
 

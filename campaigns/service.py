@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -60,8 +60,12 @@ OPERATOR = "operator"  # what audit rows written before API tokens name for data
 BOOTSTRAP_ROLE = "admin"
 RECEIPT_KINDS = ("delivered", "read", "clicked", "bounced")
 COMMAND_TYPES = ("CREATE", "SCHEDULE", "PAUSE", "RESUME", "CANCEL")
+IMPORT_COMMAND_TYPES = ("IMPORT_CUSTOMERS", "IMPORT_SEGMENT")  # applied by the consumer through sinks/customers.py
 COMMAND_ID_MAX = 128  # processed_commands.command_id is VARCHAR(128)
 _BIGINT_MAX = 2**63 - 1
+
+
+R = TypeVar("R")
 
 
 def utcnow() -> datetime:
@@ -743,6 +747,38 @@ class CampaignService:
                 version = self._apply_in(session, actor, campaign_id, action, f"{action.value}_campaign",
                                          extra=self._extra_for(action))
             return CommandResult(command.command_id, "applied", campaign_id=campaign_id, version=version)
+
+    def run_import(
+        self,
+        actor: str,
+        operation: str,
+        work: Callable[[Any], R],
+        describe: Callable[[R], Mapping[str, Any]],
+        *,
+        command_id: str | None = None,
+    ) -> tuple[Literal["applied", "duplicate"], R | None]:
+        """Run a bulk write (an audience import) in ONE transaction: ``actor`` must hold ``operation``'s
+        permission (checked first, before any input is read); with ``command_id`` the id is claimed
+        (``processed_commands``) in the same transaction, and a repeated id returns ``("duplicate", None)``
+        without running ``work``. ``work`` gets the transaction's psycopg2 cursor and must not commit; an
+        exception from it rolls back everything, the claim included. An audit row (``describe(result)``) is
+        written with the change."""
+        if command_id is not None and (not command_id or len(command_id) > COMMAND_ID_MAX):
+            raise ValidationError(f"command_id: 1..{COMMAND_ID_MAX} characters, got {len(command_id)}")
+        with transaction(self._sessions) as session:
+            self._require(session, actor, operation)
+            if command_id is not None and not repo.claim_command(session, command_id, "applied", None):
+                return "duplicate", None
+            cursor = session.connection().connection.cursor()
+            try:
+                result = work(cursor)
+            finally:
+                cursor.close()
+            detail = dict(describe(result))
+            if command_id is not None:
+                detail["command_id"] = command_id
+            repo.add_audit(session, principal=actor, action=operation, campaign_id=None, detail=detail)
+            return "applied", result
 
     def record_rejected_command(self, command_id: str, reason: str) -> bool:
         """Remember that ``command_id`` was rejected, so a repeat of it is a no-op too. False if the id was

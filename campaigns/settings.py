@@ -259,6 +259,9 @@ class CommandSettings(BaseModel):
     # A signed command older (or newer) than this is refused as stale: a captured record cannot be replayed later.
     signature_window_s: float = 300.0
     key_cache_s: float = 10.0  # how long a consumer trusts its copy of a key (a revocation takes effect within it)
+    # Rows (or segment ids) one IMPORT_CUSTOMERS / IMPORT_SEGMENT command may carry; the record must also fit the
+    # producer's message.max.bytes (1 MB by default: ~5,000 customer rows of ~200 bytes). Files: `campaigns import`.
+    import_max_rows: int = Field(default=10_000, ge=1, le=100_000)
 
 
 class AnalyticsSettings(BaseModel):

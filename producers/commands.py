@@ -6,6 +6,11 @@
   :meth:`CampaignService.execute_command <campaigns.service.CampaignService.execute_command>`: the acting
   principal's permissions, payload validation, template approval and the state machine apply exactly as
   for an API call.
+* **Imports too.** ``IMPORT_CUSTOMERS`` / ``IMPORT_SEGMENT`` (rows inline in ``payload_json``, at most
+  ``commands.import_max_rows``) go through the same row checks and sink as ``campaigns import``
+  (:mod:`sinks.customers`), in one transaction opened by :meth:`CampaignService.run_import
+  <campaigns.service.CampaignService.run_import>` with the command-id claim and the ``customers.import`` check:
+  all rows or none; a refused import is rejected (``invalid``) with its problems (``docs/import.md``).
 * **Exactly once per command id.** The command id is claimed in the same database transaction as the
   change; a repeated id (a redelivery, or an upstream retry) is a no-op.
 * **A bad command never stops the partition.** A record that cannot be decoded, or a command that is
@@ -38,10 +43,11 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from campaigns.codec import Codec, get_codec
-from campaigns.core import signing
+from campaigns.core import importing, signing
 from campaigns.errors import (
     CampaignError,
     ConcurrentUpdate,
+    ImportRejected,
     NotFound,
     PermissionDenied,
     SchemaError,
@@ -50,12 +56,19 @@ from campaigns.errors import (
     TransitionNotAllowed,
     ValidationError,
 )
-from campaigns.service import COMMAND_TYPES, CampaignService, CommandRequest, CommandResult
+from campaigns.service import (
+    COMMAND_TYPES,
+    IMPORT_COMMAND_TYPES,
+    CampaignService,
+    CommandRequest,
+    CommandResult,
+)
 from campaigns.settings import Settings
 from campaigns.topics import commands_group
 from producers.dead_letters import DeadLetters
 from producers.kafka import KafkaProducer, Publisher
 from producers.topics import COMMANDS, COMMANDS_REJECTED
+from sinks.customers import import_customers, import_segment
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +216,14 @@ class CommandConsumer:
             return Rejection("invalid", str(exc), command_id, campaign_id)
         for attempt in range(self._conflict_retries + 1):
             try:
-                result = self._service.execute_command(request)
+                result = self._execute(request)
             except ConcurrentUpdate as exc:
                 if attempt < self._conflict_retries:
                     continue  # lost an optimistic-concurrency race: re-read and try again
                 return Rejection("concurrent_update", str(exc), command_id, campaign_id)
+            except ImportRejected as exc:  # every problem the detail can hold, not only the message's first few
+                detail = f"import refused, nothing was imported ({exc.total} problems): " + "; ".join(exc.problems)
+                return Rejection("invalid", detail, command_id, campaign_id)
             except CampaignError as exc:
                 return Rejection(_reason(exc), str(exc), command_id, campaign_id)
             except (OperationalError, InterfaceError, DisconnectionError, PoolTimeout) as exc:
@@ -226,6 +242,28 @@ class CommandConsumer:
             self._count(result)
             return None
         raise AssertionError("unreachable")
+
+    def _execute(self, request: CommandRequest) -> CommandResult:
+        """A campaign command through the service; an import through :mod:`sinks.customers` in the service's
+        transaction (:meth:`CampaignService.run_import`: permission, command-id claim, audit row, all or nothing)."""
+        if request.command_type not in IMPORT_COMMAND_TYPES:
+            return self._service.execute_command(request)
+        kind = "customers" if request.command_type == "IMPORT_CUSTOMERS" else "segment"
+        parsed = importing.parse_import_command(kind, request.payload, self._settings.commands.import_max_rows)
+        if isinstance(parsed, list):
+            raise ValidationError(parsed)
+        log = importing.ProblemLog()
+
+        def work(cur: Any) -> importing.ImportCounts:
+            if parsed.kind == "customers":
+                return import_customers(cur, importing.command_customer_rows(parsed, log), log)
+            assert parsed.segment is not None
+            return import_segment(cur, parsed.segment, importing.command_segment_members(parsed, log), log,
+                                  replace=parsed.replace)
+
+        outcome, _counts = self._service.run_import(request.principal, f"import_{kind}", work,
+                                                    lambda counts: counts.as_dict(), command_id=request.command_id)
+        return CommandResult(request.command_id, outcome)
 
     def _authenticate(self, msg: Message, raw: bytes) -> tuple[str, str | None]:
         """(the principal of the key the record is signed with, None) or ("", why it is refused)."""
@@ -268,6 +306,9 @@ class CommandConsumer:
             log.info(
                 "command %s is a repeat (first %s); nothing done", result.command_id, result.previous_outcome
             )
+        elif result.campaign_id is None:  # an import
+            self.applied += 1
+            log.info("command %s applied", result.command_id)
         else:
             self.applied += 1
             log.info(
@@ -364,9 +405,11 @@ def command_request(record: Mapping[str, Any]) -> CommandRequest:
             problems.append(f"campaign_id: must be a UUID, got {str(record['campaign_id'])[:60]!r}")
     payload: object = None
     payload_json = record.get("payload_json")
-    if command_type == "CREATE":
+    if command_type in IMPORT_COMMAND_TYPES and campaign_id is not None:
+        problems.append(f"campaign_id: an {command_type} command names no campaign (null)")
+    if command_type == "CREATE" or command_type in IMPORT_COMMAND_TYPES:
         if payload_json is None:
-            problems.append("payload_json: required for CREATE (the create payload as a JSON document)")
+            problems.append(f"payload_json: required for {command_type} (a JSON document)")
         else:
             try:
                 payload = json.loads(payload_json)
@@ -375,7 +418,7 @@ def command_request(record: Mapping[str, Any]) -> CommandRequest:
             except RecursionError:
                 problems.append("payload_json: nested too deeply to be a campaign payload")
     elif payload_json is not None:
-        problems.append(f"payload_json: only CREATE commands carry a payload, not {command_type}")
+        problems.append(f"payload_json: only CREATE and IMPORT_* commands carry a payload, not {command_type}")
     start_at = record.get("start_at")
     if isinstance(start_at, int):
         start_at = datetime.fromtimestamp(start_at / 1000, UTC)
@@ -411,9 +454,10 @@ def build_command(command: Mapping[str, Any]) -> dict[str, Any]:
     record.setdefault("principal", "")  # empty: the signing key's principal (the consumer fills it in)
     if isinstance(record["campaign_id"], uuid.UUID):
         record["campaign_id"] = str(record["campaign_id"])
-    if record.get("command_type") not in COMMAND_TYPES:
+    if record.get("command_type") not in (*COMMAND_TYPES, *IMPORT_COMMAND_TYPES):
         raise ValidationError(
-            f"command_type: must be one of {', '.join(COMMAND_TYPES)}, got {record.get('command_type')!r}"
+            f"command_type: must be one of {', '.join((*COMMAND_TYPES, *IMPORT_COMMAND_TYPES))}, "
+            f"got {record.get('command_type')!r}"
         )
     return record
 

@@ -52,6 +52,7 @@ class Permission(StrEnum):
     TEMPLATES_MANAGE = "templates.manage"  # templates, and approving a campaign's inline content
     CHANNELS_MANAGE = "channels.manage"  # provider accounts, their limits and breakers
     CUSTOMERS_MANAGE = "customers.manage"  # bulk-load customers and segments
+    CUSTOMERS_IMPORT = "customers.import"  # import customers and segment members (CSV files, import commands)
     PIPELINE_READ = "pipeline.read"  # read the dead letters, campaign events and rejected commands
     PIPELINE_REPLAY = "pipeline.replay"  # re-drive topic ranges and dead letters
 
@@ -60,16 +61,17 @@ DEFAULT_ROLES: Mapping[str, frozenset[Permission]] = MappingProxyType(
     {
         "admin": frozenset(Permission),
         "marketer": frozenset(
-            {Permission.CAMPAIGNS_CREATE, Permission.CAMPAIGNS_SEND, Permission.CAMPAIGNS_READ}
+            {Permission.CAMPAIGNS_CREATE, Permission.CAMPAIGNS_SEND, Permission.CAMPAIGNS_READ,
+             Permission.CUSTOMERS_IMPORT}
         ),
         "auditor": frozenset(
             {Permission.CAMPAIGNS_READ, Permission.CAMPAIGNS_AUDIT, Permission.PIPELINE_READ}
         ),
     }
 )
-"""The default roles (migrations 0001 and 0006 seed them): admin has everything; marketers create, send and
-read, only their own campaigns and only approved content; auditors read campaigns, the audit log and the
-pipeline's event, rejected-command and dead-letter topics."""
+"""The default roles (migrations 0001, 0006 and 0011 seed them): admin has everything; marketers create, send and
+read, only their own campaigns and only approved content, and import their audience; auditors read campaigns,
+the audit log and the pipeline's event, rejected-command and dead-letter topics."""
 
 OPERATION_PERMISSION: Mapping[str, Permission] = MappingProxyType(
     {
@@ -95,6 +97,8 @@ OPERATION_PERMISSION: Mapping[str, Permission] = MappingProxyType(
         "close_channel": Permission.CHANNELS_MANAGE,
         "list_channels": Permission.CAMPAIGNS_READ,
         "seed_customers": Permission.CUSTOMERS_MANAGE,
+        "import_customers": Permission.CUSTOMERS_IMPORT,
+        "import_segment": Permission.CUSTOMERS_IMPORT,
         "list_dead_letters": Permission.PIPELINE_READ,
         "list_events": Permission.PIPELINE_READ,
         "list_rejected_commands": Permission.PIPELINE_READ,

@@ -63,13 +63,22 @@ def invalid_addresses(plan: SeedPlan) -> set[str]:
     return out
 
 
+FIRST_NAMES = ("Ana", "Bruno", "Carmen", "David", "Elena", "Farid", "Grace", "Hugo", "Irene", "Jorge", "Kenji", "Lucía")
+
+
+def first_name_for(customer_id: int) -> str:
+    """The seeded customer's first name (deterministic, so tests can expect a personalised text)."""
+    return FIRST_NAMES[customer_id % len(FIRST_NAMES)]
+
+
 def _customer_rows(plan: SeedPlan) -> Iterator[str]:
     for cid in plan.ids():
         phone = phone_for(cid, plan)
         whatsapp = r"\N" if _marked(cid, plan.no_whatsapp_every) else phone
         status = "inactive" if _marked(cid, plan.inactive_every) else "active"
         opt_outs = "{whatsapp,sms,email}" if _marked(cid, plan.opted_out_every) else "{}"
-        yield f"{cid}\t{email_for(cid, plan)}\t{phone}\t{whatsapp}\t{status}\t{opt_outs}\n"
+        name = first_name_for(cid)
+        yield f"{cid}\t{email_for(cid, plan)}\t{phone}\t{whatsapp}\t{status}\t{opt_outs}\t{name}\n"
 
 
 def _member_rows(plan: SeedPlan, segment_ids: list[int]) -> Iterator[str]:
@@ -105,7 +114,7 @@ def seed(dsn: str, plan: SeedPlan) -> list[int]:
             segment_ids.append(cur.fetchone()[0])
         _copy(
             cur,
-            "COPY customers (id, email, phone, whatsapp, status, opted_out_channels) FROM STDIN",
+            "COPY customers (id, email, phone, whatsapp, status, opted_out_channels, first_name) FROM STDIN",
             _customer_rows(plan),
         )
         _copy(cur, "COPY segment_members (segment_id, customer_id) FROM STDIN", _member_rows(plan, segment_ids))

@@ -159,6 +159,16 @@ def soon() -> str:
 
 # One case per operation: how to call it successfully, and how to provoke the errors that depend on the route
 # (401, 403, 400, 413, 415, 429 and 503 are provoked the same way for every route that documents them).
+class Csv(bytes):
+    """A CSV request body (sent as ``text/csv``; every other body is JSON)."""
+
+
+def send(api: Api, method: str, path: str, body: Any, token: str | None, **kw: Any) -> Answer:
+    if isinstance(body, Csv):
+        return api.call(method, path, token=token, content=bytes(body), headers={"Content-Type": "text/csv"}, **kw)
+    return api.call(method, path, token=token, json_body=body, **kw)
+
+
 CASES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/healthz"): {"ok": lambda w: ("/healthz", None), "status": 200},
     ("GET", "/v1/me"): {"ok": lambda w: ("/v1/me", None), "status": 200},
@@ -228,6 +238,10 @@ CASES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/dead-letters/redrive"): {"ok": lambda w: ("/v1/dead-letters/redrive", {"dry_run": True}),
                                            "status": 200,
                                            422: lambda w: ("/v1/dead-letters/redrive", {"campaign": "x"})},
+    ("POST", "/v1/customers/import"): {
+        "ok": lambda w: ("/v1/customers/import", Csv(f"external_id,email\nc-{uuid.uuid4().hex[:8]},a@example.com\n"
+                                                     .encode())), "status": 200,
+        422: lambda w: ("/v1/customers/import", Csv(b"external_id,email\nc-1,not-an-email\n"))},
     ("GET", "/v1/stream/campaigns"): {"ok": lambda w: ("/v1/stream/campaigns", None), "status": 200, "sse": True},
     ("GET", "/v1/stream/campaigns/{campaign_id}"): {
         "ok": lambda w: (f"/v1/stream/campaigns/{w.campaign()}", None), "status": 200, "sse": True,
@@ -255,7 +269,7 @@ def test_every_route_and_every_documented_error(entry: EntryPoints, api: Api, se
     seen: dict[tuple[str, str], set[int]] = {key: set() for key in ops}
 
     def call(method: str, path: str, body: Any, token: str | None, **kw: Any) -> Answer:
-        return api.call(method, path, token=token, json_body=body, **kw)
+        return send(api, method, path, body, token, **kw)
 
     for key, op in sorted(ops.items()):
         method, template = key
@@ -329,12 +343,12 @@ def test_outages_and_rate_limits_on_every_route(entry: EntryPoints, api: Api):
             path = template.replace("{campaign_id}", MISSING).replace("{template_id}", "1") \
                 .replace("{kind}", "sms").replace("{token_id}", "0123456789abcdef")
             token = f"cmpt_{uuid.uuid4().hex[:16]}_{'x' * 43}"  # a bucket of its own per route
-            body = {} if method == "POST" else None
-            first = broken.call(method, path, token=token, json_body=body)
+            body = None if method != "POST" else Csv(b"external_id\nc-1\n") if "/import" in template else {}
+            first = send(broken, method, path, body, token)
             assert 503 in documented
             check_problem(first, 503, f"{method} {template}")
             assert first.headers.get("retry-after"), first.headers
-            second = broken.call(method, path, token=token, json_body=body)
+            second = send(broken, method, path, body, token)
             check_problem(second, 429, f"{method} {template}")
             assert int(second.headers["retry-after"]) >= 1
         assert "Traceback" not in broken.proc.log_text(), broken.proc.log_text()[-3000:]

@@ -12,7 +12,7 @@ import pytest
 from campaigns.core.rbac import DEFAULT_ROLES
 from campaigns.settings import Settings
 from tests.api.conftest import Api, start_api
-from tests.api.test_contract import CASES, World, operations
+from tests.api.test_contract import CASES, World, operations, send
 from tests.entrypoints.conftest import EntryPoints
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -36,7 +36,7 @@ def test_rbac_matrix_through_the_api(entry: EntryPoints, api: Api, settings: Set
                 continue
             method, template = key
             path, body = case["ok"](world)
-            answer = api.call(method, path, token=token, json_body=body)
+            answer = send(api, method, path, body, token)
             allowed = permission in granted or (key == OWN_TOKENS and role == "marketer")
             expected = case["status"] if allowed else 403
             assert answer.status == expected, f"{role} {method} {template}: {answer.status} {answer.body}"

@@ -389,6 +389,14 @@ class ReadmeUser:
             assert query(settings, "SELECT count(*) FROM alembic_version")[0][0] == 1
         elif name == "seed":
             assert json.loads(result.stdout)["customers"] == 100_000
+        elif args[:2] == ["import", "customers"]:  # examples/customers.csv: four new customers
+            assert json.loads(result.stdout) | {"seconds": 0} == {
+                "kind": "customers", "rows": 4, "inserted": 4, "updated": 0, "unchanged": 0, "seconds": 0}
+            assert query(settings, "SELECT first_name, attributes FROM customers WHERE external_ref = 'crm-1001'") == [
+                ("Lucía", {"plan": "gold"})]
+        elif args[:2] == ["import", "segment"]:
+            got = json.loads(result.stdout)
+            assert (got["segment"], got["created"], got["inserted"]) == ("vip", True, 2), got
         elif name == "create":
             self.campaign_id = str(uuid.UUID(result.stdout.strip()))
         elif name == "schedule":

@@ -401,3 +401,114 @@ def test_the_example_upstream_producer_sends_a_signed_command_as_a_user_runs_it(
                              env={k: v for k, v in environ.items() if k != "CAMPAIGNS_COMMAND_KEY_SECRET"},
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "CAMPAIGNS_COMMAND_KEY_SECRET" in missing.stderr
+
+
+# --- audience import through the command topic (issue 17 part 4) ---------------------------------------------
+
+
+def _customers(env) -> list[tuple]:
+    return env.rows(
+        "SELECT external_ref, first_name, email, attributes FROM customers WHERE external_ref LIKE 'up-%' "
+        "ORDER BY external_ref"
+    )
+
+
+def test_import_customers_command_upserts_once_per_command_id(settings, env, consumer, publisher, keys):
+    rows = [
+        {"external_id": f"up-{n}", "email": f"up{n}@example.com", "first_name": f"Up{n}", "plan": "gold"}
+        for n in range(1, 4)
+    ]
+    command = {
+        "command_id": f"imp-{uuid.uuid4()}",
+        "command_type": "IMPORT_CUSTOMERS",
+        "principal": env.marketer,
+        "payload": {"rows": rows},
+    }
+    send(publisher, settings, keys, command)
+    send(publisher, settings, keys, command)  # an upstream retry: applied once
+    changed = [{**rows[0], "first_name": "Changed", "phone": None}, rows[1]]
+    send(
+        publisher,
+        settings,
+        keys,
+        {"command_type": "IMPORT_CUSTOMERS", "principal": env.marketer, "payload": {"rows": changed}},
+    )
+    _pump_until(consumer, lambda: consumer.applied + consumer.duplicates >= 3, what="three import commands handled")
+    assert (consumer.applied, consumer.duplicates, consumer.rejected) == (2, 1, 0)
+    assert _customers(env) == [
+        ("up-1", "Changed", "up1@example.com", {"plan": "gold"}),
+        ("up-2", "Up2", "up2@example.com", {"plan": "gold"}),
+        ("up-3", "Up3", "up3@example.com", {"plan": "gold"}),
+    ]
+    audit = env.rows(
+        "SELECT principal, detail->>'inserted', detail->>'updated', detail->>'unchanged' FROM audit_log "
+        "WHERE action = 'import_customers' ORDER BY id"
+    )
+    assert audit == [(env.marketer, "3", "0", "0"), (env.marketer, "0", "1", "1")]
+
+    send(
+        publisher,
+        settings,
+        keys,
+        {
+            "command_type": "IMPORT_SEGMENT",
+            "principal": env.marketer,
+            "payload": {"segment": f"up-seg-{env.tag}", "external_ids": ["up-1", "up-3"]},
+        },
+    )
+    _pump_until(consumer, lambda: consumer.applied >= 3, what="the segment import applied")
+    members = env.rows(
+        "SELECT c.external_ref FROM segment_members m JOIN customer_segments s ON s.id = m.segment_id "
+        "JOIN customers c ON c.id = m.customer_id WHERE s.name = :n ORDER BY 1",
+        n=f"up-seg-{env.tag}",
+    )
+    assert members == [("up-1",), ("up-3",)]
+
+
+def test_a_rejected_import_changes_nothing_and_lists_its_problems(settings, env, consumer, publisher, keys):
+    rows = [{"external_id": f"up-{n}", "email": f"up{n}@example.com"} for n in range(1, 6)]
+    rows[2] = {"external_id": "up-3", "email": "not-an-email", "timezone": "Nowhere/City"}
+    bad = send(
+        publisher,
+        settings,
+        keys,
+        {"command_type": "IMPORT_CUSTOMERS", "principal": env.marketer, "payload": {"rows": rows}},
+    )
+    denied = send(
+        publisher,
+        settings,
+        keys,
+        {"command_type": "IMPORT_CUSTOMERS", "principal": env.auditor, "payload": {"rows": rows[:1]}},
+    )
+    unknown = send(
+        publisher,
+        settings,
+        keys,
+        {
+            "command_type": "IMPORT_SEGMENT",
+            "principal": env.marketer,
+            "payload": {"segment": "s", "external_ids": ["nobody"]},
+        },
+    )
+    too_many = send(
+        publisher,
+        settings,
+        keys,
+        {
+            "command_type": "IMPORT_CUSTOMERS",
+            "principal": env.marketer,
+            "payload": {"rows": [{"external_id": "x"}] * 10_001},
+        },
+    )
+    _pump_until(consumer, lambda: consumer.rejected >= 4, what="four rejections")
+    by_id = {r["message_id"]: r for r, _ in _rejections(settings, 4)}
+    assert by_id[bad]["reason"] == "invalid"
+    assert "line 3: email: 'not-an-email' is not an email address" in by_id[bad]["detail"]
+    assert "line 3: timezone: 'Nowhere/City' is not an IANA time zone" in by_id[bad]["detail"]
+    assert "(2 problems)" in by_id[bad]["detail"]
+    assert by_id[denied]["reason"] == "permission_denied" and "customers.import" in by_id[denied]["detail"]
+    assert "line 1: external_id: no customer has external id 'nobody'" in by_id[unknown]["detail"]
+    assert "10001 rows, at most 10000 per command" in by_id[too_many]["detail"]
+    assert _customers(env) == []
+    assert env.scalar("SELECT count(*) FROM customer_segments WHERE name = 's'") == 0
+    assert env.scalar("SELECT outcome FROM processed_commands WHERE command_id = :c", c=bad) == "rejected"

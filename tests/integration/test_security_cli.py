@@ -60,6 +60,8 @@ ALLOWED: dict[str, set[str]] = {
     "rejected list": {"admin", "auditor"},
     "replay": {"admin"},
     "dlq redrive": {"admin"},
+    "import customers": {"admin", "marketer"},
+    "import segment": {"admin", "marketer"},
 }
 PERMISSION = {
     "principal add": "principals.manage", "principal list": "principals.manage", "token create": "principals.manage",
@@ -71,6 +73,7 @@ PERMISSION = {
     "resume": "campaigns.send", "cancel": "campaigns.send", "status": "campaigns.read", "audit": "campaigns.audit",
     "dlq list": "pipeline.read", "events list": "pipeline.read", "rejected list": "pipeline.read",
     "replay": "pipeline.replay", "dlq redrive": "pipeline.replay",
+    "import customers": "customers.import", "import segment": "customers.import",
 }
 
 
@@ -99,6 +102,10 @@ class World:
         self.service.add_template("root", name=self.template, channel="sms", body="Save {{ discount }}", approve=True)
         plan = SeedPlan(customers=5, first_id=random.randrange(10**12, 10**13), segments=1, segment_prefix="s")
         self.segment = seed(self.db.dsn(), plan)[0]
+        with psycopg2.connect(self.db.dsn()) as conn, conn.cursor() as cur:  # customers a segment file can name
+            cur.execute("INSERT INTO customers (id, external_ref) SELECT 10^14 + n, 'ext-' || n "
+                        "FROM generate_series(1, 3) n")
+        conn.close()
 
     def campaigns(self, *argv: str, token: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
         extra = {**self.kafka, **env}
@@ -146,6 +153,10 @@ def command_for(world: World, operation: str, role: str) -> list[str]:
     tag = uuid.uuid4().hex[:6]
     template_file = world.tmp / f"template-{tag}.json"
     template_file.write_text(json.dumps({"name": f"t-{tag}", "channel": "sms", "body": "Hello {{ x }}"}))
+    customers_file = world.tmp / f"customers-{tag}.csv"
+    customers_file.write_text(f"external_id,email,first_name\nc-{tag},c-{tag}@example.com,Ana\n")
+    members_file = world.tmp / f"members-{tag}.csv"
+    members_file.write_text("external_id\next-1\next-2\n")
     return {
         "principal add": ["principal", "add", f"new-{tag}", "--role", "auditor"],
         "principal list": ["principal", "list"],
@@ -172,6 +183,8 @@ def command_for(world: World, operation: str, role: str) -> list[str]:
         "rejected list": ["rejected", "list"],
         "replay": ["replay", "--topic", "campaign.messages.sms", "--dry-run"],
         "dlq redrive": ["dlq", "redrive", "--dry-run"],
+        "import customers": ["import", "customers", str(customers_file)],
+        "import segment": ["import", "segment", f"vip-{tag}", str(members_file)],
     }[operation]
 
 
@@ -192,7 +205,8 @@ def test_rbac_matrix_every_role_every_operation_through_the_cli(world: World):
     assert not problems, "\n".join(problems)
     # Refusals are not silent: the audit log has every allowed change, nothing from the refused ones.
     actions = {r["action"] for r in world.service.audit_log("root", principal="marketer-1")}
-    assert actions == {"create_campaign", "schedule_campaign", "pause_campaign", "resume_campaign", "cancel_campaign"}
+    assert actions == {"create_campaign", "schedule_campaign", "pause_campaign", "resume_campaign", "cancel_campaign",
+                       "import_customers", "import_segment"}
 
 
 def test_ownership_a_marketer_manages_only_its_own_campaigns_an_admin_any(world: World):

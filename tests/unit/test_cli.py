@@ -74,10 +74,17 @@ def test_commands_that_act_need_a_token(capsys, no_service):
                  ["channel", "add", "sms"], ["channel", "list"], ["seed", "--customers", "1"],
                  ["replay", "--topic", "campaign.messages.sms", "--dry-run"], ["dlq", "redrive"], ["dlq", "list"],
                  ["events", "list"], ["rejected", "list"], ["audit"], ["token", "create", "eve"],
-                 ["token", "revoke", "--principal", "eve"], ["token", "list"], ["approve", campaign_id]):
+                 ["token", "revoke", "--principal", "eve"], ["token", "list"], ["approve", campaign_id],
+                 ["import", "customers", "people.csv"], ["import", "segment", "vip", "members.csv", "--replace"]):
         assert cli.main(argv) == 3, argv
         err = capsys.readouterr().err
         assert "no API token" in err and cli.TOKEN_ENV in err and "campaigns token create" in err, err
+
+
+def test_import_checks_the_segment_name_before_any_service_call(capsys, no_service):
+    assert cli.main(["import", "segment", " vip", "members.csv"]) == 2
+    assert "segment: has leading or trailing spaces" in capsys.readouterr().err
+    assert cli.main(["import", "segment", "vip"]) == 2  # the file is missing: a usage error
 
 
 def test_create_reports_a_missing_or_broken_file(tmp_path, capsys, no_service):

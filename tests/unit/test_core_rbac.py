@@ -44,6 +44,8 @@ ALLOWED_ROLES: dict[str, set[str]] = {
     "close_channel": {"admin"},
     "list_channels": {"admin", "marketer", "auditor"},
     "seed_customers": {"admin"},
+    "import_customers": {"admin", "marketer"},
+    "import_segment": {"admin", "marketer"},
     "list_dead_letters": {"admin", "auditor"},
     "list_events": {"admin", "auditor"},
     "list_rejected_commands": {"admin", "auditor"},
@@ -66,6 +68,7 @@ def test_permission_values() -> None:
         "templates.manage",
         "channels.manage",
         "customers.manage",
+        "customers.import",
         "pipeline.read",
         "pipeline.replay",
     }
@@ -73,7 +76,7 @@ def test_permission_values() -> None:
 
 def test_default_roles() -> None:
     assert DEFAULT_ROLES["admin"] == frozenset(Permission)
-    assert DEFAULT_ROLES["marketer"] == {P.CAMPAIGNS_CREATE, P.CAMPAIGNS_SEND, P.CAMPAIGNS_READ}
+    assert DEFAULT_ROLES["marketer"] == {P.CAMPAIGNS_CREATE, P.CAMPAIGNS_SEND, P.CAMPAIGNS_READ, P.CUSTOMERS_IMPORT}
     assert DEFAULT_ROLES["auditor"] == {P.CAMPAIGNS_READ, P.CAMPAIGNS_AUDIT, P.PIPELINE_READ}
 
 
@@ -124,6 +127,7 @@ def test_principal_with_no_roles_is_denied() -> None:
 def test_permissions_for_roles() -> None:
     assert permissions_for_roles(["marketer", "auditor"]) == {
         P.CAMPAIGNS_CREATE, P.CAMPAIGNS_SEND, P.CAMPAIGNS_READ, P.CAMPAIGNS_AUDIT, P.PIPELINE_READ,
+        P.CUSTOMERS_IMPORT,
     }
     assert permissions_for_roles(["no-such-role"]) == frozenset()
     assert permissions_for_roles([]) == frozenset()

@@ -90,7 +90,7 @@ def test_command_request_checks_what_only_the_command_knows():
         )
     assert bad.value.problems == [
         "campaign_id: must be a UUID, got 'not-a-uuid'",
-        "payload_json: only CREATE commands carry a payload, not PAUSE",
+        "payload_json: only CREATE and IMPORT_* commands carry a payload, not PAUSE",
         "start_at: only SCHEDULE commands carry a start time, not PAUSE",
     ]
     with pytest.raises(ValidationError, match="payload_json: required for CREATE"):
