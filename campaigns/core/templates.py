@@ -90,9 +90,7 @@ ATTRIBUTES = "attributes"
 # text so ``{{{x}}}`` is the placeholder ``{{x}}`` wrapped in literal braces.
 _CANDIDATE = re.compile(r"\{\{([^{}]*)\}\}")
 _PATH = re.compile(r"\s*([a-zA-Z_][a-zA-Z0-9_]*)(?:\.([a-zA-Z_][a-zA-Z0-9_]*))?\s*")
-_FILTER = re.compile(
-    r"\|\s*([a-z_]+)\s*(?::\s*(?:\"([^\"]*)\"|'([^']*)')\s*)?"
-)
+_FILTER = re.compile(r"\|\s*([a-z_]+)\s*(?::\s*(?:\"([^\"]*)\"|'([^']*)')\s*)?")
 
 _NEWLINES = re.compile(r"\r\n?")
 # Unicode Cc (C0, DEL, C1) and lone surrogates (Cs), as sanitize_text removes them, as one regex (fast).
@@ -117,8 +115,20 @@ DATE_DIRECTIVES: Mapping[str, Callable[[datetime], str]] = {
 """``date`` filter directives (English names, whatever the process locale): ``%Y %y %m %d %e`` (day without
 padding) ``%B %b %A %a %H %M %S %%``. Any other ``%x`` is a malformed placeholder."""
 
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _DIRECTIVE = re.compile(r"%(.?)")
 DEFAULT_DATE_FORMAT = "%Y-%m-%d"
@@ -206,8 +216,11 @@ def _parse(inner: str, source: str) -> Placeholder | None:
             return None
         if filter_name == "default" and argument is None:
             return None
-        if filter_name == "date" and argument is not None and any(
-                m.group(1) not in DATE_DIRECTIVES for m in _DIRECTIVE.finditer(argument)):
+        if (
+            filter_name == "date"
+            and argument is not None
+            and any(m.group(1) not in DATE_DIRECTIVES for m in _DIRECTIVE.finditer(argument))
+        ):
             return None
         filters.append((filter_name, argument))
         position = match.end()
@@ -235,7 +248,7 @@ def _scan(text: str) -> tuple[frozenset[str], list[str]]:
 def _malformed_problem(field: str, placeholder: str) -> str:
     return (
         f"{field}: malformed placeholder {placeholder!r} (use {{{{ name }}}} or {{{{ attributes.name }}}}, "
-        f"optionally with filters: {' | '.join(FILTERS)}, e.g. {{{{ first_name | default: \"there\" }}}})"
+        f'optionally with filters: {" | ".join(FILTERS)}, e.g. {{{{ first_name | default: "there" }}}})'
     )
 
 
@@ -304,7 +317,9 @@ def _clean_html(value: str) -> str:
 
 
 _CLEANERS: Mapping[Clean, Callable[[str], str]] = {
-    Clean.TEXT: _clean_text, Clean.LINE: _clean_line, Clean.HTML: _clean_html,
+    Clean.TEXT: _clean_text,
+    Clean.LINE: _clean_line,
+    Clean.HTML: _clean_html,
 }
 
 
@@ -396,7 +411,7 @@ def compile_template(text: str) -> CompiledTemplate:
             malformed.append(match.group(0))
             continue
         if match.start() > position:
-            parts.append(text[position:match.start()])
+            parts.append(text[position : match.start()])
         parts.append(placeholder)
         position = match.end()
     if malformed:

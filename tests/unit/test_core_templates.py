@@ -14,8 +14,8 @@ from campaigns.core.templates import (
     render,
     sanitize_html,
     sanitize_text,
-    template_problems,
     template_parameters_in_order,
+    template_problems,
     template_variables,
     template_variables_in_order,
 )
@@ -65,7 +65,7 @@ def test_no_placeholders() -> None:
         "{{ a|shout }}",
         "{{ a | upper: 'x' }}",
         "{{ a | default }}",
-        "{{ a | default: \"x }}",
+        '{{ a | default: "x }}',
         "{{ a | date: '%Y %Q' }}",
         "{{ attributes.x.y }}",
         "{{ attributes }}",
@@ -89,8 +89,11 @@ def test_malformed_placeholders_are_errors(placeholder: str) -> None:
 # --- filters, defaults, attributes, compiled templates ----------------------------------------------
 
 
-PROFILE = {"first_name": "ana", "last_name": None, "attributes": {"tier": "gold", "points": 1200, "vip": True,
-                                                                  "since": "2024-03-05", "nested": {"a": 1}}}
+PROFILE = {
+    "first_name": "ana",
+    "last_name": None,
+    "attributes": {"tier": "gold", "points": 1200, "vip": True, "since": "2024-03-05", "nested": {"a": 1}},
+}
 
 
 @pytest.mark.parametrize(
@@ -99,7 +102,7 @@ PROFILE = {"first_name": "ana", "last_name": None, "attributes": {"tier": "gold"
         ("Hi {{ first_name }}", "Hi ana"),
         ("Hi {{ first_name | upper }}", "Hi ANA"),
         ("Hi {{first_name|capitalize}}!", "Hi Ana!"),
-        ("Hi {{ last_name | default: \"there\" }}", "Hi there"),
+        ('Hi {{ last_name | default: "there" }}', "Hi there"),
         ("Hi {{ last_name | default: 'there' | upper }}", "Hi THERE"),
         ("Hi {{ last_name }}.", "Hi ."),
         ("{{ attributes.tier | upper }} {{ attributes.points }} {{ attributes.vip }}", "GOLD 1200 true"),
@@ -120,13 +123,15 @@ def test_compiled_render_cleans_values_for_the_destination() -> None:
     assert compile_template("Hi {{ first_name }}").render(values, Clean.TEXT) == "Hi <b>Ann\nie</b>"
     assert compile_template("Hi {{ first_name }}").render(values, Clean.LINE) == "Hi <b>Ann ie</b>"
     assert compile_template("<p>{{ first_name }}</p>").render(values, Clean.HTML) == (
-        "<p>&lt;b&gt;Ann\nie&lt;/b&gt;</p>")
+        "<p>&lt;b&gt;Ann\nie&lt;/b&gt;</p>"
+    )
 
 
 def test_a_default_is_template_text_not_escaped_again() -> None:
     # The stored HTML template was sanitised as a whole: its default is already HTML.
     assert compile_template("{{ first_name | default: 'Tom &amp; Jerry' }}").render({}, Clean.HTML) == (
-        "Tom &amp; Jerry")
+        "Tom &amp; Jerry"
+    )
 
 
 def test_substitute_keeps_recipient_placeholders() -> None:
@@ -158,8 +163,11 @@ def test_compiled_values_are_never_re_expanded(values: dict[str, str], filler: s
     out = compile_template(text).render(values, Clean.TEXT)
     for key, value in values.items():
         cleaned = value.replace("\r\n", "\n").replace("\r", "\n")
-        cleaned = "".join(ch for ch in cleaned if ch in "\n\t" or not (ord(ch) < 0x20 or 0x7f <= ord(ch) <= 0x9f
-                                                                       or 0xd800 <= ord(ch) <= 0xdfff))
+        cleaned = "".join(
+            ch
+            for ch in cleaned
+            if ch in "\n\t" or not (ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or 0xD800 <= ord(ch) <= 0xDFFF)
+        )
         assert f"[{cleaned}]" in out, key
 
 
