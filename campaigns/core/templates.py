@@ -79,10 +79,11 @@ IDENTIFIER = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 """What a variable name may look like (ASCII only, so look-alike names cannot be smuggled in)."""
 
 PROFILE_FIELDS = frozenset(
-    {"customer_id", "first_name", "last_name", "email", "phone", "whatsapp", "locale", "timezone"}
+    {"customer_id", "first_name", "last_name", "email", "phone", "whatsapp", "locale", "timezone", "unsubscribe_url"}
 )
 """The customer's own fields a template may use without a default (``attributes.<name>`` needs one: free
-attributes have no schema that promises them). A field the customer has no value for renders empty."""
+attributes have no schema that promises them). A field the customer has no value for renders empty.
+``unsubscribe_url`` is the recipient's one-click unsubscribe link (email only; empty on other channels)."""
 
 ATTRIBUTES = "attributes"
 
