@@ -28,6 +28,7 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from campaigns.core import rbac, signing
+from campaigns.core import sms as sms_core
 from campaigns.core import tokens as tokens_core
 from campaigns.core.payload import (
     MAX_SCHEDULE_AHEAD,
@@ -37,11 +38,13 @@ from campaigns.core.payload import (
 )
 from campaigns.core.states import CampaignAction, CampaignStatus, transition
 from campaigns.core.templates import (
-    render,
+    PROFILE_FIELDS,
+    Clean,
+    compile_template,
     sanitize_html,
     sanitize_text,
+    template_parameters_in_order,
     template_variables,
-    template_variables_in_order,
 )
 from campaigns.db import repository as repo
 from campaigns.db.engine import transaction
@@ -108,6 +111,7 @@ class CampaignStatusView:
     recipients: Mapping[str, int] = field(default_factory=dict)
     failures_by_reason: Mapping[str, int] = field(default_factory=dict)
     channel_paused: str | None = None  # why the campaign's channel breaker is open, or None (sending)
+    sms: Mapping[str, Any] | None = None  # an SMS campaign's cost estimate (CampaignService.content_estimate)
 
     @property
     def terminal(self) -> int:
@@ -126,6 +130,7 @@ class CampaignStatusView:
             "terminal": self.terminal,
             "failures_by_reason": dict(self.failures_by_reason),
             "channel_paused": self.channel_paused,
+            "sms": dict(self.sms) if self.sms is not None else None,
         }
 
 
@@ -444,6 +449,7 @@ class CampaignService:
             backoff_base_s=draft.retry_policy.backoff_base_s, backoff_max_s=draft.retry_policy.backoff_max_s,
             retry_jitter=draft.retry_policy.jitter, failure_threshold=draft.failure_threshold,
             failure_min_sample=draft.failure_min_sample, locale=draft.locale, created_by=actor,
+            max_sms_segments=draft.max_sms_segments,
             created_at=now, updated_at=now, **self._content_approval(session, actor, granted, template_id, now),
         )
         repo.insert_campaign(session, campaign, segment_ids=segment_ids, manual_recipients=manual,
@@ -481,15 +487,21 @@ class CampaignService:
     def _content(
         self, session: Session, draft: CampaignDraft, problems: list[str]
     ) -> tuple[CampaignMessage | None, int | None]:
-        """The rendered message for ``draft`` and its template id; appends problems instead of raising."""
+        """The stored message for ``draft`` and its template id; appends problems instead of raising.
+
+        Campaign variables are substituted now; profile placeholders (``{{ first_name }}``,
+        ``{{ attributes.x | default: "..." }}``) stay, rendered per recipient at send time.
+        """
         channel = draft.channel.value
         if draft.content is not None:
-            try:
-                body = render(draft.content.body, draft.variables, escape_html=channel == "email")
-                subject = render(draft.content.subject, draft.variables) if draft.content.subject else None
-            except ValidationError as error:
-                problems.extend(error.problems)
+            found = _variable_problems(draft.variables, ("content.body", draft.content.body),
+                                       ("content.subject", draft.content.subject))
+            if found:
+                problems.extend(found)
                 return None, None
+            body = _substitute(draft.content.body, draft.variables, Clean.HTML if channel == "email" else Clean.TEXT)
+            subject = _substitute(draft.content.subject, draft.variables, Clean.TEXT) if draft.content.subject else None
+            problems.extend(_sms_problems(channel, body, draft.max_sms_segments))
             message = CampaignMessage(channel_kind=channel, locale=draft.locale, subject=subject, body=body)
             return message, None
         assert draft.template is not None  # the payload validation guarantees one of the two
@@ -506,27 +518,27 @@ class CampaignService:
                 problems.append(f"template: no template {ref.name!r} with {wanted} for locale {draft.locale} "
                                 "(add and approve one with `campaigns template add FILE --approve`)")
             return None, None
-        found: list[str] = []
+        found = []
         if template.status != "approved":
             found.append(f"template: {ref.name!r} v{template.version} is {template.status}, not approved "
                          f"(approve it with `campaigns template approve {template.id}`)")
         if template.channel_kind != channel:
             found.append(f"template: {ref.name!r} is for {template.channel_kind}, not {channel}")
-        missing = sorted(set(template.variables) - set(draft.variables))
-        if missing:
-            found.append(f"variables: the template {ref.name!r} needs {missing}; give them in \"variables\"")
+        found.extend(_variable_problems(draft.variables, ("template.body", template.body),
+                                        ("template.subject", template.subject), template=ref.name))
         if channel == "email" and template.subject:  # one header line once rendered: refused now, not per recipient
             found.extend(email_subject_problems(template.subject, draft.variables, field="template.subject"))
         problems.extend(found)
         if found or problems:
             return None, None
         try:
-            body = render(template.body, draft.variables, escape_html=channel == "email")
-            subject = render(template.subject, draft.variables) if template.subject else None
+            body = _substitute(template.body, draft.variables, Clean.HTML if channel == "email" else Clean.TEXT)
+            subject = _substitute(template.subject, draft.variables, Clean.TEXT) if template.subject else None
             parameters = self._template_parameters(channel, template.name, template.body, draft.variables)
         except ValidationError as error:
             problems.extend(error.problems)
             return None, None
+        problems.extend(_sms_problems(channel, body, draft.max_sms_segments))
         message = CampaignMessage(channel_kind=channel, locale=draft.locale, subject=subject, body=body,
                                   template_name=template.name, template_parameters=list(parameters))
         return message, template.id
@@ -535,21 +547,44 @@ class CampaignService:
     def _template_parameters(
         channel: str, name: str, body: str, variables: Mapping[str, str]
     ) -> tuple[str, ...]:
-        """The values a provider-side template is filled with, in the template's variable order.
+        """What fills a provider-side template's parameters, in the template's parameter order.
 
         Only WhatsApp renders templates at the provider (the Cloud API takes the template name and its
-        body parameters {{1}}..{{n}}); SMS and email send the body rendered here, so they need none. The
-        Cloud API refuses an empty parameter, so an empty value is a create-time error, not a late
-        per-recipient failure.
+        body parameters {{1}}..{{n}}); SMS and email send the body rendered here, so they need none. A
+        parameter from a campaign variable is its value, rendered now (an empty one is a create-time error:
+        the Cloud API refuses empty parameters); one from the profile is the placeholder itself, rendered
+        for each recipient at send time.
         """
         if channel != "whatsapp":
             return ()
-        order = template_variables_in_order(body)
-        empty = [n for n in order if not variables[n]]
+        parameters, empty = [], []
+        for placeholder in template_parameters_in_order(body):
+            if placeholder.name in variables:
+                value = compile_template(placeholder.source).render(variables)
+                if not value.strip():
+                    empty.append(placeholder.name)
+                parameters.append(value)
+            else:
+                parameters.append(placeholder.source)
         if empty:
             raise ValidationError([f"variables.{n}: must not be empty: the WhatsApp template {name!r} "
                                    "sends it as a parameter, and the Cloud API refuses empty ones" for n in empty])
-        return tuple(variables[n] for n in order)
+        return tuple(parameters)
+
+    def content_estimate(self, actor: str, campaign_id: uuid.UUID) -> dict[str, Any] | None:
+        """An SMS campaign's cost estimate: encoding and segments of the static text per locale (what every
+        message costs at least; placeholders add what each recipient's values add), its
+        ``max_sms_segments``, and segments x recipients once the audience is counted. None for other
+        channels."""
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "campaign_status")
+            campaign = repo.get_campaign(session, campaign_id)
+            if campaign is None:
+                raise NotFound(f"campaign {campaign_id} does not exist")
+            if campaign.channel_kind != "sms":
+                return None
+            return sms_estimate(repo.campaign_bodies(session, campaign_id), campaign.max_sms_segments,
+                                campaign.total_recipients)
 
     # --- transitions -----------------------------------------------------------------------------
 
@@ -773,6 +808,8 @@ class CampaignService:
                 recipients=repo.recipient_status_counts(session, campaign_id),
                 failures_by_reason=repo.failure_reasons(session, campaign_id),
                 channel_paused=getattr(repo.enabled_channel(session, campaign.channel_kind), "paused_reason", None),
+                sms=sms_estimate(repo.campaign_bodies(session, campaign_id), campaign.max_sms_segments,
+                                 campaign.total_recipients) if campaign.channel_kind == "sms" else None,
             )
 
     # --- receipts, principals, templates ---------------------------------------------------------
@@ -928,3 +965,74 @@ def _detail_campaign(detail: str | None) -> uuid.UUID | None:
         return uuid.UUID(value) if value else None
     except (ValueError, AttributeError, TypeError):
         return None
+
+
+def _variable_problems(
+    variables: Mapping[str, str], *texts: tuple[str, str | None], template: str | None = None
+) -> list[str]:
+    """Why the texts cannot be rendered: a placeholder that is not a campaign variable, a profile field
+    (:data:`~campaigns.core.templates.PROFILE_FIELDS`) or given a default; ``attributes.x`` without a default
+    (attributes have no schema); a campaign variable whose value holds ``{{`` or ``}}`` (the stored text is
+    rendered again per recipient, and a value must never become a placeholder); malformed placeholders."""
+    problems: list[str] = []
+    unknown: set[str] = set()
+    for field_name, text in texts:
+        if not text:
+            continue
+        try:
+            placeholders = template_parameters_in_order(text)
+        except ValidationError as error:
+            problems.extend(p.replace("template:", f"{field_name}:", 1) for p in error.problems)
+            continue
+        for placeholder in placeholders:
+            name = placeholder.name
+            if name in variables:
+                value = variables[name]
+                if isinstance(value, str) and ("{{" in value or "}}" in value):
+                    problems.append(f"variables.{name}: must not contain '{{{{' or '}}}}' (the message is rendered "
+                                    "again for each recipient)")
+            elif placeholder.default is None and name not in PROFILE_FIELDS:
+                unknown.add(name)
+    where = f"the template {template!r}" if template else "the content"
+    for name in sorted(unknown):
+        problems.append(
+            f"variables.{name}: missing: {where} uses {{{{ {name} }}}}, which is neither a campaign variable (give "
+            f"it in \"variables\"), a profile field ({', '.join(sorted(PROFILE_FIELDS))}) nor given a default "
+            f"(e.g. {{{{ {name} | default: \"...\" }}}})"
+        )
+    return sorted(set(problems), key=problems.index)
+
+
+def _substitute(text: str, variables: Mapping[str, str], clean: Clean) -> str:
+    """``text`` with the campaign's variables rendered and every profile placeholder kept."""
+    return compile_template(text).substitute(variables, clean)
+
+
+def _sms_problems(channel: str, body: str, max_segments: int | None) -> list[str]:
+    if channel != "sms":
+        return []
+    static = sms_core.estimate(compile_template(body).static_text())
+    limit = max_segments or sms_core.MAX_SEGMENTS
+    if static.segments > limit:
+        return [f"max_sms_segments: the text without its placeholders is already {static.segments} {static.encoding} "
+                f"segments ({static.units} units), more than the {limit} allowed"]
+    return []
+
+
+def sms_estimate(
+    messages: list[tuple[str, str]], max_segments: int | None, recipients: int | None
+) -> dict[str, Any]:
+    """The SMS cost estimate of content rows ``(locale, body)`` (see :meth:`CampaignService.content_estimate`)."""
+    per_locale = {}
+    for locale, body in messages:
+        compiled = compile_template(body)
+        static = sms_core.estimate(compiled.static_text())
+        per_locale[locale] = {**static.as_dict(), "placeholders": len(compiled.placeholders)}
+    worst = max((v["segments"] for v in per_locale.values()), default=1)
+    return {
+        "per_locale": per_locale,
+        "segments": worst,
+        "max_sms_segments": max_segments or sms_core.MAX_SEGMENTS,
+        "estimated_segments_total": worst * recipients if recipients is not None else None,
+        "note": "static text only: each recipient's values add to it; a message over max_sms_segments fails",
+    }

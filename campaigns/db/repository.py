@@ -376,6 +376,13 @@ def processed_command(session: Session, command_id: str) -> tuple[str, str | Non
     return None if row is None else (row[0], row[1])
 
 
+def campaign_bodies(session: Session, campaign_id: uuid.UUID) -> list[tuple[str, str]]:
+    """(locale, body) of every content row of a campaign."""
+    rows = session.execute(select(CampaignMessage.locale, CampaignMessage.body)
+                           .where(CampaignMessage.campaign_id == campaign_id).order_by(CampaignMessage.locale))
+    return [(r[0], r[1]) for r in rows]
+
+
 def latest_template(session: Session, name: str, locale: str) -> Template | None:
     """The newest version of a template whatever its status (for error messages that say what exists)."""
     return session.scalar(
