@@ -290,7 +290,8 @@ def test_all_problems_are_collected() -> None:
     )
     assert problems == [
         "extra: unknown field (allowed: name, channel, template, content, variables, segments, "
-        "manual_recipients, start_at, batch_size, retry_policy, failure_threshold, failure_min_sample, locale)",
+        "manual_recipients, start_at, batch_size, retry_policy, failure_threshold, failure_min_sample, locale, "
+        "max_sms_segments)",
         "name: must not be empty",
         "channel: must be one of whatsapp, sms, email, got 'fax'",
         "template: required (or give inline content instead)",
