@@ -25,6 +25,7 @@ from api.problems import MALFORMED, RATE_LIMITED, TOO_LARGE, UNSUPPORTED_MEDIA, 
 from api.settings import ApiSettings
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+UNSUBSCRIBE_PATH = "/unsubscribe"  # rate-limited per client like /v1, but its body is a form, not JSON
 
 
 class TokenBuckets:
@@ -81,7 +82,7 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if path.startswith("/v1/"):
+        if path.startswith("/v1/") or path == UNSUBSCRIBE_PATH:
             wait = self.buckets.take(_rate_key(scope), time.monotonic())
             if wait > 0:
                 await self._refuse(scope, send, Problem(
@@ -112,7 +113,7 @@ class LimitsMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body.strip():
+        if body.strip() and path != UNSUBSCRIBE_PATH:  # RFC 8058: a form body, List-Unsubscribe=One-Click
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json" and not media.endswith("+json"):
                 await self._refuse(scope, send, Problem(

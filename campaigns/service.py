@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from campaigns.core import rbac, signing
 from campaigns.core import sms as sms_core
 from campaigns.core import tokens as tokens_core
+from campaigns.core import unsubscribe as unsubscribe_core
 from campaigns.core.payload import (
     MAX_SCHEDULE_AHEAD,
     CampaignDraft,
@@ -53,6 +54,7 @@ from campaigns.errors import (
     AccessRefused,
     ConcurrentUpdate,
     NotFound,
+    PermissionDenied,
     TransitionNotAllowed,
     ValidationError,
 )
@@ -61,6 +63,7 @@ from campaigns.topics import EVENTS, OUTCOMES
 SYSTEM_PRINCIPAL = "system"  # the scheduler, the analytics stage and in-process programs act as this (internal)
 OPERATOR = "operator"  # what audit rows written before API tokens name for database-level changes (reserved)
 BOOTSTRAP_ROLE = "admin"
+UNSUBSCRIBE_PRINCIPAL = "recipient"  # what audit rows name for a recipient's own one-click unsubscribe
 RECEIPT_KINDS = ("delivered", "read", "clicked", "bounced")
 COMMAND_TYPES = ("CREATE", "SCHEDULE", "PAUSE", "RESUME", "CANCEL")
 COMMAND_ID_MAX = 128  # processed_commands.command_id is VARCHAR(128)
@@ -811,6 +814,30 @@ class CampaignService:
                 sms=sms_estimate(repo.campaign_bodies(session, campaign_id), campaign.max_sms_segments,
                                  campaign.total_recipients) if campaign.channel_kind == "sms" else None,
             )
+
+    # --- unsubscribe (RFC 8058 one-click) ---------------------------------------------------------
+
+    def unsubscribe(self, token: str, secret: bytes) -> dict[str, Any]:
+        """Apply a recipient's one-click unsubscribe: the token (``campaigns.core.unsubscribe``, made by the
+        sender with ``secret``) is the only credential. The customer is opted out of the token's channel and
+        its address suppressed there (reason ``unsubscribe``), with an audit row, in one transaction;
+        repeating it changes nothing. A token not made with ``secret`` is :class:`PermissionDenied` and
+        changes nothing; one for a customer that no longer exists is :class:`NotFound`."""
+        claim = unsubscribe_core.verify(secret, token)
+        if claim is None:
+            raise PermissionDenied("(unsubscribe link)", "", "this unsubscribe link is not valid (altered, or "
+                                   "signed with another key); use the link from the message as it was received")
+        with transaction(self._sessions) as session:
+            done = repo.opt_out(session, claim.customer_id, claim.channel,
+                                source=f"one-click: campaign {claim.campaign_id}")
+            if done is None:
+                raise NotFound(f"customer {claim.customer_id} of this unsubscribe link no longer exists")
+            _address, changed = done
+            if changed:
+                repo.add_audit(session, principal=UNSUBSCRIBE_PRINCIPAL, action="unsubscribe",
+                               campaign_id=claim.campaign_id,
+                               detail={"customer_id": claim.customer_id, "channel": claim.channel})
+        return {"unsubscribed": True, "channel": claim.channel, "changed": changed}
 
     # --- receipts, principals, templates ---------------------------------------------------------
 

@@ -25,11 +25,13 @@ from campaigns.db.models import (
     CampaignSegment,
     Channel,
     CommandKey,
+    Customer,
     CustomerSegment,
     Outbox,
     Principal,
     ProcessedCommand,
     RolePermission,
+    Suppression,
     Template,
 )
 
@@ -389,3 +391,31 @@ def latest_template(session: Session, name: str, locale: str) -> Template | None
         select(Template).where(Template.name == name, Template.locale == locale)
         .order_by(Template.version.desc()).limit(1)
     )
+
+
+# --- unsubscribes ----------------------------------------------------------------------------------
+
+_ADDRESS = {"email": Customer.email, "sms": Customer.phone, "whatsapp": Customer.whatsapp}
+
+
+def opt_out(session: Session, customer_id: int, channel: str, *, source: str) -> tuple[str | None, bool] | None:
+    """Opt ``customer_id`` out of ``channel`` (its ``opted_out_channels``) and suppress its current address
+    there (``suppressions``, reason ``unsubscribe``). Idempotent. Returns (the address, whether anything
+    changed), or None when the customer does not exist."""
+    row = session.execute(select(_ADDRESS[channel], Customer.opted_out_channels).where(Customer.id == customer_id)
+                          .with_for_update()).first()
+    if row is None:
+        return None
+    address, opted_out = row[0], list(row[1] or ())
+    changed = False
+    if channel not in opted_out:
+        session.execute(update(Customer).where(Customer.id == customer_id)
+                        .values(opted_out_channels=[*opted_out, channel]))
+        changed = True
+    if address:
+        inserted = session.execute(
+            pg_insert(Suppression).values(channel_kind=channel, address=address, reason="unsubscribe", source=source)
+            .on_conflict_do_nothing(index_elements=["channel_kind", "address"]).returning(Suppression.address)
+        ).first()
+        changed = changed or inserted is not None
+    return address, changed
