@@ -123,7 +123,7 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from campaigns.core.templates import template_variables_in_order
+from campaigns.core.templates import template_parameters_in_order
 from campaigns.settings import ProviderSettings
 from campaigns.transports.http_api import cloud_api_language
 
@@ -530,12 +530,12 @@ def _check_registered(
 
 def template_registration(name: str, locale: str, body: str) -> dict[str, Any]:
     """How a project WhatsApp template is registered with the simulator: its name, the language code the
-    transport sends for ``locale``, and one body parameter per variable (in first-appearance order,
-    which is the order the campaign service stores the values in)."""
+    transport sends for ``locale``, and one body parameter per distinct placeholder (in first-appearance
+    order, which is the order the campaign service stores them in and the sender renders them in)."""
     return {
         "name": name,
         "language": cloud_api_language(locale),
-        "parameters": len(template_variables_in_order(body)),
+        "parameters": len(template_parameters_in_order(body)),
     }
 
 
