@@ -43,7 +43,8 @@ Twilio ``{"code", "message", "more_info", "status"}``):
   parameters as the template has, none for header/button components it does not have, else 132000
   ("Number of parameters does not match the expected number of params", with details like ``body:
   number of localizable_params (0) does not match the expected number of params (2)``). A ``text``
-  parameter without text is 131008 ("Required parameter is missing"); malformed components are 100.
+  parameter without text is 131008 ("Required parameter is missing"), one with a line break, a tab or four spaces
+  in a row 132018; malformed components are 100.
 * **WhatsApp, text messages**: ``text.body`` is required (100), at most 4,096 characters (100), and a
   free-form message is only allowed inside the recipient's 24-hour customer service window, else 131047
   ("Re-engagement message"). The real Cloud API may also report 131047 later, in a failed-status webhook;
@@ -457,6 +458,13 @@ def _template_components(components: Any) -> dict[str, tuple[str, ...]] | _WaRef
                         131008,
                         "Required parameter is missing",
                         f"template.components[{i}].parameters[{j}]: text is required",
+                    )
+                if "\n" in text or "\t" in text or "    " in text:
+                    return _WaRefusal(
+                        132018,
+                        "There was an issue with the parameters in your template",
+                        f"template.components[{i}].parameters[{j}]: Param text cannot have new-line/tab characters "
+                        "or more than 4 consecutive spaces",
                     )
                 texts.append(text)
             else:

@@ -11,6 +11,8 @@ Guarantees of :meth:`CompiledContent.render`:
   subject on one line, control characters removed everywhere;
 * email gets a plain-text alternative rendered from a text version of the HTML made once at compile time
   (links become ``text (url)``), so both parts carry the same values;
+* WhatsApp template parameters are single lines without tabs or runs of more than three spaces (the Cloud API
+  refuses others, error 132018);
 * a WhatsApp template parameter that renders empty, or an SMS longer than the campaign's
   ``max_sms_segments`` once rendered, is a :class:`Refusal` with a reason saying so, never a message: the
   provider would refuse the first, and the second would cost more than the campaign allows.
@@ -102,7 +104,8 @@ class CompiledContent:
         if channel == "whatsapp":
             if not self.template_name:
                 return Rendered(None, body)
-            parameters = tuple(p.render(values, Clean.TEXT) for p in self._parameters)
+            # The Cloud API refuses a parameter with a line break, a tab or more than 4 spaces in a row (132018).
+            parameters = tuple(_SPACE_RUN.sub("   ", p.render(values, Clean.LINE)) for p in self._parameters)
             for template, value in zip(self._parameters, parameters, strict=True):
                 if not value.strip():
                     return Refusal(
@@ -165,6 +168,7 @@ _BLOCKS = frozenset(
         "footer",
     }
 )
+_SPACE_RUN = re.compile(r" {4,}")
 _SPACES = re.compile(r"[ \t\f\v]+")
 _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
 
