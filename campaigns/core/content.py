@@ -100,19 +100,21 @@ class CompiledContent:
             text = self._text.render(values, Clean.TEXT) if self._text is not None else html_to_text(body)
             subject = self._subject.render(values, Clean.LINE) if self._subject is not None else None
             return Rendered(subject, body, text)
-        body = self._body.render(values, Clean.TEXT)
         if channel == "whatsapp":
             if not self.template_name:
-                return Rendered(None, body)
+                return Rendered(None, self._body.render(values, Clean.TEXT))
             # The Cloud API refuses a parameter with a line break, a tab or more than 4 spaces in a row (132018).
-            parameters = tuple(_SPACE_RUN.sub("   ", p.render(values, Clean.LINE)) for p in self._parameters)
+            parameters = tuple(_one_param(p.render(values, Clean.LINE)) for p in self._parameters)
             for template, value in zip(self._parameters, parameters, strict=True):
                 if not value.strip():
                     return Refusal(
                         f"empty_parameter: {template.text} is empty for this recipient (the Cloud API "
                         "refuses empty parameters; give it a default)"
                     )
-            return Rendered(None, body, parameters=parameters)
+            # The provider renders a template message from its parameters: the body is not sent, so it is
+            # kept as stored (the record shows the template text).
+            return Rendered(None, self._body.text, parameters=parameters)
+        body = self._body.render(values, Clean.TEXT)
         sms = estimate(body)
         if sms.segments > self.max_sms_segments:
             return Refusal(
@@ -120,6 +122,10 @@ class CompiledContent:
                 f"allows {self.max_sms_segments} (max_sms_segments)"
             )
         return Rendered(None, body, sms=sms)
+
+
+def _one_param(text: str) -> str:
+    return _SPACE_RUN.sub("   ", text) if "    " in text else text
 
 
 def pick_locale(available: Sequence[str], wanted: str | None, default: str) -> str | None:
@@ -141,7 +147,9 @@ def pick_locale(available: Sequence[str], wanted: str | None, default: str) -> s
 def list_unsubscribe(url: str, mailto: str, token: str) -> tuple[str, str]:
     """(https link, mailto link) for the ``List-Unsubscribe`` header of a message carrying ``token``."""
     separator = "&" if "?" in url else "?"
-    return f"{url}{separator}token={quote(token)}", f"mailto:{mailto}?subject={quote('unsubscribe ' + token)}"
+    if not _URL_SAFE.fullmatch(token):  # tokens are (digits, letters, . _ -): quoting is the rare path
+        token = quote(token, safe="")
+    return f"{url}{separator}token={token}", f"mailto:{mailto}?subject=unsubscribe%20{token}"
 
 
 _BLOCKS = frozenset(
@@ -169,6 +177,7 @@ _BLOCKS = frozenset(
     }
 )
 _SPACE_RUN = re.compile(r" {4,}")
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]*")
 _SPACES = re.compile(r"[ \t\f\v]+")
 _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
 

@@ -304,12 +304,16 @@ class Clean(Enum):
 
 
 def _clean_text(value: str) -> str:
+    if value.isprintable():  # the usual case (no control character, no line break): nothing to do
+        return value
     if "\r" in value:
         value = _NEWLINES.sub("\n", value)
     return _CONTROL_EXCEPT_NL_TAB.sub("", value)
 
 
 def _clean_line(value: str) -> str:
+    if value.isprintable():
+        return value
     return _CONTROL_EXCEPT_NL_TAB.sub("", _LINE_BREAKS_AND_TABS.sub(" ", value))
 
 
@@ -333,13 +337,65 @@ def lookup(values: Mapping[str, Any], name: str) -> str | None:
         value = attributes.get(name[11:]) if isinstance(attributes, Mapping) else None
     else:
         value = values.get(name)
-    if value is None or isinstance(value, str):
+    return value if value is None or value.__class__ is str else _as_text(value)
+
+
+def _as_text(value: object) -> str | None:
+    if isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
     return None
+
+
+def _capitalize(value: str) -> str:
+    return value[:1].upper() + value[1:]
+
+
+_TRANSFORMS: Mapping[str, Callable[[str], str]] = {
+    "upper": str.upper, "lower": str.lower, "trim": str.strip, "capitalize": _capitalize,
+}
+
+
+class _Slot:
+    """A placeholder prepared for rendering: its lookup and filters resolved once, at compile time."""
+
+    __slots__ = ("attribute", "name", "placeholder", "steps")
+
+    def __init__(self, placeholder: Placeholder) -> None:
+        self.placeholder = placeholder
+        self.name = placeholder.name
+        self.attribute = placeholder.name[11:] if placeholder.name.startswith("attributes.") else None
+        steps: list[tuple[Callable[[str], str | None] | None, str | None]] = []
+        for name, argument in placeholder.filters:
+            if name == "default":
+                steps.append((None, argument))
+            elif name == "date":
+                fmt = argument or DEFAULT_DATE_FORMAT
+                steps.append((lambda v, fmt=fmt: _format_date(v, fmt), None))
+            else:
+                steps.append((_TRANSFORMS[name], None))
+        self.steps = tuple(steps)
+
+    def value(self, values: Mapping[str, Any]) -> tuple[str | None, bool]:
+        """The filtered value, and whether it is the template's own text (a default)."""
+        if self.attribute is None:
+            value = values.get(self.name)
+        else:
+            attributes = values.get(ATTRIBUTES)
+            value = attributes.get(self.attribute) if isinstance(attributes, Mapping) else None
+        if value is not None and value.__class__ is not str:
+            value = _as_text(value)
+        from_template = False
+        for transform, default in self.steps:
+            if transform is None:
+                if not value:
+                    value, from_template = default, True
+            elif value is not None:
+                value = transform(value)
+        return value, from_template
 
 
 class CompiledTemplate:
@@ -352,7 +408,7 @@ class CompiledTemplate:
 
     def __init__(self, text: str, parts: tuple[str | Placeholder, ...]) -> None:
         self.text = text
-        self._parts = parts
+        self._parts: tuple[str | _Slot, ...] = tuple(p if isinstance(p, str) else _Slot(p) for p in parts)
         self.placeholders: tuple[Placeholder, ...] = tuple(p for p in parts if isinstance(p, Placeholder))
 
     @property
@@ -369,16 +425,16 @@ class CompiledTemplate:
         value that is missing and has no default is the empty string. Single pass, never raises."""
         cleaner = _CLEANERS[clean]
         out: list[str] = []
+        append = out.append
         for part in self._parts:
             if part.__class__ is str:
-                out.append(part)  # type: ignore[arg-type]
+                append(part)  # type: ignore[arg-type]
                 continue
-            placeholder: Placeholder = part  # type: ignore[assignment]
-            value, from_template = placeholder.apply(lookup(values, placeholder.name))
+            value, from_template = part.value(values)  # type: ignore[union-attr]
             if value:
                 # A default is the template's own text, sanitised with it when stored (in HTML already
                 # escaped): inserted as is. Values come from customers: cleaned for the destination.
-                out.append(value if from_template else cleaner(value))
+                append(value if from_template else cleaner(value))
         return "".join(out)
 
     def empty_slots(self, values: Mapping[str, Any]) -> list[str]:
@@ -393,10 +449,10 @@ class CompiledTemplate:
             if isinstance(part, str):
                 out.append(part)
             elif part.name in values:
-                value, from_template = part.apply(lookup(values, part.name))
+                value, from_template = part.value(values)
                 out.append("" if not value else value if from_template else _CLEANERS[clean](value))
             else:
-                out.append(part.source)
+                out.append(part.placeholder.source)
         return "".join(out)
 
 

@@ -42,7 +42,12 @@ def test_whatsapp_parameters_per_recipient_and_empty_ones_refused() -> None:
         "promo",
         ["{{ first_name }}", "{{ attributes.tier | default: 'member' | upper }}", "20%"],
     )
-    assert content.render(ANA) == Rendered(None, "Hi Ana, GOLD", parameters=("Ana", "GOLD", "20%"))
+    # The provider renders a template message from its parameters: the body stays the stored template text.
+    assert content.render(ANA) == Rendered(
+        None, "Hi {{ first_name }}, {{ attributes.tier | upper }}", parameters=("Ana", "GOLD", "20%")
+    )
+    spaced = content.render({"first_name": "Ann\r\n  Lee\t    x", "attributes": {"tier": "a"}})
+    assert isinstance(spaced, Rendered) and spaced.parameters[0] == "Ann   Lee   x"  # one line, no 4-space run
     refused = content.render(NOBODY)
     assert isinstance(refused, Refusal)
     assert refused.reason.startswith("empty_parameter: {{ first_name }}")
