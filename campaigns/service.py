@@ -442,6 +442,7 @@ class CampaignService:
         if campaign_id is not None and repo.get_campaign(session, campaign_id) is not None:
             problems.append(f"campaign_id: campaign {campaign_id} already exists")
         message, template_id = self._content(session, draft, problems)
+        others = self._other_locales(session, draft, template_id, problems) if message is not None else []
         if problems or channel is None or message is None:
             raise ValidationError(problems or ["content: could not be rendered"])
 
@@ -456,7 +457,7 @@ class CampaignService:
             created_at=now, updated_at=now, **self._content_approval(session, actor, granted, template_id, now),
         )
         repo.insert_campaign(session, campaign, segment_ids=segment_ids, manual_recipients=manual,
-                             messages=[message])
+                             messages=[message, *others])
         self._event(session, campaign.id, "CREATED", campaign.version, actor, now, {"name": draft.name})
         repo.add_audit(session, principal=actor, action="create_campaign", campaign_id=campaign.id,
                        detail={"name": draft.name, "channel": draft.channel.value})
@@ -545,6 +546,38 @@ class CampaignService:
         message = CampaignMessage(channel_kind=channel, locale=draft.locale, subject=subject, body=body,
                                   template_name=template.name, template_parameters=list(parameters))
         return message, template.id
+
+    def _other_locales(
+        self, session: Session, draft: CampaignDraft, template_id: int | None, problems: list[str]
+    ) -> list[CampaignMessage]:
+        """Content in the other locales the campaign's template has an approved version in (the newest each),
+        so each recipient gets its own locale and the campaign's locale is the fallback
+        (``campaigns.core.content.pick_locale``). None for inline content or a pinned template version."""
+        if template_id is None or draft.template is None or draft.template.version is not None:
+            return []
+        channel = draft.channel.value
+        messages = []
+        for template in repo.approved_template_locales(session, draft.template.name, channel, draft.locale):
+            field = f"template ({template.locale})"
+            found = _variable_problems(draft.variables, (f"{field}.body", template.body),
+                                       (f"{field}.subject", template.subject), template=template.name)
+            if channel == "email" and template.subject:
+                found.extend(email_subject_problems(template.subject, draft.variables, field=f"{field}.subject"))
+            if found:
+                problems.extend(found)
+                continue
+            try:
+                parameters = self._template_parameters(channel, template.name, template.body, draft.variables)
+            except ValidationError as error:
+                problems.extend(error.problems)
+                continue
+            body = _substitute(template.body, draft.variables, Clean.HTML if channel == "email" else Clean.TEXT)
+            problems.extend(_sms_problems(channel, body, draft.max_sms_segments))
+            messages.append(CampaignMessage(
+                channel_kind=channel, locale=template.locale, body=body, template_name=template.name,
+                subject=_substitute(template.subject, draft.variables, Clean.TEXT) if template.subject else None,
+                template_parameters=list(parameters)))
+        return messages
 
     @staticmethod
     def _template_parameters(

@@ -378,6 +378,17 @@ def processed_command(session: Session, command_id: str) -> tuple[str, str | Non
     return None if row is None else (row[0], row[1])
 
 
+def approved_template_locales(session: Session, name: str, channel: str, except_locale: str) -> list[Template]:
+    """The newest approved version of template ``name`` for ``channel`` in every locale but ``except_locale``."""
+    newest = (select(Template.locale, func.max(Template.version).label("version"))
+              .where(Template.name == name, Template.channel_kind == channel, Template.status == "approved",
+                     Template.locale != except_locale)
+              .group_by(Template.locale).subquery())
+    return list(session.scalars(
+        select(Template).join(newest, (Template.locale == newest.c.locale) & (Template.version == newest.c.version))
+        .where(Template.name == name).order_by(Template.locale)))
+
+
 def campaign_bodies(session: Session, campaign_id: uuid.UUID) -> list[tuple[str, str]]:
     """(locale, body) of every content row of a campaign."""
     rows = session.execute(select(CampaignMessage.locale, CampaignMessage.body)
