@@ -104,7 +104,8 @@ def test_the_static_sms_text_must_fit_max_sms_segments(env):
 
 def test_a_template_with_other_approved_locales_stores_one_content_row_per_locale(env):
     name = f"locales-{env.tag}"
-    env.service.add_template(env.admin, name=name, channel="sms", approve=True, body="Hi {{ first_name }}: {{ discount }}")
+    env.service.add_template(env.admin, name=name, channel="sms", approve=True,
+                             body="Hi {{ first_name }}: {{ discount }}")
     env.service.add_template(env.admin, name=name, channel="sms", approve=True, locale="pt-BR",
                              body="Olá {{ first_name }}: {{ discount }}")
     env.service.add_template(env.admin, name=name, channel="sms", locale="es", body="Hola {{ discount }}")  # pending
