@@ -590,7 +590,7 @@ async def test_cli_serves_until_sigterm() -> None:
             config = (await client.get(f"http://127.0.0.1:{http_port}/_control/config")).json()
         assert health["ok"] is True and health["smtp_port"] > 0
         assert templates["templates"] == [
-            {"name": "spring_sale_whatsapp", "language": "en", "parameters": 2},
+            {"name": "spring_sale_whatsapp", "language": "en", "parameters": 3},
             {"name": "welcome", "language": "pt_BR", "parameters": 1},
         ]
         assert config["open_service_window"] is True
@@ -955,7 +955,7 @@ def test_template_registration_of_a_project_template() -> None:
 
     spec = _json.loads((ROOT / "examples" / "template-whatsapp.json").read_text())
     assert template_registration(spec["name"], "en-US", spec["body"]) == {
-        "name": "spring_sale_whatsapp", "language": "en_US", "parameters": 2
+        "name": "spring_sale_whatsapp", "language": "en_US", "parameters": 3
     }
     assert template_registration("t", "en", "Hi {{ a }} and {{ a }}, {{ b }}")["parameters"] == 2
 
