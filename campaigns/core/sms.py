@@ -87,7 +87,7 @@ def estimate(text: str) -> SmsEstimate:
     if _NOT_GSM7.search(text) is None:
         extensions = _EXTENSION.findall(text) if not text.isalnum() else []
         septets = len(text) + len(extensions)
-        pairs = None
+        pairs: list[int] | None = None
         if extensions and septets > SINGLE[GSM7]:
             pairs, offset = [], 0
             for ch in text:

@@ -50,6 +50,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum
+from functools import partial
 from typing import Any
 
 import nh3
@@ -98,6 +99,21 @@ _NEWLINES = re.compile(r"\r\n?")
 _CONTROL_EXCEPT_NL_TAB = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _LINE_BREAKS_AND_TABS = re.compile("[\r\n\t\v\f\x1c-\x1e\x85\u2028\u2029]+")
 
+_MONTHS: tuple[str, ...] = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_DAYS: tuple[str, ...] = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 DATE_DIRECTIVES: Mapping[str, Callable[[datetime], str]] = {
     "Y": lambda d: f"{d.year:04d}",
     "y": lambda d: f"{d.year % 100:02d}",
@@ -116,21 +132,6 @@ DATE_DIRECTIVES: Mapping[str, Callable[[datetime], str]] = {
 """``date`` filter directives (English names, whatever the process locale): ``%Y %y %m %d %e`` (day without
 padding) ``%B %b %A %a %H %M %S %%``. Any other ``%x`` is a malformed placeholder."""
 
-_MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _DIRECTIVE = re.compile(r"%(.?)")
 DEFAULT_DATE_FORMAT = "%Y-%m-%d"
 
@@ -355,7 +356,10 @@ def _capitalize(value: str) -> str:
 
 
 _TRANSFORMS: Mapping[str, Callable[[str], str]] = {
-    "upper": str.upper, "lower": str.lower, "trim": str.strip, "capitalize": _capitalize,
+    "upper": str.upper,
+    "lower": str.lower,
+    "trim": str.strip,
+    "capitalize": _capitalize,
 }
 
 
@@ -373,8 +377,7 @@ class _Slot:
             if name == "default":
                 steps.append((None, argument))
             elif name == "date":
-                fmt = argument or DEFAULT_DATE_FORMAT
-                steps.append((lambda v, fmt=fmt: _format_date(v, fmt), None))
+                steps.append((partial(_format_date, fmt=argument or DEFAULT_DATE_FORMAT), None))
             else:
                 steps.append((_TRANSFORMS[name], None))
         self.steps = tuple(steps)
@@ -427,10 +430,10 @@ class CompiledTemplate:
         out: list[str] = []
         append = out.append
         for part in self._parts:
-            if part.__class__ is str:
-                append(part)  # type: ignore[arg-type]
+            if isinstance(part, str):
+                append(part)
                 continue
-            value, from_template = part.value(values)  # type: ignore[union-attr]
+            value, from_template = part.value(values)
             if value:
                 # A default is the template's own text, sanitised with it when stored (in HTML already
                 # escaped): inserted as is. Values come from customers: cleaned for the destination.
