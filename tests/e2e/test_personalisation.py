@@ -36,6 +36,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 STAGES = ("scheduler", "expander", "senders", "analytics")
 SECRET = "e2e-unsubscribe-secret"
+WA_BODY_PT = (
+    "Olá {{ first_name | default: 'você' }}! Cliente {{ attributes.tier | default: 'membro' | upper }}: {{ discount }}."
+)
 WA_BODY = (
     "Hi {{ first_name | default: 'there' }}! As a {{ attributes.tier | default: 'member' | upper }} member "
     "you get {{ discount }} off."
@@ -45,7 +48,9 @@ EMAIL_BODY = (
     '<p>Hello <b>{{ first_name | default: "friend" }}</b>, your tier is {{ attributes.tier | '
     "default: 'member' }}.</p><p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>"
 )
-# (id, first name, tier or None); the last two: no first name, and a hostile one.
+# (id, first name, tier or None); the last two: no first name, and a hostile one. 105 prefers pt-BR, 104 pt-PT (no
+# template in it: the same language, pt-BR, is chosen).
+PT = {105: "pt-BR", 104: "pt-PT"}
 PEOPLE = [
     (101, "Ana", "gold"),
     (102, "Bruno", "silver"),
@@ -62,9 +67,17 @@ def insert_customers(settings) -> None:
         for cid, first, tier in PEOPLE:
             attributes = {"tier": tier} if tier else {"points": 5}
             cur.execute(
-                "INSERT INTO customers (id, email, phone, whatsapp, first_name, last_name, attributes) "
-                "VALUES (%s, %s, %s, %s, %s, 'Test', %s::jsonb)",
-                (cid, f"p{cid}@example.com", f"+1555000{cid:06d}", f"+1555000{cid:06d}", first, json.dumps(attributes)),
+                "INSERT INTO customers (id, email, phone, whatsapp, first_name, last_name, attributes, locale) "
+                "VALUES (%s, %s, %s, %s, %s, 'Test', %s::jsonb, %s)",
+                (
+                    cid,
+                    f"p{cid}@example.com",
+                    f"+1555000{cid:06d}",
+                    f"+1555000{cid:06d}",
+                    first,
+                    json.dumps(attributes),
+                    PT.get(cid, "en"),
+                ),
             )
     conn.close()
 
@@ -117,6 +130,7 @@ def test_every_request_carries_its_recipients_values_and_one_click_unsubscribe_s
 def check_personalised_and_unsubscribe(settings, service, api, unsubscribe_url: str) -> None:
     ids = [str(cid) for cid, _, _ in PEOPLE]
     service.add_template(None, name="tiered_offer", channel="whatsapp", body=WA_BODY, approve=True)
+    service.add_template(None, name="tiered_offer", channel="whatsapp", body=WA_BODY_PT, locale="pt-BR", approve=True)
     registration = template_registration("tiered_offer", "en", WA_BODY)
     assert registration["parameters"] == 3  # two from the profile, one campaign variable
     common = {
@@ -125,7 +139,8 @@ def check_personalised_and_unsubscribe(settings, service, api, unsubscribe_url: 
         "batch_size": 3,
         "retry_policy": {"max_retries": 1, "backoff_base_s": 0.1, "backoff_max_s": 0.2, "jitter": 0.1},
     }
-    with SimulatorThread(templates=[registration]) as simulator:
+    registrations = [registration, template_registration("tiered_offer", "pt-BR", WA_BODY_PT)]
+    with SimulatorThread(templates=registrations) as simulator:
         whatsapp_id, email_id = run_campaigns(
             service,
             settings,
@@ -157,6 +172,11 @@ def check_personalised_and_unsubscribe(settings, service, api, unsubscribe_url: 
     for cid, first, tier in PEOPLE:
         message = whatsapp[f"1555000{cid:06d}"]
         expected_first = first.replace("\r\n", " ") if first else "there"
+        if cid in PT:  # the recipient's locale (or its language), with that locale's template and defaults
+            assert message.template_language == "pt_BR", cid
+            assert message.template_parameters == (expected_first, (tier or "membro").upper(), "20%"), cid
+            continue
+        assert message.template_language == "en"
         assert message.template_parameters == (expected_first, (tier or "member").upper(), "20%"), cid
         assert message.template_components == {"body": message.template_parameters}
 
