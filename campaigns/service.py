@@ -539,12 +539,14 @@ class CampaignService:
             body = _substitute(template.body, draft.variables, Clean.HTML if channel == "email" else Clean.TEXT)
             subject = _substitute(template.subject, draft.variables, Clean.TEXT) if template.subject else None
             parameters = self._template_parameters(channel, template.name, template.body, draft.variables)
+            header = self._template_parameters(channel, template.name, template.subject or "", draft.variables)
         except ValidationError as error:
             problems.extend(error.problems)
             return None, None
         problems.extend(_sms_problems(channel, body, draft.max_sms_segments))
         message = CampaignMessage(channel_kind=channel, locale=draft.locale, subject=subject, body=body,
-                                  template_name=template.name, template_parameters=list(parameters))
+                                  template_name=template.name, template_parameters=list(parameters),
+                                  header_parameters=list(header))
         return message, template.id
 
     def _other_locales(
@@ -568,6 +570,7 @@ class CampaignService:
                 continue
             try:
                 parameters = self._template_parameters(channel, template.name, template.body, draft.variables)
+                header = self._template_parameters(channel, template.name, template.subject or "", draft.variables)
             except ValidationError as error:
                 problems.extend(error.problems)
                 continue
@@ -576,7 +579,7 @@ class CampaignService:
             messages.append(CampaignMessage(
                 channel_kind=channel, locale=template.locale, body=body, template_name=template.name,
                 subject=_substitute(template.subject, draft.variables, Clean.TEXT) if template.subject else None,
-                template_parameters=list(parameters)))
+                template_parameters=list(parameters), header_parameters=list(header)))
         return messages
 
     @staticmethod
@@ -960,8 +963,11 @@ class CampaignService:
             clean_subject = sanitize_text(subject).strip() if isinstance(subject, str) else None
             if channel == "email" and not clean_subject:
                 problems.append("subject: required for email templates")
-            elif channel != "email" and clean_subject:
-                problems.append(f"subject: only email templates have a subject, not {channel}")
+            elif channel == "sms" and clean_subject:
+                problems.append("subject: only email templates (a subject) and WhatsApp templates (a text header) "
+                                "have one, not sms")
+            elif channel == "whatsapp" and clean_subject:
+                problems.extend(_header_problems(clean_subject))
             if problems:
                 raise ValidationError(problems)
             variables: frozenset[str] = frozenset()
@@ -1061,6 +1067,25 @@ def _variable_problems(
             f"(e.g. {{{{ {name} | default: \"...\" }}}})"
         )
     return sorted(set(problems), key=problems.index)
+
+
+WHATSAPP_HEADER_MAX = 60  # the Cloud API's text header limit
+
+
+def _header_problems(header: str) -> list[str]:
+    """Why ``header`` cannot be a WhatsApp template's text header (one line, at most 60 characters, at most one
+    placeholder, as the Cloud API allows)."""
+    problems = []
+    if "\n" in header or "\t" in header:
+        problems.append("subject: a WhatsApp header is one line")
+    if len(header) > WHATSAPP_HEADER_MAX:
+        problems.append(f"subject: a WhatsApp header has at most {WHATSAPP_HEADER_MAX} characters, got {len(header)}")
+    try:
+        if len(template_parameters_in_order(header)) > 1:
+            problems.append("subject: a WhatsApp text header has at most one placeholder")
+    except ValidationError as error:
+        problems.extend(p.replace("template:", "subject:", 1) for p in error.problems)
+    return problems
 
 
 def _substitute(text: str, variables: Mapping[str, str], clean: Clean) -> str:

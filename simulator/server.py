@@ -61,7 +61,8 @@ Twilio ``{"code", "message", "more_info", "status"}``):
   ``List-Unsubscribe=One-Click`` with an http(s) URI beside it (RFC 8058; ``550 5.7.1``).
 
 Templates: the simulator knows the WhatsApp templates registered with it, as the Cloud API knows the ones
-approved in the business account: (name, language code) -> number of body parameters. Register them
+approved in the business account: (name, language code) -> number of body parameters (and of text header
+parameters, ``header_parameters``, 0 or 1). Register them
 with :meth:`ProviderSimulator.register_template`, the ``templates=`` argument, ``POST /_control/templates``
 (``{"name", "language", "parameters"}`` or a list of them) or ``python -m simulator --template
 NAME:LANGUAGE:N`` / ``--template-file FILE`` (a project template JSON, as given to ``campaigns template
@@ -511,18 +512,17 @@ def _parse_whatsapp(payload: Any) -> _WaMessage | _WaRefusal:
 
 
 def _check_registered(
-    message: _WaMessage, templates: Mapping[tuple[str, str], int]
+    message: _WaMessage, templates: Mapping[tuple[str, str], Mapping[str, int]]
 ) -> _WaRefusal | None:
     """132001 for an unknown (name, language), 132000 when the parameter counts differ from it."""
     assert message.template_name is not None and message.language is not None
-    expected_body = templates.get((message.template_name, message.language))
-    if expected_body is None:
+    expected = templates.get((message.template_name, message.language))
+    if expected is None:
         return _WaRefusal(
             132001,
             "Template name does not exist in the translation",
             f"template name ({message.template_name}) does not exist in {message.language}",
         )
-    expected = {"body": expected_body}
     for kind in _WA_COMPONENTS:  # header, body, button: the order the Cloud API reports them in
         given = len(message.parameters.get(kind, ()))
         wanted = expected.get(kind, 0)
@@ -536,32 +536,40 @@ def _check_registered(
     return None
 
 
-def template_registration(name: str, locale: str, body: str) -> dict[str, Any]:
+def template_registration(name: str, locale: str, body: str, header: str | None = None) -> dict[str, Any]:
     """How a project WhatsApp template is registered with the simulator: its name, the language code the
     transport sends for ``locale``, and one body parameter per distinct placeholder (in first-appearance
-    order, which is the order the campaign service stores them in and the sender renders them in)."""
-    return {
+    order, which is the order the campaign service stores them in and the sender renders them in); with a
+    text ``header`` (the template's ``subject``), its parameters too."""
+    registration = {
         "name": name,
         "language": cloud_api_language(locale),
         "parameters": len(template_parameters_in_order(body)),
     }
+    if header:
+        registration["header_parameters"] = len(template_parameters_in_order(header))
+    return registration
 
 
-def _check_template_spec(spec: Any) -> tuple[str, str, int]:
-    """(name, language, parameters) of a registration; ``ValueError`` naming what is wrong."""
+def _check_template_spec(spec: Any) -> tuple[str, str, int, int]:
+    """(name, language, body parameters, header parameters) of a registration; ``ValueError`` naming what is
+    wrong."""
     if not isinstance(spec, Mapping):
         raise ValueError(f"a template registration is an object {{name, language, parameters}}, got {spec!r}")
-    unknown = set(spec) - {"name", "language", "parameters"}
+    unknown = set(spec) - {"name", "language", "parameters", "header_parameters"}
     if unknown:
         raise ValueError(f"template registration: unknown key(s) {sorted(unknown)}")
     name, language, count = spec.get("name"), spec.get("language"), spec.get("parameters", 0)
+    header = spec.get("header_parameters", 0)
     if not isinstance(name, str) or not name:
         raise ValueError("template registration: name must be a non-empty string")
     if not isinstance(language, str) or not language:
         raise ValueError("template registration: language must be a language code such as en or en_US")
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 100:
         raise ValueError(f"template registration: parameters must be a whole number 0..100, got {count!r}")
-    return name, language, count
+    if isinstance(header, bool) or not isinstance(header, int) or not 0 <= header <= 1:
+        raise ValueError(f"template registration: header_parameters must be 0 or 1 (a text header), got {header!r}")
+    return name, language, count, header
 
 
 # Header field names: printable US-ASCII except the colon (RFC 5322 section 2.2).
@@ -659,7 +667,7 @@ class ProviderSimulator:
 
         self.messages: list[ReceivedMessage] = []
         self.refused: list[RefusedRequest] = []
-        self._templates: dict[tuple[str, str], int] = {}
+        self._templates: dict[tuple[str, str], dict[str, int]] = {}  # (name, language) -> component -> count
         for spec in templates:
             self.register_template(**spec)
         self._inbound: dict[str, float] = {}  # normalised number -> epoch s of its last inbound message
@@ -802,19 +810,22 @@ class ProviderSimulator:
         else:
             self._fail_next = dict.fromkeys(CHANNELS, _check_count(value))
 
-    def register_template(self, name: str, language: str, parameters: int = 0) -> None:
+    def register_template(self, name: str, language: str, parameters: int = 0, header_parameters: int = 0) -> None:
         """Register (or re-register) WhatsApp template ``name`` in ``language`` (a Cloud API language code,
-        e.g. ``en`` or ``en_US``) with ``parameters`` body parameters. ``ValueError`` if a value is invalid."""
-        name, language, parameters = _check_template_spec(
-            {"name": name, "language": language, "parameters": parameters}
+        e.g. ``en`` or ``en_US``) with ``parameters`` body parameters and ``header_parameters`` (0 or 1) in a
+        text header. ``ValueError`` if a value is invalid."""
+        name, language, parameters, header_parameters = _check_template_spec(
+            {"name": name, "language": language, "parameters": parameters, "header_parameters": header_parameters}
         )
-        self._templates[(name, language)] = parameters
+        self._templates[(name, language)] = {"body": parameters, "header": header_parameters}
 
     def templates(self) -> list[dict[str, Any]]:
-        """The registered templates, sorted by (name, language)."""
+        """The registered templates, sorted by (name, language) (``header_parameters`` only when the template
+        has a header parameter)."""
         return [
-            {"name": name, "language": language, "parameters": count}
-            for (name, language), count in sorted(self._templates.items())
+            {"name": name, "language": language, "parameters": counts["body"],
+             **({"header_parameters": counts["header"]} if counts["header"] else {})}
+            for (name, language), counts in sorted(self._templates.items())
         ]
 
     def record_inbound(self, number: str, at: float | None = None) -> None:
@@ -1334,8 +1345,8 @@ class ProviderSimulator:
             specs = [_check_template_spec(spec) for spec in (body if isinstance(body, list) else [body])]
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        for name, language, count in specs:
-            self.register_template(name, language, count)
+        for name, language, count, header in specs:
+            self.register_template(name, language, count, header)
         return web.json_response({"templates": self.templates()})
 
     async def _handle_inbound(self, request: web.BaseRequest) -> web.Response:

@@ -116,6 +116,7 @@ class Pending:
     retry_after: float | None = None
     refusal: str | None = None  # why this recipient's rendered message may not be sent (a permanent failure)
     text_body: str | None = None  # email: the text/plain alternative
+    header_parameters: tuple[str, ...] = ()  # WhatsApp: the template's text header parameter
     unsubscribe: tuple[str, ...] = ()  # email: List-Unsubscribe URIs
 
 
@@ -581,10 +582,10 @@ class ChannelSender:
         if cid not in self._contents:
             default, max_segments, rows = campaign_progress.content(cur, cid)
             compiled: dict[str, CompiledContent | Refusal] = {}
-            for locale, subject, body, template_name, parameters in rows:
+            for locale, subject, body, template_name, parameters, header in rows:
                 try:
                     compiled[locale] = CompiledContent(self._channel, locale, subject, body, template_name,
-                                                       parameters, max_segments)
+                                                       parameters, max_segments, header)
                 except Exception as exc:  # stored content the service validated always compiles
                     log.error("campaign %s: its %s content does not compile (%s); its messages fail", cid, locale,
                               exc)
@@ -609,7 +610,7 @@ class ChannelSender:
             p.record, p.refusal = dict(record, address=member.address, locale=locale), rendered.reason
             return
         assert isinstance(rendered, Rendered)
-        p.text_body = rendered.text_body
+        p.text_body, p.header_parameters = rendered.text_body, rendered.header_parameters
         p.record = dict(record, address=member.address, locale=locale, subject=rendered.subject, body=rendered.body,
                         template_name=content.template_name, template_parameters=list(rendered.parameters))
 
@@ -684,7 +685,7 @@ class ChannelSender:
                 channel=self._channel, address=r["address"], body=r["body"], subject=r["subject"],
                 template_name=r["template_name"], locale=r["locale"],
                 template_parameters=tuple(r.get("template_parameters") or ()),
-                text_body=p.text_body, list_unsubscribe=p.unsubscribe,
+                text_body=p.text_body, list_unsubscribe=p.unsubscribe, header_parameters=p.header_parameters,
             )
             async with semaphore:
                 # The whole call (a pooled connection included) must end before the lease does, or another

@@ -49,6 +49,7 @@ class Rendered:
     body: str
     text_body: str | None = None  # email: the text/plain alternative
     parameters: tuple[str, ...] = ()  # WhatsApp template body parameters, in order
+    header_parameters: tuple[str, ...] = ()  # WhatsApp template text header parameter (at most one)
     sms: SmsEstimate | None = None
 
 
@@ -66,7 +67,17 @@ class CompiledContent:
     service validated it).
     """
 
-    __slots__ = ("_body", "_parameters", "_subject", "_text", "channel", "locale", "max_sms_segments", "template_name")
+    __slots__ = (
+        "_body",
+        "_header",
+        "_parameters",
+        "_subject",
+        "_text",
+        "channel",
+        "locale",
+        "max_sms_segments",
+        "template_name",
+    )
 
     def __init__(
         self,
@@ -77,6 +88,7 @@ class CompiledContent:
         template_name: str | None,
         parameters: Sequence[str] = (),
         max_sms_segments: int | None = None,
+        header_parameters: Sequence[str] = (),
     ) -> None:
         self.channel = channel
         self.locale = locale
@@ -85,6 +97,7 @@ class CompiledContent:
         self._subject = compile_template(subject) if subject else None
         self._body = compile_template(body)
         self._parameters = tuple(compile_template(p) for p in parameters)
+        self._header = tuple(compile_template(p) for p in header_parameters)
         self._text: CompiledTemplate | None = None
         if channel == "email":
             try:
@@ -105,7 +118,8 @@ class CompiledContent:
                 return Rendered(None, self._body.render(values, Clean.TEXT))
             # The Cloud API refuses a parameter with a line break, a tab or more than 4 spaces in a row (132018).
             parameters = tuple(_one_param(p.render(values, Clean.LINE)) for p in self._parameters)
-            for template, value in zip(self._parameters, parameters, strict=True):
+            header = tuple(_one_param(p.render(values, Clean.LINE)) for p in self._header)
+            for template, value in zip((*self._parameters, *self._header), (*parameters, *header), strict=True):
                 if not value.strip():
                     return Refusal(
                         f"empty_parameter: {template.text} is empty for this recipient (the Cloud API "
@@ -113,7 +127,7 @@ class CompiledContent:
                     )
             # The provider renders a template message from its parameters: the body is not sent, so it is
             # kept as stored (the record shows the template text).
-            return Rendered(None, self._body.text, parameters=parameters)
+            return Rendered(None, self._body.text, parameters=parameters, header_parameters=header)
         body = self._body.render(values, Clean.TEXT)
         sms = estimate(body)
         if sms.segments > self.max_sms_segments:

@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 STAGES = ("scheduler", "expander", "senders", "analytics")
 SECRET = "e2e-unsubscribe-secret"
+WA_HEADER = "Offer for {{ last_name | upper }}"
 WA_BODY_PT = (
     "Olá {{ first_name | default: 'você' }}! Cliente {{ attributes.tier | default: 'membro' | upper }}: {{ discount }}."
 )
@@ -129,10 +130,11 @@ def test_every_request_carries_its_recipients_values_and_one_click_unsubscribe_s
 
 def check_personalised_and_unsubscribe(settings, service, api, unsubscribe_url: str) -> None:
     ids = [str(cid) for cid, _, _ in PEOPLE]
-    service.add_template(None, name="tiered_offer", channel="whatsapp", body=WA_BODY, approve=True)
+    service.add_template(None, name="tiered_offer", channel="whatsapp", body=WA_BODY, subject=WA_HEADER, approve=True)
     service.add_template(None, name="tiered_offer", channel="whatsapp", body=WA_BODY_PT, locale="pt-BR", approve=True)
-    registration = template_registration("tiered_offer", "en", WA_BODY)
+    registration = template_registration("tiered_offer", "en", WA_BODY, WA_HEADER)
     assert registration["parameters"] == 3  # two from the profile, one campaign variable
+    assert registration["header_parameters"] == 1
     common = {
         "variables": {"discount": "20%"},
         "manual_recipients": ids,
@@ -178,7 +180,8 @@ def check_personalised_and_unsubscribe(settings, service, api, unsubscribe_url: 
             continue
         assert message.template_language == "en"
         assert message.template_parameters == (expected_first, (tier or "member").upper(), "20%"), cid
-        assert message.template_components == {"body": message.template_parameters}
+        assert message.template_components["header"] == ("TEST",)
+        assert message.template_components["body"] == message.template_parameters
 
     # Email: subject (one line), text and HTML parts, each recipient's own name; List-Unsubscribe with its token.
     assert len(email) == len(PEOPLE)

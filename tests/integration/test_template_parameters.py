@@ -112,3 +112,17 @@ def test_a_template_with_other_approved_locales_stores_one_content_row_per_local
     campaign_id = env.service.create_campaign(env.marketer, env.payload("sms", template={"name": name}))
     assert env.rows("SELECT locale, body FROM campaign_messages WHERE campaign_id = :c ORDER BY locale",
                     c=campaign_id) == [("en", "Hi {{ first_name }}: 20%"), ("pt-BR", "Olá {{ first_name }}: 20%")]
+
+
+def test_a_whatsapp_text_header_stores_its_parameter(env):
+    name = f"header-{env.tag}"
+    env.service.add_template(env.admin, name=name, channel="whatsapp", approve=True,
+                             subject="{{ first_name | default: 'Hello' }}, a gift", body="{{ discount }} off")
+    campaign_id = env.service.create_campaign(env.marketer, env.payload("whatsapp", template={"name": name}))
+    assert env.rows("SELECT header_parameters, template_parameters FROM campaign_messages WHERE campaign_id = :c",
+                    c=campaign_id) == [(["{{ first_name | default: 'Hello' }}"], ["20%"])]
+    with pytest.raises(ValidationError) as info:
+        env.service.add_template(env.admin, name=f"{name}-2", channel="whatsapp", body="x",
+                                 subject="{{ first_name }} {{ last_name }} " + "x" * 60)
+    assert info.value.problems == ["subject: a WhatsApp header has at most 60 characters, got 93",
+                                   "subject: a WhatsApp text header has at most one placeholder"]

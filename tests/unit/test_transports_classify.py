@@ -280,6 +280,12 @@ def test_whatsapp_template_payload() -> None:
             {"type": "body", "parameters": [{"type": "text", "text": "Ann"}, {"type": "text", "text": "20%"}]}
         ],
     }
+    with_header = WhatsAppTransport.payload(outgoing("whatsapp", template_name="t", locale="en",
+                                                     template_parameters=("Ann",), header_parameters=("SILVA",)))
+    assert with_header["template"]["components"] == [
+        {"type": "header", "parameters": [{"type": "text", "text": "SILVA"}]},
+        {"type": "body", "parameters": [{"type": "text", "text": "Ann"}]},
+    ]
     bare = WhatsAppTransport.payload(outgoing("whatsapp", template_name="hello_world", locale="en"))
     assert bare["template"] == {"name": "hello_world", "language": {"code": "en"}}
 
