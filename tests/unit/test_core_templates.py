@@ -362,3 +362,26 @@ def test_sanitize_html_output_is_safe(s: str) -> None:
     assert "\x00" not in clean
     _assert_safe(clean)
     _assert_safe(sanitize_html(clean))
+
+
+placeholder_names = st.sampled_from(["a", "b", "first_name", "attributes.tier"])
+filters = st.lists(
+    st.sampled_from(["upper", "lower", "trim", "capitalize", "default: 'd'", 'default: "e f"']), max_size=3
+)
+safe_values = st.text(alphabet="abcXYZ <>&\"' é", max_size=8)
+
+
+@given(
+    st.lists(st.tuples(st.text(alphabet="xy .,<>", max_size=5), placeholder_names, filters), max_size=6),
+    st.dictionaries(st.sampled_from(["a", "b"]), safe_values),
+    st.fixed_dictionaries({"first_name": st.none() | safe_values, "tier": st.none() | safe_values}),
+    st.sampled_from(list(Clean)),
+)
+def test_create_time_then_send_time_equals_rendering_everything_at_once(parts, campaign, profile, clean):
+    """Two-phase rendering (campaign variables at create, the profile at send) gives what one pass with every
+    value would: the create-time pass keeps profile placeholders exactly and never creates new ones."""
+    text = "".join(f"{lit}{{{{ {name}{''.join(' | ' + f for f in fs)} }}}}" for lit, name, fs in parts)
+    values = {"first_name": profile["first_name"], "attributes": {"tier": profile["tier"]} if profile["tier"] else {}}
+    at_once = compile_template(text).render({**campaign, **values}, clean)
+    stored = compile_template(text).substitute(campaign, clean)
+    assert compile_template(stored).render(values, clean) == at_once
