@@ -9,7 +9,8 @@ braces is optional.
 * Filters, applied left to right: ``upper``, ``lower``, ``capitalize``, ``trim``, ``default: "text"`` (the
   text when the value is missing or empty at that point), ``date: "%d %B %Y"`` (an ISO-8601 date or
   date-time value formatted with the directives of :data:`DATE_DIRECTIVES`; without an argument
-  ``%Y-%m-%d``; a value that is not a date counts as missing, so a later ``default`` applies).
+  ``%Y-%m-%d``; an instant, a date-time with an offset, is shown in the recipient's ``timezone``; a value
+  that is not a date counts as missing, so a later ``default`` applies).
 * A filter argument is a string in double or single quotes, with no braces or quote of its own kind in it
   (inside an HTML attribute use single quotes: the HTML sanitiser escapes double quotes there).
 
@@ -48,10 +49,11 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from enum import Enum
-from functools import partial
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import nh3
 
@@ -160,9 +162,10 @@ class Placeholder:
         """A normalised text of the placeholder (whitespace aside, equal placeholders have equal expressions)."""
         return "|".join([self.name, *(f"{n}:{a!r}" if a is not None else n for n, a in self.filters)])
 
-    def apply(self, value: str | None) -> tuple[str | None, bool]:
+    def apply(self, value: str | None, timezone: str | None = None) -> tuple[str | None, bool]:
         """The filters applied to ``value`` (None: missing); and whether the result is the template's own
-        text (a ``default``) rather than the value."""
+        text (a ``default``) rather than the value. ``timezone`` (an IANA name) is where ``date`` shows an
+        instant."""
         from_template = False
         for name, argument in self.filters:
             if name == "default":
@@ -179,14 +182,29 @@ class Placeholder:
             elif name == "trim":
                 value = value.strip()
             elif name == "date":
-                value = _format_date(value, argument or DEFAULT_DATE_FORMAT)
+                value = _format_date(value, argument or DEFAULT_DATE_FORMAT, timezone)
         return value, from_template
 
 
-def _format_date(value: str, fmt: str) -> str | None:
+@lru_cache(maxsize=512)
+def _zone(name: str) -> tzinfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def _format_date(value: str, fmt: str, timezone: str | None = None) -> str | None:
+    """``value`` (ISO 8601 date or date-time) formatted with ``fmt``; None if it is not one. An instant (a
+    date-time with an offset) is shown in ``timezone`` when that is a known IANA zone; a date or a local
+    date-time as written."""
     text = value.strip()
     try:
         moment = datetime.fromisoformat(text)
+        if moment.tzinfo is not None and timezone:
+            zone = _zone(timezone)
+            if zone is not None:
+                moment = moment.astimezone(zone)
     except ValueError:
         try:
             day = date.fromisoformat(text)
@@ -372,14 +390,15 @@ class _Slot:
         self.placeholder = placeholder
         self.name = placeholder.name
         self.attribute = placeholder.name[11:] if placeholder.name.startswith("attributes.") else None
-        steps: list[tuple[Callable[[str], str | None] | None, str | None]] = []
+        # (transform, default, date format): a default step has no transform, a date step only its format
+        steps: list[tuple[Callable[[str], str] | None, str | None, str | None]] = []
         for name, argument in placeholder.filters:
             if name == "default":
-                steps.append((None, argument))
+                steps.append((None, argument, None))
             elif name == "date":
-                steps.append((partial(_format_date, fmt=argument or DEFAULT_DATE_FORMAT), None))
+                steps.append((None, None, argument or DEFAULT_DATE_FORMAT))
             else:
-                steps.append((_TRANSFORMS[name], None))
+                steps.append((_TRANSFORMS[name], None, None))
         self.steps = tuple(steps)
 
     def value(self, values: Mapping[str, Any]) -> tuple[str | None, bool]:
@@ -392,12 +411,16 @@ class _Slot:
         if value is not None and value.__class__ is not str:
             value = _as_text(value)
         from_template = False
-        for transform, default in self.steps:
-            if transform is None:
-                if not value:
-                    value, from_template = default, True
-            elif value is not None:
-                value = transform(value)
+        for transform, default, date_format in self.steps:
+            if transform is not None:
+                if value is not None:
+                    value = transform(value)
+            elif date_format is not None:
+                if value is not None:
+                    timezone = values.get("timezone")
+                    value = _format_date(value, date_format, timezone if isinstance(timezone, str) else None)
+            elif not value:
+                value, from_template = default, True
         return value, from_template
 
 
@@ -442,7 +465,7 @@ class CompiledTemplate:
 
     def empty_slots(self, values: Mapping[str, Any]) -> list[str]:
         """The placeholders (as written) that render empty for ``values``."""
-        return [p.source for p in self.placeholders if not p.apply(lookup(values, p.name))[0]]
+        return [p.placeholder.source for p in self._parts if not isinstance(p, str) and not p.value(values)[0]]
 
     def substitute(self, values: Mapping[str, Any], clean: Clean = Clean.TEXT) -> str:
         """The text with the placeholders whose variable is in ``values`` rendered, and every other

@@ -118,6 +118,17 @@ def test_filters_defaults_and_attributes(template: str, expected: str) -> None:
     assert compile_template(template).render(PROFILE) == expected
 
 
+def test_date_shows_an_instant_in_the_recipients_timezone() -> None:
+    template = compile_template("{{ attributes.at | date: '%a %e %b %H:%M' }}")
+    at = {"attributes": {"at": "2026-12-01T23:30:00+00:00"}}
+    assert template.render({**at, "timezone": "UTC"}) == "Tue 1 Dec 23:30"
+    assert template.render({**at, "timezone": "Europe/Madrid"}) == "Wed 2 Dec 00:30"
+    assert template.render({**at, "timezone": "America/Sao_Paulo"}) == "Tue 1 Dec 20:30"
+    assert template.render({**at, "timezone": "Not/AZone"}) == "Tue 1 Dec 23:30"  # unknown: as written
+    local = {"attributes": {"at": "2026-12-01T23:30:00"}, "timezone": "Asia/Tokyo"}
+    assert template.render(local) == "Tue 1 Dec 23:30"  # a local time has no instant to convert
+
+
 def test_compiled_render_cleans_values_for_the_destination() -> None:
     values = {"first_name": "<b>Ann\r\nie\x00\x1b</b>", "attributes": {}}
     assert compile_template("Hi {{ first_name }}").render(values, Clean.TEXT) == "Hi <b>Ann\nie</b>"
