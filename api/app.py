@@ -9,6 +9,7 @@ since the service and its sessions are synchronous.
 
 
 import asyncio
+import html
 import io
 import json
 import logging
@@ -21,12 +22,13 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -80,6 +82,14 @@ class Campaign(BaseModel):
     activated_at: datetime | None
     finished_at: datetime | None
     content_approved_by: str | None
+    sms: dict[str, Any] | None = Field(None, description="SMS campaigns, in the create answer: the cost estimate "
+                                       "(encoding and segments of the static text, max_sms_segments)")
+
+
+class Unsubscribed(BaseModel):
+    unsubscribed: bool
+    channel: str
+    changed: bool = Field(description="false when the recipient had already unsubscribed (nothing changed)")
 
 
 class CampaignListItem(BaseModel):
@@ -134,6 +144,8 @@ class CampaignStatus(BaseModel):
     terminal: int
     failures_by_reason: dict[str, int]
     channel_paused: str | None
+    sms: dict[str, Any] | None = Field(None, description="SMS campaigns: the cost estimate (segments of the static "
+                                       "text x recipients)")
     analytics: Counters = Field(description="campaign_analytics totals (exactly-once outcome counts)")
 
 
@@ -446,7 +458,9 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
                 except NotFound:
                     pass
             created = service.create_campaign(principal, payload, campaign_id=campaign_id)
-            return _view(service.get_campaign(principal, created))
+            view = _view(service.get_campaign(principal, created))
+            estimate = service.content_estimate(principal, created)
+            return view if estimate is None else {**view, "sms": estimate}
 
         return post(request, principal, key, 201, run, location=lambda c: f"/v1/campaigns/{c['id']}")
 
@@ -742,6 +756,35 @@ def build_app(settings: Settings, api: ApiSettings) -> FastAPI:
     @app.get("/campaigns/{campaign_id}", include_in_schema=False)
     def campaign_page(campaign_id: uuid.UUID) -> FileResponse:
         return FileResponse(STATIC / "campaign.html", headers=PAGE_HEADERS)
+
+    # --- one-click unsubscribe (RFC 8058): the link's token is the credential, no bearer token -------------
+
+    unsubscribe_doc = {code: {"description": text, "model": None} for code, text in (
+        (403, "the token is not valid (altered, or signed with another key) (`permission-denied`, 3)"),
+        (404, "the token's customer no longer exists (`not-found`, 4)"),
+        (413, _DESCRIPTIONS[413]), (422, "no token (`invalid-input`, 2)"),
+        (429, "more requests than the client's rate limit (`rate-limited`; Retry-After)"), (503, _DESCRIPTIONS[503]))}
+
+    @app.post("/unsubscribe", response_model=Unsubscribed, tags=["unsubscribe"],
+              summary="one-click unsubscribe (RFC 8058 List-Unsubscribe-Post)",
+              description="What a mail client POSTs (body `List-Unsubscribe=One-Click`, any content type) to the "
+                          "https URI of a message's `List-Unsubscribe` header. The `token` (per recipient, HMAC-signed "
+                          "by the sender) is the only credential: the recipient is opted out of the token's channel "
+                          "and the address suppressed (reason `unsubscribe`). Repeating it is harmless.",
+              responses=unsubscribe_doc, openapi_extra={"security": []})
+    def unsubscribe(token: Annotated[str, Query(min_length=1, max_length=200,
+                                                description="the token of the message's List-Unsubscribe URI")]
+                    ) -> dict[str, Any]:
+        return service.unsubscribe(token, settings.unsubscribe.secret_bytes())
+
+    @app.get("/unsubscribe", include_in_schema=False)
+    def unsubscribe_page(token: Annotated[str, Query(max_length=200)] = "") -> HTMLResponse:
+        # A GET must not unsubscribe (link scanners follow links, RFC 8058 section 3.2): it asks for a POST.
+        action = html.escape(f"/unsubscribe?token={quote(token)}", quote=True)
+        return HTMLResponse(
+            "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>"
+            f'<form method=post action="{action}"><p>Stop receiving these messages?</p>'
+            "<button type=submit>Unsubscribe</button></form>", headers=PAGE_HEADERS)
 
     @app.get("/healthz", tags=["health"], summary="liveness (no service is touched)")
     def healthz() -> dict[str, str]:

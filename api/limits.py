@@ -28,6 +28,7 @@ from api.settings import ApiSettings
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 CSV_MEDIA_TYPE = "text/csv"
 CSV_PATHS = frozenset({"/v1/customers/import"})  # routes whose body is CSV: never parsed here, only size-checked
+UNSUBSCRIBE_PATH = "/unsubscribe"  # rate-limited per client like /v1, but its body is a form, not JSON
 
 
 class TokenBuckets:
@@ -84,7 +85,7 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if path.startswith("/v1/"):
+        if path.startswith("/v1/") or path == UNSUBSCRIBE_PATH:
             wait = self.buckets.take(_rate_key(scope), time.monotonic())
             if wait > 0:
                 await self._refuse(scope, send, Problem(
@@ -121,7 +122,7 @@ class LimitsMiddleware:
                 await self._refuse(scope, send, Problem(
                     UNSUPPORTED_MEDIA, f"Content-Type {media or '(none)'}: send {CSV_MEDIA_TYPE}"))
                 return
-        elif body.strip():
+        elif body.strip() and path != UNSUBSCRIBE_PATH:  # RFC 8058: a form body, List-Unsubscribe=One-Click
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json" and not media.endswith("+json"):
                 await self._refuse(scope, send, Problem(

@@ -530,7 +530,13 @@ def cmd_create(args: argparse.Namespace) -> int:
     with _authenticated(args) as (service, actor):
         campaign_id = service.create_campaign(actor, payload)
         approved = service.get_campaign(actor, campaign_id).content_approved
-    _out(json.dumps({"id": str(campaign_id), "status": "draft"}) if args.json else str(campaign_id))
+        estimate = service.content_estimate(actor, campaign_id)
+    created: dict[str, Any] = {"id": str(campaign_id), "status": "draft"}
+    if estimate is not None:
+        created["sms"] = estimate
+    _out(json.dumps(created) if args.json else str(campaign_id))
+    if estimate is not None:
+        _info(_sms_text(estimate))
     _info(
         f"campaign {campaign_id} created (draft); "
         + (f"schedule it with `campaigns schedule {campaign_id} --at now`" if approved else
@@ -582,6 +588,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             time.sleep(2.0)
 
 
+def _sms_text(estimate: dict[str, Any]) -> str:
+    """One line: the SMS cost estimate (campaigns.service.sms_estimate)."""
+    per_locale = ", ".join(f"{locale}: {e['segments']} x {e['encoding']} ({e['units']} units"
+                           + (f" + {e['placeholders']} placeholders)" if e["placeholders"] else ")")
+                           for locale, e in estimate["per_locale"].items())
+    total = estimate.get("estimated_segments_total")
+    return (f"sms: {estimate['segments']} segment(s) per message from the static text ({per_locale}), at most "
+            f"{estimate['max_sms_segments']}" + (f"; about {total} segments in all" if total is not None else ""))
+
+
 def _status_text(data: dict[str, Any]) -> str:
     lines = [
         f"campaign   {data['id']}  {data['name']!r}",
@@ -597,6 +613,8 @@ def _status_text(data: dict[str, Any]) -> str:
         lines.append(f"rate       {data['rate_per_s']}/s{eta}")
     if data["failures_by_reason"]:
         lines.append("failures   " + ", ".join(f"{k}: {v}" for k, v in data["failures_by_reason"].items()))
+    if data.get("sms"):
+        lines.append("sms        " + _sms_text(data["sms"]).removeprefix("sms: "))
     if data.get("channel_paused"):
         lines.append(f"channel    PAUSED by its breaker ({data['channel_paused']}): nothing is sent; "
                      f"`campaigns channel close {data['channel']}` once the provider account works")

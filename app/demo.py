@@ -1,10 +1,11 @@
 """``campaigns demo``: the whole product on real services, in about a minute.
 
-Migrates, seeds customers (some opted out, some inactive, some with addresses the provider rejects),
-starts the provider simulator (WhatsApp Cloud API, Twilio-style SMS, SMTP) and a worker, creates one
-campaign per channel under realistic rate limits (the SMS one is paused and resumed on the way), shows
-live progress, and ends with the analytics per campaign. Exit code 0 only if every campaign reached a
-terminal state and its analytics equal its recipient log.
+Migrates, seeds customers (with names and attributes; some opted out, some inactive, some with addresses the
+provider rejects), starts the provider simulator (WhatsApp Cloud API, Twilio-style SMS, SMTP) and a worker,
+creates one campaign per channel, personalised per recipient, under realistic rate limits (the SMS one is
+paused and resumed on the way), shows live progress, and ends with the analytics per campaign. Exit code 0
+only if every campaign reached a terminal state and its analytics equal its recipient log. A table shows a
+few messages per channel as the provider received them, each with its recipient's own name and tier.
 
 On a terminal the progress is a live table; printed to anything else (CI logs, ``| tee``) it is a line per
 campaign every few seconds, and the tables are transposed (one column per campaign), so every line fits
@@ -70,10 +71,17 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
             repo.upsert_channel(session, id=f"{channel}-demo", kind=channel, provider="simulator",
                                 rate_per_s=rate, burst=burst)
     service.bootstrap_principal("demo-marketer", "marketer")
+    # Personalised per recipient at send time (first name and tier from each customer's profile; the discount is
+    # the campaign's variable, filled in when the campaign is created).
     templates = {
-        "whatsapp": ("spring_sale", None, "Hi! {{ discount }} off everything this week."),
-        "sms": ("spring_sale_sms", None, "Spring sale: {{ discount }} off. Reply STOP to opt out."),
-        "email": ("spring_sale_email", "Spring sale: {{ discount }} off", "<p>Hello! <b>{{ discount }}</b> off.</p>"),
+        "whatsapp": ("spring_sale", None, "Hi {{ first_name | default: 'there' }}! {{ discount }} off everything "
+                     "this week for our {{ attributes.tier | default: 'member' }} members."),
+        "sms": ("spring_sale_sms", None, "Hi {{ first_name | default: 'there' }}, spring sale: {{ discount }} off. "
+                "Reply STOP to opt out."),
+        "email": ("spring_sale_email", "{{ first_name | default: 'Friend' }}, spring sale: {{ discount }} off",
+                  "<p>Hello {{ first_name | default: 'friend' }}! <b>{{ discount }}</b> off for "
+                  "{{ attributes.tier | default: 'member' | upper }} members.</p>"
+                  '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'),
     }
     campaign_ids: dict[str, uuid.UUID] = {}
     # The WhatsApp Cloud API renders templates itself and knows only those approved in the business account:
@@ -105,7 +113,10 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
         # Two lines: each fits 80 columns in a pipe (the token alone is 65 characters).
         console.print(f"dashboard: {dashboard.url} (demo-marketer's API token, 12 h:)", highlight=False, soft_wrap=True)
         console.print(f"  {dashboard_token}", highlight=False, soft_wrap=True)
-        worker_settings = settings.model_copy(update={"providers": simulator.provider_settings()})
+        # Unsubscribe links point at this process's API (POST /unsubscribe, RFC 8058 one-click).
+        unsubscribe = settings.unsubscribe.model_copy(update={"url": dashboard.url.rstrip("/") + "/unsubscribe"})
+        worker_settings = settings.model_copy(update={"providers": simulator.provider_settings(),
+                                                      "unsubscribe": unsubscribe})
         with Worker(worker_settings, stages=("scheduler", "expander", "senders", "analytics")) as worker:
             ok = _watch(console, service, settings, campaign_ids, size.timeout_s, pause_channel="sms")
             errors = list(worker.errors)
@@ -113,7 +124,9 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
         # A request the provider refuses as malformed (wrong template parameters, missing fields, a bad
         # email) is a bug in what we send, not a fault to retry: the demo is not green with one.
         malformed = [r for r in simulator.refused if r.outcome == "invalid"]
+        samples = {channel: simulator.query(channel=channel)[:3] for channel in templates}
     ok = _report(console, settings, campaign_ids, service) and ok and not errors and not malformed
+    console.print(_personalisation_table(samples))
     console.print(_simulator_table(stats))
     console.print(
         f"\nnext: metrics at http://127.0.0.1:{settings.metrics_port}/metrics while a worker runs; topics: "
@@ -330,6 +343,24 @@ def _transposed(title: str, rows: dict[str, dict[str, str]], fields: Sequence[st
     for name in fields:
         table.add_row(name, *(rows[channel].get(name, "-") for channel in rows))
     return Group(Text(title, style="italic"), table)
+
+
+def _personalisation_table(samples: Mapping[str, Sequence[object]]) -> Table:
+    """A few messages per channel as the provider received them: each recipient's own values."""
+    table = Table(title="personalised per recipient (as the provider received them)", title_justify="left")
+    table.add_column("channel")
+    table.add_column("to")
+    table.add_column("what the recipient gets", overflow="fold")
+    for channel, messages in samples.items():
+        for m in messages:
+            if channel == "whatsapp":
+                shown = "template parameters " + " | ".join(getattr(m, "template_parameters", ()))
+            elif channel == "email":
+                shown = f"subject {getattr(m, 'subject', '')!r}; {getattr(m, 'body', '').splitlines()[0]}"
+            else:
+                shown = getattr(m, "body", "")
+            table.add_row(channel, getattr(m, "to", ""), shown)
+    return table
 
 
 def _simulator_table(stats: Mapping[str, Mapping[str, object]]) -> Group:

@@ -28,7 +28,9 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from campaigns.core import rbac, signing
+from campaigns.core import sms as sms_core
 from campaigns.core import tokens as tokens_core
+from campaigns.core import unsubscribe as unsubscribe_core
 from campaigns.core.payload import (
     MAX_SCHEDULE_AHEAD,
     CampaignDraft,
@@ -37,11 +39,13 @@ from campaigns.core.payload import (
 )
 from campaigns.core.states import CampaignAction, CampaignStatus, transition
 from campaigns.core.templates import (
-    render,
+    PROFILE_FIELDS,
+    Clean,
+    compile_template,
     sanitize_html,
     sanitize_text,
+    template_parameters_in_order,
     template_variables,
-    template_variables_in_order,
 )
 from campaigns.db import repository as repo
 from campaigns.db.engine import transaction
@@ -50,6 +54,7 @@ from campaigns.errors import (
     AccessRefused,
     ConcurrentUpdate,
     NotFound,
+    PermissionDenied,
     TransitionNotAllowed,
     ValidationError,
 )
@@ -58,6 +63,7 @@ from campaigns.topics import EVENTS, OUTCOMES
 SYSTEM_PRINCIPAL = "system"  # the scheduler, the analytics stage and in-process programs act as this (internal)
 OPERATOR = "operator"  # what audit rows written before API tokens name for database-level changes (reserved)
 BOOTSTRAP_ROLE = "admin"
+UNSUBSCRIBE_PRINCIPAL = "recipient"  # what audit rows name for a recipient's own one-click unsubscribe
 RECEIPT_KINDS = ("delivered", "read", "clicked", "bounced")
 COMMAND_TYPES = ("CREATE", "SCHEDULE", "PAUSE", "RESUME", "CANCEL")
 IMPORT_COMMAND_TYPES = ("IMPORT_CUSTOMERS", "IMPORT_SEGMENT")  # applied by the consumer through sinks/customers.py
@@ -112,6 +118,7 @@ class CampaignStatusView:
     recipients: Mapping[str, int] = field(default_factory=dict)
     failures_by_reason: Mapping[str, int] = field(default_factory=dict)
     channel_paused: str | None = None  # why the campaign's channel breaker is open, or None (sending)
+    sms: Mapping[str, Any] | None = None  # an SMS campaign's cost estimate (CampaignService.content_estimate)
 
     @property
     def terminal(self) -> int:
@@ -130,6 +137,7 @@ class CampaignStatusView:
             "terminal": self.terminal,
             "failures_by_reason": dict(self.failures_by_reason),
             "channel_paused": self.channel_paused,
+            "sms": dict(self.sms) if self.sms is not None else None,
         }
 
 
@@ -438,6 +446,7 @@ class CampaignService:
         if campaign_id is not None and repo.get_campaign(session, campaign_id) is not None:
             problems.append(f"campaign_id: campaign {campaign_id} already exists")
         message, template_id = self._content(session, draft, problems)
+        others = self._other_locales(session, draft, template_id, problems) if message is not None else []
         if problems or channel is None or message is None:
             raise ValidationError(problems or ["content: could not be rendered"])
 
@@ -448,10 +457,11 @@ class CampaignService:
             backoff_base_s=draft.retry_policy.backoff_base_s, backoff_max_s=draft.retry_policy.backoff_max_s,
             retry_jitter=draft.retry_policy.jitter, failure_threshold=draft.failure_threshold,
             failure_min_sample=draft.failure_min_sample, locale=draft.locale, created_by=actor,
+            max_sms_segments=draft.max_sms_segments,
             created_at=now, updated_at=now, **self._content_approval(session, actor, granted, template_id, now),
         )
         repo.insert_campaign(session, campaign, segment_ids=segment_ids, manual_recipients=manual,
-                             messages=[message])
+                             messages=[message, *others])
         self._event(session, campaign.id, "CREATED", campaign.version, actor, now, {"name": draft.name})
         repo.add_audit(session, principal=actor, action="create_campaign", campaign_id=campaign.id,
                        detail={"name": draft.name, "channel": draft.channel.value})
@@ -485,15 +495,21 @@ class CampaignService:
     def _content(
         self, session: Session, draft: CampaignDraft, problems: list[str]
     ) -> tuple[CampaignMessage | None, int | None]:
-        """The rendered message for ``draft`` and its template id; appends problems instead of raising."""
+        """The stored message for ``draft`` and its template id; appends problems instead of raising.
+
+        Campaign variables are substituted now; profile placeholders (``{{ first_name }}``,
+        ``{{ attributes.x | default: "..." }}``) stay, rendered per recipient at send time.
+        """
         channel = draft.channel.value
         if draft.content is not None:
-            try:
-                body = render(draft.content.body, draft.variables, escape_html=channel == "email")
-                subject = render(draft.content.subject, draft.variables) if draft.content.subject else None
-            except ValidationError as error:
-                problems.extend(error.problems)
+            found = _variable_problems(draft.variables, ("content.body", draft.content.body),
+                                       ("content.subject", draft.content.subject))
+            if found:
+                problems.extend(found)
                 return None, None
+            body = _substitute(draft.content.body, draft.variables, Clean.HTML if channel == "email" else Clean.TEXT)
+            subject = _substitute(draft.content.subject, draft.variables, Clean.TEXT) if draft.content.subject else None
+            problems.extend(_sms_problems(channel, body, draft.max_sms_segments))
             message = CampaignMessage(channel_kind=channel, locale=draft.locale, subject=subject, body=body)
             return message, None
         assert draft.template is not None  # the payload validation guarantees one of the two
@@ -510,50 +526,108 @@ class CampaignService:
                 problems.append(f"template: no template {ref.name!r} with {wanted} for locale {draft.locale} "
                                 "(add and approve one with `campaigns template add FILE --approve`)")
             return None, None
-        found: list[str] = []
+        found = []
         if template.status != "approved":
             found.append(f"template: {ref.name!r} v{template.version} is {template.status}, not approved "
                          f"(approve it with `campaigns template approve {template.id}`)")
         if template.channel_kind != channel:
             found.append(f"template: {ref.name!r} is for {template.channel_kind}, not {channel}")
-        missing = sorted(set(template.variables) - set(draft.variables))
-        if missing:
-            found.append(f"variables: the template {ref.name!r} needs {missing}; give them in \"variables\"")
+        found.extend(_variable_problems(draft.variables, ("template.body", template.body),
+                                        ("template.subject", template.subject), template=ref.name))
         if channel == "email" and template.subject:  # one header line once rendered: refused now, not per recipient
             found.extend(email_subject_problems(template.subject, draft.variables, field="template.subject"))
         problems.extend(found)
         if found or problems:
             return None, None
         try:
-            body = render(template.body, draft.variables, escape_html=channel == "email")
-            subject = render(template.subject, draft.variables) if template.subject else None
+            body = _substitute(template.body, draft.variables, Clean.HTML if channel == "email" else Clean.TEXT)
+            subject = _substitute(template.subject, draft.variables, Clean.TEXT) if template.subject else None
             parameters = self._template_parameters(channel, template.name, template.body, draft.variables)
+            header = self._template_parameters(channel, template.name, template.subject or "", draft.variables)
         except ValidationError as error:
             problems.extend(error.problems)
             return None, None
+        problems.extend(_sms_problems(channel, body, draft.max_sms_segments))
         message = CampaignMessage(channel_kind=channel, locale=draft.locale, subject=subject, body=body,
-                                  template_name=template.name, template_parameters=list(parameters))
+                                  template_name=template.name, template_parameters=list(parameters),
+                                  header_parameters=list(header))
         return message, template.id
+
+    def _other_locales(
+        self, session: Session, draft: CampaignDraft, template_id: int | None, problems: list[str]
+    ) -> list[CampaignMessage]:
+        """Content in the other locales the campaign's template has an approved version in (the newest each),
+        so each recipient gets its own locale and the campaign's locale is the fallback
+        (``campaigns.core.content.pick_locale``). None for inline content or a pinned template version."""
+        if template_id is None or draft.template is None or draft.template.version is not None:
+            return []
+        channel = draft.channel.value
+        messages = []
+        for template in repo.approved_template_locales(session, draft.template.name, channel, draft.locale):
+            field = f"template ({template.locale})"
+            found = _variable_problems(draft.variables, (f"{field}.body", template.body),
+                                       (f"{field}.subject", template.subject), template=template.name)
+            if channel == "email" and template.subject:
+                found.extend(email_subject_problems(template.subject, draft.variables, field=f"{field}.subject"))
+            if found:
+                problems.extend(found)
+                continue
+            try:
+                parameters = self._template_parameters(channel, template.name, template.body, draft.variables)
+                header = self._template_parameters(channel, template.name, template.subject or "", draft.variables)
+            except ValidationError as error:
+                problems.extend(error.problems)
+                continue
+            body = _substitute(template.body, draft.variables, Clean.HTML if channel == "email" else Clean.TEXT)
+            problems.extend(_sms_problems(channel, body, draft.max_sms_segments))
+            messages.append(CampaignMessage(
+                channel_kind=channel, locale=template.locale, body=body, template_name=template.name,
+                subject=_substitute(template.subject, draft.variables, Clean.TEXT) if template.subject else None,
+                template_parameters=list(parameters), header_parameters=list(header)))
+        return messages
 
     @staticmethod
     def _template_parameters(
         channel: str, name: str, body: str, variables: Mapping[str, str]
     ) -> tuple[str, ...]:
-        """The values a provider-side template is filled with, in the template's variable order.
+        """What fills a provider-side template's parameters, in the template's parameter order.
 
         Only WhatsApp renders templates at the provider (the Cloud API takes the template name and its
-        body parameters {{1}}..{{n}}); SMS and email send the body rendered here, so they need none. The
-        Cloud API refuses an empty parameter, so an empty value is a create-time error, not a late
-        per-recipient failure.
+        body parameters {{1}}..{{n}}); SMS and email send the body rendered here, so they need none. A
+        parameter from a campaign variable is its value, rendered now (an empty one is a create-time error:
+        the Cloud API refuses empty parameters); one from the profile is the placeholder itself, rendered
+        for each recipient at send time.
         """
         if channel != "whatsapp":
             return ()
-        order = template_variables_in_order(body)
-        empty = [n for n in order if not variables[n]]
+        parameters, empty = [], []
+        for placeholder in template_parameters_in_order(body):
+            if placeholder.name in variables:
+                value = compile_template(placeholder.source).render(variables)
+                if not value.strip():
+                    empty.append(placeholder.name)
+                parameters.append(value)
+            else:
+                parameters.append(placeholder.source)
         if empty:
             raise ValidationError([f"variables.{n}: must not be empty: the WhatsApp template {name!r} "
                                    "sends it as a parameter, and the Cloud API refuses empty ones" for n in empty])
-        return tuple(variables[n] for n in order)
+        return tuple(parameters)
+
+    def content_estimate(self, actor: str, campaign_id: uuid.UUID) -> dict[str, Any] | None:
+        """An SMS campaign's cost estimate: encoding and segments of the static text per locale (what every
+        message costs at least; placeholders add what each recipient's values add), its
+        ``max_sms_segments``, and segments x recipients once the audience is counted. None for other
+        channels."""
+        with transaction(self._sessions) as session:
+            self._require(session, actor, "campaign_status")
+            campaign = repo.get_campaign(session, campaign_id)
+            if campaign is None:
+                raise NotFound(f"campaign {campaign_id} does not exist")
+            if campaign.channel_kind != "sms":
+                return None
+            return sms_estimate(repo.campaign_bodies(session, campaign_id), campaign.max_sms_segments,
+                                campaign.total_recipients)
 
     # --- transitions -----------------------------------------------------------------------------
 
@@ -809,7 +883,33 @@ class CampaignService:
                 recipients=repo.recipient_status_counts(session, campaign_id),
                 failures_by_reason=repo.failure_reasons(session, campaign_id),
                 channel_paused=getattr(repo.enabled_channel(session, campaign.channel_kind), "paused_reason", None),
+                sms=sms_estimate(repo.campaign_bodies(session, campaign_id), campaign.max_sms_segments,
+                                 campaign.total_recipients) if campaign.channel_kind == "sms" else None,
             )
+
+    # --- unsubscribe (RFC 8058 one-click) ---------------------------------------------------------
+
+    def unsubscribe(self, token: str, secret: bytes) -> dict[str, Any]:
+        """Apply a recipient's one-click unsubscribe: the token (``campaigns.core.unsubscribe``, made by the
+        sender with ``secret``) is the only credential. The customer is opted out of the token's channel and
+        its address suppressed there (reason ``unsubscribe``), with an audit row, in one transaction;
+        repeating it changes nothing. A token not made with ``secret`` is :class:`PermissionDenied` and
+        changes nothing; one for a customer that no longer exists is :class:`NotFound`."""
+        claim = unsubscribe_core.verify(secret, token)
+        if claim is None:
+            raise PermissionDenied("(unsubscribe link)", "", "this unsubscribe link is not valid (altered, or "
+                                   "signed with another key); use the link from the message as it was received")
+        with transaction(self._sessions) as session:
+            done = repo.opt_out(session, claim.customer_id, claim.channel,
+                                source=f"one-click: campaign {claim.campaign_id}")
+            if done is None:
+                raise NotFound(f"customer {claim.customer_id} of this unsubscribe link no longer exists")
+            _address, changed = done
+            if changed:
+                repo.add_audit(session, principal=UNSUBSCRIBE_PRINCIPAL, action="unsubscribe",
+                               campaign_id=claim.campaign_id,
+                               detail={"customer_id": claim.customer_id, "channel": claim.channel})
+        return {"unsubscribed": True, "channel": claim.channel, "changed": changed}
 
     # --- receipts, principals, templates ---------------------------------------------------------
 
@@ -899,8 +999,11 @@ class CampaignService:
             clean_subject = sanitize_text(subject).strip() if isinstance(subject, str) else None
             if channel == "email" and not clean_subject:
                 problems.append("subject: required for email templates")
-            elif channel != "email" and clean_subject:
-                problems.append(f"subject: only email templates have a subject, not {channel}")
+            elif channel == "sms" and clean_subject:
+                problems.append("subject: only email templates (a subject) and WhatsApp templates (a text header) "
+                                "have one, not sms")
+            elif channel == "whatsapp" and clean_subject:
+                problems.extend(_header_problems(clean_subject))
             if problems:
                 raise ValidationError(problems)
             variables: frozenset[str] = frozenset()
@@ -964,3 +1067,93 @@ def _detail_campaign(detail: str | None) -> uuid.UUID | None:
         return uuid.UUID(value) if value else None
     except (ValueError, AttributeError, TypeError):
         return None
+
+
+def _variable_problems(
+    variables: Mapping[str, str], *texts: tuple[str, str | None], template: str | None = None
+) -> list[str]:
+    """Why the texts cannot be rendered: a placeholder that is not a campaign variable, a profile field
+    (:data:`~campaigns.core.templates.PROFILE_FIELDS`) or given a default; ``attributes.x`` without a default
+    (attributes have no schema); a campaign variable whose value holds ``{{`` or ``}}`` (the stored text is
+    rendered again per recipient, and a value must never become a placeholder); malformed placeholders."""
+    problems: list[str] = []
+    unknown: set[str] = set()
+    for field_name, text in texts:
+        if not text:
+            continue
+        try:
+            placeholders = template_parameters_in_order(text)
+        except ValidationError as error:
+            problems.extend(p.replace("template:", f"{field_name}:", 1) for p in error.problems)
+            continue
+        for placeholder in placeholders:
+            name = placeholder.name
+            if name in variables:
+                value = variables[name]
+                if isinstance(value, str) and ("{{" in value or "}}" in value):
+                    problems.append(f"variables.{name}: must not contain '{{{{' or '}}}}' (the message is rendered "
+                                    "again for each recipient)")
+            elif placeholder.default is None and name not in PROFILE_FIELDS:
+                unknown.add(name)
+    where = f"the template {template!r}" if template else "the content"
+    for name in sorted(unknown):
+        problems.append(
+            f"variables.{name}: missing: {where} uses {{{{ {name} }}}}, which is neither a campaign variable (give "
+            f"it in \"variables\"), a profile field ({', '.join(sorted(PROFILE_FIELDS))}) nor given a default "
+            f"(e.g. {{{{ {name} | default: \"...\" }}}})"
+        )
+    return sorted(set(problems), key=problems.index)
+
+
+WHATSAPP_HEADER_MAX = 60  # the Cloud API's text header limit
+
+
+def _header_problems(header: str) -> list[str]:
+    """Why ``header`` cannot be a WhatsApp template's text header (one line, at most 60 characters, at most one
+    placeholder, as the Cloud API allows)."""
+    problems = []
+    if "\n" in header or "\t" in header:
+        problems.append("subject: a WhatsApp header is one line")
+    if len(header) > WHATSAPP_HEADER_MAX:
+        problems.append(f"subject: a WhatsApp header has at most {WHATSAPP_HEADER_MAX} characters, got {len(header)}")
+    try:
+        if len(template_parameters_in_order(header)) > 1:
+            problems.append("subject: a WhatsApp text header has at most one placeholder")
+    except ValidationError as error:
+        problems.extend(p.replace("template:", "subject:", 1) for p in error.problems)
+    return problems
+
+
+def _substitute(text: str, variables: Mapping[str, str], clean: Clean) -> str:
+    """``text`` with the campaign's variables rendered and every profile placeholder kept."""
+    return compile_template(text).substitute(variables, clean)
+
+
+def _sms_problems(channel: str, body: str, max_segments: int | None) -> list[str]:
+    if channel != "sms":
+        return []
+    static = sms_core.estimate(compile_template(body).static_text())
+    limit = max_segments or sms_core.MAX_SEGMENTS
+    if static.segments > limit:
+        return [f"max_sms_segments: the text without its placeholders is already {static.segments} {static.encoding} "
+                f"segments ({static.units} units), more than the {limit} allowed"]
+    return []
+
+
+def sms_estimate(
+    messages: list[tuple[str, str]], max_segments: int | None, recipients: int | None
+) -> dict[str, Any]:
+    """The SMS cost estimate of content rows ``(locale, body)`` (see :meth:`CampaignService.content_estimate`)."""
+    per_locale = {}
+    for locale, body in messages:
+        compiled = compile_template(body)
+        static = sms_core.estimate(compiled.static_text())
+        per_locale[locale] = {**static.as_dict(), "placeholders": len(compiled.placeholders)}
+    worst = max((v["segments"] for v in per_locale.values()), default=1)
+    return {
+        "per_locale": per_locale,
+        "segments": worst,
+        "max_sms_segments": max_segments or sms_core.MAX_SEGMENTS,
+        "estimated_segments_total": worst * recipients if recipients is not None else None,
+        "note": "static text only: each recipient's values add to it; a message over max_sms_segments fails",
+    }

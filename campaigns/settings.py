@@ -303,6 +303,21 @@ class ApiSettings(BaseModel):
     idempotency_stale_s: float = Field(default=60.0, gt=0)  # an in-progress key older than this is taken over
 
 
+class UnsubscribeSettings(BaseModel):
+    """One-click unsubscribe (RFC 8058): how the per-recipient ``List-Unsubscribe`` of every email is made and
+    checked (``campaigns/core/unsubscribe.py``; the endpoint is ``POST /unsubscribe`` of ``campaigns api``)."""
+
+    # Signs the tokens; the senders and the API must share it. Change it in production: a token made with the
+    # development default can be forged by anyone who read this file (docs/security.md).
+    secret: SecretStr = SecretStr("dev-unsubscribe-secret")
+    # The https link (RFC 8058 needs https; the local default is the API's plain http address).
+    url: str = "http://127.0.0.1:8080/unsubscribe"
+    mailto: str = "unsubscribe@example.com"  # the mailto: alternative (mail clients without one-click)
+
+    def secret_bytes(self) -> bytes:
+        return self.secret.get_secret_value().encode()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAMPAIGNS_", env_nested_delimiter="__", extra="ignore")
 
@@ -314,6 +329,7 @@ class Settings(BaseSettings):
     commands: CommandSettings = Field(default_factory=CommandSettings)
     live: LiveSettings = Field(default_factory=LiveSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    unsubscribe: UnsubscribeSettings = Field(default_factory=UnsubscribeSettings)
     metrics_enabled: bool = True  # the worker's Prometheus metrics and /metrics endpoint
     metrics_host: str = "127.0.0.1"  # loopback by default: expose it on purpose, never by accident
     metrics_port: int = 9108  # 0 picks a free port (tests); PipelineMetrics.port tells which

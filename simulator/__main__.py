@@ -73,8 +73,9 @@ def _template_file(text: str) -> dict[str, Any]:
     name, body, locale = spec.get("name"), spec.get("body"), spec.get("locale", "en")
     if not isinstance(name, str) or not isinstance(body, str) or not isinstance(locale, str):
         raise argparse.ArgumentTypeError(f"{text}: name, body and locale must be strings")
+    header = spec.get("subject")  # a WhatsApp template's text header
     try:
-        return template_registration(name, locale, body)
+        return template_registration(name, locale, body, header if isinstance(header, str) else None)
     except ValidationError as exc:  # a malformed placeholder
         raise argparse.ArgumentTypeError(f"{text}: {exc}") from exc
 

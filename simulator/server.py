@@ -43,7 +43,8 @@ Twilio ``{"code", "message", "more_info", "status"}``):
   parameters as the template has, none for header/button components it does not have, else 132000
   ("Number of parameters does not match the expected number of params", with details like ``body:
   number of localizable_params (0) does not match the expected number of params (2)``). A ``text``
-  parameter without text is 131008 ("Required parameter is missing"); malformed components are 100.
+  parameter without text is 131008 ("Required parameter is missing"), one with a line break, a tab or four spaces
+  in a row 132018; malformed components are 100.
 * **WhatsApp, text messages**: ``text.body`` is required (100), at most 4,096 characters (100), and a
   free-form message is only allowed inside the recipient's 24-hour customer service window, else 131047
   ("Re-engagement message"). The real Cloud API may also report 131047 later, in a failed-status webhook;
@@ -53,10 +54,15 @@ Twilio ``{"code", "message", "more_info", "status"}``):
 * **SMTP** (at DATA): the message must be well-formed RFC 5322: every header line ``Name: value`` (or a
   folded continuation), no 8-bit header bytes unless the client used SMTPUTF8, no line over 998
   characters (``554 5.6.0`` otherwise); exactly one ``From`` with an address, exactly one parseable
-  ``Date`` and exactly one ``Message-ID`` of the form ``<left@right>`` (``550 5.7.1`` otherwise).
+  ``Date`` and exactly one ``Message-ID`` of the form ``<left@right>`` (``550 5.7.1`` otherwise). MIME as
+  mail servers check it: a multipart needs its boundary, its parts and its closing boundary, and
+  ``multipart/alternative`` at least two text parts (``554 5.6.0``); ``List-Unsubscribe`` must be a list of
+  ``<mailto:...>`` / ``<https://...>`` URIs, and ``List-Unsubscribe-Post`` exactly
+  ``List-Unsubscribe=One-Click`` with an http(s) URI beside it (RFC 8058; ``550 5.7.1``).
 
 Templates: the simulator knows the WhatsApp templates registered with it, as the Cloud API knows the ones
-approved in the business account: (name, language code) -> number of body parameters. Register them
+approved in the business account: (name, language code) -> number of body parameters (and of text header
+parameters, ``header_parameters``, 0 or 1). Register them
 with :meth:`ProviderSimulator.register_template`, the ``templates=`` argument, ``POST /_control/templates``
 (``{"name", "language", "parameters"}`` or a list of them) or ``python -m simulator --template
 NAME:LANGUAGE:N`` / ``--template-file FILE`` (a project template JSON, as given to ``campaigns template
@@ -79,13 +85,14 @@ accepted; it counts as ``idempotent_replays``. A key whose first request failed 
 
 Two logs, both in arrival order with epoch-second times: ``messages`` holds accepted messages, with our
 message id taken from ``biz_opaque_callback_data`` (WhatsApp), the ``Idempotency-Key`` header (SMS), or
-``X-Campaign-Message-Id`` falling back to ``Message-ID`` (email); ``refused`` holds every refused request
-(:class:`RefusedRequest`: time, recipient when the request named one, our message id when known, HTTP
-status or SMTP reply code, the provider's error code and the reason). ``duplicates`` counts acceptances
-of a message id already accepted on that channel -- a customer receiving the same message twice.
-End-to-end tests assert it stays 0. SMTP refusals made by the protocol layer before any hook runs
-(``530`` AUTH required, command syntax errors) are not in the refusal log.
-"""
+``X-Campaign-Message-Id`` falling back to ``Message-ID`` (email), and what each carried for its
+recipient (WhatsApp: the template's parameters per component; email: subject, text and HTML parts, the
+list headers); ``refused`` holds every refused request (:class:`RefusedRequest`: time, recipient when
+the request named one, our message id when known, HTTP status or SMTP reply code, the provider's error
+code and the reason). ``duplicates`` counts acceptances of a message id already accepted on that channel
+-- a customer receiving the same message twice. End-to-end tests assert it stays 0. SMTP refusals made
+by the protocol layer before any hook runs (``530`` AUTH required, command syntax errors) are not in the
+refusal log. """
 
 from __future__ import annotations
 
@@ -118,7 +125,7 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from campaigns.core.templates import template_variables_in_order
+from campaigns.core.templates import template_parameters_in_order
 from campaigns.settings import ProviderSettings
 from campaigns.transports.http_api import cloud_api_language
 
@@ -159,6 +166,12 @@ class ReceivedMessage:
     template_language: str | None = None
     template_parameters: tuple[str, ...] = ()
     """The body parameters of a WhatsApp template message, in order (``body`` joins them with spaces)."""
+    template_components: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """A WhatsApp template message's parameters per component (header, body, button), as received."""
+    html_body: str | None = None
+    """Email: the text/html part (``body`` is the text/plain part when there is one)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Email: the MIME and list headers as received (content-type, list-unsubscribe, list-unsubscribe-post)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -447,6 +460,13 @@ def _template_components(components: Any) -> dict[str, tuple[str, ...]] | _WaRef
                         "Required parameter is missing",
                         f"template.components[{i}].parameters[{j}]: text is required",
                     )
+                if "\n" in text or "\t" in text or "    " in text:
+                    return _WaRefusal(
+                        132018,
+                        "There was an issue with the parameters in your template",
+                        f"template.components[{i}].parameters[{j}]: Param text cannot have new-line/tab characters "
+                        "or more than 4 consecutive spaces",
+                    )
                 texts.append(text)
             else:
                 texts.append("")
@@ -492,18 +512,17 @@ def _parse_whatsapp(payload: Any) -> _WaMessage | _WaRefusal:
 
 
 def _check_registered(
-    message: _WaMessage, templates: Mapping[tuple[str, str], int]
+    message: _WaMessage, templates: Mapping[tuple[str, str], Mapping[str, int]]
 ) -> _WaRefusal | None:
     """132001 for an unknown (name, language), 132000 when the parameter counts differ from it."""
     assert message.template_name is not None and message.language is not None
-    expected_body = templates.get((message.template_name, message.language))
-    if expected_body is None:
+    expected = templates.get((message.template_name, message.language))
+    if expected is None:
         return _WaRefusal(
             132001,
             "Template name does not exist in the translation",
             f"template name ({message.template_name}) does not exist in {message.language}",
         )
-    expected = {"body": expected_body}
     for kind in _WA_COMPONENTS:  # header, body, button: the order the Cloud API reports them in
         given = len(message.parameters.get(kind, ()))
         wanted = expected.get(kind, 0)
@@ -517,32 +536,40 @@ def _check_registered(
     return None
 
 
-def template_registration(name: str, locale: str, body: str) -> dict[str, Any]:
+def template_registration(name: str, locale: str, body: str, header: str | None = None) -> dict[str, Any]:
     """How a project WhatsApp template is registered with the simulator: its name, the language code the
-    transport sends for ``locale``, and one body parameter per variable (in first-appearance order,
-    which is the order the campaign service stores the values in)."""
-    return {
+    transport sends for ``locale``, and one body parameter per distinct placeholder (in first-appearance
+    order, which is the order the campaign service stores them in and the sender renders them in); with a
+    text ``header`` (the template's ``subject``), its parameters too."""
+    registration = {
         "name": name,
         "language": cloud_api_language(locale),
-        "parameters": len(template_variables_in_order(body)),
+        "parameters": len(template_parameters_in_order(body)),
     }
+    if header:
+        registration["header_parameters"] = len(template_parameters_in_order(header))
+    return registration
 
 
-def _check_template_spec(spec: Any) -> tuple[str, str, int]:
-    """(name, language, parameters) of a registration; ``ValueError`` naming what is wrong."""
+def _check_template_spec(spec: Any) -> tuple[str, str, int, int]:
+    """(name, language, body parameters, header parameters) of a registration; ``ValueError`` naming what is
+    wrong."""
     if not isinstance(spec, Mapping):
         raise ValueError(f"a template registration is an object {{name, language, parameters}}, got {spec!r}")
-    unknown = set(spec) - {"name", "language", "parameters"}
+    unknown = set(spec) - {"name", "language", "parameters", "header_parameters"}
     if unknown:
         raise ValueError(f"template registration: unknown key(s) {sorted(unknown)}")
     name, language, count = spec.get("name"), spec.get("language"), spec.get("parameters", 0)
+    header = spec.get("header_parameters", 0)
     if not isinstance(name, str) or not name:
         raise ValueError("template registration: name must be a non-empty string")
     if not isinstance(language, str) or not language:
         raise ValueError("template registration: language must be a language code such as en or en_US")
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 100:
         raise ValueError(f"template registration: parameters must be a whole number 0..100, got {count!r}")
-    return name, language, count
+    if isinstance(header, bool) or not isinstance(header, int) or not 0 <= header <= 1:
+        raise ValueError(f"template registration: header_parameters must be 0 or 1 (a text header), got {header!r}")
+    return name, language, count, header
 
 
 # Header field names: printable US-ASCII except the colon (RFC 5322 section 2.2).
@@ -640,7 +667,7 @@ class ProviderSimulator:
 
         self.messages: list[ReceivedMessage] = []
         self.refused: list[RefusedRequest] = []
-        self._templates: dict[tuple[str, str], int] = {}
+        self._templates: dict[tuple[str, str], dict[str, int]] = {}  # (name, language) -> component -> count
         for spec in templates:
             self.register_template(**spec)
         self._inbound: dict[str, float] = {}  # normalised number -> epoch s of its last inbound message
@@ -783,19 +810,22 @@ class ProviderSimulator:
         else:
             self._fail_next = dict.fromkeys(CHANNELS, _check_count(value))
 
-    def register_template(self, name: str, language: str, parameters: int = 0) -> None:
+    def register_template(self, name: str, language: str, parameters: int = 0, header_parameters: int = 0) -> None:
         """Register (or re-register) WhatsApp template ``name`` in ``language`` (a Cloud API language code,
-        e.g. ``en`` or ``en_US``) with ``parameters`` body parameters. ``ValueError`` if a value is invalid."""
-        name, language, parameters = _check_template_spec(
-            {"name": name, "language": language, "parameters": parameters}
+        e.g. ``en`` or ``en_US``) with ``parameters`` body parameters and ``header_parameters`` (0 or 1) in a
+        text header. ``ValueError`` if a value is invalid."""
+        name, language, parameters, header_parameters = _check_template_spec(
+            {"name": name, "language": language, "parameters": parameters, "header_parameters": header_parameters}
         )
-        self._templates[(name, language)] = parameters
+        self._templates[(name, language)] = {"body": parameters, "header": header_parameters}
 
     def templates(self) -> list[dict[str, Any]]:
-        """The registered templates, sorted by (name, language)."""
+        """The registered templates, sorted by (name, language) (``header_parameters`` only when the template
+        has a header parameter)."""
         return [
-            {"name": name, "language": language, "parameters": count}
-            for (name, language), count in sorted(self._templates.items())
+            {"name": name, "language": language, "parameters": counts["body"],
+             **({"header_parameters": counts["header"]} if counts["header"] else {})}
+            for (name, language), counts in sorted(self._templates.items())
         ]
 
     def record_inbound(self, number: str, at: float | None = None) -> None:
@@ -946,6 +976,9 @@ class ProviderSimulator:
         sender: str | None = None,
         template_language: str | None = None,
         template_parameters: tuple[str, ...] = (),
+        template_components: Mapping[str, tuple[str, ...]] | None = None,
+        html_body: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         stats = self._stats[channel]
         stats.accepted += 1
@@ -968,6 +1001,9 @@ class ProviderSimulator:
                 sender,
                 template_language,
                 template_parameters,
+                dict(template_components or {}),
+                html_body,
+                dict(headers or {}),
             )
         )
         if self._waiters:
@@ -1089,6 +1125,7 @@ class ProviderSimulator:
             sender=phone_number_id,
             template_language=message.language,
             template_parameters=message.parameters.get("body", ()),
+            template_components=message.parameters,
         )
         wa_id = to.lstrip("+")
         answer = _dumps(
@@ -1233,7 +1270,7 @@ class ProviderSimulator:
         content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
         recipients = list(envelope.rcpt_tos)
         first = recipients[0] if recipients else None
-        reply: str | None = _rfc5322_problem(content, smtp_utf8=envelope.smtp_utf8)
+        reply: str | None = _rfc5322_problem(content, smtp_utf8=envelope.smtp_utf8) or _mime_problem(content)
         if reply is not None:
             self._stats["email"].permanent_errors += 1
             code, enhanced, reason = reply.split(" ", 2)
@@ -1253,10 +1290,12 @@ class ProviderSimulator:
                 self._refuse("email", first, outcome, int(code), enhanced, reason, _email_message_id(content))
         if reply is None:
             message_id, subject, body = _parse_email(content)
+            html_body, headers = _email_extras(content)
             queue_id = f"SIM{self._run_tag[:8]}{next(self._seq):010d}"
             for rcpt in recipients:
                 self._accept(
-                    "email", rcpt, body, message_id, queue_id, subject=subject, sender=envelope.mail_from
+                    "email", rcpt, body, message_id, queue_id, subject=subject, sender=envelope.mail_from,
+                    html_body=html_body, headers=headers,
                 )
             reply = f"250 2.0.0 Ok: queued as {queue_id}"
         if self._waiters:
@@ -1306,8 +1345,8 @@ class ProviderSimulator:
             specs = [_check_template_spec(spec) for spec in (body if isinstance(body, list) else [body])]
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        for name, language, count in specs:
-            self.register_template(name, language, count)
+        for name, language, count, header in specs:
+            self.register_template(name, language, count, header)
         return web.json_response({"templates": self.templates()})
 
     async def _handle_inbound(self, request: web.BaseRequest) -> web.Response:
@@ -1400,6 +1439,80 @@ def _email_message_id(content: bytes) -> str | None:
     head = content.replace(b"\r\n", b"\n").partition(b"\n\n")[0]
     headers = _raw_headers(head)
     return headers.get("x-campaign-message-id") or headers.get("message-id", "").strip("<>") or None
+
+
+_RECORDED_HEADERS = ("content-type", "list-unsubscribe", "list-unsubscribe-post")
+_LIST_URI = re.compile(r"<([^<>\s]+)>")
+
+
+def _mime_problem(content: bytes) -> str | None:
+    """The SMTP reply refusing a message whose MIME structure or list headers are wrong, else None.
+
+    ``554 5.6.0`` for MIME: a multipart without a boundary, a missing first or closing boundary, a
+    ``multipart/alternative`` whose parts are not text (or fewer than two), a part without a Content-Type.
+    ``550 5.7.1`` for ``List-Unsubscribe`` that is not a list of ``<URI>`` (mailto:, http:, https:), or a
+    ``List-Unsubscribe-Post`` that is not ``List-Unsubscribe=One-Click`` or comes without an http(s) URI
+    (RFC 8058 section 3.1).
+    """
+    text = content.replace(b"\r\n", b"\n")
+    head, _, body = text.partition(b"\n\n")
+    headers = _raw_headers(head)
+    content_type, _, params = headers.get("content-type", "text/plain").partition(";")
+    content_type = content_type.strip().lower()
+    if content_type.startswith("multipart/"):
+        boundary = None
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "boundary":
+                boundary = value.strip().strip('"')
+        if not boundary:
+            return "554 5.6.0 MIME: multipart without a boundary parameter"
+        lines = body.split(b"\n")
+        delimiter, close = b"--" + boundary.encode(), b"--" + boundary.encode() + b"--"
+        if not any(line.rstrip() == delimiter for line in lines):
+            return "554 5.6.0 MIME: the multipart body has no part (no boundary line)"
+        if not any(line.rstrip() == close for line in lines):
+            return "554 5.6.0 MIME: the multipart body has no closing boundary"
+        message = BytesParser(policy=email_policy.compat32).parsebytes(text)
+        if message.defects:
+            return f"554 5.6.0 MIME: {type(message.defects[0]).__name__}"
+        parts = message.get_payload()
+        if not isinstance(parts, list):
+            return "554 5.6.0 MIME: the multipart body could not be split into parts"
+        if any(part.get("content-type") is None for part in parts):
+            return "554 5.6.0 MIME: a part without a Content-Type"
+        if content_type == "multipart/alternative" and (
+                len(parts) < 2 or any(part.get_content_maintype() != "text" for part in parts)):
+            return "554 5.6.0 MIME: multipart/alternative needs at least two text parts"
+    unsubscribe, post = headers.get("list-unsubscribe"), headers.get("list-unsubscribe-post")
+    if unsubscribe is not None:
+        uris = _LIST_URI.findall(unsubscribe)
+        leftover = _LIST_URI.sub("", unsubscribe).replace(",", "").strip()
+        if not uris or leftover or not all(u.startswith(("mailto:", "http:", "https:")) for u in uris):
+            return "550 5.7.1 List-Unsubscribe must be a list of <mailto:...> or <https://...> URIs"
+    if post is not None:
+        if post.strip() != "List-Unsubscribe=One-Click":
+            return "550 5.7.1 List-Unsubscribe-Post must be List-Unsubscribe=One-Click (RFC 8058)"
+        if unsubscribe is None or not any(u.startswith(("http:", "https:")) for u in _LIST_URI.findall(unsubscribe)):
+            return "550 5.7.1 List-Unsubscribe-Post needs an http(s) URI in List-Unsubscribe (RFC 8058)"
+    return None
+
+
+def _email_extras(content: bytes) -> tuple[str | None, dict[str, str]]:
+    """(the text/html part or body, the recorded headers) of a received message."""
+    text = content.replace(b"\r\n", b"\n")
+    headers = _raw_headers(text.partition(b"\n\n")[0])
+    recorded = {name: headers[name] for name in _RECORDED_HEADERS if name in headers}
+    content_type = headers.get("content-type", "text/plain").split(";")[0].strip().lower()
+    if content_type == "text/html" or content_type.startswith("multipart/"):
+        message = BytesParser(policy=email_policy.compat32).parsebytes(text)
+        for part in message.walk():
+            if part.get_content_type() == "text/html":
+                payload = part.get_payload(decode=True)
+                if isinstance(payload, bytes):
+                    html = payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+                    return html.replace("\r\n", "\n").rstrip("\n"), recorded
+    return None, recorded
 
 
 def _parse_email(content: bytes) -> tuple[str | None, str | None, str]:

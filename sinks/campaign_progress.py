@@ -36,8 +36,10 @@ PLAN_SQL = (
 )
 SEGMENTS_SQL = "SELECT segment_id FROM campaign_segments WHERE campaign_id = %s"
 CONTENT_SQL = (
-    "SELECT locale, subject, body, template_name, template_parameters FROM campaign_messages WHERE campaign_id = %s"
+    "SELECT locale, subject, body, template_name, template_parameters, header_parameters FROM campaign_messages "
+    "WHERE campaign_id = %s"
 )
+CAMPAIGN_CONTENT_POLICY_SQL = "SELECT locale, max_sms_segments FROM campaigns WHERE id = %s"
 CHECKPOINT_SQL = (
     "UPDATE campaigns SET expansion_cursor = %s, expanded_recipients = expanded_recipients + %s "
     "WHERE id = %s AND version = %s"
@@ -96,12 +98,16 @@ def plan(cur: Any, campaign_id: uuid.UUID) -> PlanRow | None:
     return PlanRow(row[0], row[1], row[2], row[3], row[4], row[5], segments, content)
 
 
-def content(cur: Any, campaign_id: str) -> tuple[str, list[tuple[str, str | None, str, str | None, list[str]]]]:
-    """The campaign's default locale and its content rows (locale, subject, body, template, parameters)."""
-    cur.execute("SELECT locale FROM campaigns WHERE id = %s", (campaign_id,))
+def content(
+    cur: Any, campaign_id: str
+) -> tuple[str, int | None, list[tuple[str, str | None, str, str | None, list[str], list[str]]]]:
+    """The campaign's default locale, its ``max_sms_segments`` (None: the channel's limit) and its content rows
+    (locale, subject, body, template, body parameters, header parameters)."""
+    cur.execute(CAMPAIGN_CONTENT_POLICY_SQL, (campaign_id,))
     row = cur.fetchone()
     cur.execute(CONTENT_SQL, (campaign_id,))
-    return (row[0] if row else "en"), [(r[0], r[1], r[2], r[3], list(r[4] or ())) for r in cur.fetchall()]
+    rows = [(r[0], r[1], r[2], r[3], list(r[4] or ()), list(r[5] or ())) for r in cur.fetchall()]
+    return (row[0] if row else "en"), (row[1] if row else None), rows
 
 
 def checkpoint(cur: Any, campaign_id: uuid.UUID, version: int, last_id: int, page_size: int) -> bool:

@@ -9,7 +9,8 @@ the index on (segment_id, customer_id) yields the next ``limit`` ids after the c
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from psycopg2.extensions import cursor as Cursor
 
@@ -44,12 +45,16 @@ class Recipient:
     locale: str
     address: str | None
     skip_reason: str | None  # None: send; else why not (inactive, opted_out, no_address)
+    # The profile a message is rendered with (campaigns.core.templates.PROFILE_FIELDS and ``attributes``);
+    # filled by resolve (the sender's claim), empty from fetch_page (expansion renders nothing).
+    profile: dict[str, Any] = field(default_factory=dict)
 
 
 # The audience members among (campaign, recipient) pairs, with what a send needs of them now: a record on a
 # message topic names the pair, PostgreSQL says whether it belongs to the campaign and where it goes.
 RESOLVE_SQL = """
-SELECT v.c::text, v.r, cu.status, cu.opted_out_channels, cu.locale, cu.email, cu.phone, cu.whatsapp
+SELECT v.c::text, v.r, cu.status, cu.opted_out_channels, cu.locale, cu.email, cu.phone, cu.whatsapp,
+       cu.first_name, cu.last_name, cu.timezone, cu.attributes
 FROM (VALUES {values}) AS v(c, r) JOIN customers AS cu ON cu.id = v.r
 WHERE EXISTS (SELECT 1 FROM campaign_segments AS cs JOIN segment_members AS sm
               ON sm.segment_id = cs.segment_id AND sm.customer_id = v.r WHERE cs.campaign_id = v.c)
@@ -70,8 +75,9 @@ def skip_reason(status: str, opted_out_channels: list[str], channel: str, addres
 
 def resolve(cur: Cursor, channel: str, keys: list[tuple[str, int]]) -> dict[tuple[str, int], Recipient]:
     """The pairs whose customer is in the campaign's audience (segments or manual list), as they are now:
-    address and locale from ``customers``, and a skip reason if they may no longer be sent to. A pair that is
-    not in the audience is absent."""
+    address, locale and the profile messages are rendered with from ``customers``, and a skip reason if they
+    may no longer be sent to. A pair that is not in the audience is absent. One statement for all the pairs
+    (customers by primary key, membership by the segment_members / manual-list keys)."""
     if not keys:
         return {}
     values = ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in keys)
@@ -80,8 +86,12 @@ def resolve(cur: Cursor, channel: str, keys: list[tuple[str, int]]) -> dict[tupl
     found = {}
     for row in cur.fetchall():
         address = row[column]
+        profile = {"customer_id": str(row[1]), "locale": row[4], "email": row[5], "phone": row[6],
+                   "whatsapp": row[7], "first_name": row[8], "last_name": row[9], "timezone": row[10],
+                   "attributes": row[11] if isinstance(row[11], dict) else {}}
         found[(row[0], row[1])] = Recipient(customer_id=row[1], locale=row[4], address=address,
-                                            skip_reason=skip_reason(row[2], row[3], channel, address))
+                                            skip_reason=skip_reason(row[2], row[3], channel, address),
+                                            profile=profile)
     return found
 
 

@@ -49,9 +49,11 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from campaigns.codec import get_codec
 from campaigns.core import states
 from campaigns.core.breaker import FailureBreaker, TransportErrorRun, next_probe_delay_s
+from campaigns.core.content import CompiledContent, Refusal, Rendered, list_unsubscribe, pick_locale
 from campaigns.core.rate import AimdRate, TokenBucket, worker_share
 from campaigns.core.retry import RetryPolicy, decide, tier_for_wait
 from campaigns.core.states import CampaignAction
+from campaigns.core.unsubscribe import make_token
 from campaigns.errors import (
     DeliveryError,
     PermanentDeliveryError,
@@ -115,6 +117,10 @@ class Pending:
     provider_id: str | None = None
     latency_ms: float | None = None
     retry_after: float | None = None
+    refusal: str | None = None  # why this recipient's rendered message may not be sent (a permanent failure)
+    text_body: str | None = None  # email: the text/plain alternative
+    header_parameters: tuple[str, ...] = ()  # WhatsApp: the template's text header parameter
+    unsubscribe: tuple[str, ...] = ()  # email: List-Unsubscribe URIs
 
 
 @dataclass
@@ -155,7 +161,9 @@ class ChannelSender:
                         "a %.1f s margin; calls are cut when their lease runs out", channel,
                         settings.sender.claim_lease_s, self._call_timeout_s, LEASE_MARGIN_S)
         self._breakers: dict[str, FailureBreaker] = {}
-        self._contents: dict[str, tuple[str, dict[str, tuple[Any, ...]]]] = {}  # campaign -> (default, locale->row)
+        # campaign -> (default locale, locale -> content compiled once, or why it cannot be rendered)
+        self._contents: dict[str, tuple[str, dict[str, CompiledContent | Refusal]]] = {}
+        self._unsubscribe = settings.unsubscribe
         self._transport_errors = TransportErrorRun()
         self._channel_open: tuple[str | None, float] = (None, 0.0)  # (paused reason or None, read at)
         self._metrics = metrics
@@ -549,7 +557,7 @@ class ChannelSender:
             skipped = [p for key, p in by_key.items() if key in members and members[key].skip_reason]
             by_key = {key: p for key, p in by_key.items() if key in members and not members[key].skip_reason}
             for key, p in by_key.items():
-                p.record = self._authoritative(cur, p.record, members[key])
+                self._authoritative(cur, p, members[key])
             self._record_skipped(cur, skipped, members, now)
             rows = [(c, r, p.record["message_id"], self._channel, now, lease) for (c, r), p in by_key.items()]
             for c, r in recipient_log.claim(cur, rows):
@@ -568,19 +576,46 @@ class ChannelSender:
         self._conn.commit()
         return claimed, inactive, outsiders, skipped
 
-    def _authoritative(self, cur: Any, record: dict[str, Any], member: Any) -> dict[str, Any]:
-        """The record with the recipient's current address and the campaign's content for its locale."""
+    def _authoritative(self, cur: Any, p: Pending, member: Any) -> None:
+        """Give ``p`` the recipient's current address and the campaign's content for its locale, rendered
+        for its profile (``campaigns.core.content``: compiled once per campaign, a few microseconds per
+        message); a message that may not go out as rendered gets ``p.refusal``."""
+        record = p.record
         cid = record["campaign_id"]
         if cid not in self._contents:
-            default, rows = campaign_progress.content(cur, cid)
-            self._contents[cid] = (default, {r[0]: r for r in rows})
+            default, max_segments, rows = campaign_progress.content(cur, cid)
+            compiled: dict[str, CompiledContent | Refusal] = {}
+            for locale, subject, body, template_name, parameters, header in rows:
+                try:
+                    compiled[locale] = CompiledContent(self._channel, locale, subject, body, template_name,
+                                                       parameters, max_segments, header)
+                except Exception as exc:  # stored content the service validated always compiles
+                    log.error("campaign %s: its %s content does not compile (%s); its messages fail", cid, locale,
+                              exc)
+                    compiled[locale] = Refusal(f"invalid_content: {exc}"[:200])
+            self._contents[cid] = (default, compiled)
         default, by_locale = self._contents[cid]
-        content = by_locale.get(member.locale) or by_locale.get(default)
-        if content is None:
-            return dict(record, address=member.address)
-        locale, subject, body, template_name, parameters = content
-        return dict(record, address=member.address, locale=locale, subject=subject, body=body,
-                    template_name=template_name, template_parameters=parameters)
+        locale = pick_locale(list(by_locale), member.locale, default)
+        if locale is None:
+            p.record = dict(record, address=member.address)
+            return
+        content = by_locale[locale]
+        if isinstance(content, Refusal):
+            p.record, p.refusal = dict(record, address=member.address, locale=locale), content.reason
+            return
+        values = member.profile
+        if self._channel == "email" and member.customer_id > 0:
+            token = make_token(self._unsubscribe.secret_bytes(), member.customer_id, "email", cid)
+            p.unsubscribe = list_unsubscribe(self._unsubscribe.url, self._unsubscribe.mailto, token)
+            values["unsubscribe_url"] = p.unsubscribe[0]
+        rendered = content.render(values)
+        if isinstance(rendered, Refusal):
+            p.record, p.refusal = dict(record, address=member.address, locale=locale), rendered.reason
+            return
+        assert isinstance(rendered, Rendered)
+        p.text_body, p.header_parameters = rendered.text_body, rendered.header_parameters
+        p.record = dict(record, address=member.address, locale=locale, subject=rendered.subject, body=rendered.body,
+                        template_name=content.template_name, template_parameters=list(rendered.parameters))
 
     def _record_skipped(self, cur: Any, skipped: list[Pending], members: dict[Any, Any], now: datetime) -> None:
         rows = []
@@ -646,12 +681,16 @@ class ChannelSender:
         semaphore = asyncio.Semaphore(self._semaphore_size) if len(claimed) > self._semaphore_size else None
 
         async def send_one(p: Pending) -> None:
+            if p.refusal is not None:  # rendered past what the channel or campaign allows: failed, never sent
+                p.result, p.reason = "failed", p.refusal
+                return
             r = p.record
             message = OutgoingMessage(
                 message_id=r["message_id"], campaign_id=r["campaign_id"], recipient_id=r["recipient_id"],
                 channel=self._channel, address=r["address"], body=r["body"], subject=r["subject"],
                 template_name=r["template_name"], locale=r["locale"],
                 template_parameters=tuple(r.get("template_parameters") or ()),
+                text_body=p.text_body, list_unsubscribe=p.unsubscribe, header_parameters=p.header_parameters,
             )
             async with semaphore or contextlib.nullcontext():
                 # The whole call (a pooled connection included) must end before the lease does, or another

@@ -17,7 +17,8 @@ The payload (every key but ``name``, ``channel``, one of ``template`` / ``conten
       "retry_policy": {"max_retries": 3, "backoff_base_s": 1.0, "backoff_max_s": 60, "jitter": 0.2},
       "failure_threshold": 0.5,                    # fraction of failed sends that fails the campaign
       "failure_min_sample": 20,                    # ... once at least this many outcomes are in
-      "locale": "en"
+      "locale": "en",
+      "max_sms_segments": 2                        # sms only, 1..10: a message longer once rendered fails
     }
 
 Guarantees:
@@ -97,6 +98,7 @@ DEFAULT_FAILURE_THRESHOLD = 0.5
 DEFAULT_FAILURE_MIN_SAMPLE = 20
 MAX_FAILURE_MIN_SAMPLE = 1_000_000
 DEFAULT_LOCALE = "en"
+MAX_SMS_SEGMENTS = 10
 MAX_SCHEDULE_AHEAD = timedelta(days=365)
 
 # Bad list items reported individually before the rest are summarised, so one bad 100,000-entry list
@@ -124,6 +126,7 @@ _TOP_LEVEL_KEYS = (
     "failure_threshold",
     "failure_min_sample",
     "locale",
+    "max_sms_segments",
 )
 _TEMPLATE_KEYS = ("name", "version")
 _CONTENT_KEYS = ("subject", "body")
@@ -165,6 +168,7 @@ class CampaignDraft:
     failure_min_sample: int = DEFAULT_FAILURE_MIN_SAMPLE
     locale: str = DEFAULT_LOCALE
     variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    max_sms_segments: int | None = None  # sms: the most segments one rendered message may have (None: 10)
 
 
 def validate_create_payload(
@@ -225,6 +229,9 @@ def validate_create_payload(
         DEFAULT_FAILURE_MIN_SAMPLE,
     )
     locale = _locale(p, get("locale"))
+    max_sms_segments = _int(p, get("max_sms_segments"), "max_sms_segments", 1, MAX_SMS_SEGMENTS, None)
+    if max_sms_segments is not None and channel is not None and channel is not Channel.SMS:
+        p.append(f"max_sms_segments: only sms campaigns have segments, not {channel.value}")
     if channel is Channel.EMAIL and content is not None and content.subject is not None and variables is not None:
         p.extend(email_subject_problems(content.subject, variables, field="content.subject"))
 
@@ -249,6 +256,7 @@ def validate_create_payload(
         failure_min_sample=failure_min_sample,
         locale=locale,
         variables=variables,
+        max_sms_segments=max_sms_segments,
     )
 
 

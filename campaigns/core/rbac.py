@@ -166,7 +166,7 @@ def require_owner(
         )
 
 
-RESERVED_NAMES: frozenset[str] = frozenset({"system", "operator", "anonymous"})
+RESERVED_NAMES: frozenset[str] = frozenset({"system", "operator", "anonymous", "recipient"})
 """Names no principal may have: ``system`` (the scheduler, analytics and in-process programs act as it) and
 ``operator`` (what older audit rows name for database-level changes), plus names that would read as an
 internal actor in the audit log. Compared case-insensitively."""

@@ -266,6 +266,8 @@ class CampaignMessage(Base):
     # body): a WhatsApp template's body parameters {{1}}..{{n}}. Empty for inline content and for
     # channels whose provider takes the rendered body (SMS, email).
     template_parameters: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    # A WhatsApp template's text header parameter (at most one; migration 0012), like template_parameters.
+    header_parameters: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
 
 
 class CampaignRecipientLog(Base):

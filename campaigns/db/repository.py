@@ -25,11 +25,13 @@ from campaigns.db.models import (
     CampaignSegment,
     Channel,
     CommandKey,
+    Customer,
     CustomerSegment,
     Outbox,
     Principal,
     ProcessedCommand,
     RolePermission,
+    Suppression,
     Template,
 )
 
@@ -376,9 +378,55 @@ def processed_command(session: Session, command_id: str) -> tuple[str, str | Non
     return None if row is None else (row[0], row[1])
 
 
+def approved_template_locales(session: Session, name: str, channel: str, except_locale: str) -> list[Template]:
+    """The newest approved version of template ``name`` for ``channel`` in every locale but ``except_locale``."""
+    newest = (select(Template.locale, func.max(Template.version).label("version"))
+              .where(Template.name == name, Template.channel_kind == channel, Template.status == "approved",
+                     Template.locale != except_locale)
+              .group_by(Template.locale).subquery())
+    return list(session.scalars(
+        select(Template).join(newest, (Template.locale == newest.c.locale) & (Template.version == newest.c.version))
+        .where(Template.name == name).order_by(Template.locale)))
+
+
+def campaign_bodies(session: Session, campaign_id: uuid.UUID) -> list[tuple[str, str]]:
+    """(locale, body) of every content row of a campaign."""
+    rows = session.execute(select(CampaignMessage.locale, CampaignMessage.body)
+                           .where(CampaignMessage.campaign_id == campaign_id).order_by(CampaignMessage.locale))
+    return [(r[0], r[1]) for r in rows]
+
+
 def latest_template(session: Session, name: str, locale: str) -> Template | None:
     """The newest version of a template whatever its status (for error messages that say what exists)."""
     return session.scalar(
         select(Template).where(Template.name == name, Template.locale == locale)
         .order_by(Template.version.desc()).limit(1)
     )
+
+
+# --- unsubscribes ----------------------------------------------------------------------------------
+
+_ADDRESS = {"email": Customer.email, "sms": Customer.phone, "whatsapp": Customer.whatsapp}
+
+
+def opt_out(session: Session, customer_id: int, channel: str, *, source: str) -> tuple[str | None, bool] | None:
+    """Opt ``customer_id`` out of ``channel`` (its ``opted_out_channels``) and suppress its current address
+    there (``suppressions``, reason ``unsubscribe``). Idempotent. Returns (the address, whether anything
+    changed), or None when the customer does not exist."""
+    row = session.execute(select(_ADDRESS[channel], Customer.opted_out_channels).where(Customer.id == customer_id)
+                          .with_for_update()).first()
+    if row is None:
+        return None
+    address, opted_out = row[0], list(row[1] or ())
+    changed = False
+    if channel not in opted_out:
+        session.execute(update(Customer).where(Customer.id == customer_id)
+                        .values(opted_out_channels=[*opted_out, channel]))
+        changed = True
+    if address:
+        inserted = session.execute(
+            pg_insert(Suppression).values(channel_kind=channel, address=address, reason="unsubscribe", source=source)
+            .on_conflict_do_nothing(index_elements=["channel_kind", "address"]).returning(Suppression.address)
+        ).first()
+        changed = changed or inserted is not None
+    return address, changed

@@ -1,5 +1,8 @@
 """Bulk loader for customers, segments and segment members (PostgreSQL COPY).
 
+Every customer has a profile (:func:`profile_for`: a first name, except every ``no_name_every``-th, a last
+name, and attributes ``{"tier": bronze|silver|gold, "points": 0..999}``) for personalised templates.
+
 Deterministic: the same arguments give the same rows, so tests, the demo and benchmarks can compute the
 expected audience without reading it back. 1,000,000 customers load in a few seconds.
 """
@@ -28,6 +31,7 @@ class SeedPlan:
     inactive_every: int = 97
     no_whatsapp_every: int = 11  # no WhatsApp address
     invalid_every: int = 0  # address the provider simulator rejects permanently (see invalid_address)
+    no_name_every: int = 13  # no first name (templates fall back to their default)
 
     def ids(self) -> range:
         return range(self.first_id, self.first_id + self.customers)
@@ -63,11 +67,22 @@ def invalid_addresses(plan: SeedPlan) -> set[str]:
     return out
 
 
-FIRST_NAMES = ("Ana", "Bruno", "Carmen", "David", "Elena", "Farid", "Grace", "Hugo", "Irene", "Jorge", "Kenji", "Lucía")
+FIRST_NAMES = ("Ana", "Bruno", "Chloé", "Dmitri", "Emma", "Farid", "Grace", "Hiro", "Inés", "João", "Kofi", "Lena",
+               "Mateo", "Nadia", "Oskar", "Priya")
+LAST_NAMES = ("Silva", "Müller", "García", "Okafor", "Tanaka", "Novak", "Rossi", "Dubois")
+TIERS = ("bronze", "silver", "gold")
+
+
+def profile_for(customer_id: int, plan: SeedPlan) -> tuple[str | None, str, dict[str, object]]:
+    """(first name or None, last name, attributes) of a seeded customer."""
+    first = None if _marked(customer_id, plan.no_name_every) else FIRST_NAMES[customer_id % len(FIRST_NAMES)]
+    last = LAST_NAMES[(customer_id // len(FIRST_NAMES)) % len(LAST_NAMES)]
+    return first, last, {"tier": TIERS[customer_id % len(TIERS)], "points": customer_id % 1000}
 
 
 def first_name_for(customer_id: int) -> str:
-    """The seeded customer's first name (deterministic, so tests can expect a personalised text)."""
+    """The first name a seeded customer has unless the plan leaves it out (deterministic, so tests can expect a
+    personalised text)."""
     return FIRST_NAMES[customer_id % len(FIRST_NAMES)]
 
 
@@ -77,8 +92,10 @@ def _customer_rows(plan: SeedPlan) -> Iterator[str]:
         whatsapp = r"\N" if _marked(cid, plan.no_whatsapp_every) else phone
         status = "inactive" if _marked(cid, plan.inactive_every) else "active"
         opt_outs = "{whatsapp,sms,email}" if _marked(cid, plan.opted_out_every) else "{}"
-        name = first_name_for(cid)
-        yield f"{cid}\t{email_for(cid, plan)}\t{phone}\t{whatsapp}\t{status}\t{opt_outs}\t{name}\n"
+        first, last, attributes = profile_for(cid, plan)
+        tier, points = attributes["tier"], attributes["points"]
+        yield (f"{cid}\t{email_for(cid, plan)}\t{phone}\t{whatsapp}\t{status}\t{opt_outs}\t{first or chr(92) + 'N'}"
+               f'\t{last}\t{{"tier": "{tier}", "points": {points}}}\n')
 
 
 def _member_rows(plan: SeedPlan, segment_ids: list[int]) -> Iterator[str]:
@@ -114,7 +131,8 @@ def seed(dsn: str, plan: SeedPlan) -> list[int]:
             segment_ids.append(cur.fetchone()[0])
         _copy(
             cur,
-            "COPY customers (id, email, phone, whatsapp, status, opted_out_channels, first_name) FROM STDIN",
+            "COPY customers (id, email, phone, whatsapp, status, opted_out_channels, first_name, last_name, "
+            "attributes) FROM STDIN",
             _customer_rows(plan),
         )
         _copy(cur, "COPY segment_members (segment_id, customer_id) FROM STDIN", _member_rows(plan, segment_ids))

@@ -24,7 +24,11 @@ class OutgoingMessage:
 
     ``message_id`` is the deterministic id of this (campaign, recipient) message; transports pass it to
     the provider (idempotency key, correlation data, Message-ID) so a redelivery can be recognised.
-    ``template_parameters`` fill a WhatsApp template's body variables in order; other channels ignore it.
+    ``template_parameters`` fill a WhatsApp template's body variables in order, ``header_parameters`` its text
+    header's; other channels ignore them.
+    Email only: ``text_body`` is the text/plain alternative of the HTML ``body`` (sent as
+    ``multipart/alternative``), ``list_unsubscribe`` the recipient's one-click unsubscribe URIs (https, then
+    mailto) for ``List-Unsubscribe`` / ``List-Unsubscribe-Post`` (RFC 8058).
     """
 
     message_id: str
@@ -36,7 +40,10 @@ class OutgoingMessage:
     subject: str | None = None
     template_name: str | None = None
     template_parameters: tuple[str, ...] = ()
+    header_parameters: tuple[str, ...] = ()
     locale: str
+    text_body: str | None = None
+    list_unsubscribe: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.channel not in CHANNELS:

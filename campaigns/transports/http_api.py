@@ -238,13 +238,13 @@ class WhatsAppTransport(_HttpTransport):
                 "name": message.template_name,
                 "language": {"code": cloud_api_language(message.locale)},
             }
-            if message.template_parameters:
-                template["components"] = [
-                    {
-                        "type": "body",
-                        "parameters": [{"type": "text", "text": p} for p in message.template_parameters],
-                    }
-                ]
+            components = [
+                {"type": kind, "parameters": [{"type": "text", "text": p} for p in parameters]}
+                for kind, parameters in (("header", message.header_parameters), ("body", message.template_parameters))
+                if parameters
+            ]
+            if components:
+                template["components"] = components
             payload["type"] = "template"
             payload["template"] = template
         else:

@@ -23,6 +23,13 @@ def test_quick_demo_ends_green(settings):
     assert "demo OK" in output
     assert "paused the sms campaign" in output and "resumed the sms campaign" in output
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ \(demo-marketer's API token", output), output[:2000]
+    # Personalised per recipient: the provider received the seeded customers' own names and tiers.
+    from campaigns.db.seed import FIRST_NAMES
+
+    assert "personalised per recipient" in output
+    assert re.search(r"template parameters (" + "|".join(FIRST_NAMES) + r"|there) \| 20% \| (bronze|silver|gold)",
+                     output), output[-3000:]
+    assert re.search(r"subject '(" + "|".join(FIRST_NAMES) + r"|Friend), spring sale: 20% off'", output), output[-3000:]
 
 
 def _service_env(settings) -> dict[str, str]:

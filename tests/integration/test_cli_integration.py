@@ -132,9 +132,12 @@ def test_operator_flow_create_schedule_status(cli_env, capsys, tmp_path):
 
     code, _, err = _run(capsys, "create", str(payload_file), "--as", auditor)
     assert code == 3 and "campaigns.create" in err
-    code, out, _ = _run(capsys, "create", str(payload_file), "--as", marketer, "--json")
+    code, out, err = _run(capsys, "create", str(payload_file), "--as", marketer, "--json")
     assert code == 0
     campaign_id = json.loads(out)["id"]
+    # The SMS cost estimate: encoding and segments of the static text, on stderr and in the JSON answer.
+    assert json.loads(out)["sms"]["segments"] == 1 and json.loads(out)["sms"]["per_locale"]["en"]["encoding"] == "GSM-7"
+    assert "sms: 1 segment(s) per message from the static text (en: 1 x GSM-7" in err
 
     code, _, err = _run(capsys, "schedule", campaign_id, "--at", "now", "--as", marketer)
     assert code == 0 and "scheduled for" in err
@@ -144,6 +147,7 @@ def test_operator_flow_create_schedule_status(cli_env, capsys, tmp_path):
     assert status["name"] == f"CLI {tag}" and status["channel"] == "sms"
     code, out, _ = _run(capsys, "status", campaign_id, "--as", auditor)
     assert code == 0 and "scheduled (version 2)" in out
+    assert "sms        1 segment(s) per message from the static text" in out and "at most 10" in out
 
     assert _run(capsys, "pause", campaign_id, "--as", marketer)[0] == 0
     assert _run(capsys, "cancel", campaign_id, "--as", marketer)[0] == 0

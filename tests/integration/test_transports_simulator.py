@@ -590,7 +590,7 @@ async def test_cli_serves_until_sigterm() -> None:
             config = (await client.get(f"http://127.0.0.1:{http_port}/_control/config")).json()
         assert health["ok"] is True and health["smtp_port"] > 0
         assert templates["templates"] == [
-            {"name": "spring_sale_whatsapp", "language": "en", "parameters": 2},
+            {"name": "spring_sale_whatsapp", "language": "en", "parameters": 3},
             {"name": "welcome", "language": "pt_BR", "parameters": 1},
         ]
         assert config["open_service_window"] is True
@@ -794,6 +794,8 @@ def _raw_email(*, drop: tuple[str, ...] = (), extra: str = "", body: str = "Hell
 
 
 _NOT_5322 = "Message is not RFC 5322 compliant: "
+_MIME = "MIME-Version: 1.0\r\n"
+_ALT = 'Content-Type: multipart/alternative; boundary="b1"\r\n'
 
 
 @pytest.mark.parametrize(
@@ -813,6 +815,17 @@ _NOT_5322 = "Message is not RFC 5322 compliant: "
         (_raw_email(extra="Subject\u00e9: x\r\n"), "554 5.6.0 " + _NOT_5322 + "header line 6"),
         (_raw_email(extra="X-Note: caf\u00e9\r\n"), "554 5.6.0 " + _NOT_5322 + "8-bit header"),
         (_raw_email(body="x" * 999 + "\r\n"), "554 5.6.0 " + _NOT_5322 + "a line is longer"),
+        (_raw_email(extra=_MIME + 'Content-Type: multipart/alternative\r\n'), "554 5.6.0 MIME: multipart without a"),
+        (_raw_email(extra=_MIME + _ALT, body="--b1\r\nContent-Type: text/plain\r\n\r\nHi\r\n"),
+         "554 5.6.0 MIME: the multipart body has no closing boundary"),
+        (_raw_email(extra=_MIME + _ALT, body="no parts at all\r\n"), "554 5.6.0 MIME: the multipart body has no part"),
+        (_raw_email(extra=_MIME + _ALT, body="--b1\r\nContent-Type: text/plain\r\n\r\nHi\r\n--b1--\r\n"),
+         "554 5.6.0 MIME: multipart/alternative needs at least two text parts"),
+        (_raw_email(extra="List-Unsubscribe: https://u.example/x\r\n"), "550 5.7.1 List-Unsubscribe must be"),
+        (_raw_email(extra="List-Unsubscribe: <mailto:u@example.com>\r\nList-Unsubscribe-Post: "
+                          "List-Unsubscribe=One-Click\r\n"), "550 5.7.1 List-Unsubscribe-Post needs an http(s) URI"),
+        (_raw_email(extra="List-Unsubscribe: <https://u.example/x>\r\nList-Unsubscribe-Post: yes\r\n"),
+         "550 5.7.1 List-Unsubscribe-Post must be List-Unsubscribe=One-Click"),
     ],
 )
 async def test_malformed_email_is_refused_at_data(message: bytes, reply: str, sim: ProviderSimulator) -> None:
@@ -842,7 +855,13 @@ async def test_our_email_is_well_formed(sim: ProviderSimulator, transports: dict
         ("", ""),
     ]):
         await transports["email"].send(outgoing("email", n, subject=subject, body=body))
-    assert len(sim.query(channel="email")) == 3
+    await transports["email"].send(outgoing(
+        "email", 3, subject="Hi Ann", body="<p>Hi <b>Ann</b></p>", text_body="Hi Ann",
+        list_unsubscribe=("https://u.example/unsubscribe?token=u1.1.email.x.y", "mailto:u@example.com?subject=x")))
+    assert len(sim.query(channel="email")) == 4
+    last = sim.query(channel="email")[-1]
+    assert (last.body, last.html_body) == ("Hi Ann", "<p>Hi <b>Ann</b></p>")
+    assert last.headers["list-unsubscribe-post"] == "List-Unsubscribe=One-Click"
     assert sim.refused == []
 
 
@@ -936,7 +955,7 @@ def test_template_registration_of_a_project_template() -> None:
 
     spec = _json.loads((ROOT / "examples" / "template-whatsapp.json").read_text())
     assert template_registration(spec["name"], "en-US", spec["body"]) == {
-        "name": "spring_sale_whatsapp", "language": "en_US", "parameters": 2
+        "name": "spring_sale_whatsapp", "language": "en_US", "parameters": 3
     }
     assert template_registration("t", "en", "Hi {{ a }} and {{ a }}, {{ b }}")["parameters"] == 2
 

@@ -237,7 +237,9 @@ def test_boundaries_accepted() -> None:
         ({"failure_min_sample": -1}, "failure_min_sample: must be between 0 and 1000000, got -1"),
         ({"locale": "english!"}, "locale: must be a language tag like en, pt-BR or zh-Hant-TW, got 'english!'"),
         ({"locale": 1}, "locale: must be a language tag like en, pt-BR or zh-Hant-TW, got 1"),
-        ({"batchsize": 10}, "batchsize: unknown field (allowed: name, channel, template, content, variables, segments, manual_recipients, start_at, batch_size, retry_policy, failure_threshold, failure_min_sample, locale)"),
+        ({"batchsize": 10}, "batchsize: unknown field (allowed: name, channel, template, content, variables, segments, manual_recipients, start_at, batch_size, retry_policy, failure_threshold, failure_min_sample, locale, max_sms_segments)"),
+        ({"max_sms_segments": 0}, "max_sms_segments: must be between 1 and 10, got 0"),
+        ({"max_sms_segments": 2, "channel": "email", "content": {"subject": "s", "body": "b"}, "template": None}, "max_sms_segments: only sms campaigns have segments, not email"),
     ],
 )  # fmt: skip
 def test_single_problem(overrides: dict[str, Any], problem: str) -> None:
@@ -250,7 +252,7 @@ def test_single_problem(overrides: dict[str, Any], problem: str) -> None:
         ({"body": "hi", "subject": "s"}, "sms", "content.subject: only email messages have a subject, not sms"),
         ({"body": "hi"}, "email", "content.subject: required"),
         ({"body": "hi", "subject": "a\nBcc: x@y"}, "email", "content.subject: must be a single line (no line breaks or tabs)"),
-        ({"body": "hi {{ user.name }}"}, "sms", "content.body: malformed placeholder '{{ user.name }}' (use {{ name }} with letters, digits and underscores only)"),
+        ({"body": "hi {{ user.name }}"}, "sms", "content.body: malformed placeholder '{{ user.name }}' (use {{ name }} or {{ attributes.name }}, optionally with filters: upper | lower | capitalize | trim | default | date, e.g. {{ first_name | default: \"there\" }})"),
         ({"body": ""}, "sms", "content.body: must not be empty"),
         ({"body": "<script>x</script>", "subject": "s"}, "email", "content.body: must not be empty"),
         ({}, "sms", "content.body: required"),
@@ -288,7 +290,8 @@ def test_all_problems_are_collected() -> None:
     )
     assert problems == [
         "extra: unknown field (allowed: name, channel, template, content, variables, segments, "
-        "manual_recipients, start_at, batch_size, retry_policy, failure_threshold, failure_min_sample, locale)",
+        "manual_recipients, start_at, batch_size, retry_policy, failure_threshold, failure_min_sample, locale, "
+        "max_sms_segments)",
         "name: must not be empty",
         "channel: must be one of whatsapp, sms, email, got 'fax'",
         "template: required (or give inline content instead)",

@@ -9,9 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from campaigns.core.templates import (
+    Clean,
+    compile_template,
     render,
     sanitize_html,
     sanitize_text,
+    template_parameters_in_order,
     template_problems,
     template_variables,
     template_variables_in_order,
@@ -59,7 +62,14 @@ def test_no_placeholders() -> None:
         "{{ user.name }}",
         "{{ }}",
         "{{ 1abc }}",
-        "{{ a|upper }}",
+        "{{ a|shout }}",
+        "{{ a | upper: 'x' }}",
+        "{{ a | default }}",
+        '{{ a | default: "x }}',
+        "{{ a | date: '%Y %Q' }}",
+        "{{ attributes.x.y }}",
+        "{{ attributes }}",
+        "{{ profile.x }}",
         "{{ a b }}",
         "{{ __import__('os') }}",
         "{{ x[0] }}",
@@ -74,6 +84,110 @@ def test_malformed_placeholders_are_errors(placeholder: str) -> None:
     assert template_problems(text, field="content.body")[0].startswith("content.body: malformed placeholder")
     with pytest.raises(ValidationError):
         render(text, {"user": "x", "a": "x", "x": "x"})
+
+
+# --- filters, defaults, attributes, compiled templates ----------------------------------------------
+
+
+PROFILE = {
+    "first_name": "ana",
+    "last_name": None,
+    "attributes": {"tier": "gold", "points": 1200, "vip": True, "since": "2024-03-05", "nested": {"a": 1}},
+}
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("Hi {{ first_name }}", "Hi ana"),
+        ("Hi {{ first_name | upper }}", "Hi ANA"),
+        ("Hi {{first_name|capitalize}}!", "Hi Ana!"),
+        ('Hi {{ last_name | default: "there" }}', "Hi there"),
+        ("Hi {{ last_name | default: 'there' | upper }}", "Hi THERE"),
+        ("Hi {{ last_name }}.", "Hi ."),
+        ("{{ attributes.tier | upper }} {{ attributes.points }} {{ attributes.vip }}", "GOLD 1200 true"),
+        ("{{ attributes.nested | default: 'n/a' }}", "n/a"),
+        ("{{ attributes.missing | default: 'member' }}", "member"),
+        ("since {{ attributes.since | date: '%e %B %Y' }}", "since 5 March 2024"),
+        ("{{ attributes.since | date }}", "2024-03-05"),
+        ("{{ attributes.tier | date | default: 'no date' }}", "no date"),
+        ("{{ attributes.since | date: '%a %d/%m/%y %%' }}", "Tue 05/03/24 %"),
+    ],
+)
+def test_filters_defaults_and_attributes(template: str, expected: str) -> None:
+    assert compile_template(template).render(PROFILE) == expected
+
+
+def test_date_shows_an_instant_in_the_recipients_timezone() -> None:
+    template = compile_template("{{ attributes.at | date: '%a %e %b %H:%M' }}")
+    at = {"attributes": {"at": "2026-12-01T23:30:00+00:00"}}
+    assert template.render({**at, "timezone": "UTC"}) == "Tue 1 Dec 23:30"
+    assert template.render({**at, "timezone": "Europe/Madrid"}) == "Wed 2 Dec 00:30"
+    assert template.render({**at, "timezone": "America/Sao_Paulo"}) == "Tue 1 Dec 20:30"
+    assert template.render({**at, "timezone": "Not/AZone"}) == "Tue 1 Dec 23:30"  # unknown: as written
+    local = {"attributes": {"at": "2026-12-01T23:30:00"}, "timezone": "Asia/Tokyo"}
+    assert template.render(local) == "Tue 1 Dec 23:30"  # a local time has no instant to convert
+
+
+def test_compiled_render_cleans_values_for_the_destination() -> None:
+    values = {"first_name": "<b>Ann\r\nie\x00\x1b</b>", "attributes": {}}
+    assert compile_template("Hi {{ first_name }}").render(values, Clean.TEXT) == "Hi <b>Ann\nie</b>"
+    assert compile_template("Hi {{ first_name }}").render(values, Clean.LINE) == "Hi <b>Ann ie</b>"
+    assert compile_template("<p>{{ first_name }}</p>").render(values, Clean.HTML) == (
+        "<p>&lt;b&gt;Ann\nie&lt;/b&gt;</p>"
+    )
+
+
+def test_a_default_is_template_text_not_escaped_again() -> None:
+    # The stored HTML template was sanitised as a whole: its default is already HTML.
+    assert compile_template("{{ first_name | default: 'Tom &amp; Jerry' }}").render({}, Clean.HTML) == (
+        "Tom &amp; Jerry"
+    )
+
+
+def test_substitute_keeps_recipient_placeholders() -> None:
+    template = compile_template("{{ discount }} off, {{ first_name | default: 'friend' }}! {{ code | upper }}")
+    stored = template.substitute({"discount": "20%", "code": "spring"})
+    assert stored == "20% off, {{ first_name | default: 'friend' }}! SPRING"
+    assert compile_template(stored).render({"first_name": "Bo"}) == "20% off, Bo! SPRING"
+
+
+def test_empty_slots() -> None:
+    template = compile_template("{{ first_name }} {{ last_name | default: 'x' }} {{ attributes.tier }}")
+    assert template.empty_slots({"first_name": "", "attributes": {}}) == ["{{ first_name }}", "{{ attributes.tier }}"]
+
+
+def test_parameters_in_order_by_expression() -> None:
+    order = template_parameters_in_order("{{ a }} {{ a|upper }} {{ a }} {{ b }}")
+    assert [p.source for p in order] == ["{{ a }}", "{{ a|upper }}", "{{ b }}"]
+    assert template_variables_in_order("{{ a }} {{ a|upper }} {{ b }}") == ("a", "b")
+
+
+def test_strict_render_accepts_a_default_for_a_missing_variable() -> None:
+    assert render("Hi {{ who | default: 'you' }}", {}) == "Hi you"
+    assert render("<p>{{ who }}</p>", {"who": "<i>"}, escape_html=True) == "<p>&lt;i&gt;</p>"
+
+
+@given(st.dictionaries(names, st.text(max_size=20), max_size=5), st.text(max_size=60))
+def test_compiled_values_are_never_re_expanded(values: dict[str, str], filler: str) -> None:
+    text = filler.replace("{", "(").replace("}", ")") + "".join(f"[{{{{ {k} }}}}]" for k in values)
+    out = compile_template(text).render(values, Clean.TEXT)
+    for key, value in values.items():
+        cleaned = value.replace("\r\n", "\n").replace("\r", "\n")
+        cleaned = "".join(
+            ch
+            for ch in cleaned
+            if ch in "\n\t" or not (ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or 0xD800 <= ord(ch) <= 0xDFFF)
+        )
+        assert f"[{cleaned}]" in out, key
+
+
+@given(st.text(max_size=200))
+def test_compile_never_raises_anything_but_validation_error(text: str) -> None:
+    try:
+        compile_template(text).render({"attributes": {}})
+    except ValidationError:
+        pass
 
 
 def test_render_substitutes() -> None:
@@ -259,3 +373,26 @@ def test_sanitize_html_output_is_safe(s: str) -> None:
     assert "\x00" not in clean
     _assert_safe(clean)
     _assert_safe(sanitize_html(clean))
+
+
+placeholder_names = st.sampled_from(["a", "b", "first_name", "attributes.tier"])
+filters = st.lists(
+    st.sampled_from(["upper", "lower", "trim", "capitalize", "default: 'd'", 'default: "e f"']), max_size=3
+)
+safe_values = st.text(alphabet="abcXYZ <>&\"' é", max_size=8)
+
+
+@given(
+    st.lists(st.tuples(st.text(alphabet="xy .,<>", max_size=5), placeholder_names, filters), max_size=6),
+    st.dictionaries(st.sampled_from(["a", "b"]), safe_values),
+    st.fixed_dictionaries({"first_name": st.none() | safe_values, "tier": st.none() | safe_values}),
+    st.sampled_from(list(Clean)),
+)
+def test_create_time_then_send_time_equals_rendering_everything_at_once(parts, campaign, profile, clean):
+    """Two-phase rendering (campaign variables at create, the profile at send) gives what one pass with every
+    value would: the create-time pass keeps profile placeholders exactly and never creates new ones."""
+    text = "".join(f"{lit}{{{{ {name}{''.join(' | ' + f for f in fs)} }}}}" for lit, name, fs in parts)
+    values = {"first_name": profile["first_name"], "attributes": {"tier": profile["tier"]} if profile["tier"] else {}}
+    at_once = compile_template(text).render({**campaign, **values}, clean)
+    stored = compile_template(text).substitute(campaign, clean)
+    assert compile_template(stored).render(values, clean) == at_once

@@ -280,6 +280,12 @@ def test_whatsapp_template_payload() -> None:
             {"type": "body", "parameters": [{"type": "text", "text": "Ann"}, {"type": "text", "text": "20%"}]}
         ],
     }
+    with_header = WhatsAppTransport.payload(outgoing("whatsapp", template_name="t", locale="en",
+                                                     template_parameters=("Ann",), header_parameters=("SILVA",)))
+    assert with_header["template"]["components"] == [
+        {"type": "header", "parameters": [{"type": "text", "text": "SILVA"}]},
+        {"type": "body", "parameters": [{"type": "text", "text": "Ann"}]},
+    ]
     bare = WhatsAppTransport.payload(outgoing("whatsapp", template_name="hello_world", locale="en"))
     assert bare["template"] == {"name": "hello_world", "language": {"code": "en"}}
 
@@ -308,6 +314,30 @@ def test_build_email_html_body() -> None:
         domain="example.com",
     )
     assert message_from_bytes(raw, policy=email_policy.default).get_content_type() == "text/html"
+
+
+def test_build_email_multipart_alternative_with_one_click_unsubscribe() -> None:
+    raw = build_email(
+        outgoing(
+            "email", address="a@example.org", subject="Hi Ann", body="<p>Hello <b>Ann</b> =3D &amp; co</p>",
+            text_body="Hello Ann =3D & co\n--=_campaigns_msg-1 is just text",
+            list_unsubscribe=("https://u.example/unsubscribe?token=u1.5.email.x.y", "mailto:u@example.com?subject=x"),
+        ),
+        sender="c@example.com",
+        domain="example.com",
+    )
+    parsed = message_from_bytes(raw, policy=email_policy.default)
+    assert parsed.get_content_type() == "multipart/alternative"
+    parts = list(parsed.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    text = parts[0].get_content().replace("\r\n", "\n").rstrip("\n")
+    assert text == "Hello Ann =3D & co\n--=_campaigns_msg-1 is just text"
+    assert parts[1].get_content().rstrip("\n") == "<p>Hello <b>Ann</b> =3D &amp; co</p>"
+    assert parsed["List-Unsubscribe"] == (
+        "<https://u.example/unsubscribe?token=u1.5.email.x.y>, <mailto:u@example.com?subject=x>"
+    )
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert not parsed.defects and all(not p.defects for p in parts)
 
 
 def test_build_email_refuses_header_injection() -> None:
