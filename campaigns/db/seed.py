@@ -80,12 +80,6 @@ def profile_for(customer_id: int, plan: SeedPlan) -> tuple[str | None, str, dict
     return first, last, {"tier": TIERS[customer_id % len(TIERS)], "points": customer_id % 1000}
 
 
-def first_name_for(customer_id: int) -> str:
-    """The first name a seeded customer has unless the plan leaves it out (deterministic, so tests can expect a
-    personalised text)."""
-    return FIRST_NAMES[customer_id % len(FIRST_NAMES)]
-
-
 def _customer_rows(plan: SeedPlan) -> Iterator[str]:
     for cid in plan.ids():
         phone = phone_for(cid, plan)

@@ -250,14 +250,15 @@ def test_sink_never_commits_the_caller_decides(database_settings):
         conn.close()
 
 
-def test_the_seeder_gives_customers_first_names(database_settings):
-    from campaigns.db.seed import SeedPlan, first_name_for, seed
+def test_the_seeder_gives_customers_their_profiles(database_settings):
+    from campaigns.db.seed import SeedPlan, profile_for, seed
 
     db = database_settings
-    seed(db.dsn(), SeedPlan(customers=13, first_id=1, segments=1))
-    names = rows(db, "SELECT id, first_name FROM customers ORDER BY id")
-    assert names == [(n, first_name_for(n)) for n in range(1, 14)]
-    assert len({name for _, name in names}) == 12
+    plan = SeedPlan(customers=20, first_id=1, segments=1)
+    seed(db.dsn(), plan)
+    names = rows(db, "SELECT id, first_name, last_name FROM customers ORDER BY id")
+    assert names == [(n, *profile_for(n, plan)[:2]) for n in range(1, 21)]
+    assert len({first for _, first, _ in names if first}) > 10
 
 
 def test_the_generated_file_imports_and_one_bad_line_in_it_imports_nothing(database_settings, tmp_path):
