@@ -14,6 +14,8 @@ from typing import Any
 
 from psycopg2.extensions import cursor as Cursor
 
+from sinks.arrays import plain_array_literal
+
 PAGE_SQL = """
 WITH ids AS (
     SELECT DISTINCT id FROM (
@@ -55,7 +57,7 @@ class Recipient:
 RESOLVE_SQL = """
 SELECT v.c::text, v.r, cu.status, cu.opted_out_channels, cu.locale, cu.email, cu.phone, cu.whatsapp,
        cu.first_name, cu.last_name, cu.timezone, cu.attributes
-FROM (VALUES {values}) AS v(c, r) JOIN customers AS cu ON cu.id = v.r
+FROM unnest(%s::uuid[], %s::bigint[]) AS v(c, r) JOIN customers AS cu ON cu.id = v.r
 WHERE EXISTS (SELECT 1 FROM campaign_segments AS cs JOIN segment_members AS sm
               ON sm.segment_id = cs.segment_id AND sm.customer_id = v.r WHERE cs.campaign_id = v.c)
    OR EXISTS (SELECT 1 FROM campaign_manual_recipients AS m WHERE m.campaign_id = v.c AND m.customer_id = v.r)
@@ -80,8 +82,8 @@ def resolve(cur: Cursor, channel: str, keys: list[tuple[str, int]]) -> dict[tupl
     (customers by primary key, membership by the segment_members / manual-list keys)."""
     if not keys:
         return {}
-    values = ",".join(cur.mogrify("(%s::uuid, %s::bigint)", key).decode() for key in keys)
-    cur.execute(RESOLVE_SQL.format(values=values))
+    campaigns, recipients = zip(*keys, strict=True)  # canonical UUIDs and ints (the sender checked them)
+    cur.execute(RESOLVE_SQL, (plain_array_literal(campaigns), plain_array_literal(recipients)))
     column = ADDRESS_COLUMN[channel] + 1  # the resolve query has one more column before them than the page query
     found = {}
     for row in cur.fetchall():
