@@ -85,6 +85,15 @@ def _active_campaign(settings, service, segments, *, batch_size: int) -> str:
     return str(campaign_id)
 
 
+def _expand(settings, service, campaign_id: str) -> Expander:
+    """An expander that has expanded the campaign to its end (returned open, to sweep later)."""
+    expander = Expander(settings, KafkaProducer(settings.kafka))
+    wait_for(lambda: expander.run_once() is not None
+             and service.get_campaign("marketer-1", campaign_id).expansion_done,
+             timeout=60, what="expansion done")
+    return expander
+
+
 @pytest.mark.parametrize("crash_on", range(1, 8))
 def test_expansion_killed_at_a_commit_then_cancelled_emits_outcomes_only_for_committed_rows(
     settings, service, audience, crash_on
@@ -124,11 +133,7 @@ def test_sender_killed_before_its_flush_re_emits_the_outcomes_of_rows_it_committ
     messages found the rows already terminal and nothing re-emitted their outcomes (log 152, analytics 52)."""
     _, segments = audience(300, opted_out_every=0, inactive_every=0)
     campaign_id = _active_campaign(settings, service, segments, batch_size=100)
-    expander = Expander(settings, KafkaProducer(settings.kafka))
-    wait_for(lambda: expander.run_once() is not None
-             and service.get_campaign("marketer-1", campaign_id).expansion_done,
-             timeout=60, what="expansion done")
-    expander.close()
+    _expand(settings, service, campaign_id).close()
     messages = len(consume_to_end(settings.kafka.bootstrap_servers, settings.kafka.topic(messages_topic("sms"))))
     service.cancel_campaign("marketer-1", campaign_id)  # before any sender: every message becomes a cancel
 
@@ -162,10 +167,7 @@ def test_cancel_ends_rows_left_claimed_by_a_dead_sender_and_rows_left_retrying(s
     both, and emits their CANCELLED outcomes."""
     _, segments = audience(200, opted_out_every=0, inactive_every=0)
     campaign_id = _active_campaign(settings, service, segments, batch_size=100)
-    expander = Expander(settings, KafkaProducer(settings.kafka))
-    wait_for(lambda: expander.run_once() is not None
-             and service.get_campaign("marketer-1", campaign_id).expansion_done,
-             timeout=60, what="expansion done")
+    expander = _expand(settings, service, campaign_id)
     # What a sender killed mid-batch leaves (claims whose lease ran out), and what a transient failure leaves
     # (retrying rows), for 40 recipients each; nobody will ever come back for them.
     with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
