@@ -1,4 +1,12 @@
-"""``campaign_analytics`` written from the Faust analytics' parts (``streams/tally.py``, migration 0007).
+"""``campaign_analytics`` writes: the batch analytics stage's (``streams/analytics.py``, the default) and the Faust
+analytics' parts (``streams/tally.py``, migration 0007).
+
+The batch stage: :func:`first_seen` inserts a batch's outcome ids into ``analytics_seen_outcomes`` and returns
+only those that were not there (ON CONFLICT DO NOTHING RETURNING), and :func:`add_to_rows` adds the counts of
+those to their window and totals rows. In one transaction, a redelivered or replayed outcome is never counted
+twice.
+
+The Faust analytics:
 
 A *part* is the absolute count of one (campaign, window, source partition of ``delivery.outcomes``), with
 ``src_offset``, the highest source offset folded into it; ``window_start`` NULL is the running totals. A
@@ -25,6 +33,7 @@ from typing import Any
 import psycopg2.extras
 
 from campaigns.core.vocabulary import COUNTERS
+from sinks.arrays import array_literal, plain_array_literal
 
 VALUES = (*COUNTERS, "latency_count", "latency_sum_ms", "latency_max_ms")
 
@@ -72,7 +81,45 @@ RETURNING a.campaign_id::text, a.window_start, a.window_end, {", ".join(f"a.{c}"
 """
 
 ROW_FIELDS = ("campaign_id", "window_start", "window_end", *VALUES, "updated_at")
+
+FIRST_SEEN_SQL = (
+    "INSERT INTO analytics_seen_outcomes (outcome_id, campaign_id) SELECT * FROM unnest(%s::text[], %s::uuid[]) "
+    "ON CONFLICT DO NOTHING RETURNING outcome_id"
+)
+
+ADD_TO_ROWS_SQL = f"""
+INSERT INTO campaign_analytics (campaign_id, window_start, window_end, {", ".join(COUNTERS)},
+    latency_count, latency_sum_ms, latency_max_ms, updated_at)
+VALUES %s
+ON CONFLICT (campaign_id, window_start) DO UPDATE SET
+    {", ".join(f"{c} = campaign_analytics.{c} + EXCLUDED.{c}" for c in COUNTERS)},
+    latency_count = campaign_analytics.latency_count + EXCLUDED.latency_count,
+    latency_sum_ms = campaign_analytics.latency_sum_ms + EXCLUDED.latency_sum_ms,
+    latency_max_ms = GREATEST(campaign_analytics.latency_max_ms, EXCLUDED.latency_max_ms),
+    updated_at = EXCLUDED.updated_at
+RETURNING campaign_id::text, window_start, window_end, {", ".join(COUNTERS)},
+    latency_count, latency_sum_ms, latency_max_ms, updated_at
+"""
+
 _KEY_TEMPLATE = "(%s::uuid, %s::timestamptz)"
+
+
+def first_seen(cur: Any, outcomes: Sequence[tuple[str, str]]) -> list[str]:
+    """Record ``(outcome id, canonical campaign id)`` as counted; the ids that had not been (to count now)."""
+    if not outcomes:
+        return []
+    ids, campaigns = zip(*outcomes, strict=True)
+    cur.execute(FIRST_SEEN_SQL, (array_literal(ids), plain_array_literal(campaigns)))
+    return [oid for (oid,) in cur.fetchall()]
+
+
+def add_to_rows(cur: Any, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Add ``(campaign, window start, window end, *counters, latency count, sum, max, updated at)`` to the
+    window rows (``window_start`` None: the totals), creating them; the rows as they are now (``ROW_FIELDS``).
+    Rows in (campaign, totals last) order, so two writers lock them in the same order."""
+    if not rows:
+        return []
+    return psycopg2.extras.execute_values(cur, ADD_TO_ROWS_SQL, rows, page_size=len(rows), fetch=True)
 
 
 def known_campaigns(cur: Any, campaign_ids: Iterable[str]) -> set[str]:

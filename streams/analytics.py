@@ -39,7 +39,7 @@ from campaigns.service import CampaignService
 from campaigns.settings import Settings
 from campaigns.topics import ANALYTICS, ANALYTICS_GROUP, OUTCOME_COUNTS, OUTCOMES
 from producers.kafka import KafkaProducer
-from sinks import recipient_log
+from sinks import analytics, recipient_log
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +71,6 @@ class Aggregate:
             self.latency_max = max(self.latency_max, latency_ms)
 
 
-UPSERT_SQL = f"""
-INSERT INTO campaign_analytics (campaign_id, window_start, window_end, {", ".join(COUNTERS)},
-    latency_count, latency_sum_ms, latency_max_ms, updated_at)
-VALUES %s
-ON CONFLICT (campaign_id, window_start) DO UPDATE SET
-    {", ".join(f"{c} = campaign_analytics.{c} + EXCLUDED.{c}" for c in COUNTERS)},
-    latency_count = campaign_analytics.latency_count + EXCLUDED.latency_count,
-    latency_sum_ms = campaign_analytics.latency_sum_ms + EXCLUDED.latency_sum_ms,
-    latency_max_ms = GREATEST(campaign_analytics.latency_max_ms, EXCLUDED.latency_max_ms),
-    updated_at = EXCLUDED.updated_at
-RETURNING campaign_id::text, window_start, window_end, {", ".join(COUNTERS)},
-    latency_count, latency_sum_ms, latency_max_ms, updated_at
-"""
 
 
 class CompletionStage:
@@ -299,16 +286,10 @@ class AnalyticsStage(CompletionStage):
             return set()
         by_id = {o["outcome_id"]: o for o in outcomes}
         with self._conn.cursor() as cur:
-            new_ids = psycopg2.extras.execute_values(
-                cur,
-                "INSERT INTO analytics_seen_outcomes (outcome_id, campaign_id) VALUES %s "
-                "ON CONFLICT DO NOTHING RETURNING outcome_id",
-                [(oid, o["campaign_id"]) for oid, o in by_id.items()],
-                page_size=len(by_id), fetch=True,
-            )
+            new_ids = analytics.first_seen(cur, [(oid, o["campaign_id"]) for oid, o in by_id.items()])
             aggregates: dict[tuple[str, datetime | None], Aggregate] = defaultdict(Aggregate)
             ends: dict[tuple[str, datetime | None], datetime | None] = {}
-            for (oid,) in new_ids:
+            for oid in new_ids:
                 o = by_id[oid]
                 occurred = o["occurred_at"]
                 if not isinstance(occurred, datetime):
@@ -326,14 +307,14 @@ class AnalyticsStage(CompletionStage):
                 (cid, start, ends[(cid, start)], *a.counts.values(), a.latency_count, a.latency_sum, a.latency_max, now)
                 for (cid, start), a in sorted(aggregates.items(), key=lambda kv: (kv[0][0], kv[0][1] is None))
             ]
-            updated = psycopg2.extras.execute_values(cur, UPSERT_SQL, rows, page_size=len(rows), fetch=True)
+            updated = analytics.add_to_rows(cur, rows)
         self._conn.commit()
         self.counted += len(new_ids)
         if self._metrics is not None:  # once per batch, aggregated by (channel, status) inside
-            self._metrics.outcomes_counted(by_id[oid] for (oid,) in new_ids)
+            self._metrics.outcomes_counted(by_id[oid] for oid in new_ids)
         # The deduplicated deltas of this batch, per campaign and window (not the totals row), for live
         # consumers such as the Faust view (streams/live.py). PostgreSQL stays the source of truth.
-        batch_id = str(uuid.uuid5(uuid.NAMESPACE_OID, min(oid for (oid,) in new_ids)))
+        batch_id = str(uuid.uuid5(uuid.NAMESPACE_OID, min(new_ids)))
         for (cid, start), a in aggregates.items():
             if start is None:
                 continue
