@@ -91,13 +91,20 @@ class KafkaSettings(BaseModel):
     def stage_consumer(self, group_id: str, **overrides: Any) -> dict[str, Any]:
         """The configuration of every consuming stage: the group, manual offset commits (a stage commits
         only after its batch is written and its records acknowledged), ``earliest`` for a new group, a short
-        fetch wait (batches, not latency, are what the stages trade on); ``overrides`` win."""
+        fetch wait (batches, not latency, are what the stages trade on), a bounded prefetch; ``overrides`` win.
+
+        The prefetch: librdkafka's defaults queue up to 100,000 records per partition and 64 MB per consumer
+        ahead of the application, so a worker's memory grew with the campaign (118 MB at 10k recipients, 247 MB
+        at 1M). A few batches ahead per partition (2,000 records) and 8 MB per consumer keep the stages fed and
+        the memory flat (182 MB at 1M in the same harness; docs/benchmarks.md, "Memory")."""
         return self.as_librdkafka(**{
             "group.id": group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50,
             "enable.partition.eof": False,
+            "queued.min.messages": 2000,
+            "queued.max.messages.kbytes": 8192,
             **overrides,
         })
 

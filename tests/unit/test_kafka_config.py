@@ -90,3 +90,11 @@ def test_sasl_and_tls_settings_pass_through_to_librdkafka_and_secrets_stay_hidde
     assert not {k for k in KafkaSettings().as_librdkafka() if k.startswith(("sasl.", "ssl.", "security."))}
     with pytest.raises(SettingsError, match="SASL_MECHANISM"):
         KafkaSettings(security_protocol="SASL_PLAINTEXT")
+
+
+def test_stage_consumers_prefetch_a_bounded_amount():
+    """Memory flat whatever the campaign's size: a few batches ahead per partition, 8 MB per consumer."""
+    conf = KafkaSettings().stage_consumer("g")
+    assert conf["queued.min.messages"] == 2000
+    assert conf["queued.max.messages.kbytes"] == 8192
+    assert KafkaSettings().stage_consumer("g", **{"queued.min.messages": 10})["queued.min.messages"] == 10
