@@ -91,12 +91,93 @@ class TallyStats:
     duplicates: int = 0  # outcome ids counted before (re-emitted, replayed)
     skipped: int = 0  # undecodable or invalid
     revoked: int = 0  # left to the new owner of their partition
+    jumps: int = 0  # records Faust delivered beyond the next offset of their partition (held back, re-read)
     batches: int = 0
     parts_sent: int = 0
     flushes: int = 0
     rows_written: int = 0
     flush_errors: int = 0
     started_at: float = field(default_factory=time.time)
+
+
+class InOrder:
+    """Every record of a source partition reaches ``count_outcomes`` once, in offset order, or not at all: a
+    workaround for faust-streaming's consumer skipping records around a seek (faust-streaming/faust#216,
+    robinhood/faust#559).
+
+    The defect: after a rebalance Faust seeks each partition back to its committed offset C; a record fetched
+    before the seek (offset D > C) can still arrive, and Faust's fetch loop takes the jump for a gap in the topic
+    (as on a compacted topic): it registers C..D as acknowledged, drops the re-fetched C..D-1 as already read, and
+    later commits past records the agent never saw.
+
+    ``delivery.outcomes`` has contiguous offsets (not compacted, no transactions), so the records of a partition
+    must come as C, C+1, ... . :meth:`admit` passes those (and re-deliveries below the next expected offset, which
+    the tally's dedup absorbs); a record beyond the next expected offset is held back with every later record of
+    its partition in the batch, and :meth:`rewind` (awaited before the batch is acknowledged) removes Faust's gap
+    for the partition and seeks it back to the next expected offset, so the held records are read again in
+    order. ``take_events`` acknowledges held records with the batch; :meth:`admit` retracts those acknowledgements
+    at the next batch, before any record it passes is acknowledged, so no commit can cover a record that was not
+    counted. (Faust's ``_gap``, ``_acked``, ``_acked_index`` and ``_committed_offset`` are private: faust-streaming
+    is pinned, and ``tests/unit/test_tally.py`` checks they are still there.) If the partition's records before
+    the next expected offset no longer exist (deleted by retention), it resumes at the earliest there is, with an
+    error logged: those were never counted."""
+
+    def __init__(self, consumer: Callable[[], Any], stats: TallyStats) -> None:
+        self._consumer = consumer
+        self._stats = stats
+        self.expected: dict[Any, int] = {}  # TP -> the next offset to count
+        self.rewinds: dict[Any, int] = {}  # TP -> where to seek it back to, after this batch
+        self._held: list[Any] = []  # messages held back: their acknowledgements are retracted at the next batch
+
+    def reset(self) -> None:
+        """Partitions moved: the next expected offsets are the committed ones again."""
+        self.expected.clear()
+        self.rewinds.clear()
+
+    def admit(self, events: Sequence[EventT[Any]]) -> list[EventT[Any]]:
+        consumer = self._consumer()
+        self._retract_acks(consumer)
+        admitted = []
+        for event in events:
+            message = event.message
+            tp, offset = message.tp, message.offset
+            expected = self.expected.get(tp)
+            if expected is None:  # first record since the assignment: Faust resumed at the committed offset
+                committed = consumer._committed_offset.get(tp)
+                expected = offset if committed is None else committed
+            if tp in self.rewinds or offset > expected:
+                if tp not in self.rewinds:
+                    self._stats.jumps += 1
+                    log.warning("analytics: %s[%d] jumped from offset %d to %d (faust-streaming#216); seeking "
+                                "back to %d", message.topic, message.partition, expected, offset, expected)
+                self.rewinds.setdefault(tp, expected)
+                self._held.append(message)
+            else:
+                admitted.append(event)
+                if offset == expected:
+                    expected += 1
+            self.expected[tp] = expected
+        return admitted
+
+    async def rewind(self) -> None:
+        consumer = self._consumer()
+        for tp, offset in list(self.rewinds.items()):
+            earliest = (await consumer.earliest_offsets(tp)).get(tp)
+            if earliest is not None and earliest > offset:
+                log.error("analytics: %s[%d] offsets %d..%d were deleted before they were counted (retention); "
+                          "resuming at %d", tp.topic, tp.partition, offset, earliest - 1, earliest)
+                offset = self.expected[tp] = earliest
+            consumer._gap.pop(tp, None)
+            await consumer.seek(tp, offset)
+        self.rewinds.clear()
+
+    def _retract_acks(self, consumer: Any) -> None:
+        for message in self._held:
+            index = consumer._acked_index.get(message.tp)
+            if index is not None and message.offset in index:
+                index.discard(message.offset)
+                consumer._acked[message.tp].remove(message.offset)
+        self._held.clear()
 
 
 class Counter:
@@ -334,8 +415,11 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
                       assigned=lambda: app.consumer.assignment())
     merger = Merger(windows, cast(Any, totals), window_s, stats)
 
+    in_order = InOrder(lambda: app.consumer, stats)
+
     async def reindex_after_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
         counter.generation += 1  # partitions moved: their dedup entries may have changed (another owner wrote)
+        in_order.reset()
 
     app.on_partitions_assigned.connect(reindex_after_assignment)
     codec = get_codec()
@@ -345,9 +429,10 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     async def count_outcomes(stream: faust.StreamT[Any]) -> None:
         async for events in cast(faust.Stream[Any], stream).take_events(
                 analytics.faust_batch_size, within=analytics.faust_batch_within_s):
-            for part in counter.apply(events):
+            for part in counter.apply(in_order.admit(events)):
                 await parts_topic.send(key=part["campaign_id"].encode(), value=part)
                 stats.parts_sent += 1
+            await in_order.rewind()  # before take_events acknowledges the batch
 
     @app.agent(parts_topic, name="merge_parts")
     async def merge_parts(stream: faust.StreamT[Any]) -> None:
