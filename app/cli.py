@@ -988,6 +988,14 @@ def cmd_api(args: argparse.Namespace) -> int:
     return serve(args.host, args.port, args.log_level)
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from app.webhooks import serve
+    from campaigns.settings import load_settings
+
+    _setup_logging()
+    return serve(load_settings(), args.host, args.port)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.__main__ import main as bench_main
 
@@ -1246,6 +1254,12 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--host", help="web host (default 127.0.0.1)")
     live.add_argument("-l", "--log-level", default="info", help="faust log level (keep info: warn is slower)")
     live.set_defaults(handler=cmd_live)
+
+    webhooks = sub.add_parser("webhooks", help="run the providers' webhook receiver (delivery receipts -> "
+                                               "delivery.receipts; docs/webhooks.md)")
+    webhooks.add_argument("--host", help="bind address (default CAMPAIGNS_WEBHOOKS__HOST, 127.0.0.1)")
+    webhooks.add_argument("--port", type=int, help="port (default CAMPAIGNS_WEBHOOKS__PORT, 8090)")
+    webhooks.set_defaults(handler=cmd_webhooks)
 
     api = sub.add_parser("api", help="serve the HTTP API and the live dashboard (docs/api.md) until Ctrl-C")
     api.add_argument("--host", help="listen address (default CAMPAIGNS_API__HOST, 127.0.0.1)")

@@ -325,6 +325,32 @@ class UnsubscribeSettings(BaseModel):
         return self.secret.get_secret_value().encode()
 
 
+class WebhookSettings(BaseModel):
+    """The webhook receiver (``campaigns webhooks``, ``app/webhooks.py``; docs/webhooks.md). The Twilio routes
+    verify with ``providers.sms_auth_token`` (Twilio signs with the account's auth token)."""
+
+    host: str = "127.0.0.1"  # loopback by default: put it behind the TLS proxy the providers call
+    port: int = Field(default=8090, ge=0, le=65535)
+    # The URL the providers call, as they see it (scheme, host, port, no trailing slash): Twilio signs the full
+    # URL it requested, which behind a proxy is not the one this server sees. None = http://host:port.
+    public_base_url: str | None = None
+    whatsapp_app_secret: SecretStr = SecretStr("dev-whatsapp-app-secret")  # Meta app secret (X-Hub-Signature-256)
+    whatsapp_verify_token: SecretStr = SecretStr("dev-whatsapp-verify-token")  # the subscription handshake's token
+    email_secret: SecretStr = SecretStr("dev-email-webhook-secret")  # shared with the email provider's notifier
+    email_window_s: float = Field(default=300.0, gt=0)  # an email notification older or newer than this is refused
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
+
+class ReceiptSettings(BaseModel):
+    """The receipts stage (``streams/receipts.py``)."""
+
+    batch_size: int = Field(default=2000, ge=1)
+    # A receipt for a provider id no sent row has yet (the callback outran the sender's record) is held in
+    # memory and retried, backing off from 0.5 s, for at most this long; then dropped, counted and logged.
+    unknown_hold_s: float = Field(default=60.0, ge=0)
+    max_held: int = Field(default=100_000, ge=0)  # beyond this many held receipts, new unknown ones are dropped
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAMPAIGNS_", env_nested_delimiter="__", extra="ignore")
 
@@ -337,6 +363,8 @@ class Settings(BaseSettings):
     live: LiveSettings = Field(default_factory=LiveSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     unsubscribe: UnsubscribeSettings = Field(default_factory=UnsubscribeSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    receipts: ReceiptSettings = Field(default_factory=ReceiptSettings)
     metrics_enabled: bool = True  # the worker's Prometheus metrics and /metrics endpoint
     metrics_host: str = "127.0.0.1"  # loopback by default: expose it on purpose, never by accident
     metrics_port: int = 9108  # 0 picks a free port (tests); PipelineMetrics.port tells which

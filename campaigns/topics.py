@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "ANALYTICS", "ANALYTICS_GROUP", "ANALYTICS_PARTS", "COMMANDS", "COMMANDS_REJECTED", "EVENTS", "MESSAGES_DLQ",
-    "OUTCOMES", "OUTCOME_COUNTS", "TOPICS", "Topic", "commands_group", "messages_topic", "record_for", "retry_topic",
+    "OUTCOMES", "OUTCOME_COUNTS", "RECEIPTS", "RECEIPTS_GROUP", "TOPICS", "Topic", "commands_group", "messages_topic",
+    "record_for", "retry_topic",
     "sender_group",
 ]
 
@@ -34,6 +35,11 @@ ANALYTICS = "campaign.analytics"
 ANALYTICS_PARTS = "campaign.analytics_parts"
 """Internal to the Faust analytics (``streams/tally.py``): one source partition's absolute counts of a (campaign,
 window), keyed by campaign id, JSON values (Faust's own serializer; nothing outside that app reads it)."""
+RECEIPTS = "delivery.receipts"
+"""Verified provider callbacks (``campaigns webhooks``), keyed by the provider's message id: the receiver knows
+no recipient id (finding it would put a database query in front of every webhook answer), and one message's
+receipts then share a partition, so the receipts stage sees them in arrival order (its merge does not need
+it). A STOP reply, which names no message, is keyed by its address."""
 _MESSAGES_PREFIX = "campaign.messages."
 
 TOPICS: dict[str, Topic] = {t.name: t for t in (
@@ -44,11 +50,13 @@ TOPICS: dict[str, Topic] = {t.name: t for t in (
     Topic(OUTCOMES, "recipient id", "DeliveryOutcome"),
     Topic(OUTCOME_COUNTS, "campaign id", "OutcomeCounts"),
     Topic(ANALYTICS, "campaign id", "CampaignAnalytics"),
+    Topic(RECEIPTS, "provider message id (address for a STOP reply)", "DeliveryReceipt"),
 )}
 """The fixed topics; each channel adds ``messages_topic(channel)`` and its ``retry_topic(channel, n)``
 (key: recipient id, record: RecipientMessage)."""
 
 ANALYTICS_GROUP = "analytics"  # the analytics stage, over OUTCOMES
+RECEIPTS_GROUP = "receipts"  # the receipts stage, over RECEIPTS
 
 
 def messages_topic(channel: str) -> str:

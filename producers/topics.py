@@ -33,6 +33,7 @@ from campaigns.topics import (
     MESSAGES_DLQ,
     OUTCOME_COUNTS,
     OUTCOMES,
+    RECEIPTS,
     messages_topic,
     retry_topic,
 )
@@ -53,7 +54,7 @@ def logical_topic_names(settings: Settings) -> list[str]:
     for channel in CHANNELS:
         names.append(messages_topic(channel))
         names.extend(retry_topic(channel, tier) for tier in range(1, settings.sender.retry_tiers + 1))
-    names += [MESSAGES_DLQ, OUTCOMES, OUTCOME_COUNTS, ANALYTICS]
+    names += [MESSAGES_DLQ, OUTCOMES, OUTCOME_COUNTS, ANALYTICS, RECEIPTS]
     return names
 
 

@@ -77,10 +77,12 @@ UPDATE campaign_analytics AS a SET
     {", ".join(f"{c} = s.{c}" for c in VALUES)}, updated_at = now()
 FROM sums AS s
 WHERE a.campaign_id = s.campaign_id AND a.window_start IS NOT DISTINCT FROM s.window_start
-RETURNING a.campaign_id::text, a.window_start, a.window_end, {", ".join(f"a.{c}" for c in VALUES)}, a.updated_at
+RETURNING a.campaign_id::text, a.window_start, a.window_end, {", ".join(f"a.{c}" for c in VALUES)}, a.updated_at,
+    a.complained
 """
 
-ROW_FIELDS = ("campaign_id", "window_start", "window_end", *VALUES, "updated_at")
+# complained: counted only by the receipts stage (sinks/receipts.py), published with the row.
+ROW_FIELDS = ("campaign_id", "window_start", "window_end", *VALUES, "updated_at", "complained")
 
 FIRST_SEEN_SQL = (
     "INSERT INTO analytics_seen_outcomes (outcome_id, campaign_id) SELECT * FROM unnest(%s::text[], %s::uuid[]) "
@@ -98,7 +100,7 @@ ON CONFLICT (campaign_id, window_start) DO UPDATE SET
     latency_max_ms = GREATEST(campaign_analytics.latency_max_ms, EXCLUDED.latency_max_ms),
     updated_at = EXCLUDED.updated_at
 RETURNING campaign_id::text, window_start, window_end, {", ".join(COUNTERS)},
-    latency_count, latency_sum_ms, latency_max_ms, updated_at
+    latency_count, latency_sum_ms, latency_max_ms, updated_at, complained
 """
 
 _KEY_TEMPLATE = "(%s::uuid, %s::timestamptz)"

@@ -335,7 +335,7 @@ class AnalyticsStage(CompletionStage):
             }))
         for row in updated:
             record = dict(zip(("campaign_id", "window_start", "window_end", *COUNTERS, "latency_count",
-                               "latency_sum_ms", "latency_max_ms", "updated_at"), row, strict=True))
+                               "latency_sum_ms", "latency_max_ms", "updated_at", "complained"), row, strict=True))
             self._producer.produce(self._analytics_topic, record["campaign_id"],
                                    self._codec.encode("CampaignAnalytics", record))
         return {cid for cid, _ in aggregates}

@@ -6,6 +6,7 @@
 | expander   | PostgreSQL keyset pages -> librdkafka | one query and one flush per page                 |
 | senders    | batched confluent-kafka consumers     | per-event Faust machinery capped this stage at ~4.5k/s |
 | analytics  | batched confluent-kafka consumer      | exactly-once counts in PostgreSQL                |
+| receipts   | batched confluent-kafka consumer      | provider receipts applied once per row, in PostgreSQL |
 | tally      | Faust worker, a supervised child      | windowed Faust tables (opt-in, replaces analytics) |
 | completion | a 2 s sweep of active campaigns       | completion + threshold backstop next to tally    |
 | relay      | outbox -> campaign.events             | transactional outbox                             |
@@ -49,7 +50,7 @@ MAX_RESTART_BACKOFF_S = 10.0
 UNREACHABLE = (psycopg2.OperationalError, sqlalchemy.exc.OperationalError, KafkaException, ServiceUnavailable,
                SinkError, OSError)
 
-STAGES = ("scheduler", "expander", "senders", "analytics", "relay", "commands")
+STAGES = ("scheduler", "expander", "senders", "analytics", "receipts", "relay", "commands")
 # Chosen by name only (not in the default set): the Faust analytics (streams/tally.py) as a supervised child
 # process, and completion + the backstop failure threshold on their own. ``tally,completion`` replaces
 # ``analytics``; the two count into campaign_analytics differently and must not run on the same database.
@@ -128,6 +129,14 @@ class Worker:
                 return lambda: self.analytics.run_forever(self.stop_event)  # type: ignore[union-attr]
 
             self._spawn("analytics", analytics)
+        if "receipts" in stages:
+            from streams.receipts import ReceiptsStage
+
+            def receipts() -> Callable[[], None]:
+                built = ReceiptsStage(self.settings, producer_for())
+                return lambda: built.run_forever(self.stop_event)
+
+            self._spawn("receipts", receipts)
         if "tally" in stages:
             from streams.tally import TallyProcess
 

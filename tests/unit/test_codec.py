@@ -107,6 +107,18 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "provider_message_id": "SM0123456789abcdef",
         "occurred_at": T0,
     },
+    "DeliveryReceipt": {
+        "receipt_id": "0f3c9a1e5b7d2c4e6a8f0b1d3e5c7a9b2d4f6e8a",
+        "channel": "whatsapp",
+        "status": "READ",
+        "provider_message_id": "wamid.HBgLMTU1NTAwMDAwMDEVAgARGBI",
+        "address": "+15550000001",
+        "bounce_type": None,
+        "error_code": None,
+        "occurred_at": T0,
+        "received_at": T0,
+        "attempt": 0,
+    },
     "OutcomeCounts": {
         "batch_id": "delivery.outcomes-3-1000",
         "campaign_id": "3f1e9a52-7c4b-4d7e-9a55-0c2f3b8d1e6a",
@@ -138,6 +150,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "read": 40_000,
         "clicked": 6_400,
         "bounced": 20,
+        "complained": 3,
         "latency_count": 100_120,
         "latency_sum_ms": 12_345_678.5,
         "latency_max_ms": 9_999.75,
@@ -150,9 +163,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
 # a test pass; add a schema version instead.
 GOLDEN: dict[str, str] = {
     "CampaignAnalytics": (
-        "c301ca9da181300c9d374833663165396135322d376334622d346437652d396135352d30633266336238643165366102"
+        "c30199fe4313c50a3e1f4833663165396135322d376334622d346437652d396135352d30633266336238643165366102"
         "80d590c2e66302c0fe97c2e663c09a0cf001f02e6400f08a0c80f104806428b09c0c000000d0298c674100000000e087"
-        "c340869696c2e663"
+        "c340869696c2e66306"
     ),
     "CampaignCommand": (
         "c3019dd001f76f9e43ca10636d642d3030303100024833663165396135322d376334622d346437652d396135352d3063"
@@ -177,6 +190,11 @@ GOLDEN: dict[str, str] = {
         "3030303034353637383906736d7302020277be9f1a2fdd5e40021e696e76616c69645f616464726573730224534d3031"
         "3233343536373839616263646566869696c2e663"
     ),
+    "DeliveryReceipt": (
+        "c30164e8c1214f605e475030663363396131653562376432633465366138663062316433653563376139623264346636"
+        "6538611077686174736170700a024277616d69642e4842674c4d5455314e5441774d4441774d44455641674152474249"
+        "02182b31353535303030303030310000869696c2e663869696c2e66300"
+    ),
     "OutcomeCounts": (
         "c301ded83658579eb6b13064656c69766572792e6f7574636f6d65732d332d313030304833663165396135322d376334"
         "622d346437652d396135352d30633266336238643165366180d590c2e663c0fe97c2e663ec0e183c0a02880ea0068001"
@@ -195,6 +213,12 @@ GOLDEN: dict[str, str] = {
 # Golden bytes of earlier versions, pinned when the next version was committed: values already on the
 # topics in the old format must keep decoding (new fields take their defaults).
 GOLDEN_OLD: dict[tuple[str, str], str] = {
+    # SAMPLES["CampaignAnalytics"] without complained, written with v1.
+    ("CampaignAnalytics", "v1"): (
+        "c301ca9da181300c9d374833663165396135322d376334622d346437652d396135352d30633266336238643165366102"
+        "80d590c2e66302c0fe97c2e663c09a0cf001f02e6400f08a0c80f104806428b09c0c000000d0298c674100000000e087"
+        "c340869696c2e663"
+    ),
     # SAMPLES["RecipientMessage"] without template_parameters, written with v1.
     ("RecipientMessage", "v1"): (
         "c30110fefc08de5666014836663163326134652d386431622d356637612d396333652d32623464366638613063316548"

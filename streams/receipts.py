@@ -1,0 +1,273 @@
+"""The receipts stage: ``delivery.receipts`` -> ``campaign_recipient_log``, ``campaign_analytics``, ``suppressions``
+(+ ``campaign.analytics``).
+
+Per micro-batch, in ONE PostgreSQL transaction (``sinks/receipts.py``):
+
+1. lock the ``sent`` rows of the batch's provider message ids (recipient-log order);
+2. fold each row's receipts into its state with the pure merge rule (``campaigns.core.receipts.merge``: LEAST
+   timestamps, ``read`` implies delivered, ``provider_status`` forward only) and write the rows that changed;
+3. add to ``campaign_analytics`` (the window of the receipt's event time, and the totals row) exactly the
+   timestamps that went from NULL to set: a row adds each of delivered/read/bounced/complained at most once, ever,
+   so duplicates, out-of-order receipts and a replay of the whole topic change nothing;
+4. suppress the address of hard bounces, complaints and STOP replies (a message's address is the customer's
+   current one on that channel; a STOP reply's is the sender's, normalised).
+
+Then commit, publish the changed analytics rows, flush, commit offsets. A crash before the commit redoes the
+batch; after it, the redo finds the timestamps set and adds nothing (the rows are published again, unchanged).
+
+Receipts that arrive before their send is recorded: a provider can call back before the sender's batch has
+committed the provider message id. Such a receipt is *held* in memory and retried with a backoff (0.5 s doubling
+to 8 s) for ``receipts.unknown_hold_s`` (60 s); the partition's committed offset stays at the oldest held
+receipt, so a crash re-delivers it rather than losing it. After the hold, it is dropped: counted (``unmatched``)
+and logged, not dead-lettered. Why a drop: such a receipt belongs to no message of ours that was ever recorded
+(another system on the same provider account, or a message whose send record was lost - and then no row exists to
+take it), and it carries nothing an operator could redrive; replaying the topic later re-applies it if its row
+appears. Undecodable records are counted and skipped, like the analytics stage does.
+
+Invariant: a receipt applies only to a ``sent`` row and sets each timestamp once, so per campaign the recipient
+log has delivered <= sent always; ``campaign_analytics`` reaches it once the analytics stage has counted the sends
+(the two stages count independently, so for a moment delivered may lead).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from campaigns.codec import get_codec
+from campaigns.core.receipts import (
+    Receipt,
+    ReceiptState,
+    ReceiptStatus,
+    fold,
+    normalize_address,
+    suppression_reason,
+    transitions,
+)
+from campaigns.core.windows import window_bounds
+from campaigns.errors import SchemaError
+from campaigns.settings import Settings
+from campaigns.topics import ANALYTICS, RECEIPTS, RECEIPTS_GROUP
+from producers.kafka import KafkaProducer
+from sinks import receipts as sink
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_WAIT_S = 8.0
+
+
+@dataclass
+class _Held:
+    receipt: Receipt
+    partition: tuple[str, int]
+    offset: int
+    since: float
+    next_try: float
+    wait: float = 0.5
+
+
+class ReceiptsStage:
+    """Consumes ``delivery.receipts`` in micro-batches. Run :meth:`run_forever` in its own thread."""
+
+    def __init__(self, settings: Settings, producer: KafkaProducer, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._producer = producer
+        self._clock = clock
+        self._codec = get_codec()
+        kafka = settings.kafka
+        self._config = settings.receipts
+        self._window_s = settings.analytics.window_s
+        self._topic = kafka.topic(RECEIPTS)
+        self._analytics_topic = kafka.topic(ANALYTICS)
+        self._consumer = Consumer(kafka.stage_consumer(kafka.topic(RECEIPTS_GROUP)))
+        self._conn = psycopg2.connect(settings.database.dsn())
+        self._held: list[_Held] = []
+        self._positions: dict[tuple[str, int], int] = {}  # next offset to commit when nothing there is held
+        self.received = 0
+        self.applied = 0  # receipts that found their row (whether or not they changed it)
+        self.counted = 0  # counter increments (NULL -> set transitions)
+        self.suppressed = 0  # new suppressions
+        self.unmatched = 0  # dropped after the hold: no sent row with that provider id
+        self.undecodable = 0
+
+    def run_forever(self, stop: threading.Event) -> None:
+        self._consumer.subscribe([self._topic], on_revoke=self._on_revoke)
+        try:
+            while not stop.is_set():
+                self.run_once()
+        finally:
+            self._consumer.close()
+            self._conn.close()
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        # The new owner re-reads from the committed offset, which is at or before every held receipt.
+        lost = {(p.topic, p.partition) for p in partitions}
+        self._held = [h for h in self._held if h.partition not in lost]
+        for key in lost:
+            self._positions.pop(key, None)
+
+    def run_once(self) -> int:
+        messages = self._consumer.consume(num_messages=self._config.batch_size, timeout=0.2)
+        self.process(messages)
+        return len(messages)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def process(self, messages: list[Message]) -> None:
+        now = self._clock()
+        fresh: list[_Held] = []
+        for msg in messages:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("receipts: consume error %s", msg.error())
+                continue
+            key = (msg.topic(), msg.partition())
+            self._positions[key] = msg.offset() + 1
+            try:
+                receipt = Receipt.from_record(self._codec.decode(msg.value(), "DeliveryReceipt"))
+            except (SchemaError, ValueError, KeyError) as exc:
+                self.undecodable += 1
+                log.warning(
+                    "receipts: skipping undecodable receipt at %s[%d]@%d: %s",
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    exc,
+                )
+                continue
+            fresh.append(_Held(receipt, key, msg.offset(), now, now))
+        self.received += len(fresh)
+        due = [h for h in self._held if h.next_try <= now]
+        if not fresh and not due:
+            return
+        batch = fresh + due
+        unknown = self._apply_retrying(batch)
+        due_ids = {id(h) for h in due}
+        self._held = [h for h in self._held if id(h) not in due_ids]
+        for h in unknown:
+            if now - h.since >= self._config.unknown_hold_s or (
+                id(h) not in due_ids and len(self._held) >= self._config.max_held
+            ):
+                self.unmatched += 1
+                log.warning(
+                    "receipts: dropping %s receipt %s for provider message id %r: no sent row has it (after %.0f s)",
+                    h.receipt.channel,
+                    h.receipt.status.value,
+                    h.receipt.provider_message_id,
+                    now - h.since,
+                )
+                continue
+            h.next_try = now + h.wait
+            h.wait = min(h.wait * 2, MAX_RETRY_WAIT_S)
+            self._held.append(h)
+        self._commit_offsets()
+
+    def _apply_retrying(self, batch: list[_Held]) -> list[_Held]:
+        for attempt in range(3):
+            try:
+                return self.apply(batch)
+            except (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure):
+                self._conn.rollback()
+                log.warning("receipts: batch hit a deadlock; retrying (%d)", attempt + 1)
+        return self.apply(batch)
+
+    def apply(self, batch: list[_Held]) -> list[_Held]:
+        """Apply ``batch`` in one transaction; publish the changed analytics rows. Returns the receipts whose
+        provider message id has no ``sent`` row (yet)."""
+        now = datetime.now(UTC)
+        by_id: dict[tuple[str, str], list[_Held]] = defaultdict(list)
+        stops: list[Receipt] = []
+        for h in batch:
+            if h.receipt.status is ReceiptStatus.STOP or h.receipt.provider_message_id is None:
+                stops.append(h.receipt)
+            else:
+                by_id[(h.receipt.provider_message_id, h.receipt.channel)].append(h)
+        with self._conn.cursor() as cur:
+            rows = sink.lock_rows(cur, list(by_id))
+            updates = []
+            counts: dict[tuple[str, datetime | None], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+            ends: dict[tuple[str, datetime | None], datetime | None] = {}
+            suppress: list[tuple[str, str, str, str]] = []
+            found: set[tuple[str, str]] = set()
+            for cid, rid, pid, channel, d, rd, b, cm, status, address in rows:
+                found.add((pid, channel))
+                before = ReceiptState(d, rd, b, cm, status)
+                receipts = [h.receipt for h in by_id[(pid, channel)]]
+                after = fold(before, receipts)
+                if after != before:
+                    updates.append(
+                        (
+                            cid,
+                            rid,
+                            after.delivered_at,
+                            after.read_at,
+                            after.bounced_at,
+                            after.complained_at,
+                            after.provider_status,
+                        )
+                    )
+                for counter, at in transitions(before, after):
+                    start, end = window_bounds(at, self._window_s)
+                    for key in ((cid, start), (cid, None)):
+                        counts[key][counter] += 1
+                    ends[(cid, start)] = end
+                    ends.setdefault((cid, None), None)
+                    self.counted += 1
+                for r in receipts:
+                    reason = suppression_reason(r)
+                    target = address or r.address
+                    if reason and target:
+                        suppress.append(
+                            (
+                                channel,
+                                normalize_address(channel, target),
+                                reason,
+                                f"{channel} {r.status.value.lower()} {pid}",
+                            )
+                        )
+            for r in stops:
+                if r.address:
+                    suppress.append(
+                        (r.channel, normalize_address(r.channel, r.address), "stop_reply", f"{r.channel} inbound reply")
+                    )
+            sink.update_rows(cur, updates, now)
+            published = sink.add_counts(
+                cur, [(cid, start, ends[(cid, start)], dict(n)) for (cid, start), n in counts.items()], now
+            )
+            self.suppressed += sink.suppress(cur, suppress, now)
+        self._conn.commit()
+        self.applied += sum(len(by_id[k]) for k in found) + len(stops)
+        for record in published:
+            self._producer.produce(
+                self._analytics_topic, record["campaign_id"], self._codec.encode("CampaignAnalytics", record)
+            )
+        self._producer.flush()
+        return [h for key, held in by_id.items() if key not in found for h in held]
+
+    def _commit_offsets(self) -> None:
+        """Commit each partition's position, but never past its oldest held receipt."""
+        oldest: dict[tuple[str, int], int] = {}
+        for h in self._held:
+            oldest[h.partition] = min(h.offset, oldest.get(h.partition, h.offset))
+        offsets = [
+            TopicPartition(topic, partition, oldest.get((topic, partition), position))
+            for (topic, partition), position in self._positions.items()
+        ]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("receipts: offset commit failed (%s); the batch may be redelivered (harmless)", exc)
