@@ -49,6 +49,18 @@ def _per_channel_number(text: str) -> float | dict[str, float]:
     return values
 
 
+def _ratios(text: str) -> dict[str, float]:
+    """``delivered=0.9,read=0.5,...``."""
+    values: dict[str, float] = {}
+    for item in filter(None, text.split(",")):
+        name, _, number = item.partition("=")
+        try:
+            values[name.strip()] = float(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected NAME=RATIO, got {item!r}") from None
+    return values
+
+
 def _template_spec(text: str) -> dict[str, Any]:
     """``NAME:LANGUAGE:PARAMETERS``, e.g. ``spring_sale:en:2``."""
     name, _, rest = text.rpartition(":")
@@ -129,6 +141,23 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept free-form WhatsApp text to every number (default: only within 24 h of its inbound message)",
     )
+    parser.add_argument(
+        "--webhook-url",
+        default=None,
+        help="send delivery callbacks (signed like the providers') to this receiver base URL, e.g. "
+        "http://127.0.0.1:8090 (default: none)",
+    )
+    parser.add_argument("--receipt-delay-ms", type=_latency, default=0.0, help="before each callback: ms, or MIN-MAX")
+    parser.add_argument(
+        "--receipts",
+        type=_ratios,
+        default={},
+        help="callback ratios, e.g. delivered=0.9,read=0.5,bounced=0.05,undelivered=0.02,complained=0.01 "
+        "(delivered defaults to the rest; read/complained are shares of the delivered)",
+    )
+    parser.add_argument(
+        "--bounce", default="", help="comma-separated addresses whose messages always hard-bounce (callbacks)"
+    )
     parser.add_argument("--smtp-user", default=None, help="require SMTP AUTH with this user ...")
     parser.add_argument("--smtp-password", default=None, help="... and this password")
     parser.add_argument("--log-level", default="info")
@@ -150,6 +179,7 @@ async def _serve(args: argparse.Namespace) -> None:
         http_port=args.http_port,
         smtp_port=args.smtp_port,
         credentials=load_settings().providers,
+        webhook_secrets=load_settings().webhooks,
         smtp_auth=smtp_auth,
         latency_ms=args.latency_ms,
         rate_limit_per_s=_rates(args.rate_limit),
@@ -158,6 +188,10 @@ async def _serve(args: argparse.Namespace) -> None:
         permanent_failures=[a.strip() for a in args.permanent.split(",") if a.strip()],
         open_service_window=args.open_service_window,
         templates=args.templates,
+        webhook_url=args.webhook_url,
+        receipt_delay_ms=args.receipt_delay_ms,
+        receipt_ratios=args.receipts,
+        bounce_addresses=[a.strip() for a in args.bounce.split(",") if a.strip()],
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

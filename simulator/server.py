@@ -126,8 +126,12 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from campaigns.core.templates import template_parameters_in_order
-from campaigns.settings import ProviderSettings
+from campaigns.settings import ProviderSettings, WebhookSettings
 from campaigns.transports.http_api import cloud_api_language
+
+from .callbacks import CallbackSender, check_ratios
+from .callbacks import Secrets as CallbackSecrets
+from .callbacks import plan as plan_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +288,9 @@ class SimulatorConfig:
       sent to it (the customer service window, 24 h).
     * ``open_service_window`` -- treat every number as inside the window (harnesses sending free-form text
       to audiences that never wrote in); off by default, as in production.
+    * ``webhook_url`` -- where delivery callbacks go (the receiver's base URL, e.g. ``http://127.0.0.1:8090``);
+      None (default) sends none. ``receipt_delay_ms`` (fixed or ``(min, max)``) before each callback,
+      ``receipt_ratios`` and ``bounce_addresses``: see ``simulator/callbacks.py``.
     """
 
     latency_ms: tuple[float, float] = (0.0, 0.0)
@@ -294,6 +301,10 @@ class SimulatorConfig:
     transient_status: int = 503
     service_window_s: float = 24 * 3600.0
     open_service_window: bool = False
+    webhook_url: str | None = None
+    receipt_delay_ms: tuple[float, float] = (0.0, 0.0)
+    receipt_ratios: Mapping[str, float] = field(default_factory=lambda: check_ratios({}))
+    bounce_addresses: frozenset[str] = frozenset()
 
     def with_changes(self, **changes: Any) -> SimulatorConfig:
         """A validated copy with ``changes`` applied; raises ``ValueError`` naming the bad setting."""
@@ -328,6 +339,18 @@ class SimulatorConfig:
                 if not isinstance(value, bool):
                     raise ValueError(f"open_service_window: expected true or false, got {value!r}")
                 normalised[key] = value
+            elif key == "webhook_url":
+                if value is not None and (not isinstance(value, str) or not value.startswith(("http://", "https://"))):
+                    raise ValueError(f"webhook_url: expected an http(s) URL or null, got {value!r}")
+                normalised[key] = value.rstrip("/") if value else None
+            elif key == "receipt_delay_ms":
+                normalised[key] = _check_latency(value)
+            elif key == "receipt_ratios":
+                normalised[key] = check_ratios(value)
+            elif key == "bounce_addresses":
+                if isinstance(value, str) or not isinstance(value, Iterable):
+                    raise ValueError("bounce_addresses: expected a list of addresses")
+                normalised[key] = frozenset(normalize_address(str(a)) for a in value)
         return replace(self, **normalised)
 
     def as_dict(self) -> dict[str, Any]:
@@ -340,6 +363,10 @@ class SimulatorConfig:
             "transient_status": self.transient_status,
             "service_window_s": self.service_window_s,
             "open_service_window": self.open_service_window,
+            "webhook_url": self.webhook_url,
+            "receipt_delay_ms": list(self.receipt_delay_ms),
+            "receipt_ratios": dict(self.receipt_ratios),
+            "bounce_addresses": sorted(self.bounce_addresses),
         }
 
 
@@ -645,9 +672,14 @@ class ProviderSimulator:
         smtp_tls_context: ssl.SSLContext | None = None,
         config: SimulatorConfig | None = None,
         templates: Iterable[Mapping[str, Any]] = (),
+        webhook_secrets: WebhookSettings | None = None,
         **config_changes: Any,
     ) -> None:
         creds = credentials if credentials is not None else ProviderSettings()
+        hooks = webhook_secrets if webhook_secrets is not None else WebhookSettings()
+        self._callbacks = CallbackSender(CallbackSecrets(
+            hooks.whatsapp_app_secret.get_secret_value(), creds.sms_account_sid,
+            creds.sms_auth_token.get_secret_value(), hooks.email_secret.get_secret_value()))
         self.host = host
         self._requested_ports = (http_port, smtp_port)
         self._credentials = creds
@@ -716,6 +748,7 @@ class ProviderSimulator:
                 ("GET", "/_control/templates"): self._handle_get_templates,
                 ("POST", "/_control/templates"): self._handle_register_templates,
                 ("POST", "/_control/inbound"): self._handle_inbound,
+                ("GET", "/_control/callbacks"): self._handle_callbacks,
             }
             server = web.Server(self._dispatch, access_log=None)
             runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
@@ -742,6 +775,7 @@ class ProviderSimulator:
 
     async def stop(self) -> None:
         """Close both servers and their open connections. The log and stats stay readable."""
+        await self._callbacks.close()
         if self._smtp_server is not None:
             self._smtp_server.close()
             self.drop_smtp_connections()
@@ -861,6 +895,7 @@ class ProviderSimulator:
         self._fail_next = dict.fromkeys(CHANNELS, 0)
         self._rng.seed(self._config.seed)
         self._latency_rng.seed(_latency_seed(self._config.seed))
+        self._callbacks.reset()
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters per channel: accepted, throttled, transient_errors, permanent_errors, duplicates,
@@ -979,6 +1014,7 @@ class ProviderSimulator:
         template_components: Mapping[str, tuple[str, ...]] | None = None,
         html_body: str | None = None,
         headers: Mapping[str, str] | None = None,
+        status_callback: str | None = None,
     ) -> None:
         stats = self._stats[channel]
         stats.accepted += 1
@@ -1006,6 +1042,14 @@ class ProviderSimulator:
                 dict(headers or {}),
             )
         )
+        config = self._config
+        if config.webhook_url is not None:
+            self._callbacks.schedule(
+                config.webhook_url, channel, to, sender, provider_id,
+                plan_callbacks(config.seed, channel, normalize_address(to), config.receipt_ratios,
+                               config.receipt_delay_ms, normalize_address(to) in config.bounce_addresses),
+                status_callback,
+            )
         if self._waiters:
             self._notify()
 
@@ -1185,7 +1229,9 @@ class ProviderSimulator:
             self._refuse("sms", to, "rejected", 400, 21211, "the 'To' number is not a valid phone number", key)
             return await self._reply(400, _SMS_INVALID_NUMBER)
         sid = f"SM{self._run_tag}{next(self._seq):016x}"
-        self._accept("sms", to, body, key, sid, sender=sender)
+        callback = form.get("StatusCallback")
+        self._accept("sms", to, body, key, sid, sender=sender,
+                     status_callback=callback if isinstance(callback, str) and callback else None)
         answer = _dumps(
             {
                 "sid": sid,
@@ -1365,6 +1411,13 @@ class ProviderSimulator:
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"ok": True, "recorded": len(numbers)})
+
+    async def _handle_callbacks(self, request: web.BaseRequest) -> web.Response:
+        """The delivery callbacks acknowledged (2xx) by the webhook receiver, per channel and status."""
+        return web.json_response(self._callbacks.counts())
+
+    def callbacks(self) -> dict[str, Any]:
+        return self._callbacks.counts()
 
     async def _handle_stats(self, request: web.BaseRequest) -> web.Response:
         return web.json_response(self.stats())

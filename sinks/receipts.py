@@ -87,15 +87,18 @@ ANALYTICS_FIELDS = (
     "updated_at",
 )
 
+# The counters the Faust analytics re-sums from parts (campaigns.core.tally.COUNTERS); complained is not one of them
+# (only this stage counts it, and a re-sum leaves it alone); the parts table has no such column in the migrations.
+PART_COUNTERS = ("delivered", "read", "bounced")
 ADD_PART_SQL = f"""
-INSERT INTO campaign_analytics_parts (campaign_id, window_start, source_partition, {", ".join(RECEIPT_COUNTERS)},
+INSERT INTO campaign_analytics_parts (campaign_id, window_start, source_partition, {", ".join(PART_COUNTERS)},
     src_offset, updated_at)
 VALUES %s
 ON CONFLICT (campaign_id, window_start, source_partition) DO UPDATE SET
-    {", ".join(f"{c} = campaign_analytics_parts.{c} + EXCLUDED.{c}" for c in RECEIPT_COUNTERS)},
+    {", ".join(f"{c} = campaign_analytics_parts.{c} + EXCLUDED.{c}" for c in PART_COUNTERS)},
     updated_at = EXCLUDED.updated_at
 """
-_PART_TEMPLATE = f"(%s::uuid, %s::timestamptz, {RECEIPTS_PART}, %s, %s, %s, %s, -1, %s::timestamptz)"
+_PART_TEMPLATE = f"(%s::uuid, %s::timestamptz, {RECEIPTS_PART}, %s, %s, %s, -1, %s::timestamptz)"
 
 SUPPRESS_SQL = """
 INSERT INTO suppressions (channel_kind, address, reason, source, created_at) VALUES %s
@@ -141,7 +144,7 @@ def add_counts(
     psycopg2.extras.execute_values(
         cur,
         ADD_PART_SQL,
-        [(cid, start, *counters, at) for cid, start, _end, *counters, at in values],
+        [(cid, start, *(n.get(c, 0) for c in PART_COUNTERS), now) for cid, start, _end, n in ordered],
         template=_PART_TEMPLATE,
         page_size=len(values),
     )

@@ -16,6 +16,14 @@ from psycopg2.extensions import cursor as Cursor
 
 from sinks.arrays import plain_array_literal
 
+# Whether the customer's address on the channel is on the suppression list (hard bounce, complaint, STOP reply,
+# ...), in the list's normal form (campaigns.core.receipts.normalize_address: email lower-case, phones "+digits").
+# A PK lookup per customer. Its own column, last, so the queries' other columns can change without touching it.
+SUPPRESSED_COLUMN = """EXISTS (SELECT 1 FROM suppressions AS sup WHERE sup.channel_kind = {channel} AND sup.address =
+    CASE {channel} WHEN 'email' THEN lower(btrim({customer}.email))
+                   WHEN 'sms' THEN '+' || regexp_replace({customer}.phone, '[^0-9]', '', 'g')
+                   ELSE '+' || regexp_replace({customer}.whatsapp, '[^0-9]', '', 'g') END)"""
+
 PAGE_SQL = """
 WITH ids AS (
     SELECT DISTINCT id FROM (
@@ -33,7 +41,8 @@ WITH ids AS (
     ) AS candidates
     ORDER BY id LIMIT %(limit)s
 )
-SELECT c.id, c.status, c.opted_out_channels, c.locale, c.email, c.phone, c.whatsapp
+SELECT c.id, c.status, c.opted_out_channels, c.locale, c.email, c.phone, c.whatsapp,
+    """ + SUPPRESSED_COLUMN.format(channel="%(channel)s::text", customer="c") + """
 FROM ids JOIN customers AS c ON c.id = ids.id
 ORDER BY c.id
 """
@@ -56,22 +65,28 @@ class Recipient:
 # message topic names the pair, PostgreSQL says whether it belongs to the campaign and where it goes.
 RESOLVE_SQL = """
 SELECT v.c::text, v.r, cu.status, cu.opted_out_channels, cu.locale, cu.email, cu.phone, cu.whatsapp,
-       cu.first_name, cu.last_name, cu.timezone, cu.attributes
-FROM unnest(%s::uuid[], %s::bigint[]) AS v(c, r) JOIN customers AS cu ON cu.id = v.r
+       cu.first_name, cu.last_name, cu.timezone, cu.attributes,
+    """ + SUPPRESSED_COLUMN.format(channel="%(channel)s::text", customer="cu") + """
+FROM unnest(%(campaigns)s::uuid[], %(recipients)s::bigint[]) AS v(c, r) JOIN customers AS cu ON cu.id = v.r
 WHERE EXISTS (SELECT 1 FROM campaign_segments AS cs JOIN segment_members AS sm
               ON sm.segment_id = cs.segment_id AND sm.customer_id = v.r WHERE cs.campaign_id = v.c)
    OR EXISTS (SELECT 1 FROM campaign_manual_recipients AS m WHERE m.campaign_id = v.c AND m.customer_id = v.r)
 """
 
 
-def skip_reason(status: str, opted_out_channels: list[str], channel: str, address: str | None) -> str | None:
-    """Why a customer gets no message on ``channel`` (inactive, opted out, no address), or None."""
+def skip_reason(
+    status: str, opted_out_channels: list[str], channel: str, address: str | None, suppressed: bool = False
+) -> str | None:
+    """Why a customer gets no message on ``channel`` (inactive, opted out, no address, the address suppressed),
+    or None."""
     if status != "active":
         return f"customer_{status}"
     if channel in opted_out_channels:
         return "opted_out"
     if not address:
         return "no_address"
+    if suppressed:
+        return "suppressed"
     return None
 
 
@@ -83,7 +98,8 @@ def resolve(cur: Cursor, channel: str, keys: list[tuple[str, int]]) -> dict[tupl
     if not keys:
         return {}
     campaigns, recipients = zip(*keys, strict=True)  # canonical UUIDs and ints (the sender checked them)
-    cur.execute(RESOLVE_SQL, (plain_array_literal(campaigns), plain_array_literal(recipients)))
+    cur.execute(RESOLVE_SQL, {"campaigns": plain_array_literal(campaigns),
+                              "recipients": plain_array_literal(recipients), "channel": channel})
     column = ADDRESS_COLUMN[channel] + 1  # the resolve query has one more column before them than the page query
     found = {}
     for row in cur.fetchall():
@@ -92,7 +108,7 @@ def resolve(cur: Cursor, channel: str, keys: list[tuple[str, int]]) -> dict[tupl
                    "whatsapp": row[7], "first_name": row[8], "last_name": row[9], "timezone": row[10],
                    "attributes": row[11] if isinstance(row[11], dict) else {}}
         found[(row[0], row[1])] = Recipient(customer_id=row[1], locale=row[4], address=address,
-                                            skip_reason=skip_reason(row[2], row[3], channel, address),
+                                            skip_reason=skip_reason(row[2], row[3], channel, address, row[-1]),
                                             profile=profile)
     return found
 
@@ -101,11 +117,12 @@ def fetch_page(
     cur: Cursor, campaign_id: uuid.UUID, segments: list[int], channel: str, after: int, limit: int
 ) -> list[Recipient]:
     """The next page of recipients with id > ``after``; empty when the audience is exhausted."""
-    cur.execute(PAGE_SQL, {"segments": segments, "after": after, "limit": limit, "campaign_id": str(campaign_id)})
+    cur.execute(PAGE_SQL, {"segments": segments, "after": after, "limit": limit, "campaign_id": str(campaign_id),
+                           "channel": channel})
     column = ADDRESS_COLUMN[channel]
     page = []
     for row in cur.fetchall():
         address = row[column]
         page.append(Recipient(customer_id=row[0], locale=row[3], address=address,
-                              skip_reason=skip_reason(row[1], row[2], channel, address)))
+                              skip_reason=skip_reason(row[1], row[2], channel, address, row[-1])))
     return page

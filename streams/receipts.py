@@ -90,6 +90,7 @@ class ReceiptsStage:
         self._topic = kafka.topic(RECEIPTS)
         self._analytics_topic = kafka.topic(ANALYTICS)
         self._consumer = Consumer(kafka.stage_consumer(kafka.topic(RECEIPTS_GROUP)))
+        self._consumer.subscribe([self._topic], on_revoke=self._on_revoke)
         self._conn = psycopg2.connect(settings.database.dsn())
         self._held: list[_Held] = []
         self._positions: dict[tuple[str, int], int] = {}  # next offset to commit when nothing there is held
@@ -101,7 +102,6 @@ class ReceiptsStage:
         self.undecodable = 0
 
     def run_forever(self, stop: threading.Event) -> None:
-        self._consumer.subscribe([self._topic], on_revoke=self._on_revoke)
         try:
             while not stop.is_set():
                 self.run_once()
