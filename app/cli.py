@@ -794,7 +794,9 @@ def _add_actor(parser: argparse.ArgumentParser) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import main as worker_main
 
-    argv = ["--stages", args.stages, "--channels", args.channels]
+    argv = ["--channels", args.channels]
+    if args.stages:  # else the worker's own default (streams.worker.STAGES)
+        argv += ["--stages", args.stages]
     if args.no_rate_limits:
         argv.append("--no-rate-limits")
     return worker_main(argv)
@@ -1186,8 +1188,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.set_defaults(handler=cmd_commands)
 
     worker = sub.add_parser("worker", help="run pipeline stages (all by default) until Ctrl-C")
-    worker.add_argument("--stages", default="scheduler,expander,senders,analytics,relay,commands",
-                        help="comma-separated: scheduler,expander,senders,analytics,relay,commands")
+    worker.add_argument("--stages", default=None,
+                        help="comma-separated (default: every stage but the opt-in ones): scheduler,expander,"
+                             "senders,analytics,receipts,relay,commands; opt-in: tally,completion")
     worker.add_argument("--channels", default="whatsapp,sms,email", help="channels for the senders stage")
     worker.add_argument("--no-rate-limits", action="store_true", help="ignore channel rate limits (benchmarks)")
     worker.set_defaults(handler=cmd_worker)
