@@ -611,6 +611,16 @@ def _status_text(data: dict[str, Any]) -> str:
     if "rate_per_s" in data:
         eta = f", ETA {data['eta_s']} s" if "eta_s" in data else ""
         lines.append(f"rate       {data['rate_per_s']}/s{eta}")
+    receipts = data.get("receipts") or {}
+    if any(receipts.get(k) for k in ("delivered", "read", "bounced", "complained")):
+        sent = receipts.get("sent") or 0
+
+        def rate(name: str) -> str:
+            share = f" ({100.0 * receipts[name] / sent:.1f}%)" if sent else ""
+            return f"{name} {receipts[name]}{share}"
+
+        lines.append("receipts   " + ", ".join(rate(k) for k in ("delivered", "read", "bounced", "complained"))
+                     + " of sent")
     if data["failures_by_reason"]:
         lines.append("failures   " + ", ".join(f"{k}: {v}" for k, v in data["failures_by_reason"].items()))
     if data.get("sms"):

@@ -3,9 +3,12 @@
 Migrates, seeds customers (with names and attributes; some opted out, some inactive, some with addresses the
 provider rejects), starts the provider simulator (WhatsApp Cloud API, Twilio-style SMS, SMTP) and a worker,
 creates one campaign per channel, personalised per recipient, under realistic rate limits (the SMS one is
-paused and resumed on the way), shows live progress, and ends with the analytics per campaign. Exit code 0
-only if every campaign reached a terminal state and its analytics equal its recipient log. A table shows a
-few messages per channel as the provider received them, each with its recipient's own name and tier.
+paused and resumed on the way), shows live progress, and ends with the analytics per campaign. The simulator
+reports deliveries, reads, bounces and complaints back through the webhook receiver (``app/webhooks.py``,
+signed callbacks), so the report shows delivered/read/bounced rates. Exit code 0 only if every campaign reached
+a terminal state, its analytics equal its recipient log, and its receipt counters equal the callbacks the
+receiver acknowledged. A table shows a few messages per channel as the provider received them, each with its
+recipient's own name and tier.
 
 On a terminal the progress is a live table; printed to anything else (CI logs, ``| tee``) it is a line per
 campaign every few seconds, and the tables are transposed (one column per campaign), so every line fits
@@ -26,6 +29,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from app.webhooks import WebhookThread
 from campaigns.db import repository as repo
 from campaigns.db.engine import make_engine, make_sessionmaker, transaction, upgrade
 from campaigns.db.seed import SeedPlan, invalid_addresses, seed
@@ -37,6 +41,9 @@ from simulator.thread import SimulatorThread
 from streams.worker import Worker
 
 TERMINAL = ("completed", "failed", "cancelled")
+# What the simulator reports back after a send (simulator/callbacks.py): shares of the accepted messages.
+DEMO_RECEIPTS = {"delivered": 0.9, "read": 0.6, "bounced": 0.03, "undelivered": 0.02, "complained": 0.01}
+RECEIPT_COUNTERS = ("delivered", "read", "bounced", "complained")
 COUNTED = ("sent", "failed", "skipped", "cancelled")
 
 
@@ -106,10 +113,12 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
     # CAMPAIGNS_API__PORT is taken); the marketer's token opens it.
     service.provision_principal("demo-admin", "admin")
     _, dashboard_token = service.create_token("demo-admin", "demo-marketer", expires_in=timedelta(hours=12))
-    with ApiThread(settings) as dashboard, \
+    with ApiThread(settings) as dashboard, WebhookThread(settings) as hooks, \
             SimulatorThread(latency_ms=(2, 20), transient_error_rate=0.03, seed=7,
                             permanent_failures=frozenset(invalid_addresses(plan)),
-                            templates=provider_templates) as simulator:
+                            templates=provider_templates, credentials=settings.providers,
+                            webhook_secrets=settings.webhooks, webhook_url=hooks.url,
+                            receipt_ratios=DEMO_RECEIPTS, receipt_delay_ms=(50, 1500)) as simulator:
         # Two lines: each fits 80 columns in a pipe (the token alone is 65 characters).
         console.print(f"dashboard: {dashboard.url} (demo-marketer's API token, 12 h:)", highlight=False, soft_wrap=True)
         console.print(f"  {dashboard_token}", highlight=False, soft_wrap=True)
@@ -117,15 +126,17 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
         unsubscribe = settings.unsubscribe.model_copy(update={"url": dashboard.url.rstrip("/") + "/unsubscribe"})
         worker_settings = settings.model_copy(update={"providers": simulator.provider_settings(),
                                                       "unsubscribe": unsubscribe})
-        with Worker(worker_settings, stages=("scheduler", "expander", "senders", "analytics")) as worker:
+        stages = ("scheduler", "expander", "senders", "analytics", "receipts")
+        with Worker(worker_settings, stages=stages) as worker:
             ok = _watch(console, service, settings, campaign_ids, size.timeout_s, pause_channel="sms")
+            receipts_ok = _await_receipts(console, simulator, settings, campaign_ids, timeout_s=60)
             errors = list(worker.errors)
         stats = simulator.stats()
         # A request the provider refuses as malformed (wrong template parameters, missing fields, a bad
         # email) is a bug in what we send, not a fault to retry: the demo is not green with one.
         malformed = [r for r in simulator.refused if r.outcome == "invalid"]
         samples = {channel: simulator.query(channel=channel)[:3] for channel in templates}
-    ok = _report(console, settings, campaign_ids, service) and ok and not errors and not malformed
+    ok = _report(console, settings, campaign_ids, service) and ok and receipts_ok and not errors and not malformed
     console.print(_personalisation_table(samples))
     console.print(_simulator_table(stats))
     console.print(
@@ -140,6 +151,36 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
                       f"{malformed[0].channel} {malformed[0].code}: {malformed[0].reason}[/red]")
     console.print("[green]demo OK[/green]" if ok else "[red]demo FAILED[/red]")
     return 0 if ok else 1
+
+
+def _receipt_totals(settings: Settings, campaign_id: uuid.UUID) -> dict[str, int]:
+    with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT {', '.join(RECEIPT_COUNTERS)} FROM campaign_analytics "
+                    "WHERE campaign_id = %s AND window_start IS NULL", (str(campaign_id),))
+        row = cur.fetchone() or (0,) * len(RECEIPT_COUNTERS)
+    conn.close()
+    return dict(zip(RECEIPT_COUNTERS, map(int, row), strict=True))
+
+
+def _await_receipts(console: Console, simulator: object, settings: Settings, campaign_ids: dict[str, uuid.UUID],
+                    timeout_s: float) -> bool:
+    """Wait (bounded) until the simulator has posted every callback and each campaign's receipt counters equal
+    the callbacks the receiver acknowledged (an email's soft bounce counts as bounced)."""
+    deadline = time.monotonic() + timeout_s
+    want: dict[str, dict[str, int]] = {}
+    while time.monotonic() < deadline:
+        report = simulator.callbacks()  # type: ignore[attr-defined]
+        if report["pending"] == 0:
+            for channel in campaign_ids:
+                got = report["acknowledged"].get(channel, {})
+                soft = got.get("undelivered", 0) if channel == "email" else 0
+                want[channel] = {"delivered": got.get("delivered", 0), "read": got.get("read", 0),
+                                 "bounced": got.get("bounced", 0) + soft, "complained": got.get("complained", 0)}
+            if all(_receipt_totals(settings, cid) == want[ch] for ch, cid in campaign_ids.items()):
+                return True
+        time.sleep(0.5)
+    console.print(f"[red]receipts did not match the acknowledged callbacks: {want}[/red]")
+    return False
 
 
 def _next_free_customer_id(settings: Settings) -> int:
@@ -293,7 +334,8 @@ def _bar(done: int, total: int | None, width: int = 20) -> str:
     return "█" * filled + "░" * (width - filled) + f" {100 * done / total:.0f}%"
 
 
-REPORT_COLUMNS = ("status", "recipients", *COUNTED, "retried", "avg latency ms", "analytics = log")
+REPORT_COLUMNS = ("status", "recipients", *COUNTED, "retried", "avg latency ms", "delivered", "read", "bounced",
+                  "analytics = log")
 
 
 def _report(console: Console, settings: Settings, campaign_ids: dict[str, uuid.UUID],
@@ -304,9 +346,10 @@ def _report(console: Console, settings: Settings, campaign_ids: dict[str, uuid.U
     with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
         for channel, cid in campaign_ids.items():
             cur.execute(
-                "SELECT sent, failed, skipped, cancelled, retried, latency_sum_ms / nullif(latency_count, 0) "
+                "SELECT sent, failed, skipped, cancelled, retried, latency_sum_ms / nullif(latency_count, 0), "
+                "delivered, read, bounced "
                 "FROM campaign_analytics WHERE campaign_id = %s AND window_start IS NULL", (str(cid),))
-            row = cur.fetchone() or (0, 0, 0, 0, 0, None)
+            row = cur.fetchone() or (0, 0, 0, 0, 0, None, 0, 0, 0)
             analytics = dict(zip(COUNTED, row[:4], strict=True))
             log = {s: counts[str(cid)].get(s, 0) for s in COUNTED}
             view = service.get_campaign("demo-marketer", cid)
@@ -316,6 +359,7 @@ def _report(console: Console, settings: Settings, campaign_ids: dict[str, uuid.U
                 "status": view.status, "recipients": str(view.total_recipients),
                 **{s: str(analytics[s]) for s in COUNTED}, "retried": str(row[4]),
                 "avg latency ms": f"{row[5]:.1f}" if row[5] else "-",
+                **{name: _rate(n, row[0]) for name, n in zip(("delivered", "read", "bounced"), row[6:9], strict=True)},
                 "analytics = log": "yes" if equal else "[red]NO[/red]",
             }
     conn.close()
@@ -331,6 +375,11 @@ def _report(console: Console, settings: Settings, campaign_ids: dict[str, uuid.U
         table = _transposed(title, rows, REPORT_COLUMNS)
     console.print(table)
     return ok
+
+
+def _rate(count: int, sent: int) -> str:
+    """``count`` and its share of the sent messages, e.g. ``812 (91%)``."""
+    return f"{count} ({100 * count / sent:.0f}%)" if sent else str(count)
 
 
 def _transposed(title: str, rows: dict[str, dict[str, str]], fields: Sequence[str]) -> Group:

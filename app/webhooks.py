@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -176,3 +177,43 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     finally:
         producer.close()
     return 0
+
+
+class WebhookThread:
+    """The receiver in a background thread with its own event loop (the demo, tests): ``with WebhookThread(settings)
+    as hooks: hooks.url``. Binds ``settings.webhooks.host`` on a free port (``port=0``) unless one is given."""
+
+    def __init__(self, settings: Settings, port: int = 0) -> None:
+        self._settings = settings
+        self._port = port
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._producer: KafkaProducer | None = None
+        self.receiver: WebhookReceiver | None = None
+        self.url = ""
+        self._thread = threading.Thread(target=self._loop.run_forever, name="webhooks", daemon=True)
+
+    def __enter__(self) -> WebhookThread:
+        self._producer = KafkaProducer(self._settings.kafka)
+        self.receiver = WebhookReceiver(self._settings, self._producer)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self
+
+    async def _start(self) -> None:
+        assert self.receiver is not None
+        self._runner = web.AppRunner(self.receiver.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.webhooks.host, self._port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{self._settings.webhooks.host}:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+        if self._producer is not None:
+            self._producer.close()

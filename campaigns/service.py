@@ -119,6 +119,7 @@ class CampaignStatusView:
     failures_by_reason: Mapping[str, int] = field(default_factory=dict)
     channel_paused: str | None = None  # why the campaign's channel breaker is open, or None (sending)
     sms: Mapping[str, Any] | None = None  # an SMS campaign's cost estimate (CampaignService.content_estimate)
+    receipts: Mapping[str, int] = field(default_factory=dict)  # analytics totals: sent, delivered, read, bounced, ...
 
     @property
     def terminal(self) -> int:
@@ -138,6 +139,7 @@ class CampaignStatusView:
             "failures_by_reason": dict(self.failures_by_reason),
             "channel_paused": self.channel_paused,
             "sms": dict(self.sms) if self.sms is not None else None,
+            "receipts": dict(self.receipts),
         }
 
 
@@ -885,6 +887,7 @@ class CampaignService:
                 channel_paused=getattr(repo.enabled_channel(session, campaign.channel_kind), "paused_reason", None),
                 sms=sms_estimate(repo.campaign_bodies(session, campaign_id), campaign.max_sms_segments,
                                  campaign.total_recipients) if campaign.channel_kind == "sms" else None,
+                receipts=repo.receipt_totals(session, campaign_id),
             )
 
     # --- unsubscribe (RFC 8058 one-click) ---------------------------------------------------------

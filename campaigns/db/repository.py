@@ -19,6 +19,7 @@ from campaigns.db.models import (
     ApiToken,
     AuditLog,
     Campaign,
+    CampaignAnalytics,
     CampaignManualRecipient,
     CampaignMessage,
     CampaignRecipientLog,
@@ -301,6 +302,18 @@ def recipient_status_counts(session: Session, campaign_id: uuid.UUID) -> dict[st
         .group_by(CampaignRecipientLog.status)
     )
     return {status: int(count) for status, count in rows}
+
+
+RECEIPT_TOTALS = ("sent", "delivered", "read", "bounced", "complained")
+
+
+def receipt_totals(session: Session, campaign_id: uuid.UUID) -> dict[str, int]:
+    """The campaign's ``campaign_analytics`` totals of sends and delivery receipts (zeros before any)."""
+    row = session.execute(
+        select(*(getattr(CampaignAnalytics, c) for c in RECEIPT_TOTALS))
+        .where(CampaignAnalytics.campaign_id == campaign_id, CampaignAnalytics.window_start.is_(None))
+    ).first()
+    return dict(zip(RECEIPT_TOTALS, (int(v) for v in row), strict=True)) if row else dict.fromkeys(RECEIPT_TOTALS, 0)
 
 
 def failure_reasons(session: Session, campaign_id: uuid.UUID, limit: int = 10) -> dict[str, int]:

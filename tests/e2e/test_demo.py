@@ -22,6 +22,9 @@ def test_quick_demo_ends_green(settings):
     output = console.export_text()
     assert "demo OK" in output
     assert "paused the sms campaign" in output and "resumed the sms campaign" in output
+    # Delivery receipts came back through the webhook receiver: delivered and read rates per campaign.
+    for counter in ("delivered", "read"):  # the first column is WhatsApp's: some delivered and read
+        assert re.search(rf"│ {counter} +│ +[1-9]\d* \(\d+%\) │", output), output[-3000:]
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ \(demo-marketer's API token", output), output[:2000]
     # Personalised per recipient: the provider received the seeded customers' own names and tiers.
     from campaigns.db.seed import FIRST_NAMES
@@ -59,7 +62,8 @@ def test_demo_in_a_pipe_fits_80_columns_and_librdkafka_logs_through_logging(sett
     assert "demo OK" in out
     too_wide = [line for line in out.splitlines() if len(line) > 80]
     assert not too_wide, "\n".join(too_wide)
-    for heading in ("status", "recipients", "sent", "failed", "skipped", "cancelled", "analytics = log",
+    for heading in ("status", "recipients", "sent", "failed", "skipped", "cancelled", "analytics = log", "delivered",
+                    "read", "bounced",
                     "whatsapp", "email", "accepted"):
         assert heading in out, heading
     assert "…┃" not in out and "… ┃" not in out, "a heading was truncated"

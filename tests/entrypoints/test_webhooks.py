@@ -135,6 +135,9 @@ def test_receipts_flow_back_and_bounces_are_suppressed(entry: EntryPoints, setti
         )[0]
         assert logged == (totals["delivered"], totals["read"], totals["bounced"])
 
+    shown = entry.cli("status", first["sms"], actor="alice").stdout
+    assert f"receipts   delivered {_totals(settings, first['sms'])['delivered']} (" in shown, shown
+
     # Forged and unsigned calls: refused, nothing changes.
     before = {c: _totals(settings, cid) for c, cid in first.items()}
     wamid = query(

@@ -262,3 +262,15 @@ def test_bench_takes_its_own_options_first():
     done = subprocess.run([str(CAMPAIGNS), "bench", "--quick", "--help"], capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0 and "python -m bench" in done.stdout, done.stderr
+
+
+def test_status_shows_delivery_receipt_rates():
+    from app.cli import _status_text
+
+    data = {"id": "c1", "name": "n", "status": "completed", "version": 3, "channel": "sms", "start_at": None,
+            "total_recipients": 200, "expansion_done": True, "skipped_recipients": 0, "terminal": 200,
+            "recipients": {"sent": 200}, "failures_by_reason": {}, "channel_paused": None,
+            "receipts": {"sent": 200, "delivered": 180, "read": 90, "bounced": 10, "complained": 0}}
+    text = _status_text(data)
+    assert "receipts   delivered 180 (90.0%), read 90 (45.0%), bounced 10 (5.0%), complained 0 (0.0%) of sent" in text
+    assert "receipts" not in _status_text({**data, "receipts": dict.fromkeys(data["receipts"], 0)})

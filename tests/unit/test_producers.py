@@ -42,6 +42,7 @@ def test_every_topic_of_the_design_is_listed_and_prefixed():
         "delivery.outcomes",
         "campaign.outcome_counts",
         "campaign.analytics",
+        "delivery.receipts",
     ]
     assert all_topic_names(settings) == [f"t1.{n}" for n in names]
     specs = topic_specs(settings)
