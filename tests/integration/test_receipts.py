@@ -371,3 +371,32 @@ def test_unknown_provider_ids_are_dropped_after_the_hold_and_counted(settings, s
     assert _query(settings, "SELECT channel_kind, address, reason FROM suppressions") == [
         ("sms", "+15551230000", "stop_reply")
     ]
+
+
+def test_a_faust_analytics_resum_keeps_the_receipt_counts(settings, service, audience_fixture):
+    """The opt-in Faust analytics re-sums a campaign_analytics row from its parts: the receipts' own part
+    (source_partition -1) keeps their counts in the sum; complained, which no part re-sums, is left alone."""
+    from campaigns.core.tally import empty_part
+    from sinks import analytics as analytics_sink
+    from sinks import receipts as receipts_sink
+
+    campaign_id, _members = _campaign_with_sent_rows(settings, service, audience_fixture, "email", 1)
+    now = datetime.now(UTC)
+    conn = psycopg2.connect(settings.database.dsn())
+    try:
+        with conn.cursor() as cur:
+            receipts_sink.add_counts(
+                cur, [(campaign_id, None, None, {"delivered": 2, "read": 1, "complained": 1})], now
+            )
+        conn.commit()
+        part = empty_part()
+        part.update(sent=5, src=10)
+        with conn.cursor() as cur:
+            rows = analytics_sink.write_parts(cur, [(campaign_id, None, None, 0, part)], now)
+        conn.commit()
+    finally:
+        conn.close()
+    assert [(r["sent"], r["delivered"], r["read"], r["complained"]) for r in rows] == [(5, 2, 1, 1)]
+    assert _query(
+        settings, "SELECT sent, delivered, read, complained FROM campaign_analytics WHERE campaign_id = %s", campaign_id
+    ) == [(5, 2, 1, 1)]
