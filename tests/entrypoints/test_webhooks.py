@@ -12,10 +12,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
-from campaigns.core.webhook_signatures import meta_signature
+from campaigns.core.webhook_signatures import meta_signature, twilio_signature
 from campaigns.settings import Settings
 from tests.entrypoints.conftest import REPO_ROOT, EntryPoints, get_json, query, wait_finished
 from tests.faults.procs import free_port
@@ -184,6 +185,37 @@ def test_receipts_flow_back_and_bounces_are_suppressed(entry: EntryPoints, setti
         )
     }
     assert {phone for _, phone in bounced} <= suppressed
+    # A customer who answers BAJA (a signed Twilio inbound message) is suppressed too.
+    replier, replier_phone = query(
+        settings,
+        "SELECT l.recipient_id, c.phone FROM campaign_recipient_log AS l "
+        "JOIN customers AS c ON c.id = l.recipient_id WHERE l.campaign_id = %s "
+        "AND l.status = 'sent' AND l.bounced_at IS NULL LIMIT 1",
+        first["sms"],
+    )[0]
+    inbound = {
+        "MessageSid": "SMinbound1",
+        "AccountSid": "AC1",
+        "From": replier_phone,
+        "To": "+15550000000",
+        "Body": " Baja ",
+    }
+    signature = twilio_signature(entry.secrets.sms_auth_token, f"{base}/webhooks/twilio", inbound.items())
+    assert (
+        _post(f"{base}/webhooks/twilio", urlencode(inbound).encode(), {**plain, "X-Twilio-Signature": signature}) == 200
+    )
+    wait_for(
+        lambda: (
+            query(
+                settings, "SELECT reason FROM suppressions WHERE channel_kind = 'sms' AND address = %s", replier_phone
+            )
+            == [("stop_reply",)]
+        ),
+        timeout=30,
+        interval=0.2,
+        what="the BAJA reply suppressed",
+    )
+    expected_skipped = [*bounced, (replier, replier_phone)]
     sent_before = len(simulator.messages("sms"))
     second = _campaign(entry, tmp_path, "sms", segments, "receipts-sms-again")
     assert wait_finished(settings, second, timeout=120, procs=entry) == "completed"
@@ -195,7 +227,7 @@ def test_receipts_flow_back_and_bounces_are_suppressed(entry: EntryPoints, setti
             second,
         )
     )
-    for recipient, phone in bounced:
+    for recipient, phone in expected_skipped:
         assert skipped.get(recipient) == "suppressed", (recipient, skipped.get(recipient))
         assert not [m for m in simulator.messages("sms")[sent_before:] if m["to"] == phone]
     assert {c: _totals(settings, cid) for c, cid in first.items()} == before
