@@ -9,6 +9,12 @@ the business account for the real Cloud API: ``--template-file examples/template
 file given to ``campaigns template add``) or ``--template NAME:LANGUAGE:PARAMETERS``, both repeatable, or
 ``POST /_control/templates`` while it runs. Free-form WhatsApp text is only accepted inside a number's
 24-hour customer service window (``POST /_control/inbound``), unless ``--open-service-window``.
+
+Delivery callbacks: ``--webhook-url http://127.0.0.1:8090`` (where ``campaigns webhooks`` listens) makes the
+simulator report each accepted message's fate there, signed like the real providers (secrets from
+``CAMPAIGNS_WEBHOOKS__*`` and ``CAMPAIGNS_PROVIDERS__SMS_AUTH_TOKEN``): ``--receipts delivered=0.9,read=0.5,
+bounced=0.03,undelivered=0.02,complained=0.01``, ``--receipt-delay-ms 100-2000``, ``--bounce ADDRESSES``, and
+``--seed`` makes every address's fate reproducible. ``GET /_control/callbacks`` counts what was acknowledged.
 """
 
 from __future__ import annotations

@@ -8,7 +8,11 @@ One :class:`ProviderSimulator` serves, on one event loop:
 * control endpoints: ``GET /_control/messages?channel=&since=&message_id=&to=`` (accepted requests),
   ``GET /_control/refused?channel=&since=&message_id=&to=`` (refused requests), ``GET /_control/stats``,
   ``GET|POST /_control/config``, ``GET|POST /_control/templates``, ``POST /_control/inbound``,
-  ``POST /_control/reset``, ``GET /_control/health``.
+  ``POST /_control/reset``, ``GET /_control/health``, ``GET /_control/callbacks`` (delivery callbacks the
+  webhook receiver acknowledged);
+* delivery callbacks, when ``webhook_url`` is set: after accepting a message, its fate (delivered, read,
+  bounced, undelivered, complained; drawn per address from the seed) is posted to the receiver in the provider's
+  own format and signature (``simulator/callbacks.py``).
 
 Every request is decided the moment it arrives, in this order: credentials (401), SMS idempotency
 replay, request validation (400 / SMTP 550-554, see below), rate limit (throttled), injected transient

@@ -327,6 +327,19 @@ def test_stage_applies_receipts_once_whatever_the_order_duplicates_or_replays(
             [("email", email_of[b].lower(), "complaint"), ("email", email_of[c].lower(), "hard_bounce")]
         )  # not the soft bounce
 
+        # The changed rows went to campaign.analytics, with the new counters (CampaignAnalytics v2).
+        published = [
+            get_codec().decode(r.value(), "CampaignAnalytics")
+            for r in consume_to_end(settings.kafka.bootstrap_servers, settings.kafka.topic("campaign.analytics"))
+        ]
+        latest_totals = [p for p in published if p["campaign_id"] == campaign_id and p["window_start"] is None][-1]
+        assert (
+            latest_totals["delivered"],
+            latest_totals["read"],
+            latest_totals["bounced"],
+            latest_totals["complained"],
+        ) == totals[1:]
+
         # Replay the whole topic (every record produced again) and a duplicate batch: nothing changes.
         topic = settings.kafka.topic(RECEIPTS)
         records = _records(settings)
