@@ -44,6 +44,8 @@ from campaigns.topics import (
     COMMANDS,
     MESSAGES_DLQ,
     OUTCOMES,
+    RECEIPTS,
+    RECEIPTS_GROUP,
     commands_group,
     messages_topic,
     retry_topic,
@@ -79,6 +81,10 @@ DEAD_LETTER_REASONS = (
     "invalid_record", "not_in_audience",
 )
 ATTEMPT_RESULTS = ("sent", "retry", "failed")
+# What the receipts stage did with a receipt (streams/receipts.py): applied to its row (changed or not), one of
+# the row's counters set (a NULL -> set transition, what campaign_analytics adds), the address newly suppressed,
+# held because its send was not recorded yet (each hold counts), dropped after the hold, undecodable.
+RECEIPT_RESULTS = ("applied", "counted", "suppressed", "held", "unmatched", "undecodable")
 OUTCOME_STATUSES = tuple(s.value for s in OutcomeStatus)
 RECEIPT_STATUSES = RECEIPT_OUTCOMES
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -222,6 +228,7 @@ def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS) -
             *(kafka.topic(retry_topic(channel, n)) for n in tiers),
         ]
     groups[kafka.topic(ANALYTICS_GROUP)] = [kafka.topic(OUTCOMES)]
+    groups[kafka.topic(RECEIPTS_GROUP)] = [kafka.topic(RECEIPTS)]
     groups[commands_group(kafka.topic_prefix, kafka.client_id)] = [kafka.topic(COMMANDS)]
     return groups
 
@@ -398,6 +405,8 @@ class PipelineMetrics:
         self.analytics_outcomes = Counter("campaigns_analytics_outcomes",
                                           "delivery outcomes counted by analytics (each outcome id once)",
                                           ["channel", "status"], registry=reg)
+        self.receipts = Counter("campaigns_receipts", "delivery receipts handled by the receipts stage, by result",
+                                ["channel", "result"], registry=reg)
         self.transitions = Counter("campaigns_campaign_transitions",
                                    "campaign state changes made by this worker, by the state entered", ["to"],
                                    registry=reg)
@@ -416,6 +425,8 @@ class PipelineMetrics:
                 self.dead_lettered.labels(channel, reason)
             for status in OUTCOME_STATUSES:
                 self.analytics_outcomes.labels(channel, status)
+            for result in RECEIPT_RESULTS:
+                self.receipts.labels(channel, result)
         for state in CAMPAIGN_STATES:
             self.transitions.labels(state)
 
@@ -510,6 +521,12 @@ class PipelineMetrics:
             self.analytics_outcomes.labels(
                 self._channel(channel), status if status in OUTCOME_STATUSES else OTHER
             ).inc(n)
+
+    def receipts_handled(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Per batch of the receipts stage: ``(channel, result) -> count`` (results: :data:`RECEIPT_RESULTS`)."""
+        for (channel, result), n in counts.items():
+            if n and result in RECEIPT_RESULTS:
+                self.receipts.labels(self._channel(channel), result).inc(n)
 
     def channel_breaker(self, channel: str, state: str) -> None:
         self.channel_breakers.labels(self._channel(channel)).set(BREAKER_STATES[state])

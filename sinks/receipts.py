@@ -151,13 +151,14 @@ def add_counts(
     return [dict(zip(ANALYTICS_FIELDS, row, strict=True)) for row in rows]
 
 
-def suppress(cur: Any, entries: Sequence[tuple[str, str, str, str]], now: datetime) -> int:
-    """Insert ``(channel, address, reason, source)`` into ``suppressions``; returns how many were new."""
+def suppress(cur: Any, entries: Sequence[tuple[str, str, str, str]], now: datetime) -> list[tuple[str, str]]:
+    """Insert ``(channel, address, reason, source)`` into ``suppressions``; returns the ``(channel, address)``
+    pairs that were new."""
     if not entries:
-        return 0
+        return []
     unique = {
         (channel, address): (channel, address, reason, source, now)
         for channel, address, reason, source in sorted(entries)
     }
     added = psycopg2.extras.execute_values(cur, SUPPRESS_SQL, list(unique.values()), page_size=len(unique), fetch=True)
-    return len(added)
+    return [(channel, address) for channel, address in added]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,7 +79,11 @@ class _Held:
 class ReceiptsStage:
     """Consumes ``delivery.receipts`` in micro-batches. Run :meth:`run_forever` in its own thread."""
 
-    def __init__(self, settings: Settings, producer: KafkaProducer, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: Settings, producer: KafkaProducer, clock: Callable[[], float] = time.time, metrics: Any = None
+    ) -> None:
+        self._metrics = metrics  # campaigns.metrics.PipelineMetrics, optional
+        self._batch_counts: Counter[tuple[str, str]] = Counter()
         self._settings = settings
         self._producer = producer
         self._clock = clock
@@ -139,6 +143,7 @@ class ReceiptsStage:
                 receipt = Receipt.from_record(self._codec.decode(msg.value(), "DeliveryReceipt"))
             except (SchemaError, ValueError, KeyError) as exc:
                 self.undecodable += 1
+                self._batch_counts[("", "undecodable")] += 1
                 log.warning(
                     "receipts: skipping undecodable receipt at %s[%d]@%d: %s",
                     msg.topic(),
@@ -151,6 +156,7 @@ class ReceiptsStage:
         self.received += len(fresh)
         due = [h for h in self._held if h.next_try <= now]
         if not fresh and not due:
+            self._report()
             return
         batch = fresh + due
         unknown = self._apply_retrying(batch)
@@ -161,6 +167,7 @@ class ReceiptsStage:
                 id(h) not in due_ids and len(self._held) >= self._config.max_held
             ):
                 self.unmatched += 1
+                self._batch_counts[(h.receipt.channel, "unmatched")] += 1
                 log.warning(
                     "receipts: dropping %s receipt %s for provider message id %r: no sent row has it (after %.0f s)",
                     h.receipt.channel,
@@ -169,10 +176,17 @@ class ReceiptsStage:
                     now - h.since,
                 )
                 continue
+            self._batch_counts[(h.receipt.channel, "held")] += 1
             h.next_try = now + h.wait
             h.wait = min(h.wait * 2, MAX_RETRY_WAIT_S)
             self._held.append(h)
         self._commit_offsets()
+        self._report()
+
+    def _report(self) -> None:
+        if self._metrics is not None and self._batch_counts:
+            self._metrics.receipts_handled(self._batch_counts)
+        self._batch_counts.clear()
 
     def _apply_retrying(self, batch: list[_Held]) -> list[_Held]:
         for attempt in range(3):
@@ -201,6 +215,7 @@ class ReceiptsStage:
             ends: dict[tuple[str, datetime | None], datetime | None] = {}
             suppress: list[tuple[str, str, str, str]] = []
             found: set[tuple[str, str]] = set()
+            counted: Counter[str] = Counter()
             for cid, rid, pid, channel, d, rd, b, cm, status, address in rows:
                 found.add((pid, channel))
                 before = ReceiptState(d, rd, b, cm, status)
@@ -224,7 +239,7 @@ class ReceiptsStage:
                         counts[key][counter] += 1
                     ends[(cid, start)] = end
                     ends.setdefault((cid, None), None)
-                    self.counted += 1
+                    counted[channel] += 1
                 for r in receipts:
                     reason = suppression_reason(r)
                     target = address or r.address
@@ -246,9 +261,19 @@ class ReceiptsStage:
             published = sink.add_counts(
                 cur, [(cid, start, ends[(cid, start)], dict(n)) for (cid, start), n in counts.items()], now
             )
-            self.suppressed += sink.suppress(cur, suppress, now)
+            suppressed = sink.suppress(cur, suppress, now)
         self._conn.commit()
-        self.applied += sum(len(by_id[k]) for k in found) + len(stops)
+        # Counted only once the transaction committed (a deadlock retry redoes the batch).
+        applied = [h.receipt.channel for k in found for h in by_id[k]] + [r.channel for r in stops]
+        self.applied += len(applied)
+        self.counted += sum(counted.values())
+        self.suppressed += len(suppressed)
+        for channel in applied:
+            self._batch_counts[(channel, "applied")] += 1
+        for channel, n in counted.items():
+            self._batch_counts[(channel, "counted")] += n
+        for channel, _address in suppressed:
+            self._batch_counts[(channel, "suppressed")] += 1
         for record in published:
             self._producer.produce(
                 self._analytics_topic, record["campaign_id"], self._codec.encode("CampaignAnalytics", record)

@@ -133,7 +133,7 @@ class Worker:
             from streams.receipts import ReceiptsStage
 
             def receipts() -> Callable[[], None]:
-                built = ReceiptsStage(self.settings, producer_for())
+                built = ReceiptsStage(self.settings, producer_for(), metrics=self.metrics)
                 return lambda: built.run_forever(self.stop_event)
 
             self._spawn("receipts", receipts)

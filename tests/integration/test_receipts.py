@@ -375,12 +375,19 @@ def test_unknown_provider_ids_are_dropped_after_the_hold_and_counted(settings, s
     settings = settings.model_copy(update={"receipts": settings.receipts.model_copy(update={"unknown_hold_s": 1.0})})
     stop_reply = Receipt(receipt_id("sms", "inbound", "SM9"), "sms", ReceiptStatus.STOP, None, T0, "+15551230000")
     _produce(settings, [Receipt("x1", "sms", ReceiptStatus.DELIVERED, "SM-nobody", T0), stop_reply])
-    stage = ReceiptsStage(settings, KafkaProducer(settings.kafka))
+    from campaigns.metrics import PipelineMetrics
+
+    metrics = PipelineMetrics(settings)
+    stage = ReceiptsStage(settings, KafkaProducer(settings.kafka), metrics=metrics)
     try:
         _drain(stage, lambda: stage.unmatched == 1)
         assert stage.held == 0
     finally:
         stage._consumer.close()
+    rendered = metrics.render().decode()
+    assert 'campaigns_receipts_total{channel="sms",result="unmatched"} 1.0' in rendered
+    assert 'campaigns_receipts_total{channel="sms",result="suppressed"} 1.0' in rendered
+    assert 'campaigns_receipts_total{channel="sms",result="held"} 0.0' not in rendered
     assert _query(settings, "SELECT channel_kind, address, reason FROM suppressions") == [
         ("sms", "+15551230000", "stop_reply")
     ]
