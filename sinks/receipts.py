@@ -40,7 +40,7 @@ SELECT l.campaign_id::text, l.recipient_id, l.provider_message_id, l.channel_kin
 FROM campaign_recipient_log AS l
 JOIN (VALUES %s) AS v(p, k) ON l.provider_message_id = v.p AND l.channel_kind = v.k
 LEFT JOIN customers AS cu ON cu.id = l.recipient_id
-WHERE l.status = 'sent'
+WHERE l.status = 'sent' AND l.provider_message_id IS NOT NULL  -- lets the planner use the partial index
 ORDER BY l.campaign_id, l.recipient_id
 FOR UPDATE OF l
 """
