@@ -56,7 +56,7 @@ from campaigns.core.receipts import (
 )
 from campaigns.core.windows import window_bounds
 from campaigns.errors import SchemaError
-from campaigns.settings import Settings
+from campaigns.settings import CHANNELS, Settings
 from campaigns.topics import ANALYTICS, RECEIPTS, RECEIPTS_GROUP
 from producers.kafka import KafkaProducer
 from sinks import receipts as sink
@@ -74,6 +74,23 @@ class _Held:
     since: float
     next_try: float
     wait: float = 0.5
+
+
+ADDRESS_MAX = 320  # suppressions.address
+PROVIDER_ID_MAX = 256  # campaign_recipient_log.provider_message_id
+
+
+def _check(receipt: Receipt, window_s: int) -> None:
+    """Refuse (ValueError) a receipt that would fail its batch on every redelivery and so stop the partition: an
+    unknown channel (the suppressions CHECK), an address or provider id longer than its column, an event time
+    whose window cannot be represented. The receiver never produces one; a forged or corrupt record might."""
+    if receipt.channel not in CHANNELS:
+        raise ValueError(f"unknown channel {receipt.channel!r}")
+    if receipt.address is not None and len(receipt.address) > ADDRESS_MAX:
+        raise ValueError("address longer than 320 characters")
+    if receipt.provider_message_id is not None and len(receipt.provider_message_id) > PROVIDER_ID_MAX:
+        raise ValueError("provider message id longer than 256 characters")
+    window_bounds(receipt.occurred_at, window_s)  # OverflowError past year 9999
 
 
 class ReceiptsStage:
@@ -141,7 +158,8 @@ class ReceiptsStage:
             self._positions[key] = msg.offset() + 1
             try:
                 receipt = Receipt.from_record(self._codec.decode(msg.value(), "DeliveryReceipt"))
-            except (SchemaError, ValueError, KeyError) as exc:
+                _check(receipt, self._window_s)
+            except (SchemaError, ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
                 self.undecodable += 1
                 self._batch_counts[("", "undecodable")] += 1
                 log.warning(

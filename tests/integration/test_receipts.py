@@ -374,13 +374,23 @@ def test_unknown_provider_ids_are_dropped_after_the_hold_and_counted(settings, s
     ensure_topics(settings)
     settings = settings.model_copy(update={"receipts": settings.receipts.model_copy(update={"unknown_hold_s": 1.0})})
     stop_reply = Receipt(receipt_id("sms", "inbound", "SM9"), "sms", ReceiptStatus.STOP, None, T0, "+15551230000")
-    _produce(settings, [Receipt("x1", "sms", ReceiptStatus.DELIVERED, "SM-nobody", T0), stop_reply])
+    # Records that would fail their batch on every redelivery (written by something other than the receiver) are
+    # skipped as undecodable, and the partition goes on: garbage, an unknown channel, an over-long address.
+    poison = [
+        Receipt("p1", "fax", ReceiptStatus.STOP, None, T0, "+15551230001"),
+        Receipt("p2", "sms", ReceiptStatus.STOP, None, T0, "+1" + "5" * 400),
+    ]
+    _produce(settings, [*poison, Receipt("x1", "sms", ReceiptStatus.DELIVERED, "SM-nobody", T0), stop_reply])
+    garbage = KafkaProducer(settings.kafka)
+    garbage.produce(settings.kafka.topic(RECEIPTS), "k", b"\x00not avro")
+    garbage.flush()
+    garbage.close()
     from campaigns.metrics import PipelineMetrics
 
     metrics = PipelineMetrics(settings)
     stage = ReceiptsStage(settings, KafkaProducer(settings.kafka), metrics=metrics)
     try:
-        _drain(stage, lambda: stage.unmatched == 1)
+        _drain(stage, lambda: stage.unmatched == 1 and stage.undecodable == 3)
         assert stage.held == 0
     finally:
         stage._consumer.close()
