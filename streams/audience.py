@@ -18,11 +18,12 @@ from sinks.arrays import plain_array_literal
 
 # Whether the customer's address on the channel is on the suppression list (hard bounce, complaint, STOP reply,
 # ...), in the list's normal form (campaigns.core.receipts.normalize_address: email lower-case, phones "+digits").
-# A PK lookup per customer. Its own column, last, so the queries' other columns can change without touching it.
+# A PK lookup per customer. Its own column, read by its name (``suppressed``), so the queries' other columns can
+# change without touching it.
 SUPPRESSED_COLUMN = """EXISTS (SELECT 1 FROM suppressions AS sup WHERE sup.channel_kind = {channel} AND sup.address =
     CASE {channel} WHEN 'email' THEN lower(btrim({customer}.email))
                    WHEN 'sms' THEN '+' || regexp_replace({customer}.phone, '[^0-9]', '', 'g')
-                   ELSE '+' || regexp_replace({customer}.whatsapp, '[^0-9]', '', 'g') END)"""
+                   ELSE '+' || regexp_replace({customer}.whatsapp, '[^0-9]', '', 'g') END) AS suppressed"""
 
 PAGE_SQL = """
 WITH ids AS (
@@ -101,6 +102,7 @@ def resolve(cur: Cursor, channel: str, keys: list[tuple[str, int]]) -> dict[tupl
     cur.execute(RESOLVE_SQL, {"campaigns": plain_array_literal(campaigns),
                               "recipients": plain_array_literal(recipients), "channel": channel})
     column = ADDRESS_COLUMN[channel] + 1  # the resolve query has one more column before them than the page query
+    suppressed = _column(cur, "suppressed")
     found = {}
     for row in cur.fetchall():
         address = row[column]
@@ -108,9 +110,14 @@ def resolve(cur: Cursor, channel: str, keys: list[tuple[str, int]]) -> dict[tupl
                    "whatsapp": row[7], "first_name": row[8], "last_name": row[9], "timezone": row[10],
                    "attributes": row[11] if isinstance(row[11], dict) else {}}
         found[(row[0], row[1])] = Recipient(customer_id=row[1], locale=row[4], address=address,
-                                            skip_reason=skip_reason(row[2], row[3], channel, address, row[-1]),
+                                            skip_reason=skip_reason(row[2], row[3], channel, address, row[suppressed]),
                                             profile=profile)
     return found
+
+
+def _column(cur: Cursor, name: str) -> int:
+    """The index of the result column ``name`` of the last query."""
+    return [d.name for d in cur.description].index(name)
 
 
 def fetch_page(
@@ -120,9 +127,10 @@ def fetch_page(
     cur.execute(PAGE_SQL, {"segments": segments, "after": after, "limit": limit, "campaign_id": str(campaign_id),
                            "channel": channel})
     column = ADDRESS_COLUMN[channel]
+    suppressed = _column(cur, "suppressed")
     page = []
     for row in cur.fetchall():
         address = row[column]
         page.append(Recipient(customer_id=row[0], locale=row[3], address=address,
-                              skip_reason=skip_reason(row[1], row[2], channel, address, row[-1])))
+                              skip_reason=skip_reason(row[1], row[2], channel, address, row[suppressed])))
     return page
