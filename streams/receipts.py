@@ -54,9 +54,10 @@ from campaigns.core.receipts import (
     suppression_reason,
     transitions,
 )
+from campaigns.core.vocabulary import CHANNELS, SuppressionReason
 from campaigns.core.windows import window_bounds
 from campaigns.errors import SchemaError
-from campaigns.settings import CHANNELS, Settings
+from campaigns.settings import Settings
 from campaigns.topics import ANALYTICS, RECEIPTS, RECEIPTS_GROUP
 from producers.kafka import KafkaProducer
 from sinks import receipts as sink
@@ -273,7 +274,12 @@ class ReceiptsStage:
             for r in stops:
                 if r.address:
                     suppress.append(
-                        (r.channel, normalize_address(r.channel, r.address), "stop_reply", f"{r.channel} inbound reply")
+                        (
+                            r.channel,
+                            normalize_address(r.channel, r.address),
+                            SuppressionReason.STOP_REPLY,
+                            f"{r.channel} inbound reply",
+                        )
                     )
             sink.update_rows(cur, updates, now)
             published = sink.add_counts(

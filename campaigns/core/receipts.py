@@ -26,8 +26,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
+
+from campaigns.core.vocabulary import ReceiptStatus, SuppressionReason
 
 __all__ = [
     "STATUS_ORDER",
@@ -46,18 +47,6 @@ __all__ = [
     "suppression_reason",
     "transitions",
 ]
-
-
-class ReceiptStatus(StrEnum):
-    QUEUED = "QUEUED"
-    SENT = "SENT"
-    FAILED = "FAILED"
-    UNDELIVERED = "UNDELIVERED"
-    DELIVERED = "DELIVERED"
-    READ = "READ"
-    BOUNCED = "BOUNCED"
-    COMPLAINED = "COMPLAINED"
-    STOP = "STOP"  # an inbound STOP/BAJA reply: about an address, not a message
 
 
 STATUS_ORDER: dict[str, int] = {
@@ -314,14 +303,14 @@ def from_email(payload: Any, now: datetime) -> list[Receipt]:
     ]
 
 
-def suppression_reason(receipt: Receipt) -> str | None:
+def suppression_reason(receipt: Receipt) -> SuppressionReason | None:
     """``hard_bounce``, ``complaint`` or ``stop_reply`` if the receipt suppresses its address, else None."""
     if receipt.status is ReceiptStatus.BOUNCED and receipt.bounce_type == "hard":
-        return "hard_bounce"
+        return SuppressionReason.HARD_BOUNCE
     if receipt.status is ReceiptStatus.COMPLAINED:
-        return "complaint"
+        return SuppressionReason.COMPLAINT
     if receipt.status is ReceiptStatus.STOP:
-        return "stop_reply"
+        return SuppressionReason.STOP_REPLY
     return None
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "Channel",
     "CustomerStatus",
     "OutcomeStatus",
+    "ReceiptStatus",
     "RecipientStatus",
     "SuppressionReason",
     "TemplateStatus",
@@ -89,6 +90,21 @@ STATUS_TO_COUNTER: dict[str, str] = {
 
 COUNTERS: tuple[str, ...] = tuple(STATUS_TO_COUNTER.values())
 """The outcome counters of ``campaign_analytics``, ``campaign.analytics`` and ``OutcomeCounts``, in column order."""
+
+
+class ReceiptStatus(StrEnum):
+    """A ``DeliveryReceipt`` record's status (the Avro enum ``ReceiptStatus``, ``delivery.receipts``): what a
+    provider reported about a sent message, or STOP, an inbound opt-out reply (about an address, not a message)."""
+
+    QUEUED = "QUEUED"
+    SENT = "SENT"
+    FAILED = "FAILED"
+    UNDELIVERED = "UNDELIVERED"
+    DELIVERED = "DELIVERED"
+    READ = "READ"
+    BOUNCED = "BOUNCED"
+    COMPLAINED = "COMPLAINED"
+    STOP = "STOP"
 
 
 class CustomerStatus(StrEnum):

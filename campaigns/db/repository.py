@@ -15,6 +15,7 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from campaigns.core.receipts import normalize_address
 from campaigns.db.models import (
     ApiToken,
     AuditLog,
@@ -438,7 +439,9 @@ def opt_out(session: Session, customer_id: int, channel: str, *, source: str) ->
         changed = True
     if address:
         inserted = session.execute(
-            pg_insert(Suppression).values(channel_kind=channel, address=address, reason="unsubscribe", source=source)
+            # In the list's normal form (email lower-case, phones "+digits"), as expansion and the claim look it up.
+            pg_insert(Suppression).values(channel_kind=channel, address=normalize_address(channel, address),
+                                          reason="unsubscribe", source=source)
             .on_conflict_do_nothing(index_elements=["channel_kind", "address"]).returning(Suppression.address)
         ).first()
         changed = changed or inserted is not None

@@ -14,6 +14,7 @@ from campaigns.core.vocabulary import (
     Channel,
     CustomerStatus,
     OutcomeStatus,
+    ReceiptStatus,
     RecipientStatus,
     SuppressionReason,
 )
@@ -48,6 +49,7 @@ def _check_values(table: str, name: str) -> set[str]:
 def test_avro_enums_are_the_core_vocabularies() -> None:
     assert _enum_symbols("delivery_outcome.avsc", "OutcomeStatus") == [s.value for s in OutcomeStatus]
     assert _enum_symbols("recipient_message.avsc", "Channel") == list(CHANNELS)
+    assert _enum_symbols("delivery_receipt.avsc", "ReceiptStatus") == [s.value for s in ReceiptStatus]
 
 
 def test_database_checks_are_the_core_vocabularies() -> None:
