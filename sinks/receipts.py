@@ -30,6 +30,8 @@ from typing import Any
 
 import psycopg2.extras
 
+from sinks.arrays import array_literal, plain_array_literal
+
 RECEIPT_COUNTERS = ("delivered", "read", "bounced", "complained")
 RECEIPTS_PART = -1  # campaign_analytics_parts.source_partition of the receipts' counts
 
@@ -38,7 +40,7 @@ SELECT l.campaign_id::text, l.recipient_id, l.provider_message_id, l.channel_kin
        l.delivered_at, l.read_at, l.bounced_at, l.complained_at, l.provider_status,
        CASE l.channel_kind WHEN 'email' THEN lower(cu.email) WHEN 'sms' THEN cu.phone ELSE cu.whatsapp END
 FROM campaign_recipient_log AS l
-JOIN (VALUES %s) AS v(p, k) ON l.provider_message_id = v.p AND l.channel_kind = v.k
+JOIN unnest(%s::text[], %s::text[]) AS v(p, k) ON l.provider_message_id = v.p AND l.channel_kind = v.k
 LEFT JOIN customers AS cu ON cu.id = l.recipient_id
 WHERE l.status = 'sent' AND l.provider_message_id IS NOT NULL  -- lets the planner use the partial index
 ORDER BY l.campaign_id, l.recipient_id
@@ -49,13 +51,11 @@ UPDATE_ROWS_SQL = """
 UPDATE campaign_recipient_log AS l SET
     delivered_at = LEAST(l.delivered_at, v.d), read_at = LEAST(l.read_at, v.rd),
     bounced_at = LEAST(l.bounced_at, v.b), complained_at = LEAST(l.complained_at, v.cm),
-    provider_status = v.s, updated_at = v.now
-FROM (VALUES %s) AS v(c, r, d, rd, b, cm, s, now)
+    provider_status = v.s, updated_at = %s
+FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
+            %s::text[]) AS v(c, r, d, rd, b, cm, s)
 WHERE l.campaign_id = v.c AND l.recipient_id = v.r
 """
-_UPDATE_TEMPLATE = (
-    "(%s::uuid, %s::bigint, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, %s::timestamptz)"
-)
 
 ADD_COUNTS_SQL = f"""
 INSERT INTO campaign_analytics (campaign_id, window_start, window_end, {", ".join(RECEIPT_COUNTERS)}, updated_at)
@@ -116,15 +116,24 @@ def lock_rows(cur: Any, ids: Sequence[tuple[str, str]]) -> list[RowState]:
     recipient) order. An id without a ``sent`` row is absent."""
     if not ids:
         return []
-    return list(psycopg2.extras.execute_values(cur, LOCK_ROWS_SQL, sorted(set(ids)), page_size=len(ids), fetch=True))
+    pids, channels = zip(*sorted(set(ids)), strict=True)
+    cur.execute(LOCK_ROWS_SQL, (array_literal(pids), array_literal(channels)))
+    return list(cur.fetchall())
 
 
 def update_rows(cur: Any, rows: Sequence[tuple[str, int, Any, Any, Any, Any, str | None]], now: datetime) -> None:
     """Write ``(campaign_id, recipient_id, delivered_at, read_at, bounced_at, complained_at, provider_status)``
     of rows locked by :func:`lock_rows` (in that order)."""
     if rows:
-        psycopg2.extras.execute_values(
-            cur, UPDATE_ROWS_SQL, [(*row, now) for row in rows], template=_UPDATE_TEMPLATE, page_size=len(rows)
+        columns = list(zip(*rows, strict=True))
+        cur.execute(
+            UPDATE_ROWS_SQL,
+            (
+                now,
+                plain_array_literal(columns[0]),
+                plain_array_literal(columns[1]),
+                *(array_literal(column) for column in columns[2:]),
+            ),
         )
 
 
