@@ -2,6 +2,9 @@
 
 Every function takes a psycopg2 cursor and never commits: the stage applies one batch of receipts in one
 transaction (rows, counters and suppressions together), so a crash leaves either all of a batch or none of it.
+The statements whose size grows with the batch (:func:`lock_rows`, :func:`update_rows`) take one array literal per
+column (``sinks/arrays.py``, ``unnest``); the per-window counts and the suppressions, a handful per batch, are
+VALUES lists.
 
 Guarantees:
 
