@@ -370,7 +370,6 @@ class CampaignAnalyticsPart(Base):
     read: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     clicked: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     bounced: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    complained: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     latency_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     latency_sum_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
     latency_max_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))

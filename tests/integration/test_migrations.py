@@ -53,3 +53,30 @@ def test_timestamps_are_timestamptz(database_settings):
             "WHERE table_schema = 'public' AND data_type = 'timestamp without time zone'"
         )
         assert cur.fetchall() == []
+
+
+def test_the_models_are_what_the_migrations_make(database_settings):
+    """Every table and column the models declare exists after `upgrade head`, with the same nullability, and the
+    migrations make none the models lack (a column added to a model without its migration fails here)."""
+    from sqlalchemy import create_engine, inspect
+
+    from campaigns.db.models import Base
+
+    engine = create_engine(database_settings.sqlalchemy_url())
+    try:
+        live = inspect(engine)
+        declared = Base.metadata.tables
+        assert set(declared) <= set(live.get_table_names())
+        problems = []
+        for name, table in declared.items():
+            columns = {c["name"]: c for c in live.get_columns(name)}
+            for column in table.columns:
+                if column.name not in columns:
+                    problems.append(f"{name}.{column.name}: declared, not migrated")
+                elif columns[column.name]["nullable"] != column.nullable:
+                    problems.append(f"{name}.{column.name}: nullable {column.nullable} in the model, "
+                                    f"{columns[column.name]['nullable']} in the database")
+            problems += [f"{name}.{c}: migrated, not declared" for c in set(columns) - set(table.columns.keys())]
+        assert not problems, problems
+    finally:
+        engine.dispose()
