@@ -37,14 +37,19 @@ def _operator_consumer(settings: Settings) -> Any:
         "group.id": f"{settings.kafka.topic('operator')}-{time.monotonic_ns()}", "enable.auto.commit": False}))
 
 
-def _existing_topic(consumer: Any, topic: str) -> Any:
-    """The topic's metadata; ValidationError at once if the broker does not have it (the broker does not create
-    topics on demand here, so a producer would wait for it until its delivery timeout)."""
-    metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-    if metadata is None or metadata.error is not None:
-        raise ValidationError(f"topic {topic!r} does not exist (create the pipeline's topics with "
-                              "`campaigns topics create`; CAMPAIGNS_KAFKA__TOPIC_PREFIX names them)")
-    return metadata
+def _existing_topic(consumer: Any, topic: str, *, wait_s: float = 0.0) -> Any:
+    """The topic's metadata; ValidationError if the broker does not have it (the broker does not create topics on
+    demand here, so a producer would wait for it until its delivery timeout). ``wait_s``: how long to wait for a
+    topic created moments ago to reach this broker's metadata (it propagates asynchronously)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is not None and metadata.error is None:
+            return metadata
+        if time.monotonic() >= deadline:
+            raise ValidationError(f"topic {topic!r} does not exist (create the pipeline's topics with "
+                                  "`campaigns topics create`; CAMPAIGNS_KAFKA__TOPIC_PREFIX names them)")
+        time.sleep(0.2)
 
 
 def read_range(settings: Settings, topic: str, span: Range, *, timeout_s: float = 30.0) -> Iterator[Any]:
@@ -130,7 +135,7 @@ def replay(
     if to_topic is not None and not dry_run:  # fail before reading anything, not after a delivery timeout
         checker = _operator_consumer(settings)
         try:
-            _existing_topic(checker, to_topic)
+            _existing_topic(checker, to_topic, wait_s=5.0)
         finally:
             checker.close()
     producer = None if dry_run else KafkaProducer(settings.kafka)
