@@ -1,0 +1,73 @@
+"""``python -m bench.compare REV [REV ...] [--rounds 3] [--size 100000]``: the e2e figure of several versions of the
+code, side by side, interleaved round by round (REV1, REV2, ..., then again), on the same broker and database.
+
+Each REV is checked out in a temporary git worktree and runs that tree's own harness (``python -m bench e2e``,
+its own migrations into its own private database, its own worker) with this virtualenv's Python. Trees from
+before the least-privilege roles (migration 0006) expect one database role for everything: they run as the
+schema owner (``CAMPAIGNS_DATABASE__USER``/``__PASSWORD`` from ``CAMPAIGNS_PG_OWNER``, default
+``campaigns_owner``). PostgreSQL is made durable for the whole comparison and restored afterwards. Prints one
+line per run and a summary (median recipients/s, worker and PostgreSQL CPU seconds per 1,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .cli import durability
+from .env import REPO_ROOT
+
+
+def _run(tree: Path, size: int, out: Path, as_owner: bool) -> dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    if as_owner:
+        env["CAMPAIGNS_DATABASE__USER"] = env["CAMPAIGNS_DATABASE__PASSWORD"] = os.environ.get(
+            "CAMPAIGNS_PG_OWNER", "campaigns_owner")
+    argv = [sys.executable, "-m", "bench", "e2e", "--sizes", str(size), "--batch-sizes", "1000", "--runs", "1",
+            "--no-markdown", "--json", str(out)]
+    subprocess.run(argv, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+    result = next(iter(json.loads(out.read_text())["results"]["e2e"].values()))[0]
+    return {k: result[k] for k in ("recipients_per_s", "worker_cpu_s_per_1k", "postgres_cpu_s_per_1k")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("revs", nargs="+", help="git revisions (e.g. a53f88b HEAD)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--size", type=int, default=100_000)
+    args = p.parse_args(argv)
+    results: dict[str, list[dict[str, float]]] = {rev: [] for rev in args.revs}
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp, durability("durable"):
+        trees = {}
+        for rev in args.revs:
+            tree = Path(tmp) / rev.replace("/", "_")
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev], cwd=REPO_ROOT, check=True)  # noqa: S603,S607
+            trees[rev] = tree
+        try:
+            for round_no in range(1, args.rounds + 1):
+                for rev, tree in trees.items():
+                    roles = tree / "migrations" / "versions" / "0006_api_tokens_and_least_privilege.py"
+                    as_owner = not roles.exists()
+                    figures = _run(tree, args.size, Path(tmp) / f"{rev}-{round_no}.json".replace("/", "_"), as_owner)
+                    results[rev].append(figures)
+                    print(f"round {round_no} {rev}: {figures['recipients_per_s']:,.0f}/s, worker "
+                          f"{figures['worker_cpu_s_per_1k']:.3f}, PostgreSQL {figures['postgres_cpu_s_per_1k']:.3f} "
+                          f"CPU s /1k (load {os.getloadavg()[0]:.2f})", flush=True)
+        finally:
+            for tree in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO_ROOT, check=False)  # noqa: S603,S607
+    for rev, runs in results.items():
+        median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(f"{rev}: median {median['recipients_per_s']:,.0f}/s, worker {median['worker_cpu_s_per_1k']:.3f}, "
+              f"PostgreSQL {median['postgres_cpu_s_per_1k']:.3f} CPU s /1k over {len(runs)} rounds")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
