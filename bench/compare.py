@@ -25,7 +25,8 @@ from .env import REPO_ROOT
 
 
 def _run(tree: Path, size: int, out: Path, as_owner: bool) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    # The services are this checkout's (its .state): a newer tree's harness reads the cluster's state from there.
+    env = dict(os.environ, PYTHONPATH=str(tree), CAMPAIGNS_STATE_DIR=str(REPO_ROOT / ".state"))
     if as_owner:
         env["CAMPAIGNS_DATABASE__USER"] = env["CAMPAIGNS_DATABASE__PASSWORD"] = os.environ.get(
             "CAMPAIGNS_PG_OWNER", "campaigns_owner")
