@@ -244,12 +244,12 @@ class AnalyticsStage(CompletionStage):
             campaign = ids.get(o["campaign_id"])
             if campaign in known and len(o["outcome_id"]) <= OUTCOME_ID_MAX and o["attempt"] >= 0:
                 occurred = o["occurred_at"]
-                try:  # the window must be representable (not past the end of year 9999)
-                    window_bounds(occurred if isinstance(occurred, datetime)
-                                  else datetime.fromtimestamp(occurred / 1000, UTC), self._window_s)
+                try:  # the window must be representable (not past the end of year 9999); apply() uses it
+                    window = window_bounds(occurred if isinstance(occurred, datetime)
+                                           else datetime.fromtimestamp(occurred / 1000, UTC), self._window_s)
                 except (OverflowError, ValueError, OSError):
                     continue
-                kept.append(dict(o, campaign_id=campaign))
+                kept.append(dict(o, campaign_id=campaign, window=window))
         if len(kept) < len(outcomes):
             self.undecodable += len(outcomes) - len(kept)
             log.warning("analytics: skipping %d outcomes of unknown campaigns or with invalid values",
@@ -301,10 +301,13 @@ class AnalyticsStage(CompletionStage):
             ends: dict[tuple[str, datetime | None], datetime | None] = {}
             for oid in new_ids:
                 o = by_id[oid]
-                occurred = o["occurred_at"]
-                if not isinstance(occurred, datetime):
-                    occurred = datetime.fromtimestamp(occurred / 1000, UTC)
-                start, end = window_bounds(occurred, self._window_s)
+                if "window" in o:  # computed by _countable
+                    start, end = o["window"]
+                else:
+                    occurred = o["occurred_at"]
+                    if not isinstance(occurred, datetime):
+                        occurred = datetime.fromtimestamp(occurred / 1000, UTC)
+                    start, end = window_bounds(occurred, self._window_s)
                 for key in ((o["campaign_id"], start), (o["campaign_id"], None)):
                     aggregates[key].add(o["status"], o["attempt"], o["latency_ms"])
                 ends[(o["campaign_id"], start)] = end
