@@ -104,23 +104,26 @@ LIVE_CLAIMS_SQL = "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id
 _by_pair = itemgetter(0, 1)
 
 
+KEY, VALUE = True, False  # a column of keys (ints, canonical UUIDs: no quoting needed), or of any values
+
+
 def _columns(rows_: Sequence[Sequence[Any]], *plain: bool) -> list[str]:
     """The rows, in (campaign, recipient) order, as one array literal per column: the arrays ``unnest`` takes.
-    ``plain[i]``: column i holds only ints and canonical UUIDs (the keys), which need no quoting."""
+    ``plain[i]``: column i is a ``KEY`` column (ints and canonical UUIDs, unquoted) or a ``VALUE`` one."""
     if not rows_:
         return ["{}"] * len(plain)
     columns = zip(*sorted(rows_, key=_by_pair), strict=True)
     return [plain_array_literal(c) if p else array_literal(c) for c, p in zip(columns, plain, strict=True)]
 
 
-_KEYS = (True, True)
+_KEYS = (KEY, KEY)
 
 
 def claim(cur: Any, rows: Sequence[tuple[str, int, str, str, datetime, datetime]]) -> list[Key]:
     """Claim ``(campaign, recipient, message id, channel, now, lease until)``; the pairs this call won."""
     if not rows:
         return []
-    cur.execute(CLAIM_SQL, _columns(rows, True, True, True, False, False, False))
+    cur.execute(CLAIM_SQL, _columns(rows, KEY, KEY, KEY, VALUE, VALUE, VALUE))
     return [(c, r) for c, r in cur.fetchall()]
 
 
@@ -146,7 +149,7 @@ def record_results(cur: Any, results: Sequence[tuple[Any, ...]]) -> list[Key]:
     whose claim the caller still held (only those were written)."""
     if not results:
         return []
-    cur.execute(RECORD_RESULTS_SQL, _columns(results, True, True, False, False, False, False, False, False))
+    cur.execute(RECORD_RESULTS_SQL, _columns(results, KEY, KEY, *[VALUE] * 6))
     return [(c, r) for c, r in cur.fetchall()]
 
 
@@ -155,7 +158,7 @@ def cancel_messages(cur: Any, messages: Sequence[tuple[str, int, str]], channel:
     how many rows changed."""
     if not messages:
         return 0
-    cur.execute(CANCEL_MESSAGES_SQL, (channel, now, now, *_columns(messages, True, True, True)))
+    cur.execute(CANCEL_MESSAGES_SQL, (channel, now, now, *_columns(messages, KEY, KEY, KEY)))
     return len(cur.fetchall())
 
 
@@ -172,7 +175,7 @@ def record_terminal(cur: Any, status: str, rows_: Sequence[tuple[Any, ...]]) -> 
     updated)`` for recipients without a terminal row."""
     if rows_:
         sql = RECORD_CANCELLED_SQL if status == "cancelled" else RECORD_SKIPPED_SQL
-        cur.execute(sql, _columns(rows_, True, True, True, False, False, False, False, False))
+        cur.execute(sql, _columns(rows_, KEY, KEY, KEY, *[VALUE] * 5))
 
 
 def terminal_rows(cur: Any, campaign: str, recipients: Sequence[int], status: str) -> list[tuple[Any, Any, Any]]:
