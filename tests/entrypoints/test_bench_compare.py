@@ -1,0 +1,37 @@
+"""The benchmark's documented helpers as users run them: ``ops/postgres/postgres.sh durability on|off`` and
+``python -m bench.compare REV`` (a tree from its own git worktree, on a durable PostgreSQL, put back afterwards)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.entrypoints.conftest import REPO_ROOT
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+SCRIPT = REPO_ROOT / "ops" / "postgres" / "postgres.sh"
+
+
+def _durability(*args: str) -> str:
+    result = subprocess.run(["bash", str(SCRIPT), "durability", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_durability_switches_and_compare_restores_it(settings):
+    found = _durability()
+    try:
+        assert _durability("on") == "fsync=on full_page_writes=on synchronous_commit=on"
+        assert _durability("off") == "fsync=off full_page_writes=off synchronous_commit=off"
+        result = subprocess.run([sys.executable, "-m", "bench.compare", "HEAD", "--rounds", "1", "--size", "2000"],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        assert "round 1 HEAD: " in result.stdout and "HEAD: median " in result.stdout, result.stdout
+        assert _durability() == "fsync=off full_page_writes=off synchronous_commit=off"  # put back as found
+        worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
+        assert "bench-compare-" not in worktrees  # its worktree is gone
+    finally:
+        _durability("on" if "fsync=on" in found else "off")
