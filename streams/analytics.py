@@ -28,18 +28,18 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Message
 
 from campaigns.codec import get_codec
 from campaigns.core.states import CampaignAction
 from campaigns.core.vocabulary import COUNTERS, PER_RECIPIENT_OUTCOMES, RECEIPT_OUTCOMES, STATUS_TO_COUNTER
 from campaigns.core.windows import window_bounds
-from campaigns.errors import SchemaError
 from campaigns.service import CampaignService
 from campaigns.settings import Settings
 from campaigns.topics import ANALYTICS, ANALYTICS_GROUP, OUTCOME_COUNTS, OUTCOMES
 from producers.kafka import KafkaProducer
 from sinks import analytics, recipient_log
+from streams.runtime import ConsumerPort, StageRuntime, build_consumer, decoded, where
 
 log = logging.getLogger(__name__)
 
@@ -158,70 +158,68 @@ class CompletionStage:
 
 
 class AnalyticsStage(CompletionStage):
-    """Consumes ``delivery.outcomes`` in micro-batches. Run :meth:`run_forever` in its own thread."""
+    """Consumes ``delivery.outcomes`` in micro-batches on the stage runtime (:mod:`streams.runtime`). Run
+    :meth:`run_forever` in its own thread."""
 
     def __init__(
         self, settings: Settings, producer: KafkaProducer, service: CampaignService,
         clock: Callable[[], float] = time.time, batch_size: int = 5000, metrics: Any = None,
+        consumer: ConsumerPort | None = None, sweep_every_s: float = 2.0,
     ) -> None:
         super().__init__(settings, service, clock, metrics)
         self._settings = settings
         self._producer = producer
-        self._batch_size = batch_size
         self._codec = get_codec()
         self._window_s = settings.analytics.window_s
+        self._sweep_every_s = sweep_every_s
         kafka = settings.kafka
         self._topic = kafka.topic(OUTCOMES)
         self._analytics_topic = kafka.topic(ANALYTICS)
         self._counts_topic = kafka.topic(OUTCOME_COUNTS)
-        self._consumer = Consumer(kafka.stage_consumer(kafka.topic(ANALYTICS_GROUP)))
+        self._touched: set[str] = set()  # campaigns the last batch counted: checked once its offsets are committed
+        self.runtime = StageRuntime(
+            "analytics", consumer or build_consumer(kafka, kafka.topic(ANALYTICS_GROUP)), producer, self,
+            batch_size=batch_size, tick=self._after_batch)
         self.received = 0  # outcomes decoded (counted or recognised as already counted)
         self.counted = 0
         self.undecodable = 0
         self.unbacked = 0  # outcomes no recipient-log row backs (not counted)
 
-    def run_forever(self, stop: threading.Event, sweep_every_s: float = 2.0) -> None:
-        self._consumer.subscribe([self._topic])
-        try:
-            while not stop.is_set():
-                self.run_once()
-                if self._clock() - self._last_sweep >= sweep_every_s:
-                    self.sweep()
-        finally:
-            self._consumer.close()
-            self._conn.close()
+    def run_forever(self, stop: threading.Event, sweep_every_s: float | None = None) -> None:
+        if sweep_every_s is not None:
+            self._sweep_every_s = sweep_every_s
+        self.runtime.subscribe([self._topic])
+        self.runtime.run_forever(stop)
 
     def run_once(self) -> int:
-        messages = self._consumer.consume(num_messages=self._batch_size, timeout=0.2)
-        if messages:
-            self.process(messages)
-        return len(messages)
+        n = self.runtime.run_once()
+        self._after_batch(sweep=False)
+        return n
 
-    def process(self, messages: list[Message]) -> None:
-        outcomes = []
-        for msg in messages:
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("analytics: consume error %s", msg.error())
-                continue
-            try:
-                outcomes.append(self._codec.decode(msg.value(), "DeliveryOutcome"))
-            except SchemaError as exc:
-                self.undecodable += 1
-                log.warning("analytics: skipping undecodable outcome at %s[%d]@%d: %s",
-                            msg.topic(), msg.partition(), msg.offset(), exc)
+    def close(self) -> None:
+        self._conn.close()
+
+    def handle(self, messages: list[Message]) -> None:
+        """Count the batch's outcomes (one transaction) and produce the rows it changed; the runtime then
+        flushes and commits. An outcome that cannot be decoded, whatever the decoder raises, is skipped."""
+        outcomes = [o for _, o in decoded(messages, self._decode, self._skip, "analytics")]
         self.received += len(outcomes)
-        touched = self.apply(self._countable(outcomes))
-        self._producer.flush()
-        try:
-            self._consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            # E.g. the coordinator is loading after a broker restart. The batch is counted in PostgreSQL,
-            # so a redelivery changes nothing; crashing here instead would rebuild the consumer, and the
-            # old member, unable to leave the group, would stall the new one's join for a session timeout.
-            log.warning("analytics: offset commit failed (%s); the batch may be redelivered", exc)
+        self._touched |= self.apply(self._countable(outcomes))
+
+    def _decode(self, msg: Message) -> dict[str, Any]:
+        return self._codec.decode(msg.value(), "DeliveryOutcome")
+
+    def _skip(self, msg: Message, exc: Exception) -> None:
+        self.undecodable += 1
+        log.warning("analytics: skipping undecodable outcome at %s: %s", where(msg), exc)
+
+    def _after_batch(self, sweep: bool = True) -> None:
+        """Completion and the threshold for the campaigns the committed batch counted; the sweep when due."""
+        touched, self._touched = self._touched, set()
         if touched:
             self.check_campaigns(touched)
+        if sweep and self._clock() - self._last_sweep >= self._sweep_every_s:
+            self.sweep()
 
     def _countable(self, outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Drop (and log) outcomes that would fail the batch on every redelivery, stopping the partition:
