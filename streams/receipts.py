@@ -12,7 +12,8 @@ Per micro-batch, in ONE PostgreSQL transaction (``sinks/receipts.py``):
 4. suppress the address of hard bounces, complaints and STOP replies (a message's address is the customer's
    current one on that channel; a STOP reply's is the sender's, normalised).
 
-Then commit, publish the changed analytics rows, flush, commit offsets. A crash before the commit redoes the
+Then commit, publish the changed analytics rows; the stage runtime (``streams/runtime.py``) flushes and commits
+the offsets. A crash before the commit redoes the
 batch; after it, the redo finds the timestamps set and adds nothing (the rows are published again, unchanged).
 
 Receipts that arrive before their send is recorded: a provider can call back before the sender's batch has
@@ -42,7 +43,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.errors
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from campaigns.codec import get_codec
 from campaigns.core.receipts import (
@@ -56,11 +57,11 @@ from campaigns.core.receipts import (
 )
 from campaigns.core.vocabulary import CHANNELS, SuppressionReason
 from campaigns.core.windows import window_bounds
-from campaigns.errors import SchemaError
 from campaigns.settings import Settings
 from campaigns.topics import ANALYTICS, RECEIPTS, RECEIPTS_GROUP
 from producers.kafka import KafkaProducer
 from sinks import receipts as sink
+from streams.runtime import ConsumerPort, Offsets, StageRuntime, build_consumer, decoded, where
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ class ReceiptsStage:
     """Consumes ``delivery.receipts`` in micro-batches. Run :meth:`run_forever` in its own thread."""
 
     def __init__(
-        self, settings: Settings, producer: KafkaProducer, clock: Callable[[], float] = time.time, metrics: Any = None
+        self, settings: Settings, producer: KafkaProducer, clock: Callable[[], float] = time.time, metrics: Any = None,
+        consumer: ConsumerPort | None = None,
     ) -> None:
         self._metrics = metrics  # campaigns.metrics.PipelineMetrics, optional
         self._batch_counts: Counter[tuple[str, str]] = Counter()
@@ -111,8 +113,9 @@ class ReceiptsStage:
         self._window_s = settings.analytics.window_s
         self._topic = kafka.topic(RECEIPTS)
         self._analytics_topic = kafka.topic(ANALYTICS)
-        self._consumer = Consumer(kafka.stage_consumer(kafka.topic(RECEIPTS_GROUP)))
-        self._consumer.subscribe([self._topic], on_revoke=self._on_revoke)
+        self.runtime = StageRuntime("receipts", consumer or build_consumer(kafka, kafka.topic(RECEIPTS_GROUP)),
+                                    producer, self, batch_size=self._config.batch_size)
+        self.runtime.subscribe([self._topic], on_revoke=self._on_revoke)
         self._conn = psycopg2.connect(settings.database.dsn())
         self._held: list[_Held] = []
         self._positions: dict[tuple[str, int], int] = {}  # next offset to commit when nothing there is held
@@ -124,12 +127,13 @@ class ReceiptsStage:
         self.undecodable = 0
 
     def run_forever(self, stop: threading.Event) -> None:
-        try:
-            while not stop.is_set():
-                self.run_once()
-        finally:
-            self._consumer.close()
-            self._conn.close()
+        self.runtime.run_forever(stop)
+
+    def run_once(self) -> int:
+        return self.runtime.run_once()
+
+    def close(self) -> None:
+        self._conn.close()
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         # The new owner re-reads from the committed offset, which is at or before every held receipt.
@@ -138,45 +142,24 @@ class ReceiptsStage:
         for key in lost:
             self._positions.pop(key, None)
 
-    def run_once(self) -> int:
-        messages = self._consumer.consume(num_messages=self._config.batch_size, timeout=0.2)
-        self.process(messages)
-        return len(messages)
-
     @property
     def held(self) -> int:
         return len(self._held)
 
-    def process(self, messages: list[Message]) -> None:
+    def handle(self, messages: list[Message]) -> Offsets:
+        """Apply the batch's receipts and the held ones that are due; the offsets that may be committed."""
         now = self._clock()
         fresh: list[_Held] = []
         for msg in messages:
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("receipts: consume error %s", msg.error())
-                continue
-            key = (msg.topic(), msg.partition())
-            self._positions[key] = msg.offset() + 1
-            try:
-                receipt = Receipt.from_record(self._codec.decode(msg.value(), "DeliveryReceipt"))
-                _check(receipt, self._window_s)
-            except (SchemaError, ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
-                self.undecodable += 1
-                self._batch_counts[("", "undecodable")] += 1
-                log.warning(
-                    "receipts: skipping undecodable receipt at %s[%d]@%d: %s",
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
-                    exc,
-                )
-                continue
-            fresh.append(_Held(receipt, key, msg.offset(), now, now))
+            if msg.error() is None:
+                self._positions[(msg.topic(), msg.partition())] = msg.offset() + 1
+        for msg, receipt in decoded(messages, self._decode, self._skip, "receipts"):
+            fresh.append(_Held(receipt, (msg.topic(), msg.partition()), msg.offset(), now, now))
         self.received += len(fresh)
         due = [h for h in self._held if h.next_try <= now]
         if not fresh and not due:
             self._report()
-            return
+            return self._done()
         batch = fresh + due
         unknown = self._apply_retrying(batch)
         due_ids = {id(h) for h in due}
@@ -199,8 +182,18 @@ class ReceiptsStage:
             h.next_try = now + h.wait
             h.wait = min(h.wait * 2, MAX_RETRY_WAIT_S)
             self._held.append(h)
-        self._commit_offsets()
         self._report()
+        return self._done()
+
+    def _decode(self, msg: Message) -> Receipt:
+        receipt = Receipt.from_record(self._codec.decode(msg.value(), "DeliveryReceipt"))
+        _check(receipt, self._window_s)
+        return receipt
+
+    def _skip(self, msg: Message, exc: Exception) -> None:
+        self.undecodable += 1
+        self._batch_counts[("", "undecodable")] += 1
+        log.warning("receipts: skipping undecodable receipt at %s: %s", where(msg), exc)
 
     def _report(self) -> None:
         if self._metrics is not None and self._batch_counts:
@@ -302,21 +295,11 @@ class ReceiptsStage:
             self._producer.produce(
                 self._analytics_topic, record["campaign_id"], self._codec.encode("CampaignAnalytics", record)
             )
-        self._producer.flush()
         return [h for key, held in by_id.items() if key not in found for h in held]
 
-    def _commit_offsets(self) -> None:
-        """Commit each partition's position, but never past its oldest held receipt."""
+    def _done(self) -> Offsets:
+        """Each partition's position, but never past its oldest held receipt (a crash re-delivers it)."""
         oldest: dict[tuple[str, int], int] = {}
         for h in self._held:
             oldest[h.partition] = min(h.offset, oldest.get(h.partition, h.offset))
-        offsets = [
-            TopicPartition(topic, partition, oldest.get((topic, partition), position))
-            for (topic, partition), position in self._positions.items()
-        ]
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            log.warning("receipts: offset commit failed (%s); the batch may be redelivered (harmless)", exc)
+        return {key: oldest.get(key, position) for key, position in self._positions.items()}
