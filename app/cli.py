@@ -775,8 +775,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 def cmd_commands(args: argparse.Namespace) -> int:
     from campaigns.settings import load_settings
-    from producers.commands import CommandConsumer
     from producers.topics import COMMANDS
+    from streams.commands import CommandConsumer
 
     _setup_logging()
     settings = load_settings()

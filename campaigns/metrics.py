@@ -216,7 +216,7 @@ def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS) -
     """Consumer group -> the topics it consumes (physical names), for the stages of the pipeline.
 
     The group names follow the stages: ``sender-<channel>`` (streams/sender.py), ``analytics``
-    (streams/analytics.py) and the command consumer's (producers/commands.py), all with the topic prefix.
+    (streams/analytics.py) and the command consumer's (streams/commands.py), all with the topic prefix.
     """
 
     kafka = settings.kafka

@@ -197,6 +197,10 @@ class AnalyticsStage(CompletionStage):
         return n
 
     def close(self) -> None:
+        """Leave the group and close the database connection. Idempotent."""
+        self.runtime.close()
+
+    def release(self) -> None:
         self._conn.close()
 
     def handle(self, messages: list[Message]) -> None:

@@ -133,6 +133,10 @@ class ReceiptsStage:
         return self.runtime.run_once()
 
     def close(self) -> None:
+        """Leave the group and close the database connection. Idempotent."""
+        self.runtime.close()
+
+    def release(self) -> None:
         self._conn.close()
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:

@@ -77,17 +77,29 @@ def build_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> Con
     return Consumer(kafka.stage_consumer(group_id, **overrides))
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """What a stage's ``handle`` returns when something outside the batch (PostgreSQL unreachable) stopped it part
+    way: the offsets it did finish, committed as usual, and the failure, raised once they are. The stage has
+    already rewound (``seek``) the partitions it could not finish."""
+
+    done: Offsets
+    failure: Exception
+
+
 class Handler(Protocol):
     """A stage as the runtime drives it."""
 
-    def handle(self, messages: list[Message]) -> Offsets | None:
-        """Handle one batch (steps 2 of the module docstring): write the sinks, produce the derived records.
+    def handle(self, messages: list[Message]) -> Offsets | Unfinished | None:
+        """Handle one batch (step 2 of the module docstring): write the sinks, produce the derived records.
         Return the offsets that are done, or None for every record given. Called with an empty batch too, so a
-        stage can do due work (held receipts, a probe) when nothing arrives."""
+        stage can do due work (held receipts, a probe) when nothing arrives. A stage whose sink write depends on
+        its records being acknowledged (the command consumer records a rejection only once it is on its topic)
+        flushes the producer itself first."""
         ...
 
-    def close(self) -> None:
-        """Release what the stage holds besides the consumer (connections, event loop). Idempotent."""
+    def release(self) -> None:
+        """Release what the stage holds besides the consumer (connections, event loop, its producer)."""
         ...
 
 
@@ -161,10 +173,30 @@ class StageRuntime:
         """One batch: take, handle, flush, commit. Returns how many records it took."""
         messages = self.take() if self.take is not None else self.consumer.consume(
             num_messages=self.batch_size, timeout=self.poll_timeout_s)
-        done = self.stage.handle(messages)
-        self.producer.flush()
+        try:
+            done = self.stage.handle(messages)
+            self.producer.flush()
+        except BaseException:
+            self.rewind(messages)
+            raise
+        if isinstance(done, Unfinished):
+            self.commit(done.done)
+            raise done.failure
         self.commit(offsets_after(messages) if done is None else done)
         return len(messages)
+
+    def rewind(self, messages: Iterable[Message]) -> None:
+        """Seek each partition of ``messages`` back to its first record: a batch that failed is read again by this
+        consumer if it is driven on (its rebuilt successor starts at the committed offsets anyway)."""
+        first: dict[Partition, int] = {}
+        for msg in messages:
+            if msg.error() is None:
+                first.setdefault((msg.topic(), msg.partition()), msg.offset())
+        for (topic, partition), offset in first.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:  # e.g. the partition was revoked meanwhile: its new owner re-reads it
+                log.warning("%s: cannot rewind %s[%d] (%s)", self.name, topic, partition, exc)
 
     def commit(self, offsets: Offsets) -> None:
         """Commit ``offsets`` synchronously. A failed commit is logged, not raised: the batch is durable, and its
@@ -180,7 +212,7 @@ class StageRuntime:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Batches until ``stop`` is set. On every exit, normal or not, the consumer is closed first, then the
-        stage; an exception then propagates to the worker, which rebuilds the stage."""
+        stage's resources released; an exception then propagates to the worker, which rebuilds the stage."""
         try:
             while not stop.is_set():
                 self.run_once()
@@ -190,11 +222,11 @@ class StageRuntime:
             self.close()
 
     def close(self) -> None:
-        """Leave the group (its partitions move at once), then close the stage. Idempotent."""
+        """Leave the group (its partitions move at once), then release the stage's resources. Idempotent."""
         if self._closed:
             return
         self._closed = True
         try:
             self.consumer.close()
         finally:
-            self.stage.close()
+            self.stage.release()

@@ -162,7 +162,7 @@ class Worker:
 
             self._spawn("relay", relay)
         if "commands" in stages:
-            from producers.commands import CommandConsumer
+            from streams.commands import CommandConsumer
 
             def commands() -> Callable[[], None]:
                 built = CommandConsumer(self.settings, service)

@@ -16,9 +16,10 @@ from campaigns.codec import get_codec
 from campaigns.core import signing
 from campaigns.errors import ServiceUnavailable
 from campaigns.service import CampaignService
-from producers.commands import CommandConsumer, SigningKey, command_group_id, send_command
+from producers.commands import SigningKey, command_group_id, send_command
 from producers.kafka import KafkaProducer
 from producers.topics import COMMANDS, COMMANDS_REJECTED, TopicSpec, ensure_topics
+from streams.commands import CommandConsumer
 from tests.helpers import wait_for
 from tests.integration.service_env import build_env
 

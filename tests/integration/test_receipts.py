@@ -353,7 +353,7 @@ def test_stage_applies_receipts_once_whatever_the_order_duplicates_or_replays(
         _drain(stage, lambda: stage.received >= received + len(records))
         assert _state(settings, campaign_id) == state  # not even updated_at moved
     finally:
-        stage.runtime.close()
+        stage.close()
 
     # Suppression is honoured by expansion (PAGE_SQL) and by the sender's claim (RESOLVE_SQL).
     segment = _query(settings, "SELECT segment_id FROM campaign_segments WHERE campaign_id = %s", campaign_id)[0][0]
@@ -394,7 +394,7 @@ def test_unknown_provider_ids_are_dropped_after_the_hold_and_counted(settings, s
         _drain(stage, lambda: stage.unmatched == 1 and stage.undecodable == 3)
         assert stage.held == 0
     finally:
-        stage.runtime.close()
+        stage.close()
     rendered = metrics.render().decode()
     assert 'campaigns_receipts_total{channel="sms",result="unmatched"} 1.0' in rendered
     assert 'campaigns_receipts_total{channel="sms",result="suppressed"} 1.0' in rendered
