@@ -19,7 +19,9 @@ per-event Faust machinery capped it at ~4.5k messages/s, a batched consumer at ~
 6. record the outcomes in one UPDATE; produce retries, dead letters and ``delivery.outcomes`` records;
    feed the campaigns' failure breakers (a tripped one fails its campaign before the next batch) and the
    channel breaker (an account error or a run of transport errors pauses the channel, failing nobody);
-   flush the producer; only then commit the consumer offsets.
+7. the stage runtime (``streams/runtime.py``) flushes the producer; only then does it commit the offsets.
+
+Steps 0-1 are the sender's ``take`` (what the runtime consumes), 2-6 its ``handle``.
 
 The one unavoidable window: a crash after the provider accepted a message and before step 6 committed
 leaves the claim unrecorded; after the lease expires the message is sent again. The code leans towards
@@ -44,7 +46,7 @@ from functools import partial
 from typing import Any, Protocol
 
 import psycopg2
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from campaigns.codec import get_codec
 from campaigns.core import states
@@ -69,6 +71,7 @@ from producers.dead_letters import DeadLetters
 from producers.kafka import KafkaProducer
 from sinks import campaign_progress, channels, recipient_log
 from streams import audience
+from streams.runtime import ConsumerPort, Offsets, StageRuntime, build_consumer
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +155,7 @@ class ChannelSender:
         campaigns: CampaignFailer,
         clock: Callable[[], float] = time.time,
         metrics: Any = None,
+        consumer: ConsumerPort | None = None,
     ) -> None:
         self._settings = settings
         self._service = campaigns
@@ -182,7 +186,9 @@ class ChannelSender:
         self._tier_hold_ms = {t: d * 1000 for t, d in zip(self._retry_topics, self._tier_delays, strict=True)}
         self._dead_letters = DeadLetters(producer, kafka.topic(MESSAGES_DLQ), clock)
         self._outcomes_topic = kafka.topic(OUTCOMES)
-        self._consumer = Consumer(kafka.stage_consumer(group_id or kafka.topic(sender_group(channel))))
+        self._consumer = consumer or build_consumer(kafka, group_id or kafka.topic(sender_group(channel)))
+        self.runtime = StageRuntime(f"{channel} sender", self._consumer, producer, self, take=self._take)
+        self._probing = False  # the batch taken is the half-open breaker's probe
         self._conn = psycopg2.connect(settings.database.dsn())
         self._campaigns: dict[str, CampaignState] = {}
         self._paused_until: dict[tuple[str, int], float] = {}  # retry partitions waiting for their head
@@ -199,33 +205,32 @@ class ChannelSender:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._consumer.subscribe(
+        self.runtime.subscribe(
             [self._main_topic, *self._retry_topics], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
 
     def run_forever(self, stop: threading.Event) -> None:
         self.start()
-        try:
-            while not stop.is_set():
-                self.run_once()
-        finally:
-            self.close()
+        self.runtime.run_forever(stop)
 
     def close(self) -> None:
+        """Leave the group, close the transport and the database connection. Idempotent."""
+        self.runtime.close()
+
+    def release(self) -> None:
         try:
-            self._consumer.close()
-        finally:
             self._loop.run_until_complete(self._transport.aclose())
             self._loop.close()
+        finally:
             self._conn.close()
 
     # --- rebalancing and rate share --------------------------------------------------------------
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: ConsumerPort, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         self._recompute_share()
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: ConsumerPort, partitions: list[TopicPartition]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}
         for key in revoked:
             self._assigned.discard(key)
@@ -294,17 +299,22 @@ class ChannelSender:
     # --- the loop --------------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """One batch; returns the number of records processed.
+        """One batch on the runtime (take, handle, flush, commit); returns the number of records taken."""
+        return self.runtime.run_once()
+
+    def _take(self) -> list[Message]:
+        """The records to handle now (the runtime's ``take``): steps 0 and 1 of the module docstring.
 
         Tokens are taken for records in hand, right before they are processed: never ahead of records still
         to arrive (the bucket would refill meanwhile and the provider would see the rate plus that refill
         when a campaign starts). Records beyond the tokens available wait in ``_carry``, in order.
         """
+        self._probing = False
         self._resume_due_partitions()
         gate = self._channel_gate()
         if gate == "open":  # the provider account is paused: nothing is sent, the group still sees us alive
             self._idle(0.5)
-            return 0
+            return []
         wanted = self._settings.sender.batch_size
         if len(self._carry) < wanted:
             timeout = 0 if self._carry else self._settings.sender.poll_timeout_s
@@ -312,26 +322,32 @@ class ChannelSender:
         free = self._free_prefix() if self._bucket is not None else 0
         if free:  # records that make no provider call (a finished or paused campaign, garbage): no token
             messages, self._carry = self._carry[:free], self._carry[free:]
-            self.process(messages)
-            return len(messages)
+            return messages
         tokens = self._tokens(len(self._carry)) if self._carry else 0
         if tokens == 0:
             if gate == "probe":
                 self._settle_probe([])  # nothing to probe with yet: the probe is given back
             if self._carry:
                 self._wait_for_tokens()
-            return 0
+            return []
         if gate == "probe":  # half-open: one message tells whether the provider takes our account again
             self._refund(tokens - 1)
             tokens = 1
+            self._probing = True
         # Per partition the carry is in offset order, so a prefix of it is a prefix of every partition.
         messages, self._carry = self._carry[:tokens], self._carry[tokens:]
+        return messages
+
+    def handle(self, messages: list[Message]) -> Offsets:
+        """Steps 2-6 for the records taken; the offsets the runtime commits once it has flushed."""
+        if not messages:
+            return {}
         calls = self.process(messages)
-        if gate == "probe":
+        if self._probing:
             self._settle_probe(calls)
         if self._paused_until:  # a held retry partition was rewound to its head: its later records come again
             self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in self._paused_until]
-        return len(messages)
+        return self._done(messages)
 
     def _free_prefix(self) -> int:
         """How many records at the head of the carry will make no provider call: undecodable ones and those of
@@ -397,7 +413,7 @@ class ChannelSender:
             self._consumer.resume([TopicPartition(t, p) for t, p in due])
 
     def process(self, messages: list[Message]) -> list[Pending]:
-        """One batch of records, in the order of the module docstring; returns the claims it called out."""
+        """Steps 2-6 for one batch of records; returns the claims it called out. The runtime flushes and commits."""
         self.stats.received += len(messages)
         pending: list[Pending] = []
         held: set[tuple[str, int]] = set()
@@ -474,13 +490,12 @@ class ChannelSender:
             recorded = self._record_results(claimed, states)
             self._check_breakers(recorded, states)
             self._check_channel(claimed)
-        self._producer.flush()
-        self._commit(messages)
         if self._metrics is not None:  # once per batch: counters grow by what the stats gained
             self._metrics.sender_batch(self._channel, self.stats, claimed)
         return claimed
 
-    def _commit(self, messages: list[Message]) -> None:
+    def _done(self, messages: list[Message]) -> Offsets:
+        """One past each partition's last record, except a held retry partition: its position (the held head)."""
         offsets: dict[tuple[str, int], int] = {}
         for msg in messages:
             if msg.error() is None:
@@ -488,14 +503,11 @@ class ChannelSender:
                 if key in self._paused_until:
                     continue  # rewound: its position is the held record, committed below
                 offsets[key] = max(offsets.get(key, -1), msg.offset() + 1)
-        commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        commit += [TopicPartition(t, p, self._position(t, p)) for (t, p) in self._paused_until
-                   if self._position(t, p) >= 0]
-        if commit:
-            try:
-                self._consumer.commit(offsets=commit, asynchronous=False)
-            except Exception as exc:  # a rebalance took the partition: it will be redelivered, claims dedupe
-                log.warning("%s sender: offset commit failed (%s); records will be redelivered", self._channel, exc)
+        for topic, partition in self._paused_until:
+            position = self._position(topic, partition)
+            if position >= 0:
+                offsets[(topic, partition)] = position
+        return offsets
 
     def _position(self, topic: str, partition: int) -> int:
         positions = self._consumer.position([TopicPartition(topic, partition)])
