@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Message, TopicPartition
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
@@ -56,7 +56,7 @@ from campaigns.errors import (
     TransitionNotAllowed,
     ValidationError,
 )
-from campaigns.service import IMPORT_COMMAND_TYPES, CampaignService, CommandRequest, CommandResult
+from campaigns.service import IMPORT_COMMAND_TYPES, CommandRequest, CommandResult
 from campaigns.settings import Settings
 from producers.commands import COMMAND_RECORD, command_group_id, command_request
 from producers.dead_letters import DeadLetters
@@ -78,6 +78,19 @@ class Rejection:
     campaign_id: str | None = None
 
 
+class CommandService(Protocol):
+    """What the command consumer needs of :class:`~campaigns.service.CampaignService` (the port its unit tests fake)."""
+
+    def command_key(self, key_id: str) -> tuple[str, str] | None: ...
+
+    def execute_command(self, command: CommandRequest) -> CommandResult: ...
+
+    def record_rejected_command(self, command_id: str, reason: str) -> bool: ...
+
+    def run_import(self, actor: str, operation: str, work: Callable[[Any], Any], describe: Callable[[Any], Any], *,
+                   command_id: str | None = None) -> tuple[str, Any]: ...
+
+
 class CommandConsumer:
     """Consumes ``campaign.commands`` and applies each command via the service (see module docstring).
 
@@ -88,7 +101,7 @@ class CommandConsumer:
     def __init__(
         self,
         settings: Settings,
-        service: CampaignService,
+        service: CommandService,
         publisher: Publisher | None = None,
         *,
         group_id: str | None = None,

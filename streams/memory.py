@@ -33,11 +33,11 @@ class MemoryConsumer:
     on_revoke: Callable[..., Any] | None = None
 
     def add(self, topic: str, value: bytes | None, *, key: bytes | None = None, partition: int = 0,
-            timestamp_ms: int = 0) -> Message:
+            timestamp_ms: int = 0, headers: list[tuple[str, bytes | None]] | None = None) -> Message:
         """Append a record to ``topic[partition]`` and return it (with its offset)."""
         records = self.log.setdefault((topic, partition), [])
         msg = Message(topic=topic, partition=partition, offset=len(records), key=key, value=value,
-                      timestamp=(1, timestamp_ms))  # 1: TIMESTAMP_CREATE_TIME
+                      headers=headers, timestamp=(1, timestamp_ms))  # 1: TIMESTAMP_CREATE_TIME
         records.append(msg)
         return msg
 
