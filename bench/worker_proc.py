@@ -90,22 +90,20 @@ def _producer_overrides() -> None:
 
 def _consumer_overrides() -> None:
     """Experiments only: ``BENCH_CONSUMER_OVERRIDES="queued.max.messages.kbytes=8192"`` adds librdkafka
-    configuration to the senders' and the analytics stage's consumers."""
+    configuration to every stage's consumer (``streams.runtime.build_consumer``)."""
     text = os.environ.get("BENCH_CONSUMER_OVERRIDES", "").strip()
     if not text:
         return
     import confluent_kafka
 
-    import streams.analytics
-    import streams.sender
+    import streams.runtime
 
     conf = dict(item.split("=", 1) for item in text.split(","))
 
     def consumer(config: dict[str, Any]) -> Any:
         return confluent_kafka.Consumer({**config, **conf})
 
-    streams.sender.Consumer = consumer  # type: ignore[assignment]
-    streams.analytics.Consumer = consumer  # type: ignore[assignment]
+    streams.runtime.Consumer = consumer  # type: ignore[assignment,misc]
 
 
 if __name__ == "__main__":
