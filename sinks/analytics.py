@@ -6,6 +6,10 @@ only those that were not there (ON CONFLICT DO NOTHING RETURNING), and :func:`ad
 those to their window and totals rows. In one transaction, a redelivered or replayed outcome is never counted
 twice.
 
+:class:`AnalyticsStore` is what the batch stage and completion (``streams/analytics.py``) need of the database, one
+transaction per call; :class:`PostgresAnalyticsStore` is it on a psycopg2 connection and
+:class:`sinks.memory.MemoryAnalyticsStore` the in-memory fake their unit tests use.
+
 The Faust analytics:
 
 A *part* is the absolute count of one (campaign, window, source partition of ``delivery.outcomes``), with
@@ -26,14 +30,21 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
+import psycopg2
 import psycopg2.extras
 
 from campaigns.core.vocabulary import COUNTERS
+from sinks import campaign_progress, recipient_log
 from sinks.arrays import array_literal, plain_array_literal
+from sinks.campaign_progress import CompletionRow
+
+Key = tuple[str, int]  # (campaign, recipient)
+Row = tuple[Any, ...]  # a campaign_analytics row: ROW_FIELDS
 
 VALUES = (*COUNTERS, "latency_count", "latency_sum_ms", "latency_max_ms")
 
@@ -159,3 +170,84 @@ def write_parts(
     rows = psycopg2.extras.execute_values(cur, RESUM_SQL, keys, template=_KEY_TEMPLATE, page_size=len(keys),
                                           fetch=True)
     return [dict(zip(ROW_FIELDS, row, strict=True)) for row in rows]
+
+
+class AnalyticsStore(Protocol):
+    """The batch analytics' and completion's database: each call is one transaction of its own."""
+
+    def known_campaigns(self, campaign_ids: Iterable[str]) -> set[str]:
+        """Which of ``campaign_ids`` (canonical UUID text) are campaigns."""
+        ...
+
+    def log_rows(self, keys: Sequence[Key]) -> dict[Key, tuple[str, int]]:
+        """``(status, attempts)`` of the recipient-log rows of ``keys`` that exist."""
+        ...
+
+    def count(self, outcomes: Mapping[str, str], rows_for: Callable[[list[str]], list[Row]],
+              ) -> tuple[list[str], list[Row]]:
+        """In one transaction: mark ``outcomes`` (outcome id -> campaign) counted, add ``rows_for(the ids that were
+        not counted before)`` (the :func:`add_to_rows` input) to their rows; the new ids and the rows as they are
+        now. A repeated outcome id is never counted twice."""
+        ...
+
+    def active_expanded(self) -> set[str]:
+        """The active campaigns whose expansion is done."""
+        ...
+
+    def completion_rows(self, campaign_ids: Iterable[str]) -> list[CompletionRow]:
+        """Those campaigns' state and analytics totals."""
+        ...
+
+    def terminal_count(self, campaign_id: str) -> int:
+        """How many of the campaign's recipient-log rows are terminal."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PostgresAnalyticsStore:
+    """:class:`AnalyticsStore` on one psycopg2 connection (``dsn``): each method one transaction, rolled back if it
+    raises (the connection is then usable again, or the stage is rebuilt if PostgreSQL went away)."""
+
+    def __init__(self, dsn: str) -> None:
+        self._conn = psycopg2.connect(dsn)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        try:
+            with self._conn.cursor() as cur:
+                yield cur
+            self._conn.commit()
+        except BaseException:
+            if not self._conn.closed:
+                self._conn.rollback()
+            raise
+
+    def known_campaigns(self, campaign_ids: Iterable[str]) -> set[str]:
+        with self._transaction() as cur:
+            return known_campaigns(cur, campaign_ids)
+
+    def log_rows(self, keys: Sequence[Key]) -> dict[Key, tuple[str, int]]:
+        with self._transaction() as cur:
+            return {(r[0], r[1]): (r[2], r[3]) for r in recipient_log.rows(cur, sorted(keys))}
+
+    def count(self, outcomes: Mapping[str, str], rows_for: Callable[[list[str]], list[Row]],
+              ) -> tuple[list[str], list[Row]]:
+        with self._transaction() as cur:
+            new_ids = first_seen(cur, list(outcomes.items()))
+            return new_ids, add_to_rows(cur, rows_for(new_ids))
+
+    def active_expanded(self) -> set[str]:
+        with self._transaction() as cur:
+            return campaign_progress.active_expanded(cur)
+
+    def completion_rows(self, campaign_ids: Iterable[str]) -> list[CompletionRow]:
+        with self._transaction() as cur:
+            return campaign_progress.completion_rows(cur, list(campaign_ids))
+
+    def terminal_count(self, campaign_id: str) -> int:
+        with self._transaction() as cur:
+            return campaign_progress.terminal_count(cur, campaign_id)
+
+    def close(self) -> None:
+        self._conn.close()

@@ -53,9 +53,36 @@ STATES_SQL = (
     "SELECT id::text, status, max_retries, backoff_base_s, backoff_max_s, retry_jitter, failure_threshold, "
     "failure_min_sample FROM campaigns WHERE id = ANY(%s::uuid[])"
 )
+ACTIVE_EXPANDED_SQL = "SELECT id::text FROM campaigns WHERE status = 'active' AND expansion_done"
+COMPLETION_SQL = (
+    "SELECT c.id::text, c.status, c.expansion_done, c.total_recipients, c.failure_threshold, "
+    "c.failure_min_sample, coalesce(a.sent, 0), coalesce(a.failed, 0), "
+    "coalesce(a.sent + a.failed + a.skipped + a.cancelled, 0) "
+    "FROM campaigns AS c LEFT JOIN campaign_analytics AS a "
+    "ON a.campaign_id = c.id AND a.window_start IS NULL WHERE c.id = ANY(%s::uuid[])"
+)
+TERMINAL_LOG_SQL = (
+    "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s "
+    "AND status IN ('sent', 'failed', 'skipped', 'cancelled')"
+)
 LOCK_ACTIVE_SQL = (
     "SELECT id::text FROM campaigns WHERE id = ANY(%s::uuid[]) AND status = 'active' ORDER BY id FOR SHARE"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRow:
+    """What completion and the failure threshold read of a campaign: its state and its analytics totals."""
+
+    campaign_id: str
+    status: str
+    expansion_done: bool
+    total_recipients: int | None
+    failure_threshold: float
+    failure_min_sample: int
+    sent: int
+    failed: int
+    terminal: int  # sent + failed + skipped + cancelled, as counted by the analytics
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,3 +160,21 @@ def lock_active(cur: Any, campaign_ids: Sequence[str]) -> set[str]:
     """Share-lock the rows of those campaigns that are active (until the transaction ends); their ids."""
     cur.execute(LOCK_ACTIVE_SQL, (sorted(campaign_ids),))
     return {row[0] for row in cur.fetchall()}
+
+
+def active_expanded(cur: Any) -> set[str]:
+    """The active campaigns whose expansion is done (the ones completion may end)."""
+    cur.execute(ACTIVE_EXPANDED_SQL)
+    return {row[0] for row in cur.fetchall()}
+
+
+def completion_rows(cur: Any, campaign_ids: Sequence[str]) -> list[CompletionRow]:
+    """The state and analytics totals of those campaigns."""
+    cur.execute(COMPLETION_SQL, (sorted(campaign_ids),))
+    return [CompletionRow(*row) for row in cur.fetchall()]
+
+
+def terminal_count(cur: Any, campaign_id: str) -> int:
+    """How many of the campaign's recipient-log rows are terminal (the authority completion checks)."""
+    cur.execute(TERMINAL_LOG_SQL, (campaign_id,))
+    return int(cur.fetchone()[0])

@@ -24,21 +24,18 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-import psycopg2
-import psycopg2.extras
 from confluent_kafka import Message
 
 from campaigns.codec import get_codec
 from campaigns.core.states import CampaignAction
 from campaigns.core.vocabulary import COUNTERS, PER_RECIPIENT_OUTCOMES, RECEIPT_OUTCOMES, STATUS_TO_COUNTER
 from campaigns.core.windows import window_bounds
-from campaigns.service import CampaignService
 from campaigns.settings import Settings
 from campaigns.topics import ANALYTICS, ANALYTICS_GROUP, OUTCOME_COUNTS, OUTCOMES
 from producers.kafka import KafkaProducer
-from sinks import analytics, recipient_log
+from sinks.analytics import ROW_FIELDS, AnalyticsStore, PostgresAnalyticsStore
 from streams.runtime import ConsumerPort, StageRuntime, build_consumer, decoded, where
 
 log = logging.getLogger(__name__)
@@ -49,10 +46,12 @@ PER_RECIPIENT = PER_RECIPIENT_OUTCOMES
 _BIGINT_MAX = 2**63 - 1
 LOG_RECOUNT_EVERY_S = 30.0  # the completion backstop: campaigns' logs counted whatever their totals say
 OUTCOME_ID_MAX = 128  # analytics_seen_outcomes.outcome_id is VARCHAR(128)
-TERMINAL_LOG_SQL = (
-    "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s "
-    "AND status IN ('sent', 'failed', 'skipped', 'cancelled')"
-)
+
+
+class CampaignFinisher(Protocol):
+    """What completion needs of the service: end a campaign (True if this call did)."""
+
+    def finish_campaign(self, campaign_id: uuid.UUID, action: CampaignAction, detail: Any) -> bool: ...
 
 
 class Aggregate:
@@ -80,12 +79,12 @@ class CompletionStage:
     totals (threshold). The worker's ``completion`` stage, next to the Faust analytics (``streams/tally.py``);
     :class:`AnalyticsStage` runs the same checks after each batch it counts, and this sweep."""
 
-    def __init__(self, settings: Settings, service: CampaignService, clock: Callable[[], float] = time.time,
-                 metrics: Any = None) -> None:
+    def __init__(self, settings: Settings, service: CampaignFinisher, clock: Callable[[], float] = time.time,
+                 metrics: Any = None, store: AnalyticsStore | None = None) -> None:
         self._metrics = metrics  # campaigns.metrics.PipelineMetrics, optional
         self._service = service
         self._clock = clock
-        self._conn = psycopg2.connect(settings.database.dsn())
+        self._store = store or PostgresAnalyticsStore(settings.database.dsn())
         self._last_sweep = 0.0
         self._last_log_count = 0.0
 
@@ -95,7 +94,7 @@ class CompletionStage:
                 self.sweep()
                 stop.wait(sweep_every_s)
         finally:
-            self._conn.close()
+            self._store.close()
 
     # --- completion and failure threshold ----------------------------------------------------------
 
@@ -107,10 +106,7 @@ class CompletionStage:
         every 2 s was the largest read of PostgreSQL, for a backstop (the totals are exact: outcomes are counted
         in the transaction that dedupes them, and an outcome whose row committed is re-emitted until counted)."""
         self._last_sweep = now = self._clock()
-        with self._conn.cursor() as cur:
-            cur.execute("SELECT id::text FROM campaigns WHERE status = 'active' AND expansion_done")
-            ids = {row[0] for row in cur.fetchall()}
-        self._conn.commit()
+        ids = self._store.active_expanded()
         recount = now - self._last_log_count >= LOG_RECOUNT_EVERY_S
         if recount:
             self._last_log_count = now
@@ -121,40 +117,25 @@ class CompletionStage:
         """Fail campaigns over their failure threshold; complete those whose every recipient is terminal.
 
         ``count_log`` checks the recipient log even when the analytics totals say it is not done yet."""
-        with self._conn.cursor() as cur:
-            cur.execute(
-                "SELECT c.id::text, c.status, c.expansion_done, c.total_recipients, c.failure_threshold, "
-                "c.failure_min_sample, coalesce(a.sent, 0), coalesce(a.failed, 0), "
-                "coalesce(a.sent + a.failed + a.skipped + a.cancelled, 0) "
-                "FROM campaigns AS c LEFT JOIN campaign_analytics AS a "
-                "ON a.campaign_id = c.id AND a.window_start IS NULL WHERE c.id = ANY(%s::uuid[])",
-                (list(campaign_ids),),
-            )
-            rows = cur.fetchall()
-        self._conn.commit()
-        for cid, status, expanded, total, threshold, min_sample, sent, failed, terminal in rows:
-            if status != "active":
+        for row in self._store.completion_rows(campaign_ids):
+            if row.status != "active":
                 continue
+            cid, sent, failed, threshold, total = row.campaign_id, row.sent, row.failed, row.failure_threshold, \
+                row.total_recipients
             attempted = sent + failed
-            if attempted >= max(min_sample, 1) and failed / attempted > threshold:
+            if attempted >= max(row.failure_min_sample, 1) and failed / attempted > threshold:
                 if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.FAIL,
                                                  {"failed": failed, "sent": sent, "threshold": threshold}):
                     if self._metrics is not None:
                         self._metrics.campaign_transition("failed")
                     log.warning("campaign %s failed: %d of %d sends failed", cid, failed, attempted)
                 continue
-            if expanded and total is not None and (terminal >= total or count_log) and self._log_complete(cid, total):
+            if (row.expansion_done and total is not None and (row.terminal >= total or count_log)
+                    and self._store.terminal_count(cid) >= total):
                 if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.COMPLETE, {"recipients": total}):
                     if self._metrics is not None:
                         self._metrics.campaign_transition("completed")
                     log.info("campaign %s completed: %d recipients", cid, total)
-
-    def _log_complete(self, campaign_id: str, total: int) -> bool:
-        with self._conn.cursor() as cur:
-            cur.execute(TERMINAL_LOG_SQL, (campaign_id,))
-            terminal = cur.fetchone()[0]
-        self._conn.commit()
-        return bool(terminal >= total)
 
 
 class AnalyticsStage(CompletionStage):
@@ -162,11 +143,11 @@ class AnalyticsStage(CompletionStage):
     :meth:`run_forever` in its own thread."""
 
     def __init__(
-        self, settings: Settings, producer: KafkaProducer, service: CampaignService,
+        self, settings: Settings, producer: KafkaProducer, service: CampaignFinisher,
         clock: Callable[[], float] = time.time, batch_size: int = 5000, metrics: Any = None,
-        consumer: ConsumerPort | None = None, sweep_every_s: float = 2.0,
+        consumer: ConsumerPort | None = None, sweep_every_s: float = 2.0, store: AnalyticsStore | None = None,
     ) -> None:
-        super().__init__(settings, service, clock, metrics)
+        super().__init__(settings, service, clock, metrics, store)
         self._settings = settings
         self._producer = producer
         self._codec = get_codec()
@@ -201,7 +182,7 @@ class AnalyticsStage(CompletionStage):
         self.runtime.close()
 
     def release(self) -> None:
-        self._conn.close()
+        self._store.close()
 
     def handle(self, messages: list[Message]) -> None:
         """Count the batch's outcomes (one transaction) and produce the rows it changed; the runtime then
@@ -235,12 +216,7 @@ class AnalyticsStage(CompletionStage):
                 ids[raw] = str(uuid.UUID(raw))
             except ValueError:
                 continue
-        known: set[str] = set()
-        if ids:
-            with self._conn.cursor() as cur:
-                cur.execute("SELECT id::text FROM campaigns WHERE id = ANY(%s::uuid[])", (sorted(set(ids.values())),))
-                known = {row[0] for row in cur.fetchall()}
-            self._conn.commit()
+        known = self._store.known_campaigns(set(ids.values())) if ids else set()
         kept = []
         for o in outcomes:
             campaign = ids.get(o["campaign_id"])
@@ -267,12 +243,7 @@ class AnalyticsStage(CompletionStage):
         for o in outcomes:
             if o["status"] in PER_RECIPIENT and _bigint(o["recipient_id"]):
                 keys.add((o["campaign_id"], int(o["recipient_id"])))
-        rows: dict[tuple[str, int], tuple[str, int]] = {}
-        if keys:
-            with self._conn.cursor() as cur:
-                for row in recipient_log.rows(cur, sorted(keys)):
-                    rows[(row[0], row[1])] = (row[2], row[3])
-            self._conn.commit()
+        rows = self._store.log_rows(sorted(keys)) if keys else {}
         kept = []
         for o in outcomes:
             if o["status"] not in PER_RECIPIENT:
@@ -297,10 +268,13 @@ class AnalyticsStage(CompletionStage):
         if not outcomes:
             return set()
         by_id = {o["outcome_id"]: o for o in outcomes}
-        with self._conn.cursor() as cur:
-            new_ids = analytics.first_seen(cur, [(oid, o["campaign_id"]) for oid, o in by_id.items()])
-            aggregates: dict[tuple[str, datetime | None], Aggregate] = defaultdict(Aggregate)
-            ends: dict[tuple[str, datetime | None], datetime | None] = {}
+        aggregates: dict[tuple[str, datetime | None], Aggregate] = defaultdict(Aggregate)
+        ends: dict[tuple[str, datetime | None], datetime | None] = {}
+
+        def rows_for(new_ids: list[str]) -> list[tuple[Any, ...]]:
+            """The window and totals rows to add for the outcomes not counted before (in the store's transaction)."""
+            aggregates.clear()
+            ends.clear()
             for oid in new_ids:
                 o = by_id[oid]
                 if "window" in o:  # computed by _countable
@@ -314,16 +288,15 @@ class AnalyticsStage(CompletionStage):
                     aggregates[key].add(o["status"], o["attempt"], o["latency_ms"])
                 ends[(o["campaign_id"], start)] = end
                 ends.setdefault((o["campaign_id"], None), None)
-            if not aggregates:
-                self._conn.commit()
-                return set()
             now = datetime.now(UTC)
-            rows = [
+            return [
                 (cid, start, ends[(cid, start)], *a.counts.values(), a.latency_count, a.latency_sum, a.latency_max, now)
                 for (cid, start), a in sorted(aggregates.items(), key=lambda kv: (kv[0][0], kv[0][1] is None))
             ]
-            updated = analytics.add_to_rows(cur, rows)
-        self._conn.commit()
+
+        new_ids, updated = self._store.count({oid: o["campaign_id"] for oid, o in by_id.items()}, rows_for)
+        if not new_ids:
+            return set()
         self.counted += len(new_ids)
         if self._metrics is not None:  # once per batch, aggregated by (channel, status) inside
             self._metrics.outcomes_counted(by_id[oid] for oid in new_ids)
@@ -339,8 +312,7 @@ class AnalyticsStage(CompletionStage):
                 "latency_max_ms": a.latency_max,
             }))
         for row in updated:
-            record = dict(zip(("campaign_id", "window_start", "window_end", *COUNTERS, "latency_count",
-                               "latency_sum_ms", "latency_max_ms", "updated_at", "complained"), row, strict=True))
+            record = dict(zip(ROW_FIELDS, row, strict=True))
             self._producer.produce(self._analytics_topic, record["campaign_id"],
                                    self._codec.encode("CampaignAnalytics", record))
         return {cid for cid, _ in aggregates}
