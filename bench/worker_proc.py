@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "transports": {c: t.report() for c, t in transports.items()},
         "errors": [repr(e) for e in worker.errors],
-        "sender_stats": {c: dict(vars(s.stats)) for c, s in worker.senders.items()},
+        "sender_stats": {c: [dict(vars(s.stats)) for s in running] for c, running in worker.senders.items()},
     }
     args.report.write_text(json.dumps(report))
     return 0

@@ -200,6 +200,7 @@ class ChannelSender:
         self._aimd: AimdRate | None = None
         self._semaphore_size = settings.sender.max_in_flight
         self.stats = SenderStats()
+        self.slot = 0  # which of the worker's sender consumers of this channel it is (settings.sender.consumers)
         self._loop = asyncio.new_event_loop()
 
     # --- lifecycle -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import psycopg2
@@ -69,7 +70,7 @@ class Worker:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     stop_event: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
-    senders: dict[str, ChannelSender] = field(default_factory=dict)
+    senders: dict[str, list[ChannelSender]] = field(default_factory=dict)  # channel -> its sender consumers
     expander: Expander | None = None
     analytics: AnalyticsStage | None = None
     errors: list[BaseException] = field(default_factory=list)
@@ -110,19 +111,24 @@ class Worker:
             with transaction(sessions) as session:
                 limits = repo.channel_limits(session)
             transports = self.transports
+            consumers = self.settings.sender.consumers
             for channel in self.channels:
                 rate, burst = limits.get(channel, (None, None)) if self.rate_limits else (None, None)
+                self.senders[channel] = []
+                if self.metrics is not None:
+                    self.metrics.watch_rate_limiter(channel, partial(_combined_rate, self.senders[channel]))
+                for i in range(consumers):
+                    def sender(channel: str = channel, rate: float | None = rate, burst: int | None = burst,
+                               i: int = i):  # type: ignore[no-untyped-def]
+                        transport = (transports or build_transports(self.settings.providers))[channel]
+                        built = ChannelSender(self.settings, channel, transport, producer_for(),
+                                              rate_per_s=rate, burst=burst, campaigns=service, metrics=self.metrics)
+                        built.slot = i
+                        running = self.senders[channel]  # a rebuilt sender replaces the one of its slot
+                        running[:] = [s for s in running if s.slot != i] + [built]
+                        return lambda: built.run_forever(self.stop_event)
 
-                def sender(channel: str = channel, rate: float | None = rate, burst: int | None = burst):  # type: ignore[no-untyped-def]
-                    transport = (transports or build_transports(self.settings.providers))[channel]
-                    built = ChannelSender(self.settings, channel, transport, producer_for(),
-                                          rate_per_s=rate, burst=burst, campaigns=service, metrics=self.metrics)
-                    self.senders[channel] = built
-                    if self.metrics is not None:
-                        self.metrics.watch_rate_limiter(channel, built.rate_limiter_state)
-                    return lambda: built.run_forever(self.stop_event)
-
-                self._spawn(f"sender-{channel}", sender)
+                    self._spawn(f"sender-{channel}" if consumers == 1 else f"sender-{channel}-{i}", sender)
         if "analytics" in stages:
             def analytics() -> Callable[[], None]:
                 self.analytics = AnalyticsStage(self.settings, producer_for(), service, metrics=self.metrics)
@@ -262,6 +268,17 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _combined_rate(senders: list[ChannelSender]) -> Any:
+    """One channel's rate limiter as the sum of its sender consumers' (each has its partitions' share)."""
+    from campaigns.metrics import RateLimiterState
+
+    states = [s for s in (sender.rate_limiter_state() for sender in list(senders)) if s is not None]
+    if not states:
+        return None
+    return RateLimiterState(rate=sum(s.rate for s in states), share=sum(s.share for s in states),
+                            channel_rate=states[0].channel_rate, tokens=sum(s.tokens for s in states))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ def test_replaying_messages_and_outcomes_resends_nothing_and_counts_nothing_twic
         sent_before = len(transport.sent)
         log_before, totals_before = log_counts(settings.database.dsn(), campaign_id), analytics_totals(
             settings.database.dsn(), campaign_id)
-        sender = worker.senders["email"]
+        [sender] = worker.senders["email"]
         received_before = sender.stats.received
 
         report = replay(settings, settings.kafka.topic("campaign.messages.email"), Range(), campaign=str(campaign_id))

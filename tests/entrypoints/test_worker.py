@@ -14,6 +14,7 @@ import pytest
 from campaigns.db.engine import make_engine, make_sessionmaker
 from campaigns.service import CampaignService
 from campaigns.settings import Settings
+from campaigns.topics import messages_topic, sender_group
 from tests.entrypoints.conftest import (
     REPO_ROOT,
     TERMINAL,
@@ -31,6 +32,21 @@ from tests.entrypoints.conftest import (
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+
+def _shares(settings: Settings, channel: str) -> int:
+    """How many members of the channel's sender group own partitions of ``campaign.messages.<channel>``, once the
+    group is stable (-1 while it rebalances)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    group = settings.kafka.topic(sender_group(channel))
+    main = settings.kafka.topic(messages_topic(channel))
+    admin = AdminClient(settings.kafka.as_librdkafka())
+    [description] = [f.result(30) for f in admin.describe_consumer_groups([group]).values()]
+    if description.state != ConsumerGroupState.STABLE:
+        return -1
+    return sum(1 for m in description.members if any(tp.topic == main for tp in m.assignment.topic_partitions))
 
 EXAMPLES = REPO_ROOT / "examples"
 CHANNELS = ("sms", "email", "whatsapp")
@@ -59,11 +75,15 @@ def prepare(entry: EntryPoints, tmp_path: Path, customers: int) -> dict[str, str
     return ids
 
 
-def test_worker_with_default_stages_runs_campaigns_end_to_end(entry: EntryPoints, settings: Settings, tmp_path):
+@pytest.mark.parametrize("sender_consumers", ["1", "2"])
+def test_worker_with_default_stages_runs_campaigns_end_to_end(entry: EntryPoints, settings: Settings, tmp_path,
+                                                               sender_consumers: str):
+    """Also with two sender consumers per channel (``sender.consumers``): the same campaigns, the same checks."""
     ids = prepare(entry, tmp_path, customers=300)
     # The WhatsApp template is registered with the provider, as it must be approved in a business account.
     simulator = entry.start_simulator("--template-file", str(EXAMPLES / "template-whatsapp.json"))
-    worker = entry.start_worker()  # no --stages: every stage, the relay included
+    # No --stages: every stage, the relay included.
+    worker = entry.start_worker(CAMPAIGNS_SENDER__CONSUMERS=sender_consumers)
     wait_for(lambda: metrics_up(worker.metrics_port) or not worker.alive, timeout=60, interval=0.2,
              what="the worker's /metrics endpoint")
     assert worker.alive, f"the worker exited at start:\n{worker.log_text()[-3000:]}"
@@ -97,6 +117,12 @@ def test_worker_with_default_stages_runs_campaigns_end_to_end(entry: EntryPoints
         assert expected[-1][1] in ("COMPLETED", "FAILED"), expected
         # At least once, in order: the outbox rows in id order are the topic's records, duplicates aside.
         assert list(dict.fromkeys(published)) == expected, f"{channel}: {published} vs {expected}"
+
+    # Each sender consumer is a member of its channel's group and, once the group is stable, owns a share of its
+    # main topic (the campaigns above can end before the last member's join has been rebalanced).
+    for channel in CHANNELS:
+        wait_for(lambda channel=channel: _shares(settings, channel) == int(sender_consumers), timeout=60, interval=0.5,
+                 what=f"{sender_consumers} {channel} sender consumers each owning partitions")
 
     restarts = scrape(worker.metrics_port, "campaigns_stage_restarts_total")
     assert all(value == 0 for value in restarts.values()), f"stages restarted: {restarts}"
