@@ -1,6 +1,9 @@
 """``python -m bench.compare REV [REV ...] [--rounds 3] [--size 100000]``: the e2e figure of several versions of the
 code, side by side, interleaved round by round (REV1, REV2, ..., then again), on the same broker and database.
 
+A REV may carry settings for its run: ``HEAD+CAMPAIGNS_SENDER__CONSUMERS=2`` (``+NAME=VALUE``, repeatable) runs
+HEAD's tree with that environment, so one version can be compared with itself under another configuration.
+
 Each REV is checked out in a temporary git worktree and runs that tree's own harness (``python -m bench e2e``,
 its own migrations into its own private database, its own worker) with this virtualenv's Python. Trees from
 before the least-privilege roles (migration 0006) expect one database role for everything: they run as the
@@ -24,9 +27,21 @@ from .cli import durability
 from .env import REPO_ROOT
 
 
-def _run(tree: Path, size: int, out: Path, as_owner: bool) -> dict[str, float]:
+def variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``REV+NAME=VALUE+...`` as (REV, {NAME: VALUE})."""
+    rev, *settings = spec.split("+")
+    env = {}
+    for item in settings:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"bench.compare: {spec!r}: expected REV+NAME=VALUE")
+        env[name] = value
+    return rev, env
+
+
+def _run(tree: Path, size: int, out: Path, as_owner: bool, extra: dict[str, str]) -> dict[str, float]:
     # The services are this checkout's (its .state): a newer tree's harness reads the cluster's state from there.
-    env = dict(os.environ, PYTHONPATH=str(tree), CAMPAIGNS_STATE_DIR=str(REPO_ROOT / ".state"))
+    env = dict(os.environ, PYTHONPATH=str(tree), CAMPAIGNS_STATE_DIR=str(REPO_ROOT / ".state"), **extra)
     if as_owner:
         env["CAMPAIGNS_DATABASE__USER"] = env["CAMPAIGNS_DATABASE__PASSWORD"] = os.environ.get(
             "CAMPAIGNS_PG_OWNER", "campaigns_owner")
@@ -39,25 +54,28 @@ def _run(tree: Path, size: int, out: Path, as_owner: bool) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("revs", nargs="+", help="git revisions (e.g. a53f88b HEAD)")
+    p.add_argument("revs", nargs="+", help="git revisions (e.g. a53f88b HEAD), each optionally +NAME=VALUE settings")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--size", type=int, default=100_000)
     args = p.parse_args(argv)
     results: dict[str, list[dict[str, float]]] = {rev: [] for rev in args.revs}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp, durability("durable"):
-        trees = {}
-        for rev in args.revs:
-            tree = Path(tmp) / rev.replace("/", "_")
-            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev], cwd=REPO_ROOT, check=True)  # noqa: S603,S607
-            trees[rev] = tree
+        trees: dict[str, Path] = {}
+        for rev, _ in map(variant, args.revs):
+            if rev not in trees:
+                trees[rev] = tree = Path(tmp) / rev.replace("/", "_")
+                subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev], cwd=REPO_ROOT,  # noqa: S603,S607
+                               check=True)
         try:
             for round_no in range(1, args.rounds + 1):
-                for rev, tree in trees.items():
+                for n, spec in enumerate(args.revs):
+                    rev, extra = variant(spec)
+                    tree = trees[rev]
                     roles = tree / "migrations" / "versions" / "0006_api_tokens_and_least_privilege.py"
                     as_owner = not roles.exists()
-                    figures = _run(tree, args.size, Path(tmp) / f"{rev}-{round_no}.json".replace("/", "_"), as_owner)
-                    results[rev].append(figures)
-                    print(f"round {round_no} {rev}: {figures['recipients_per_s']:,.0f}/s, worker "
+                    figures = _run(tree, args.size, Path(tmp) / f"run-{n}-{round_no}.json", as_owner, extra)
+                    results[spec].append(figures)
+                    print(f"round {round_no} {spec}: {figures['recipients_per_s']:,.0f}/s, worker "
                           f"{figures['worker_cpu_s_per_1k']:.3f}, PostgreSQL {figures['postgres_cpu_s_per_1k']:.3f} "
                           f"CPU s /1k (load {os.getloadavg()[0]:.2f})", flush=True)
         finally:

@@ -26,10 +26,12 @@ def test_durability_switches_and_compare_restores_it(settings):
     try:
         assert _durability("on") == "fsync=on full_page_writes=on synchronous_commit=on"
         assert _durability("off") == "fsync=off full_page_writes=off synchronous_commit=off"
-        result = subprocess.run([sys.executable, "-m", "bench.compare", "HEAD", "--rounds", "1", "--size", "2000"],
-                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        variant = "HEAD+CAMPAIGNS_SENDER__CONSUMERS=2"  # the same tree under other settings
+        result = subprocess.run([sys.executable, "-m", "bench.compare", "HEAD", variant, "--rounds", "1",
+                                 "--size", "2000"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-        assert "round 1 HEAD: " in result.stdout and "HEAD: median " in result.stdout, result.stdout
+        assert "round 1 HEAD: " in result.stdout and "\nHEAD: median " in result.stdout, result.stdout
+        assert f"round 1 {variant}: " in result.stdout and f"\n{variant}: median " in result.stdout, result.stdout
         assert _durability() == "fsync=off full_page_writes=off synchronous_commit=off"  # put back as found
         worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
         assert "bench-compare-" not in worktrees  # its worktree is gone
