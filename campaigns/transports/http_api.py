@@ -29,10 +29,10 @@ import json
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
-from urllib.parse import urlencode
 
 import aiohttp
 import httpx
+import yarl
 
 from campaigns.errors import TransientDeliveryError
 from campaigns.settings import ProviderSettings
@@ -45,6 +45,20 @@ log = logging.getLogger(__name__)
 _USER_AGENT = "campaigns-sender/0.1"
 _JSON = {"Content-Type": "application/json"}
 _FORM = "application/x-www-form-urlencoded"
+
+# ``application/x-www-form-urlencoded`` byte by byte, exactly as ``urllib.parse.urlencode`` (``quote_plus``, no
+# safe characters): unreserved ASCII kept, space -> ``+``, every other UTF-8 byte -> ``%XX``. One
+# ``str.translate`` over the UTF-8 bytes (read as Latin-1) costs a fifth of urlencode's per-character quoting,
+# which was a tenth of the SMS transport's client CPU per request.
+_FORM_BYTES = [f"%{byte:02X}" for byte in range(256)]
+for _byte in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~":
+    _FORM_BYTES[_byte] = chr(_byte)
+_FORM_BYTES[ord(" ")] = "+"
+
+
+def form_quote(value: str) -> str:
+    """``value`` as a form field name or value; equal to ``urllib.parse.quote_plus(value, safe="")``."""
+    return value.encode().decode("latin-1").translate(_FORM_BYTES)
 
 
 class _Poster(Protocol):
@@ -100,7 +114,7 @@ class _AiohttpPoster:
     def __init__(
         self, url: str, default_headers: Mapping[str, str], timeout_s: float, max_connections: int
     ) -> None:
-        self._url = url
+        self._url = yarl.URL(url)  # parsed once: aiohttp parses a str URL again on every request
         self._default_headers = dict(default_headers)
         # ``connect`` bounds the wait for a pooled connection plus connecting (nothing sent yet);
         # ``sock_read`` bounds the wait for the answer (the request may have been delivered).
@@ -117,7 +131,10 @@ class _AiohttpPoster:
             timeout=self._timeout,
             connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
             raise_for_status=False,
-            auto_decompress=True,
+            auto_decompress=True,  # free unless the answer is compressed; an API may compress its errors
+            # The provider APIs authenticate by header and set no cookies we must send back; the real jar
+            # filters its (empty) contents for every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self._session
 
@@ -284,10 +301,10 @@ class SmsTransport(_HttpTransport):
             settings=settings,
             client_transport=client_transport,
         )
-        self._from = settings.sms_from
+        self._from_field = f"From={form_quote(settings.sms_from)}"
 
     async def send(self, message: OutgoingMessage) -> SendReceipt:
-        content = urlencode({"To": message.address, "From": self._from, "Body": message.body}).encode()
+        content = f"To={form_quote(message.address)}&{self._from_field}&Body={form_quote(message.body)}".encode()
         headers = {"Content-Type": _FORM, "Idempotency-Key": message.message_id}
         body = await self._post_and_check(message, content, headers)
         sid = body.get("sid") if isinstance(body, dict) else None
