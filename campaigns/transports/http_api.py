@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 _USER_AGENT = "campaigns-sender/0.1"
 _JSON = {"Content-Type": "application/json"}
 _FORM = "application/x-www-form-urlencoded"
+# One encoder for every payload: ``json.dumps`` with options builds a new JSONEncoder on each call.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 # ``application/x-www-form-urlencoded`` byte by byte, exactly as ``urllib.parse.urlencode`` (``quote_plus``, no
 # safe characters): unreserved ASCII kept, space -> ``+``, every other UTF-8 byte -> ``%XX``. One
@@ -270,7 +272,7 @@ class WhatsAppTransport(_HttpTransport):
         return payload
 
     async def send(self, message: OutgoingMessage) -> SendReceipt:
-        content = json.dumps(self.payload(message), separators=(",", ":"), ensure_ascii=False).encode()
+        content = _JSON_ENCODER.encode(self.payload(message)).encode()
         body = await self._post_and_check(message, content, _JSON)
         provider_id = None
         if isinstance(body, dict):
