@@ -14,9 +14,11 @@ reports:
 * how many requests the simulator accepted in the round (read from its ``/_control/stats``): the round fails
   unless every message reached it and was accepted.
 
-``--compare REV`` also runs the ``campaigns`` package of git revision ``REV`` (extracted with ``git archive``
-to a temporary directory and put first on the client's ``sys.path``), interleaved with this tree's round by
-round (REV, this tree, REV, ...), against the same simulator, and prints the median ratio. ``--json PATH``
+``--backends aiohttp,http1`` runs this tree once per client backend (``providers.http_client``) in each round
+(default: the settings' default backend only). ``--compare REV`` also runs the ``campaigns`` package of git
+revision ``REV`` with its default backend (extracted with ``git archive`` to a temporary directory and put first
+on the client's ``sys.path``). Everything runs interleaved round by round (REV, this tree's backends, REV, ...)
+against the same simulator; the summary gives each one's medians and its ratio to the first. ``--json PATH``
 writes every round. Not part of ``python -m bench``: it needs no broker and no database.
 """
 
@@ -33,12 +35,18 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Only the standard library at module level: the client mode may put another tree's ``campaigns`` first on
 # sys.path, which must happen before anything imports ``campaigns`` (bench.env does).
 
 THIS_TREE = "this tree"
+
+
+class _Code(NamedTuple):
+    label: str
+    tree: Path | None  # None: this tree
+    backend: str | None  # None: the code's default backend
 
 
 # --- the client process ---------------------------------------------------------------------------------------
@@ -139,7 +147,7 @@ def _extract(rev: str, into: Path) -> Path:
 
 
 def _round(
-    url: str, sim_pid: int, env: dict[str, str], args: argparse.Namespace, label: str, tree: Path | None, tag: str
+    url: str, sim_pid: int, env: dict[str, str], args: argparse.Namespace, code: _Code, tag: str
 ) -> dict[str, Any]:
     from .env import REPO_ROOT, proc_cpu_seconds
 
@@ -157,8 +165,11 @@ def _round(
         "--tag",
         tag,
     ]
+    label, tree = code.label, code.tree
     if tree is not None:
         argv += ["--tree", str(tree)]
+    if code.backend is not None:
+        env = dict(env, CAMPAIGNS_PROVIDERS__HTTP_CLIENT=code.backend)
     before = _get(f"{url}/_control/stats")[args.channel]["accepted"]
     sim_cpu0 = proc_cpu_seconds(sim_pid)
     done = subprocess.run(argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)  # noqa: S603
@@ -174,6 +185,8 @@ def _round(
         )
     if tree is not None and not result["module"].startswith(str(tree)):
         raise RuntimeError(f"{label} ran {result['module']}, not the tree under {tree}")
+    if code.backend is not None and result["backend"] != code.backend:
+        raise RuntimeError(f"{label} ran the {result['backend']} backend")
     timed = result["timed"]
     return {
         "code": label,
@@ -202,10 +215,11 @@ def _parent(args: argparse.Namespace) -> int:
     )
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
-        codes: list[tuple[str, Path | None]] = []
+        codes: list[_Code] = []
         if args.compare:
-            codes.append((args.compare, _extract(args.compare, Path(tmp))))
-        codes.append((THIS_TREE, None))
+            codes.append(_Code(args.compare, _extract(args.compare, Path(tmp)), None))
+        for backend in args.backends.split(",") if args.backends else [None]:
+            codes.append(_Code(f"{THIS_TREE} ({backend})" if backend else THIS_TREE, None, backend))
         sim_argv = [
             sys.executable,
             "-m",
@@ -225,11 +239,11 @@ def _parent(args: argparse.Namespace) -> int:
                 if simulator.poll() is not None:
                     raise RuntimeError(f"the simulator exited {simulator.returncode}")
                 for round_no in range(1, args.rounds + 1):
-                    for index, (label, tree) in enumerate(codes):
-                        row = _round(url, simulator.pid, env, args, label, tree, tag=f"r{round_no}c{index}")
+                    for index, code in enumerate(codes):
+                        row = _round(url, simulator.pid, env, args, code, tag=f"r{round_no}c{index}")
                         rows.append({"round": round_no, **row})
                         print(
-                            f"round {round_no} {label}: client {row['client_cpu_s_per_1k']:.3f}, simulator "
+                            f"round {round_no} {code.label}: client {row['client_cpu_s_per_1k']:.3f}, simulator "
                             f"{row['simulator_cpu_s_per_1k']:.3f} CPU s /1k requests, "
                             f"{row['messages_per_s']:,.0f} msg/s, {row['accepted_by_simulator']} accepted by "
                             f"the simulator (load {os.getloadavg()[0]:.2f})",
@@ -243,22 +257,18 @@ def _parent(args: argparse.Namespace) -> int:
                     simulator.kill()
                     simulator.wait(10)
     medians = {}
-    for label, _tree in codes:
-        mine = [r for r in rows if r["code"] == label]
-        medians[label] = {
+    first = codes[0].label
+    for code in codes:
+        mine = [r for r in rows if r["code"] == code.label]
+        medians[code.label] = m = {
             k: statistics.median(r[k] for r in mine)
             for k in ("client_cpu_s_per_1k", "simulator_cpu_s_per_1k", "messages_per_s")
         }
-        m = medians[label]
+        ratio = m["client_cpu_s_per_1k"] / medians[first]["client_cpu_s_per_1k"]
         print(
-            f"{label}: median client {m['client_cpu_s_per_1k']:.3f}, simulator {m['simulator_cpu_s_per_1k']:.3f} "
-            f"CPU s /1k requests, {m['messages_per_s']:,.0f} msg/s over {len(mine)} rounds"
-        )
-    if args.compare:
-        old, new = medians[args.compare], medians[THIS_TREE]
-        print(
-            f"client CPU per request: {THIS_TREE} / {args.compare} = "
-            f"{new['client_cpu_s_per_1k'] / old['client_cpu_s_per_1k']:.2f}"
+            f"{code.label}: median client {m['client_cpu_s_per_1k']:.3f}, simulator "
+            f"{m['simulator_cpu_s_per_1k']:.3f} CPU s /1k requests, {m['messages_per_s']:,.0f} msg/s over "
+            f"{len(mine)} rounds; client CPU per request {ratio:.2f}x {first}'s"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rounds": rows, "medians": medians}, indent=2))
@@ -272,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channel", choices=("sms", "whatsapp"), default="sms")
     p.add_argument("--lanes", type=int, default=200, help="concurrent sends (the sender's max_in_flight)")
     p.add_argument("--connections", type=int, default=100, help="providers.max_connections")
+    p.add_argument("--backends", metavar="NAMES", help="this tree once per backend, e.g. aiohttp,http1")
     p.add_argument("--compare", metavar="REV", help="also run REV's campaigns package, interleaved")
     p.add_argument("--json", metavar="PATH")
     # The client process (started by the parent):

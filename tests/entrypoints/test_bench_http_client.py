@@ -29,22 +29,23 @@ def _run(tmp_path: Path, *args: str) -> tuple[dict, str]:
     return json.loads(out.read_text()), result.stdout
 
 
-def test_sms_rounds_reach_the_simulator_for_this_tree_and_a_git_revision(tmp_path: Path) -> None:
-    figures, stdout = _run(
-        tmp_path, "-n", "40", "--rounds", "2", "--lanes", "8", "--connections", "4", "--compare", "HEAD"
-    )
-    rounds = figures["rounds"]
-    assert [(r["round"], r["code"]) for r in rounds] == [(1, "HEAD"), (1, "this tree"), (2, "HEAD"), (2, "this tree")]
-    for row in rounds:
+def test_sms_rounds_reach_the_simulator_for_each_backend_and_a_git_revision(tmp_path: Path) -> None:
+    args = ("-n", "40", "--rounds", "2", "--lanes", "8", "--connections", "4", "--backends", "aiohttp,http1")
+    figures, stdout = _run(tmp_path, *args, "--compare", "HEAD")
+    codes = ["HEAD", "this tree (aiohttp)", "this tree (http1)"]
+    assert [(r["round"], r["code"]) for r in figures["rounds"]] == [(n, c) for n in (1, 2) for c in codes]
+    for row in figures["rounds"]:
         assert row["accepted_by_simulator"] == 40  # read from the simulator's own /_control/stats
-        assert row["backend"] == "aiohttp"
+        assert row["backend"] == ("http1" if row["code"].endswith("(http1)") else "aiohttp")
         assert row["client_cpu_s_per_1k"] > 0 and row["messages_per_s"] > 0
         assert row["simulator_cpu_s_per_1k"] >= 0  # /proc counts 10 ms ticks: 40 requests may not reach one
-    assert "client CPU per request: this tree / HEAD = " in stdout
+    assert "client CPU per request 1.00x HEAD's" in stdout
 
 
-@pytest.mark.parametrize("channel", ["whatsapp"])
-def test_other_channel_reaches_the_simulator(tmp_path: Path, channel: str) -> None:
-    figures, _ = _run(tmp_path, "-n", "12", "--rounds", "1", "--lanes", "3", "--channel", channel)
+@pytest.mark.parametrize("backend", ["aiohttp", "http1"])
+def test_whatsapp_reaches_the_simulator(tmp_path: Path, backend: str) -> None:
+    figures, _ = _run(
+        tmp_path, "-n", "12", "--rounds", "1", "--lanes", "3", "--channel", "whatsapp", "--backends", backend
+    )
     (row,) = figures["rounds"]
-    assert row["code"] == "this tree" and row["accepted_by_simulator"] == 12
+    assert row["code"] == f"this tree ({backend})" and row["backend"] == backend and row["accepted_by_simulator"] == 12
