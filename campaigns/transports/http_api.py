@@ -8,7 +8,7 @@ Three interchangeable client backends (``ProviderSettings.http_client``):
 * ``"httpx"``: ``httpx.AsyncClient``; also used whenever a test hands in an httpx ``client_transport``
   (e.g. ``httpx.MockTransport``) to exercise the transports without a network.
 * ``"http1"``: this project's own keep-alive HTTP/1.1 client (``http1.py``), which does only what these
-  calls need: 0.04 CPU s per 1,000 requests against aiohttp's 0.11 (``python -m bench.http_client``).
+  calls need: 0.05 CPU s per 1,000 requests against aiohttp's 0.10-0.12 (``python -m bench.http_client``).
 
 Failure reasons a caller can rely on (``TransientDeliveryError.reason``), the same for both backends:
 

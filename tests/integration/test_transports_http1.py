@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from campaigns.errors import TransientDeliveryError
-from campaigns.transports.http1 import Http1Poster
+from campaigns.transports.http1 import IDLE_KEEPALIVE_S, Http1Poster
 from tests.integration.test_transports_simulator import _self_signed_cert
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -150,8 +150,20 @@ async def test_an_idle_connection_the_server_closed_is_replaced() -> None:
         assert (await client.post(b"x", {}))[0] == 200
         # The client's loop has seen the end of stream of its idle connection (the test's condition, not a
         # guess: a request written before that would meet the close, as it may in production).
-        await asyncio.wait_for(_until(lambda: not any(c.usable for c in client._idle)), 5)
+        await asyncio.wait_for(_until(lambda: not any(c.usable for c, _ in client._idle)), 5)
         assert (await client.post(b"x", {}))[0] == 200
+        await client.aclose()
+    assert server.connections == 2
+
+
+async def test_a_connection_idle_too_long_is_closed_not_reused() -> None:
+    async with scripted(answer_ok) as (server, port):
+        client = poster(port)
+        assert (await client.post(b"x", {}))[0] == 200
+        ((connection, since),) = client._idle
+        client._idle[0] = (connection, since - IDLE_KEEPALIVE_S)  # as if unused for that long
+        assert (await client.post(b"x", {}))[0] == 200
+        assert not connection.usable  # closed by the client, not left to the server
         await client.aclose()
     assert server.connections == 2
 
