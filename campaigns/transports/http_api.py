@@ -2,15 +2,15 @@
 
 Three interchangeable client backends (``ProviderSettings.http_client``):
 
-* ``"aiohttp"`` (default): measured 5-15x less client CPU per request than httpx on this project's
-  machines, and it stays flat as the pool grows (httpcore's pool scans every connection, with a
-  ``poll()`` per connection, on each request: ~6 ms CPU per request at 100 connections);
+* ``"http1"`` (default): this project's own keep-alive HTTP/1.1 client (``http1.py``), which does only what
+  these calls need: 0.05 CPU s per 1,000 requests against aiohttp's 0.10-0.12 (``python -m bench.http_client``);
+* ``"aiohttp"``: measured 5-15x less client CPU per request than httpx on this project's machines, and it
+  stays flat as the pool grows (httpcore's pool scans every connection, with a ``poll()`` per connection, on
+  each request: ~6 ms CPU per request at 100 connections);
 * ``"httpx"``: ``httpx.AsyncClient``; also used whenever a test hands in an httpx ``client_transport``
   (e.g. ``httpx.MockTransport``) to exercise the transports without a network.
-* ``"http1"``: this project's own keep-alive HTTP/1.1 client (``http1.py``), which does only what these
-  calls need: 0.05 CPU s per 1,000 requests against aiohttp's 0.10-0.12 (``python -m bench.http_client``).
 
-Failure reasons a caller can rely on (``TransientDeliveryError.reason``), the same for both backends:
+Failure reasons a caller can rely on (``TransientDeliveryError.reason``), the same for every backend:
 
 * ``connect_error``, ``connect_timeout``, ``pool_timeout`` -- the request never reached the provider, a
   retry cannot cause a duplicate;
