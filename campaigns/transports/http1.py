@@ -374,6 +374,8 @@ class Http1Poster:
             timer.cancel()
         if connection.usable and not self._closed:
             self._idle.append((connection, loop.time()))
+        else:  # told to close, or the poster was closed while this call ran
+            connection.abort()
         return answer
 
     async def aclose(self) -> None:

@@ -236,6 +236,24 @@ async def test_a_cancelled_call_drops_its_connection_and_frees_its_slot() -> Non
     assert server.connections == 2
 
 
+async def test_closing_the_poster_mid_call_closes_that_connection_after_its_answer() -> None:
+    release = asyncio.Event()
+
+    async def held(n: int, request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        return await answer_ok(n, request, writer)
+
+    async with scripted(held) as (server, port):
+        client = poster(port)
+        call = asyncio.ensure_future(client.post(b"x", {}))
+        await asyncio.wait_for(_until(lambda: len(server.requests) == 1), 5)
+        await client.aclose()
+        release.set()
+        assert (await call)[0] == 200  # the call in flight still completes
+        await asyncio.wait_for(_until(lambda: server.open_now == 0), 5)  # and its connection is closed
+        assert client._idle == []
+
+
 async def test_connection_refused_is_a_connect_error() -> None:
     async with scripted(answer_ok) as (_, port):
         pass  # closed: nothing listens on the port any more
