@@ -301,7 +301,7 @@ class Http1Poster:
             host = f"{host}:{parts.port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         fixed = {"Host": host, **default_headers, "Accept-Encoding": "identity"}
-        # Everything but the per-request headers and body, encoded once.
+        # The request line and the headers every request carries, built once.
         self._head = f"POST {target} HTTP/1.1\r\n{_header_lines(fixed)}"
         self._timeout_s = timeout_s
         self._slots = asyncio.Semaphore(max_connections)  # no loop is bound until first contended use
