@@ -377,8 +377,12 @@ class SimulatorConfig:
 # --------------------------------------------------------------------------- canned answers
 
 
+# One encoder for every answer: ``json.dumps`` with options builds a new JSONEncoder on each call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def _wa_error(code: int, message: str, *, kind: str = "OAuthException", details: str | None = None) -> bytes:

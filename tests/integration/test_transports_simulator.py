@@ -72,9 +72,9 @@ async def sim() -> AsyncIterator[ProviderSimulator]:
         await simulator.stop()
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
+@pytest.fixture(params=["aiohttp", "httpx", "http1"])
 def http_client(request: pytest.FixtureRequest) -> str:
-    """Both HTTP client backends of the WhatsApp/SMS transports go through the same tests."""
+    """Every HTTP client backend of the WhatsApp/SMS transports goes through the same tests."""
     return str(request.param)
 
 
