@@ -148,7 +148,7 @@ class CpuMeter:
     def _sample(self) -> dict[str, float]:
         busy, total = machine_busy_seconds()
         sample = {
-            "worker": sum(_safe_cpu(p) for p in self.pids),
+            "worker": sum(_safe_cpu(p) for pid in self.pids for p in _family(pid)),
             "postgres": postgres_backend_cpu(self.dbname),
             "machine_busy": busy,
             "machine_total": total,
@@ -174,6 +174,20 @@ class CpuMeter:
         if "kafka" in d:
             out["kafka_cpu_s"] = d["kafka"]
         return out
+
+
+def _family(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a worker's supervised children, such as the Faust analytics)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                continue
+    return found
 
 
 def _safe_cpu(pid: int) -> float:

@@ -11,6 +11,7 @@ its CPU seconds and peak RSS are its own.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,15 @@ log = logging.getLogger("bench")
 TERMINAL = ("sent", "failed", "skipped", "cancelled")
 
 
+# The worker's stages in the e2e runs. ``BENCH_STAGES="scheduler,expander,senders,tally,completion"`` measures the
+# Faust analytics instead of the batch stage (e.g. ``python -m bench.compare HEAD+BENCH_STAGES=...``).
+DEFAULT_STAGES = "scheduler,expander,senders,analytics"
+
+
+def _stages() -> str:
+    return os.environ.get("BENCH_STAGES", "").strip() or DEFAULT_STAGES
+
+
 def _worker(
     env: BenchEnv,
     prefix: str,
@@ -62,7 +72,7 @@ def _worker(
             "-m",
             "bench.worker_proc",
             "--stages",
-            "scheduler,expander,senders,analytics",
+            _stages(),
             "--channels",
             channel,
             "--no-rate-limits",
@@ -81,15 +91,14 @@ def _worker(
 
 def _ready(env: BenchEnv, prefix: str, channel: str, sub: Subprocess) -> None:
     settings = env.settings(prefix)
+    stages = _stages().split(",")
+    groups = {f"{prefix}sender-{channel}": f"{prefix}campaign.messages.{channel}"}
+    if "analytics" in stages:
+        groups[f"{prefix}analytics"] = f"{prefix}delivery.outcomes"
+    if "tally" in stages:  # the Faust app's group (streams.tally.APP_NAME) on the outcomes
+        groups[f"{prefix}campaigns-analytics"] = f"{prefix}delivery.outcomes"
     try:
-        wait_groups_ready(
-            settings,
-            {
-                f"{prefix}sender-{channel}": f"{prefix}campaign.messages.{channel}",
-                f"{prefix}analytics": f"{prefix}delivery.outcomes",
-            },
-            timeout=90,
-        )
+        wait_groups_ready(settings, groups, timeout=90)
     except TimeoutError:
         raise RuntimeError(f"worker not ready; its log ends:\n{sub.tail()}") from None
 
@@ -392,7 +401,7 @@ def simulator_run(env: BenchEnv, n: int, channel: str = "sms", batch: int = 1000
             "-m",
             "streams.worker",
             "--stages",
-            "scheduler,expander,senders,analytics",
+            _stages(),
             "--channels",
             channel,
             "--no-rate-limits",
