@@ -262,7 +262,7 @@ async def _enqueue(
     """Page through the audience like the expander: skipped rows directly, one job per eligible recipient."""
     from bullmq import Queue
 
-    from streams.audience import fetch_page
+    from sinks.audience import fetch_page
 
     queue = Queue(queue_name, {"connection": redis_url})
     conn = env.connect()

@@ -70,7 +70,7 @@ class CronSender:
         return finished
 
     async def _send_campaign(self, cid: str, batch: int, subject: str | None, body: str, segments: list[int]) -> None:
-        from streams.audience import fetch_page
+        from sinks.audience import fetch_page
 
         conn = self._conn
         after = 0

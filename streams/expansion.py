@@ -2,7 +2,7 @@
 
 Runs as a loop in the worker (``run_forever``) over the campaigns that need it:
 
-* ``active`` and not yet expanded: page through the audience (``streams.audience``), produce a
+* ``active`` and not yet expanded: page through the audience (``sinks.audience``), produce a
   RecipientMessage per eligible recipient with a deterministic message id (uuid5 of campaign and
   recipient), record ineligible ones as ``skipped`` rows with the reason (and a SKIPPED outcome), then
   checkpoint the page's last customer id. A crash re-produces at most the pages after the last checkpoint,
@@ -33,7 +33,7 @@ from campaigns.settings import Settings
 from campaigns.topics import OUTCOMES, messages_topic
 from producers.kafka import KafkaProducer
 from sinks import campaign_progress, recipient_log
-from streams.audience import Recipient, fetch_page
+from sinks.audience import Recipient, fetch_page
 
 log = logging.getLogger(__name__)
 

@@ -69,8 +69,7 @@ from campaigns.topics import MESSAGES_DLQ, OUTCOMES, messages_topic, retry_topic
 from campaigns.transports.base import OutgoingMessage, Transport
 from producers.dead_letters import DeadLetters
 from producers.kafka import KafkaProducer
-from sinks import campaign_progress, channels, recipient_log
-from streams import audience
+from sinks import audience, campaign_progress, channels, recipient_log
 from streams.runtime import ConsumerPort, Offsets, StageRuntime, build_consumer
 
 log = logging.getLogger(__name__)
@@ -546,7 +545,7 @@ class ChannelSender:
         sent to: opted out, inactive or without an address since expansion; they got a ``skipped`` row).
 
         The record only names the pair: whether it belongs to the campaign, the address and the content come
-        from PostgreSQL (``streams.audience.resolve``, the campaign's content), so a forged or altered record
+        from PostgreSQL (``sinks.audience.resolve``, the campaign's content), so a forged or altered record
         can at most cause the genuine message to the genuine address of a genuine audience member, which the
         claim then makes happen once.
         The claim transaction first takes a share lock on the campaigns' rows while they are ``active``

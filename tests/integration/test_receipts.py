@@ -23,7 +23,7 @@ from campaigns.settings import Settings
 from campaigns.topics import RECEIPTS
 from producers.kafka import KafkaProducer
 from producers.topics import ensure_topics
-from streams import audience
+from sinks import audience
 from streams.receipts import ReceiptsStage
 from tests.helpers import consume_to_end, wait_for
 from tests.pipeline_fixtures import audience as audience_fixture  # noqa: F401 (fixture)
