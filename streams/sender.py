@@ -45,7 +45,6 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
-import psycopg2
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from campaigns.codec import get_codec
@@ -69,7 +68,7 @@ from campaigns.topics import MESSAGES_DLQ, OUTCOMES, messages_topic, retry_topic
 from campaigns.transports.base import OutgoingMessage, Transport
 from producers.dead_letters import DeadLetters
 from producers.kafka import KafkaProducer
-from sinks import audience, campaign_progress, channels, recipient_log
+from sinks.sender_store import PostgresSenderStore, SenderStore
 from streams.runtime import ConsumerPort, Offsets, StageRuntime, build_consumer
 
 log = logging.getLogger(__name__)
@@ -155,6 +154,7 @@ class ChannelSender:
         clock: Callable[[], float] = time.time,
         metrics: Any = None,
         consumer: ConsumerPort | None = None,
+        store: SenderStore | None = None,
     ) -> None:
         self._settings = settings
         self._service = campaigns
@@ -188,7 +188,7 @@ class ChannelSender:
         self._consumer = consumer or build_consumer(kafka, group_id or kafka.topic(sender_group(channel)))
         self.runtime = StageRuntime(f"{channel} sender", self._consumer, producer, self, take=self._take)
         self._probing = False  # the batch taken is the half-open breaker's probe
-        self._conn = psycopg2.connect(settings.database.dsn())
+        self._store = store or PostgresSenderStore(settings.database.dsn())
         self._campaigns: dict[str, CampaignState] = {}
         self._paused_until: dict[tuple[str, int], float] = {}  # retry partitions waiting for their head
         self._assigned: set[tuple[str, int]] = set()
@@ -222,7 +222,7 @@ class ChannelSender:
             self._loop.run_until_complete(self._transport.aclose())
             self._loop.close()
         finally:
-            self._conn.close()
+            self._store.close()
 
     # --- rebalancing and rate share --------------------------------------------------------------
 
@@ -525,14 +525,11 @@ class ChannelSender:
         ]
         if missing:
             valid = [i for i in missing if _is_uuid(i)]
-            with self._conn.cursor() as cur:
-                for cid, status, retries, base, cap, jitter, threshold, min_sample in campaign_progress.states(
-                        cur, valid):
-                    self._campaigns[cid] = CampaignState(
-                        status, RetryPolicy(retries, base, cap, jitter), now + CAMPAIGN_STATE_TTL_S,
-                        threshold, min_sample,
-                    )
-            self._conn.commit()
+            for cid, status, retries, base, cap, jitter, threshold, min_sample in self._store.campaign_states(valid):
+                self._campaigns[cid] = CampaignState(
+                    status, RetryPolicy(retries, base, cap, jitter), now + CAMPAIGN_STATE_TTL_S,
+                    threshold, min_sample,
+                )
         return {i: self._campaigns[i] for i in ids if i in self._campaigns}
 
     # --- claims ------------------------------------------------------------------------------------
@@ -555,57 +552,60 @@ class ChannelSender:
         """
         if not pending:
             return [], [], [], []
+        for cid in {p.record["campaign_id"] for p in pending} - self._contents.keys():
+            self._compile_content(cid)  # before the claim's transaction: the store runs one call at a time
         deadline = time.monotonic() + self._settings.sender.claim_lease_s  # taken before the lease starts
         now = datetime.now(UTC)
         lease = now + timedelta(seconds=self._settings.sender.claim_lease_s)
+        by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p for p in pending}
+        skipped: list[Pending] = []
+
+        def prepare(active: set[str], members: dict[Any, Any]) -> tuple[list[Any], list[Any]]:
+            """Inside the claim's transaction: skip who may no longer be sent to, render the rest, claim them."""
+            skipped[:] = [p for key, p in by_key.items() if key in members and members[key].skip_reason]
+            to_claim = {key: p for key, p in by_key.items() if key in members and not members[key].skip_reason}
+            for key, p in to_claim.items():
+                self._authoritative(p, members[key])
+            return (self._skipped_rows(skipped, members, now),
+                    [(c, r, p.record["message_id"], self._channel, now, lease) for (c, r), p in to_claim.items()])
+
+        result = self._store.claim(self._channel, list(by_key), prepare, now, lease)
+        inactive = [p for p in pending if p.record["campaign_id"] not in result.active]
+        outsiders = [p for key, p in by_key.items() if key[0] in result.active and key not in result.members]
         claimed: list[Pending] = []
-        with self._conn.cursor() as cur:
-            active = campaign_progress.lock_active(cur, {p.record["campaign_id"] for p in pending})
-            inactive = [p for p in pending if p.record["campaign_id"] not in active]
-            by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p
-                      for p in pending if p.record["campaign_id"] in active}
-            members = audience.resolve(cur, self._channel, list(by_key))
-            outsiders = [p for key, p in by_key.items() if key not in members]
-            skipped = [p for key, p in by_key.items() if key in members and members[key].skip_reason]
-            by_key = {key: p for key, p in by_key.items() if key in members and not members[key].skip_reason}
-            for key, p in by_key.items():
-                self._authoritative(cur, p, members[key])
-            self._record_skipped(cur, skipped, members, now)
-            rows = [(c, r, p.record["message_id"], self._channel, now, lease) for (c, r), p in by_key.items()]
-            for c, r in recipient_log.claim(cur, rows):
-                p = by_key.pop((c, r))
-                p.claimed_at, p.lease_deadline = now, deadline
-                claimed.append(p)
-            if by_key:
-                # Rows that exist: take over a retrying one (this is its retry) or an expired claim.
-                for c, r, attempts in recipient_log.take_over(cur, list(by_key), now, lease):
-                    p = by_key.pop((c, r))
-                    p.claimed_attempts = attempts
-                    p.claimed_at, p.lease_deadline = now, deadline
-                    claimed.append(p)
-            if by_key:
-                self._settle_unclaimed(cur, by_key)
-        self._conn.commit()
+        for key in result.claimed:
+            p = by_key[key]
+            p.claimed_at, p.lease_deadline = now, deadline
+            claimed.append(p)
+        for c, r, attempts in result.taken_over:  # a retrying row (this is its retry) or an expired claim
+            p = by_key[(c, r)]
+            p.claimed_attempts = attempts
+            p.claimed_at, p.lease_deadline = now, deadline
+            claimed.append(p)
+        self._settle_unclaimed(result.existing, by_key)
         return claimed, inactive, outsiders, skipped
 
-    def _authoritative(self, cur: Any, p: Pending, member: Any) -> None:
+    def _compile_content(self, cid: str) -> None:
+        """The campaign's content per locale, compiled once (or why it cannot be rendered)."""
+        if not _is_uuid(cid):
+            return
+        default, max_segments, rows = self._store.content(cid)
+        compiled: dict[str, CompiledContent | Refusal] = {}
+        for locale, subject, body, template_name, parameters, header in rows:
+            try:
+                compiled[locale] = CompiledContent(self._channel, locale, subject, body, template_name,
+                                                   parameters, max_segments, header)
+            except Exception as exc:  # stored content the service validated always compiles
+                log.error("campaign %s: its %s content does not compile (%s); its messages fail", cid, locale, exc)
+                compiled[locale] = Refusal(f"invalid_content: {exc}"[:200])
+        self._contents[cid] = (default, compiled)
+
+    def _authoritative(self, p: Pending, member: Any) -> None:
         """Give ``p`` the recipient's current address and the campaign's content for its locale, rendered
         for its profile (``campaigns.core.content``: compiled once per campaign, a few microseconds per
         message); a message that may not go out as rendered gets ``p.refusal``."""
         record = p.record
         cid = record["campaign_id"]
-        if cid not in self._contents:
-            default, max_segments, rows = campaign_progress.content(cur, cid)
-            compiled: dict[str, CompiledContent | Refusal] = {}
-            for locale, subject, body, template_name, parameters, header in rows:
-                try:
-                    compiled[locale] = CompiledContent(self._channel, locale, subject, body, template_name,
-                                                       parameters, max_segments, header)
-                except Exception as exc:  # stored content the service validated always compiles
-                    log.error("campaign %s: its %s content does not compile (%s); its messages fail", cid, locale,
-                              exc)
-                    compiled[locale] = Refusal(f"invalid_content: {exc}"[:200])
-            self._contents[cid] = (default, compiled)
         default, by_locale = self._contents[cid]
         locale = pick_locale(list(by_locale), member.locale, default)
         if locale is None:
@@ -629,13 +629,13 @@ class ChannelSender:
         p.record = dict(record, address=member.address, locale=locale, subject=rendered.subject, body=rendered.body,
                         template_name=content.template_name, template_parameters=list(rendered.parameters))
 
-    def _record_skipped(self, cur: Any, skipped: list[Pending], members: dict[Any, Any], now: datetime) -> None:
+    def _skipped_rows(self, skipped: list[Pending], members: dict[Any, Any], now: datetime) -> list[Any]:
         rows = []
         for p in skipped:
             key = (p.record["campaign_id"], int(p.record["recipient_id"]))
             rows.append((key[0], key[1], p.record["message_id"], self._channel, "skipped", members[key].skip_reason,
                          now, now))
-        recipient_log.record_terminal(cur, "skipped", rows)
+        return rows
 
     def _emit_skipped(self, skipped: list[Pending]) -> None:
         """SKIPPED outcomes for every message whose row is ``skipped`` (after the claim committed; again on a
@@ -643,20 +643,18 @@ class ChannelSender:
         by_campaign: dict[str, dict[int, Pending]] = {}
         for p in skipped:
             by_campaign.setdefault(p.record["campaign_id"], {})[int(p.record["recipient_id"])] = p
-        with self._conn.cursor() as cur:
-            for cid, ps in by_campaign.items():
-                for recipient, _message_id, reason in recipient_log.terminal_rows(cur, cid, list(ps), "skipped"):
-                    self._outcome(ps[recipient].record, "SKIPPED", 0, reason, None, None)
-        self._conn.commit()
+        for cid, ps in by_campaign.items():
+            for recipient, _message_id, reason in self._store.terminal_rows(cid, list(ps), "skipped"):
+                self._outcome(ps[recipient].record, "SKIPPED", 0, reason, None, None)
 
-    def _settle_unclaimed(self, cur: Any, unclaimed: dict[tuple[str, int], Pending]) -> None:
+    def _settle_unclaimed(self, rows: list[Any], unclaimed: dict[tuple[str, int], Pending]) -> None:
         """Messages whose recipient already has a row this worker cannot take.
 
         Terminal row: a duplicate; its outcome is produced again (same outcome id, so analytics count it
         once) in case the crash that caused the redelivery lost it. Live claim of another worker: held in
         retry tier 1 until the lease ends, so a claim left by a dead worker is never stuck.
         """
-        for c, r, status, attempts, reason, provider_id, lease_until in recipient_log.rows(cur, list(unclaimed)):
+        for c, r, status, attempts, reason, provider_id, lease_until in rows:
             p = unclaimed[(c, r)]
             if status in ("sent", "failed", "skipped", "cancelled"):
                 self.stats.duplicates_dropped += 1
@@ -676,12 +674,9 @@ class ChannelSender:
             return
         now = datetime.now(UTC)
         by_key = {(p.record["campaign_id"], int(p.record["recipient_id"])): p for p in pending}
-        with self._conn.cursor() as cur:
-            messages = [(c, r, p.record["message_id"]) for (c, r), p in by_key.items()]
-            self.stats.cancelled += recipient_log.cancel_messages(cur, messages, self._channel, now)
-            self._conn.commit()
-            rows = recipient_log.cancelled_rows(cur, list(by_key))
-        self._conn.commit()
+        messages = [(c, r, p.record["message_id"]) for (c, r), p in by_key.items()]
+        cancelled, rows = self._store.cancel(self._channel, messages, now)
+        self.stats.cancelled += cancelled
         for c, r, reason in rows:
             self._outcome(by_key[(c, r)].record, "CANCELLED", 0, reason, None, None)
 
@@ -788,9 +783,7 @@ class ChannelSender:
                 self._aimd.on_success(len(claimed), clock)
         recorded: list[tuple[str, int]] = []
         if rows:  # none when every claim expired before its call
-            with self._conn.cursor() as cur:
-                recorded = recipient_log.record_results(cur, rows)
-        self._conn.commit()
+            recorded = self._store.record_results(rows)
         for key in recorded:
             effects[(key[0], key[1])]()
         held = {(c, r) for c, r in recorded}
@@ -813,16 +806,9 @@ class ChannelSender:
         now = time.monotonic()
         if now - read_at < CHANNEL_STATE_TTL_S and reason is None:
             return "closed"
-        with self._conn.cursor() as cur:
-            reason = channels.paused_reason(cur, self._channel)
-            probe = False
-            if reason is not None:
-                taken = channels.take_probe(cur, self._channel, datetime.now(UTC))
-                if taken is not None:  # this worker sends the probe; the next one waits longer if it fails
-                    channels.set_next_probe(cur, self._channel,
-                                            datetime.now(UTC) + timedelta(seconds=next_probe_delay_s(taken)))
-                    probe = True
-        self._conn.commit()
+        reason, probe = self._store.channel_gate(
+            self._channel, datetime.now(UTC),
+            lambda taken: datetime.now(UTC) + timedelta(seconds=next_probe_delay_s(taken)))
         self._channel_open = (reason, now)
         self._report_channel("half_open" if probe else "open" if reason else "closed")
         return "probe" if probe else "open" if reason else "closed"
@@ -831,9 +817,9 @@ class ChannelSender:
         """A probe that reached the provider and was not refused for our account closes the channel; one
         that made no call (a duplicate, a cancelled campaign) is given back."""
         if not calls:
-            self._write_channel(channels.give_back_probe, datetime.now(UTC))
+            self._store.give_back_probe(self._channel, datetime.now(UTC))
         elif any(p.result not in ("held", "expired") and (p.reason or "") not in TRANSPORT_REASONS for p in calls):
-            if self._write_channel(channels.close):
+            if self._store.close_channel(self._channel):
                 log.warning("%s channel: the provider accepts our account again; breaker closed", self._channel)
             self._channel_open = (None, time.monotonic())
             self._report_channel("closed")
@@ -851,7 +837,7 @@ class ChannelSender:
         if reason is None:
             return
         now = datetime.now(UTC)
-        opened = self._write_channel(channels.open_, reason, now, now + timedelta(seconds=next_probe_delay_s(0)))
+        opened = self._store.open_channel(self._channel, reason, now, now + timedelta(seconds=next_probe_delay_s(0)))
         self._transport_errors = TransportErrorRun(self._transport_errors.limit)
         self._channel_open = (reason, time.monotonic())
         self._report_channel("open")
@@ -859,12 +845,6 @@ class ChannelSender:
             why = f"refused our account ({reason})" if account else "is unreachable (a run of transport errors)"
             log.error("%s channel paused: the provider %s; no recipient is failed for it. Half-open probes "
                       "follow; `campaigns channel close %s` closes it by hand", self._channel, why, self._channel)
-
-    def _write_channel(self, write: Callable[..., Any], *args: Any) -> bool:
-        with self._conn.cursor() as cur:
-            changed = bool(write(cur, self._channel, *args))
-        self._conn.commit()
-        return changed
 
     def _report_channel(self, state: str) -> None:
         if self._metrics is not None:
