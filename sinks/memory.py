@@ -1,5 +1,6 @@
 """In-memory fakes of the sink ports, for unit tests of stage logic (the real sinks are tested on PostgreSQL).
 
+:class:`MemorySenderStore` is :class:`sinks.sender_store.SenderStore` on dictionaries (see its docstring).
 :class:`MemoryAnalyticsStore` is :class:`sinks.analytics.AnalyticsStore` on dictionaries: the same dedupe rule (an
 outcome id counts once), the same row arithmetic (counters and latency added, the maximum kept) and the same
 completion reads. ``fail_next`` makes the next :meth:`~MemoryAnalyticsStore.count` raise and change nothing, as a
@@ -15,7 +16,9 @@ from typing import Any
 
 from campaigns.core.vocabulary import COUNTERS, TERMINAL_RECIPIENT_STATUSES
 from sinks.analytics import ROW_FIELDS, Key, Row
+from sinks.audience import Recipient
 from sinks.campaign_progress import CompletionRow
+from sinks.sender_store import Claimed, Prepare
 
 
 @dataclass
@@ -85,6 +88,159 @@ class MemoryAnalyticsStore:
     def terminal_count(self, campaign_id: str) -> int:
         return sum(1 for (cid, _), (status, _) in self.log.items()
                    if cid == campaign_id and status in TERMINAL_RECIPIENT_STATUSES)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class MemorySenderCampaign:
+    """A campaign as the sender reads it: state, retry policy, breaker, content (one locale by default)."""
+
+    status: str = "active"
+    max_retries: int = 3
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    jitter: float = 0.0
+    failure_threshold: float = 1.0
+    failure_min_sample: int = 1
+    locale: str = "en"
+    max_sms_segments: int | None = None
+    # (locale, subject, body, template, body parameters, header parameters)
+    content: list[tuple[str, str | None, str, str | None, list[str], list[str]]] = field(
+        default_factory=lambda: [("en", None, "Hello {{ first_name }}", None, [], [])])
+
+
+@dataclass
+class MemoryLogRow:
+    message_id: str
+    status: str
+    attempts: int = 0
+    reason: str | None = None
+    provider_id: str | None = None
+    claimed_at: datetime | None = None
+    lease_until: datetime | None = None
+
+
+@dataclass
+class MemoryChannel:
+    paused_reason: str | None = None
+    probe_at: datetime | None = None
+    probes: int = 0
+
+
+@dataclass
+class MemorySenderStore:
+    """:class:`sinks.sender_store.SenderStore` on dictionaries: one claim per pair, take-over of retrying rows and
+    expired claims, results only for claims still held, cancels that never overwrite a terminal row, the channel
+    breaker's probe. ``calls`` counts the calls by name (a test can check what reached the database)."""
+
+    campaigns: dict[str, MemorySenderCampaign] = field(default_factory=dict)
+    audience: dict[Key, Recipient] = field(default_factory=dict)
+    log: dict[Key, MemoryLogRow] = field(default_factory=dict)
+    channels: dict[str, MemoryChannel] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    closed: bool = False
+
+    def _call(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def campaign_states(self, campaign_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        self._call("campaign_states")
+        return [(cid, c.status, c.max_retries, c.backoff_base_s, c.backoff_max_s, c.jitter, c.failure_threshold,
+                 c.failure_min_sample) for cid, c in self.campaigns.items() if cid in campaign_ids]
+
+    def content(self, campaign_id: str) -> tuple[str, int | None, list[tuple[Any, ...]]]:
+        self._call("content")
+        c = self.campaigns.get(campaign_id)
+        return ("en", None, []) if c is None else (c.locale, c.max_sms_segments, list(c.content))
+
+    def claim(self, channel: str, keys: Sequence[Key], prepare: Prepare, now: datetime, lease: datetime) -> Claimed:
+        self._call("claim")
+        active = {c for c, _ in keys if c in self.campaigns and self.campaigns[c].status == "active"}
+        members = {k: self.audience[k] for k in keys if k[0] in active and k in self.audience}
+        skipped, claims = prepare(active, members)
+        for c, r, message_id, _, _, reason, _, _ in skipped:
+            self.log.setdefault((c, r), MemoryLogRow(message_id, "skipped", reason=reason))
+        claimed, taken, existing = [], [], []
+        for c, r, message_id, _, claimed_at, lease_until in claims:
+            row = self.log.get((c, r))
+            if row is None:
+                self.log[(c, r)] = MemoryLogRow(message_id, "claimed", claimed_at=claimed_at, lease_until=lease_until)
+                claimed.append((c, r))
+            elif row.status == "retrying" or (row.status == "claimed" and row.lease_until is not None
+                                              and row.lease_until < now):
+                row.status, row.claimed_at, row.lease_until = "claimed", now, lease
+                taken.append((c, r, row.attempts))
+            else:
+                existing.append((c, r, row.status, row.attempts, row.reason, row.provider_id, row.lease_until))
+        return Claimed(active, members, claimed, taken, existing)
+
+    def terminal_rows(self, campaign_id: str, recipients: Sequence[int], status: str) -> list[tuple[Any, Any, Any]]:
+        self._call("terminal_rows")
+        return [(r, row.message_id, row.reason) for r in recipients
+                if (row := self.log.get((campaign_id, r))) is not None and row.status == status]
+
+    def cancel(self, channel: str, messages: Sequence[tuple[str, int, str]], now: datetime,
+               ) -> tuple[int, list[tuple[str, int, str | None]]]:
+        self._call("cancel")
+        cancelled = 0
+        for c, r, message_id in messages:
+            reason = f"campaign_{self.campaigns[c].status}" if c in self.campaigns else None
+            row = self.log.get((c, r))
+            if row is None:
+                self.log[(c, r)] = MemoryLogRow(message_id, "cancelled", reason=reason)
+                cancelled += 1
+            elif row.status == "retrying":
+                row.status, row.reason = "cancelled", reason
+                cancelled += 1
+        rows = [(c, r, row.reason) for c, r, _ in messages if (row := self.log[(c, r)]).status == "cancelled"]
+        return cancelled, rows
+
+    def record_results(self, results: Sequence[tuple[Any, ...]]) -> list[Key]:
+        self._call("record_results")
+        recorded = []
+        for c, r, status, attempts, reason, provider_id, _sent_at, claimed_at in results:
+            row = self.log.get((c, r))
+            if row is not None and row.status == "claimed" and row.claimed_at == claimed_at:
+                row.status, row.attempts, row.reason, row.provider_id = status, attempts, reason, provider_id
+                row.lease_until = None
+                recorded.append((c, r))
+        return recorded
+
+    def channel_gate(self, channel: str, now: datetime, next_probe_at: Callable[[int], datetime],
+                     ) -> tuple[str | None, bool]:
+        self._call("channel_gate")
+        state = self.channels.setdefault(channel, MemoryChannel())
+        if state.paused_reason is None:
+            return None, False
+        if state.probe_at is None or state.probe_at > now:
+            return state.paused_reason, False
+        state.probes += 1
+        state.probe_at = next_probe_at(state.probes)
+        return state.paused_reason, True
+
+    def give_back_probe(self, channel: str, now: datetime) -> None:
+        self._call("give_back_probe")
+        state = self.channels.setdefault(channel, MemoryChannel())
+        if state.paused_reason is not None:
+            state.probe_at, state.probes = now, max(0, state.probes - 1)
+
+    def open_channel(self, channel: str, reason: str, now: datetime, first_probe_at: datetime) -> bool:
+        self._call("open_channel")
+        state = self.channels.setdefault(channel, MemoryChannel())
+        if state.paused_reason is not None:
+            return False
+        state.paused_reason, state.probe_at, state.probes = reason, first_probe_at, 0
+        return True
+
+    def close_channel(self, channel: str) -> bool:
+        self._call("close_channel")
+        state = self.channels.setdefault(channel, MemoryChannel())
+        if state.paused_reason is None:
+            return False
+        self.channels[channel] = MemoryChannel()
+        return True
 
     def close(self) -> None:
         self.closed = True

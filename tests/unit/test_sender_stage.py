@@ -1,0 +1,181 @@
+"""The sender's logic on fakes: ``MemoryConsumer`` (its topics), ``MemoryProducer``, ``MemorySenderStore`` (the
+recipient log, campaigns, audience and channel breaker) and ``FakeTransport``. The same stage on the real services:
+tests/e2e (senders, retry tiers, breakers, leases, crash consistency, forged messages) and tests/faults."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from campaigns.codec import get_codec
+from campaigns.core.states import CampaignAction
+from campaigns.errors import PermanentDeliveryError, ProviderAccountError, TransientDeliveryError
+from campaigns.settings import Settings
+from campaigns.topics import MESSAGES_DLQ, OUTCOMES, messages_topic, retry_topic
+from campaigns.transports.fake import FakeTransport
+from producers.kafka import MemoryProducer
+from sinks.audience import Recipient
+from sinks.memory import MemorySenderCampaign, MemorySenderStore
+from streams.memory import MemoryConsumer
+from streams.sender import ChannelSender
+
+CODEC = get_codec()
+
+
+@dataclass
+class FakeFinisher:
+    finished: list[tuple[str, CampaignAction]] = field(default_factory=list)
+
+    def finish_campaign(self, campaign_id: uuid.UUID, action: CampaignAction, detail: Any) -> bool:
+        self.finished.append((str(campaign_id), action))
+        return True
+
+
+@dataclass
+class Harness:
+    settings: Settings
+    sender: ChannelSender
+    consumer: MemoryConsumer
+    producer: MemoryProducer
+    store: MemorySenderStore
+    transport: FakeTransport
+    finisher: FakeFinisher
+    campaign: str
+
+    def member(self, recipient: int, skip_reason: str | None = None) -> str:
+        address = f"+1555000{recipient:04d}"
+        self.store.audience[(self.campaign, recipient)] = Recipient(
+            recipient, "en", address, skip_reason, {"first_name": f"Name{recipient}"})
+        return address
+
+    def message(self, recipient: int, *, campaign: str | None = None, channel: str = "sms",
+                message_id: str | None = None) -> dict[str, Any]:
+        record = {
+            "message_id": message_id or str(uuid.uuid5(uuid.NAMESPACE_OID, f"{campaign or self.campaign}:{recipient}")),
+            "campaign_id": campaign or self.campaign, "recipient_id": str(recipient), "channel": channel,
+            "address": "+10000000000", "subject": None, "body": "forged body", "template_name": None, "locale": "en",
+            "attempt": 0, "not_before": 0, "created_at": datetime.now(UTC), "last_error": None,
+            "template_parameters": [],
+        }
+        self.consumer.add(self.topic(messages_topic("sms")), CODEC.encode("RecipientMessage", record),
+                          key=str(recipient).encode())
+        return record
+
+    def topic(self, name: str) -> str:
+        return self.settings.kafka.topic(name)
+
+    def records(self, name: str, schema: str) -> list[dict[str, Any]]:
+        topic = self.topic(name)
+        return [CODEC.decode(v, schema) for t, _, v, _ in self.producer.records if t == topic]
+
+    def outcomes(self) -> list[tuple[str, str, int]]:
+        return [(o["recipient_id"], o["status"], o["attempt"]) for o in self.records(OUTCOMES, "DeliveryOutcome")]
+
+    def status(self, recipient: int) -> str:
+        return self.store.log[(self.campaign, recipient)].status
+
+
+@pytest.fixture
+def h() -> Harness:
+    settings = Settings()
+    campaign = str(uuid.uuid4())
+    store = MemorySenderStore(campaigns={campaign: MemorySenderCampaign()})
+    consumer, producer, transport, finisher = MemoryConsumer(), MemoryProducer(), FakeTransport("sms"), FakeFinisher()
+    # Every topic the sender subscribes to exists (one partition each), as ensure_topics makes them.
+    for name in (messages_topic("sms"), *(retry_topic("sms", n) for n in range(1, settings.sender.retry_tiers + 1))):
+        consumer.log.setdefault((settings.kafka.topic(name), 0), [])
+    sender = ChannelSender(settings, "sms", transport, producer, campaigns=finisher, consumer=consumer, store=store)
+    harness = Harness(settings, sender, consumer, producer, store, transport, finisher, campaign)
+    yield harness
+    sender.close()
+
+
+def test_each_message_is_sent_once_rendered_from_the_store_and_a_redelivery_re_emits_its_outcome(h: Harness) -> None:
+    addresses = [h.member(1), h.member(2)]
+    first = h.message(1)
+    h.message(2)
+    h.sender.start()
+    assert h.sender.run_once() == 2
+    assert sorted(m.address for m in h.transport.sent) == addresses  # the audience's address, not the record's
+    assert {m.body for m in h.transport.sent} == {"Hello Name1", "Hello Name2"}  # the campaign's content, rendered
+    assert h.status(1) == h.status(2) == "sent"
+    h.message(1, message_id=first["message_id"])  # redelivered after a crash, or replayed
+    h.sender.run_once()
+    assert len(h.transport.sent) == 2 and h.sender.stats.duplicates_dropped == 1
+    assert h.outcomes() == [("1", "SENT", 1), ("2", "SENT", 1), ("1", "SENT", 1)]  # the same outcome again
+    assert h.consumer.committed == {(h.topic(messages_topic("sms")), 0): 3}
+
+
+def test_messages_of_a_cancelled_campaign_are_cancelled_and_never_sent(h: Harness) -> None:
+    h.member(1)
+    h.store.campaigns[h.campaign].status = "cancelled"
+    h.message(1)
+    h.sender.start()
+    h.sender.run_once()
+    assert h.transport.sent == [] and "claim" not in h.store.calls
+    assert h.status(1) == "cancelled" and h.outcomes() == [("1", "CANCELLED", 0)]
+
+
+def test_bad_records_are_dead_lettered_and_the_partition_flows(h: Harness) -> None:
+    h.member(2)
+    h.consumer.add(h.topic(messages_topic("sms")), b"\x00 not avro")
+    h.message(1, channel="email")  # on the sms topic
+    h.message(9)  # not in the campaign's audience (forged, or replayed into it)
+    h.message(1, campaign=str(uuid.uuid4()))  # no such campaign
+    h.message(2)
+    h.sender.start()
+    h.sender.run_once()
+    reasons = [d["reason"] for d in h.records(MESSAGES_DLQ, "DeadLetter")]
+    assert sorted(reasons) == ["not_in_audience", "undecodable", "unknown_campaign", "wrong_channel"]
+    assert [m.address for m in h.transport.sent] == ["+15550000002"]
+    assert (h.campaign, 9) not in h.store.log  # an outsider is never logged
+    assert h.consumer.committed == {(h.topic(messages_topic("sms")), 0): 5}
+
+
+def test_a_transient_failure_is_retried_through_a_tier_and_a_permanent_one_fails(h: Harness) -> None:
+    h.transport.fail_address(h.member(1), TransientDeliveryError("timeout"))
+    h.transport.fail_address(h.member(2), PermanentDeliveryError("invalid_number"))
+    h.message(1)
+    h.message(2)
+    h.sender.start()
+    h.sender.run_once()
+    assert h.status(1) == "retrying" and h.store.log[(h.campaign, 1)].attempts == 1
+    assert h.status(2) == "failed"
+    [retry] = h.records(retry_topic("sms", 1), "RecipientMessage")
+    assert retry["recipient_id"] == "1" and retry["attempt"] == 1 and retry["last_error"] == "timeout"
+    assert [d["reason"] for d in h.records(MESSAGES_DLQ, "DeadLetter")] == ["permanent_failure"]
+    assert sorted(h.outcomes()) == [("1", "RETRYING", 1), ("2", "FAILED", 1)]
+
+
+def test_a_recipient_that_may_no_longer_be_sent_to_is_skipped(h: Harness) -> None:
+    h.member(1, skip_reason="opted_out")
+    h.message(1)
+    h.sender.start()
+    h.sender.run_once()
+    assert h.transport.sent == [] and h.status(1) == "skipped"
+    assert h.outcomes() == [("1", "SKIPPED", 0)]
+
+
+def test_the_campaigns_failure_breaker_fails_it_once_the_sample_is_reached(h: Harness) -> None:
+    campaign = h.store.campaigns[h.campaign]
+    campaign.failure_threshold, campaign.failure_min_sample = 0.5, 2
+    for r in (1, 2):
+        h.transport.fail_address(h.member(r), PermanentDeliveryError("invalid_number"))
+        h.message(r)
+    h.sender.start()
+    h.sender.run_once()
+    assert h.finisher.finished == [(h.campaign, CampaignAction.FAIL)]
+
+
+def test_an_account_error_opens_the_channel_breaker_and_fails_nobody(h: Harness) -> None:
+    h.transport.fail_address(h.member(1), ProviderAccountError("account_disabled"))
+    h.message(1)
+    h.sender.start()
+    h.sender.run_once()
+    assert h.store.channels["sms"].paused_reason is not None
+    assert h.status(1) == "retrying" and h.store.log[(h.campaign, 1)].attempts == 0  # held, not an attempt
+    assert h.outcomes() == []  # nothing failed
