@@ -1,5 +1,6 @@
 """In-memory fakes of the sink ports, for unit tests of stage logic (the real sinks are tested on PostgreSQL).
 
+:class:`MemoryReceiptsStore` is :class:`sinks.receipts.ReceiptsStore` on dictionaries.
 :class:`MemorySenderStore` is :class:`sinks.sender_store.SenderStore` on dictionaries (see its docstring).
 :class:`MemoryAnalyticsStore` is :class:`sinks.analytics.AnalyticsStore` on dictionaries: the same dedupe rule (an
 outcome id counts once), the same row arithmetic (counters and latency added, the maximum kept) and the same
@@ -18,6 +19,7 @@ from campaigns.core.vocabulary import COUNTERS, TERMINAL_RECIPIENT_STATUSES
 from sinks.analytics import ROW_FIELDS, Key, Row
 from sinks.audience import Recipient
 from sinks.campaign_progress import CompletionRow
+from sinks.receipts import ANALYTICS_FIELDS, ReceiptWrites, RowState
 from sinks.sender_store import Claimed, Prepare
 
 
@@ -241,6 +243,48 @@ class MemorySenderStore:
             return False
         self.channels[channel] = MemoryChannel()
         return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class MemoryReceiptsStore:
+    """:class:`sinks.receipts.ReceiptsStore` on dictionaries: ``sent`` rows by (provider message id, channel) as
+    :data:`~sinks.receipts.RowState` lists, analytics rows by (campaign, window start), suppressions by (channel,
+    address), first reason kept. ``fail_next`` makes the next apply raise and change nothing."""
+
+    rows: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    analytics: dict[tuple[str, datetime | None], dict[str, Any]] = field(default_factory=dict)
+    suppressions: dict[tuple[str, str], str] = field(default_factory=dict)
+    fail_next: Exception | None = None
+    closed: bool = False
+
+    def apply(self, ids: Sequence[tuple[str, str]], plan: Callable[[list[RowState]], ReceiptWrites], now: datetime,
+              ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        if self.fail_next is not None:
+            failure, self.fail_next = self.fail_next, None
+            raise failure
+        locked = sorted((tuple(self.rows[k]) for k in set(ids) if k in self.rows), key=lambda r: (r[0], r[1]))
+        writes = plan(locked)  # type: ignore[arg-type]
+        by_pair = {(row[0], row[1]): row for row in self.rows.values()}
+        for cid, rid, delivered, read, bounced, complained, status in writes.updates:
+            by_pair[(cid, rid)][4:9] = [delivered, read, bounced, complained, status]
+        published = []
+        for cid, start, end, counts in writes.counts:
+            row = self.analytics.setdefault((cid, start), {
+                **dict.fromkeys(ANALYTICS_FIELDS, 0), "campaign_id": cid, "window_start": start, "window_end": end,
+                "latency_sum_ms": 0.0, "latency_max_ms": 0.0})
+            for counter, n in counts.items():
+                row[counter] += n
+            row["updated_at"] = now
+            published.append(dict(row))
+        suppressed = []
+        for channel, address, reason, _source in writes.suppress:
+            if (channel, address) not in self.suppressions:
+                self.suppressions[(channel, address)] = reason
+                suppressed.append((channel, address))
+        return published, suppressed
 
     def close(self) -> None:
         self.closed = True

@@ -27,13 +27,19 @@ analytics, nothing reads that part.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
+import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 
 from sinks.arrays import array_literal, plain_array_literal
+
+log = logging.getLogger(__name__)
 
 RECEIPT_COUNTERS = ("delivered", "read", "bounced", "complained")
 RECEIPTS_PART = -1  # campaign_analytics_parts.source_partition of the receipts' counts
@@ -174,3 +180,60 @@ def suppress(cur: Any, entries: Sequence[tuple[str, str, str, str]], now: dateti
     }
     added = psycopg2.extras.execute_values(cur, SUPPRESS_SQL, list(unique.values()), page_size=len(unique), fetch=True)
     return [(channel, address) for channel, address in added]
+
+
+@dataclass(frozen=True)
+class ReceiptWrites:
+    """What a batch of receipts changes, decided from the locked rows: rows for :func:`update_rows`, counts for
+    :func:`add_counts` (without ``now``), entries for :func:`suppress`."""
+
+    updates: list[tuple[str, int, Any, Any, Any, Any, str | None]] = field(default_factory=list)
+    counts: list[tuple[str, datetime | None, datetime | None, dict[str, int]]] = field(default_factory=list)
+    suppress: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+
+class ReceiptsStore(Protocol):
+    """The receipts stage's database (the port its unit tests fake)."""
+
+    def apply(self, ids: Sequence[tuple[str, str]], plan: Callable[[list[RowState]], ReceiptWrites], now: datetime,
+              ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """In ONE transaction: lock the ``sent`` rows of ``ids`` (``(provider message id, channel)``), write what
+        ``plan(those rows)`` decides (pure: it must not call the store); the analytics rows as they are now (to
+        publish) and the new suppressions. A deadlock or serialization failure is retried (the batch redone)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PostgresReceiptsStore:
+    """:class:`ReceiptsStore` on one psycopg2 connection."""
+
+    RETRIES = 3
+
+    def __init__(self, dsn: str) -> None:
+        self._conn = psycopg2.connect(dsn)
+
+    def apply(self, ids: Sequence[tuple[str, str]], plan: Callable[[list[RowState]], ReceiptWrites], now: datetime,
+              ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        for attempt in range(self.RETRIES + 1):
+            try:
+                with self._conn.cursor() as cur:
+                    writes = plan(lock_rows(cur, ids))
+                    update_rows(cur, writes.updates, now)
+                    published = add_counts(cur, writes.counts, now)
+                    suppressed = suppress(cur, writes.suppress, now)
+                self._conn.commit()
+                return published, suppressed
+            except (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure):
+                self._conn.rollback()
+                if attempt == self.RETRIES:
+                    raise
+                log.warning("receipts: batch hit a deadlock; retrying (%d)", attempt + 1)
+            except BaseException:
+                if not self._conn.closed:
+                    self._conn.rollback()
+                raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._conn.close()

@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg2
-import psycopg2.errors
 from confluent_kafka import Message, TopicPartition
 
 from campaigns.codec import get_codec
@@ -100,7 +98,7 @@ class ReceiptsStage:
 
     def __init__(
         self, settings: Settings, producer: KafkaProducer, clock: Callable[[], float] = time.time, metrics: Any = None,
-        consumer: ConsumerPort | None = None,
+        consumer: ConsumerPort | None = None, store: sink.ReceiptsStore | None = None,
     ) -> None:
         self._metrics = metrics  # campaigns.metrics.PipelineMetrics, optional
         self._batch_counts: Counter[tuple[str, str]] = Counter()
@@ -116,7 +114,7 @@ class ReceiptsStage:
         self.runtime = StageRuntime("receipts", consumer or build_consumer(kafka, kafka.topic(RECEIPTS_GROUP)),
                                     producer, self, batch_size=self._config.batch_size)
         self.runtime.subscribe([self._topic], on_revoke=self._on_revoke)
-        self._conn = psycopg2.connect(settings.database.dsn())
+        self._store = store or sink.PostgresReceiptsStore(settings.database.dsn())
         self._held: list[_Held] = []
         self._positions: dict[tuple[str, int], int] = {}  # next offset to commit when nothing there is held
         self.received = 0
@@ -137,7 +135,7 @@ class ReceiptsStage:
         self.runtime.close()
 
     def release(self) -> None:
-        self._conn.close()
+        self._store.close()
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         # The new owner re-reads from the committed offset, which is at or before every held receipt.
@@ -165,7 +163,7 @@ class ReceiptsStage:
             self._report()
             return self._done()
         batch = fresh + due
-        unknown = self._apply_retrying(batch)
+        unknown = self.apply(batch)
         due_ids = {id(h) for h in due}
         self._held = [h for h in self._held if id(h) not in due_ids]
         for h in unknown:
@@ -204,18 +202,9 @@ class ReceiptsStage:
             self._metrics.receipts_handled(self._batch_counts)
         self._batch_counts.clear()
 
-    def _apply_retrying(self, batch: list[_Held]) -> list[_Held]:
-        for attempt in range(3):
-            try:
-                return self.apply(batch)
-            except (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure):
-                self._conn.rollback()
-                log.warning("receipts: batch hit a deadlock; retrying (%d)", attempt + 1)
-        return self.apply(batch)
-
     def apply(self, batch: list[_Held]) -> list[_Held]:
-        """Apply ``batch`` in one transaction; publish the changed analytics rows. Returns the receipts whose
-        provider message id has no ``sent`` row (yet)."""
+        """Apply ``batch`` in one transaction (the store's); publish the changed analytics rows. Returns the receipts
+        whose provider message id has no ``sent`` row (yet)."""
         now = datetime.now(UTC)
         by_id: dict[tuple[str, str], list[_Held]] = defaultdict(list)
         stops: list[Receipt] = []
@@ -224,31 +213,25 @@ class ReceiptsStage:
                 stops.append(h.receipt)
             else:
                 by_id[(h.receipt.provider_message_id, h.receipt.channel)].append(h)
-        with self._conn.cursor() as cur:
-            rows = sink.lock_rows(cur, list(by_id))
+        found: set[tuple[str, str]] = set()
+        counted: Counter[str] = Counter()
+
+        def plan(rows: list[sink.RowState]) -> sink.ReceiptWrites:
+            """Inside the store's transaction (again if it is redone): what the locked rows become."""
+            found.clear()
+            counted.clear()
             updates = []
             counts: dict[tuple[str, datetime | None], dict[str, int]] = defaultdict(lambda: defaultdict(int))
             ends: dict[tuple[str, datetime | None], datetime | None] = {}
             suppress: list[tuple[str, str, str, str]] = []
-            found: set[tuple[str, str]] = set()
-            counted: Counter[str] = Counter()
             for cid, rid, pid, channel, d, rd, b, cm, status, address in rows:
                 found.add((pid, channel))
                 before = ReceiptState(d, rd, b, cm, status)
                 receipts = [h.receipt for h in by_id[(pid, channel)]]
                 after = fold(before, receipts)
                 if after != before:
-                    updates.append(
-                        (
-                            cid,
-                            rid,
-                            after.delivered_at,
-                            after.read_at,
-                            after.bounced_at,
-                            after.complained_at,
-                            after.provider_status,
-                        )
-                    )
+                    updates.append((cid, rid, after.delivered_at, after.read_at, after.bounced_at, after.complained_at,
+                                    after.provider_status))
                 for counter, at in transitions(before, after):
                     start, end = window_bounds(at, self._window_s)
                     for key in ((cid, start), (cid, None)):
@@ -260,30 +243,16 @@ class ReceiptsStage:
                     reason = suppression_reason(r)
                     target = address or r.address
                     if reason and target:
-                        suppress.append(
-                            (
-                                channel,
-                                normalize_address(channel, target),
-                                reason,
-                                f"{channel} {r.status.value.lower()} {pid}",
-                            )
-                        )
+                        suppress.append((channel, normalize_address(channel, target), reason,
+                                         f"{channel} {r.status.value.lower()} {pid}"))
             for r in stops:
                 if r.address:
-                    suppress.append(
-                        (
-                            r.channel,
-                            normalize_address(r.channel, r.address),
-                            SuppressionReason.STOP_REPLY,
-                            f"{r.channel} inbound reply",
-                        )
-                    )
-            sink.update_rows(cur, updates, now)
-            published = sink.add_counts(
-                cur, [(cid, start, ends[(cid, start)], dict(n)) for (cid, start), n in counts.items()], now
-            )
-            suppressed = sink.suppress(cur, suppress, now)
-        self._conn.commit()
+                    suppress.append((r.channel, normalize_address(r.channel, r.address), SuppressionReason.STOP_REPLY,
+                                     f"{r.channel} inbound reply"))
+            return sink.ReceiptWrites(
+                updates, [(cid, start, ends[(cid, start)], dict(n)) for (cid, start), n in counts.items()], suppress)
+
+        published, suppressed = self._store.apply(list(by_id), plan, now)
         # Counted only once the transaction committed (a deadlock retry redoes the batch).
         applied = [h.receipt.channel for k in found for h in by_id[k]] + [r.channel for r in stops]
         self.applied += len(applied)
