@@ -40,7 +40,8 @@ class Harness:
                 address: str | None = None, channel: str = "email") -> None:
         r = Receipt(receipt_id(channel, str(provider_id), status.value), channel, status, provider_id, T0, address,
                     bounce)
-        self.consumer.add(self.topic, CODEC.encode("DeliveryReceipt", r.as_record(T0)), key=(provider_id or "").encode())
+        value = CODEC.encode("DeliveryReceipt", r.as_record(T0))
+        self.consumer.add(self.topic, value, key=(provider_id or "").encode())
 
     def totals(self) -> dict[str, int]:
         return self.store.analytics.get((CAMPAIGN, None), {})
