@@ -30,8 +30,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -42,6 +41,7 @@ from campaigns.core.vocabulary import COUNTERS
 from sinks import campaign_progress, recipient_log
 from sinks.arrays import array_literal, plain_array_literal
 from sinks.campaign_progress import CompletionRow
+from sinks.connection import StoreConnection
 
 Key = tuple[str, int]  # (campaign, recipient)
 Row = tuple[Any, ...]  # a campaign_analytics row: ROW_FIELDS
@@ -210,43 +210,32 @@ class PostgresAnalyticsStore:
     raises (the connection is then usable again, or the stage is rebuilt if PostgreSQL went away)."""
 
     def __init__(self, dsn: str) -> None:
-        self._conn = psycopg2.connect(dsn)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        try:
-            with self._conn.cursor() as cur:
-                yield cur
-            self._conn.commit()
-        except BaseException:
-            if not self._conn.closed:
-                self._conn.rollback()
-            raise
+        self._conn = StoreConnection(dsn)
 
     def known_campaigns(self, campaign_ids: Iterable[str]) -> set[str]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return known_campaigns(cur, campaign_ids)
 
     def log_rows(self, keys: Sequence[Key]) -> dict[Key, tuple[str, int]]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return {(r[0], r[1]): (r[2], r[3]) for r in recipient_log.rows(cur, sorted(keys))}
 
     def count(self, outcomes: Mapping[str, str], rows_for: Callable[[list[str]], list[Row]],
               ) -> tuple[list[str], list[Row]]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             new_ids = first_seen(cur, list(outcomes.items()))
             return new_ids, add_to_rows(cur, rows_for(new_ids))
 
     def active_expanded(self) -> set[str]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return campaign_progress.active_expanded(cur)
 
     def completion_rows(self, campaign_ids: Iterable[str]) -> list[CompletionRow]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return campaign_progress.completion_rows(cur, list(campaign_ids))
 
     def terminal_count(self, campaign_id: str) -> int:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return campaign_progress.terminal_count(cur, campaign_id)
 
     def close(self) -> None:

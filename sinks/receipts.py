@@ -38,6 +38,7 @@ import psycopg2.errors
 import psycopg2.extras
 
 from sinks.arrays import array_literal, plain_array_literal
+from sinks.connection import StoreConnection
 
 log = logging.getLogger(__name__)
 
@@ -211,28 +212,22 @@ class PostgresReceiptsStore:
     RETRIES = 3
 
     def __init__(self, dsn: str) -> None:
-        self._conn = psycopg2.connect(dsn)
+        self._conn = StoreConnection(dsn)
 
     def apply(self, ids: Sequence[tuple[str, str]], plan: Callable[[list[RowState]], ReceiptWrites], now: datetime,
               ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         for attempt in range(self.RETRIES + 1):
             try:
-                with self._conn.cursor() as cur:
+                with self._conn.transaction() as cur:
                     writes = plan(lock_rows(cur, ids))
                     update_rows(cur, writes.updates, now)
                     published = add_counts(cur, writes.counts, now)
                     suppressed = suppress(cur, writes.suppress, now)
-                self._conn.commit()
                 return published, suppressed
             except (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure):
-                self._conn.rollback()
                 if attempt == self.RETRIES:
                     raise
                 log.warning("receipts: batch hit a deadlock; retrying (%d)", attempt + 1)
-            except BaseException:
-                if not self._conn.closed:
-                    self._conn.rollback()
-                raise
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -17,16 +17,14 @@ sender's unit tests use; the guarantees below are what both keep.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-import psycopg2
-
 from sinks import audience, campaign_progress, channels, recipient_log
 from sinks.audience import Recipient
+from sinks.connection import StoreConnection
 
 Key = tuple[str, int]  # (campaign, recipient)
 # (campaign, recipient, message id, channel, status, reason, created at, updated at): a terminal row to insert
@@ -100,29 +98,18 @@ class PostgresSenderStore:
     """:class:`SenderStore` on one psycopg2 connection; each method one transaction, rolled back if it raises."""
 
     def __init__(self, dsn: str) -> None:
-        self._conn = psycopg2.connect(dsn)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        try:
-            with self._conn.cursor() as cur:
-                yield cur
-            self._conn.commit()
-        except BaseException:
-            if not self._conn.closed:
-                self._conn.rollback()
-            raise
+        self._conn = StoreConnection(dsn)
 
     def campaign_states(self, campaign_ids: Sequence[str]) -> list[tuple[Any, ...]]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return campaign_progress.states(cur, campaign_ids)
 
     def content(self, campaign_id: str) -> tuple[str, int | None, list[tuple[Any, ...]]]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return campaign_progress.content(cur, campaign_id)  # type: ignore[no-any-return]
 
     def claim(self, channel: str, keys: Sequence[Key], prepare: Prepare, now: datetime, lease: datetime) -> Claimed:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             active = campaign_progress.lock_active(cur, {c for c, _ in keys})
             members = audience.resolve(cur, channel, [k for k in keys if k[0] in active])
             skipped, claims = prepare(active, members)
@@ -137,24 +124,24 @@ class PostgresSenderStore:
         return Claimed(active, members, claimed, taken, existing)
 
     def terminal_rows(self, campaign_id: str, recipients: Sequence[int], status: str) -> list[tuple[Any, Any, Any]]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return recipient_log.terminal_rows(cur, campaign_id, recipients, status)
 
     def cancel(self, channel: str, messages: Sequence[tuple[str, int, str]], now: datetime,
                ) -> tuple[int, list[tuple[str, int, str | None]]]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             cancelled = recipient_log.cancel_messages(cur, messages, channel, now)
-        with self._transaction() as cur:  # read after the commit: the rows other writers cancelled count too
+        with self._conn.transaction() as cur:  # read after the commit: the rows other writers cancelled count too
             rows = recipient_log.cancelled_rows(cur, [(c, r) for c, r, _ in messages])
         return cancelled, rows
 
     def record_results(self, results: Sequence[tuple[Any, ...]]) -> list[Key]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return recipient_log.record_results(cur, results)
 
     def channel_gate(self, channel: str, now: datetime, next_probe_at: Callable[[int], datetime],
                      ) -> tuple[str | None, bool]:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             reason = channels.paused_reason(cur, channel)
             if reason is None:
                 return None, False
@@ -164,15 +151,15 @@ class PostgresSenderStore:
             return reason, taken is not None
 
     def give_back_probe(self, channel: str, now: datetime) -> None:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             channels.give_back_probe(cur, channel, now)
 
     def open_channel(self, channel: str, reason: str, now: datetime, first_probe_at: datetime) -> bool:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return channels.open_(cur, channel, reason, now, first_probe_at)
 
     def close_channel(self, channel: str) -> bool:
-        with self._transaction() as cur:
+        with self._conn.transaction() as cur:
             return channels.close(cur, channel)
 
     def close(self) -> None:

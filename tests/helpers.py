@@ -1,10 +1,11 @@
-"""Small test helpers: bounded waits, topic creation and draining on the real broker."""
+"""Small test helpers: bounded waits, topic creation and draining on the real broker; a recording finisher."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -85,3 +86,14 @@ def consume_to_end(bootstrap: str, topic: str, *, timeout: float = 60) -> list:
         return records
     finally:
         consumer.close()
+
+
+@dataclass
+class RecordingFinisher:
+    """The service's ``finish_campaign`` as the stages call it (complete, fail), recorded; always succeeds."""
+
+    finished: list[tuple[str, Any]] = field(default_factory=list)
+
+    def finish_campaign(self, campaign_id: Any, action: Any, detail: Any) -> bool:
+        self.finished.append((str(campaign_id), action))
+        return True

@@ -5,7 +5,7 @@ real services: tests/e2e (pipeline, failure threshold, forged messages) and test
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,18 +19,10 @@ from producers.kafka import MemoryProducer
 from sinks.memory import MemoryAnalyticsStore, MemoryCampaign
 from streams.analytics import AnalyticsStage
 from streams.memory import MemoryConsumer
+from tests.helpers import RecordingFinisher
 
 T0 = datetime(2026, 11, 30, 12, 0, 7, tzinfo=UTC)
 CODEC = get_codec()
-
-
-@dataclass
-class FakeFinisher:
-    finished: list[tuple[str, CampaignAction]] = field(default_factory=list)
-
-    def finish_campaign(self, campaign_id: uuid.UUID, action: CampaignAction, detail: Any) -> bool:
-        self.finished.append((str(campaign_id), action))
-        return True
 
 
 @dataclass
@@ -39,7 +31,7 @@ class Harness:
     consumer: MemoryConsumer
     producer: MemoryProducer
     store: MemoryAnalyticsStore
-    service: FakeFinisher
+    service: RecordingFinisher
     topic: str
     campaign: str
 
@@ -68,7 +60,7 @@ def h() -> Harness:
     settings = Settings()
     campaign = str(uuid.uuid4())
     store = MemoryAnalyticsStore(campaigns={campaign: MemoryCampaign()})
-    consumer, producer, service = MemoryConsumer(), MemoryProducer(), FakeFinisher()
+    consumer, producer, service = MemoryConsumer(), MemoryProducer(), RecordingFinisher()
     stage = AnalyticsStage(settings, producer, service, consumer=consumer, store=store, clock=lambda: 0.0)
     topic = settings.kafka.topic(OUTCOMES)
     consumer.add(topic, b"", partition=0)  # an empty record first: skipped as undecodable, nothing stops

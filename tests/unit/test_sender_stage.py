@@ -5,7 +5,7 @@ tests/e2e (senders, retry tiers, breakers, leases, crash consistency, forged mes
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,17 +22,9 @@ from sinks.audience import Recipient
 from sinks.memory import MemorySenderCampaign, MemorySenderStore
 from streams.memory import MemoryConsumer
 from streams.sender import ChannelSender
+from tests.helpers import RecordingFinisher
 
 CODEC = get_codec()
-
-
-@dataclass
-class FakeFinisher:
-    finished: list[tuple[str, CampaignAction]] = field(default_factory=list)
-
-    def finish_campaign(self, campaign_id: uuid.UUID, action: CampaignAction, detail: Any) -> bool:
-        self.finished.append((str(campaign_id), action))
-        return True
 
 
 @dataclass
@@ -43,7 +35,7 @@ class Harness:
     producer: MemoryProducer
     store: MemorySenderStore
     transport: FakeTransport
-    finisher: FakeFinisher
+    finisher: RecordingFinisher
     campaign: str
 
     def member(self, recipient: int, skip_reason: str | None = None) -> str:
@@ -84,7 +76,8 @@ def h() -> Harness:
     settings = Settings()
     campaign = str(uuid.uuid4())
     store = MemorySenderStore(campaigns={campaign: MemorySenderCampaign()})
-    consumer, producer, transport, finisher = MemoryConsumer(), MemoryProducer(), FakeTransport("sms"), FakeFinisher()
+    consumer, producer, transport = MemoryConsumer(), MemoryProducer(), FakeTransport("sms")
+    finisher = RecordingFinisher()
     # Every topic the sender subscribes to exists (one partition each), as ensure_topics makes them.
     for name in (messages_topic("sms"), *(retry_topic("sms", n) for n in range(1, settings.sender.retry_tiers + 1))):
         consumer.log.setdefault((settings.kafka.topic(name), 0), [])
