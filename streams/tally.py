@@ -100,58 +100,89 @@ class TallyStats:
     started_at: float = field(default_factory=time.time)
 
 
+def withhold_ack(consumer: Any, message: Any) -> None:
+    """Faust will not acknowledge ``message``: its offset never enters the consumer's acknowledged offsets, so no
+    commit covers it until a re-delivered copy of the record is acknowledged. Marked before ``take_events``
+    acknowledges the batch (``Consumer.ack`` skips a message already marked ``acked``), so no commit - periodic,
+    or the one Faust makes while partitions are revoked - can come in between."""
+    message.acked = True
+    consumer._unacked_messages.discard(message)  # nothing to wait for at a revocation (Consumer.wait_empty)
+
+
 class InOrder:
-    """Every record of a source partition reaches ``count_outcomes`` once, in offset order, or not at all: a
-    workaround for faust-streaming's consumer skipping records around a seek (faust-streaming/faust#216,
-    robinhood/faust#559).
+    """Every record of a source partition this worker owns reaches the agent's body once, in offset order, from
+    the partition's committed offset (or its start), or not at all; a record that does not reach it is never
+    acknowledged (:func:`withhold_ack`), so Faust commits only offsets whose records were counted.
 
-    The defect: after a rebalance Faust seeks each partition back to its committed offset C; a record fetched
-    before the seek (offset D > C) can still arrive, and Faust's fetch loop takes the jump for a gap in the topic
-    (as on a compacted topic): it registers C..D as acknowledged, drops the re-fetched C..D-1 as already read, and
-    later commits past records the agent never saw.
+    Why each rule (faust-streaming 0.15.3 with aiokafka, seen in the fault tests):
 
-    ``delivery.outcomes`` has contiguous offsets (not compacted, no transactions), so the records of a partition
-    must come as C, C+1, ... . :meth:`admit` passes those (and re-deliveries below the next expected offset, which
-    the tally's dedup absorbs); a record beyond the next expected offset is held back with every later record of
-    its partition in the batch, and :meth:`rewind` (awaited before the batch is acknowledged) removes Faust's gap
-    for the partition and seeks it back to the next expected offset, so the held records are read again in
-    order. ``take_events`` acknowledges held records with the batch; :meth:`admit` retracts those acknowledgements
-    at the next batch, before any record it passes is acknowledged, so no commit can cover a record that was not
-    counted. (Faust's ``_gap``, ``_acked``, ``_acked_index`` and ``_committed_offset`` are private: faust-streaming
-    is pinned, and ``tests/unit/test_tally.py`` checks they are still there.) If the partition's records before
-    the next expected offset no longer exist (deleted by retention), it resumes at the earliest there is, with an
-    error logged: those were never counted."""
+    * *A jump after a seek* (faust-streaming/faust#216, robinhood/faust#559): after a rebalance Faust seeks each
+      partition back to its committed offset C; a record fetched before the seek (offset D > C) can still arrive,
+      and Faust's fetch loop takes the jump for a gap in the topic (as on a compacted topic): it registers C..D as
+      acknowledged, drops the re-fetched C..D-1 as already read, and later commits past records never counted.
+    * *No committed offset yet*: Faust drops records it fetched around a rebalance (a stopped flow, a generation
+      change, flow control clearing the queues) and relies on seeking every partition back to its committed
+      offset; aiokafka's ``seek_to_committed`` does not move a partition that has none, so the records dropped
+      are skipped for good (seen: a new owner's first record at offset 549 of a partition nobody had committed,
+      records 327..548 never counted). The start of such a partition is its first offset, not the first record.
+    * *Revoked partitions*: a record of a partition no longer in the assignment (it waited in a buffer across the
+      rebalance) is left to the new owner: a changelog write from here could land after the new owner recovered
+      and be read back by a later recovery as the newest value (Faust does not fence a revoked owner). Its
+      acknowledgement is withheld: once the partition comes back, a stale acknowledgement could otherwise join a
+      run of offsets that Faust commits before the record is counted again.
 
-    def __init__(self, consumer: Callable[[], Any], stats: TallyStats) -> None:
+    The topic must have contiguous offsets (not compacted, no transactions): ``delivery.outcomes`` and
+    ``campaign.analytics_parts``. :meth:`admit` passes a partition's records from the next expected offset on (and
+    re-deliveries below it, which the tables absorb); a record beyond it is held back, with every later record of
+    its partition in the batch, and :meth:`rewind` (awaited in the body, before ``take_events`` acknowledges the
+    batch) removes Faust's gap for the partition and seeks it back to the next expected offset, so the held
+    records are read again in order. (Faust's ``_gap``, ``_unacked_messages`` and ``_committed_offset`` are
+    private: faust-streaming is pinned, and ``tests/unit/test_tally.py`` checks they are still there.) If the
+    partition's records before the next expected offset no longer exist (deleted by retention), it resumes at the
+    earliest there is: with an error logged if they were never counted, silently if nothing was ever committed."""
+
+    def __init__(self, consumer: Callable[[], Any], stats: TallyStats,
+                 assigned: Callable[[], Set[Any]] | None = None) -> None:
         self._consumer = consumer
         self._stats = stats
+        self._assigned = assigned  # the consumer's current assignment (None: everything, for tests)
         self.expected: dict[Any, int] = {}  # TP -> the next offset to count
         self.rewinds: dict[Any, int] = {}  # TP -> where to seek it back to, after this batch
-        self._held: list[Any] = []  # messages held back: their acknowledgements are retracted at the next batch
+        self._uncommitted: set[Any] = set()  # TPs started at 0 for want of a committed offset
 
     def reset(self) -> None:
         """Partitions moved: the next expected offsets are the committed ones again."""
         self.expected.clear()
         self.rewinds.clear()
+        self._uncommitted.clear()
 
     def admit(self, events: Sequence[EventT[Any]]) -> list[EventT[Any]]:
+        """The events to count; every other event's acknowledgement withheld. No await: the assignment cannot
+        change between this and the counting that follows it in the same step."""
         consumer = self._consumer()
-        self._retract_acks(consumer)
+        owned = self._assigned() if self._assigned is not None else None
         admitted = []
         for event in events:
             message = event.message
             tp, offset = message.tp, message.offset
+            if owned is not None and tp not in owned:
+                self._stats.revoked += 1
+                withhold_ack(consumer, message)
+                continue
             expected = self.expected.get(tp)
-            if expected is None:  # first record since the assignment: Faust resumed at the committed offset
+            if expected is None:  # first record since the assignment: Faust resumes at the committed offset
                 committed = consumer._committed_offset.get(tp)
-                expected = offset if committed is None else committed
+                if committed is None:
+                    self._uncommitted.add(tp)
+                expected = committed or 0
             if tp in self.rewinds or offset > expected:
                 if tp not in self.rewinds:
                     self._stats.jumps += 1
-                    log.warning("analytics: %s[%d] jumped from offset %d to %d (faust-streaming#216); seeking "
-                                "back to %d", message.topic, message.partition, expected, offset, expected)
+                    log.warning("analytics: %s[%d] jumped from offset %d to %d (faust-streaming#216, or records "
+                                "dropped before any commit); seeking back to %d", message.topic, message.partition,
+                                expected, offset, expected)
                 self.rewinds.setdefault(tp, expected)
-                self._held.append(message)
+                withhold_ack(consumer, message)
             else:
                 admitted.append(event)
                 if offset == expected:
@@ -161,23 +192,19 @@ class InOrder:
 
     async def rewind(self) -> None:
         consumer = self._consumer()
+        owned = self._assigned() if self._assigned is not None else None
         for tp, offset in list(self.rewinds.items()):
+            if owned is not None and tp not in owned:  # revoked meanwhile: its new owner starts at its commit
+                continue
             earliest = (await consumer.earliest_offsets(tp)).get(tp)
             if earliest is not None and earliest > offset:
-                log.error("analytics: %s[%d] offsets %d..%d were deleted before they were counted (retention); "
-                          "resuming at %d", tp.topic, tp.partition, offset, earliest - 1, earliest)
+                if not (tp in self._uncommitted and offset == 0):  # else: nothing was ever committed, no loss
+                    log.error("analytics: %s[%d] offsets %d..%d were deleted before they were counted (retention); "
+                              "resuming at %d", tp.topic, tp.partition, offset, earliest - 1, earliest)
                 offset = self.expected[tp] = earliest
             consumer._gap.pop(tp, None)
             await consumer.seek(tp, offset)
         self.rewinds.clear()
-
-    def _retract_acks(self, consumer: Any) -> None:
-        for message in self._held:
-            index = consumer._acked_index.get(message.tp)
-            if index is not None and message.offset in index:
-                index.discard(message.offset)
-                consumer._acked[message.tp].remove(message.offset)
-        self._held.clear()
 
 
 class Counter:
@@ -234,13 +261,9 @@ class Counter:
         touched part; never one per outcome."""
         by_key: dict[tuple[str, int, int], list[Outcome]] = {}
         new_ids: dict[int, list[list[Any]]] = {}
-        # Events of a partition revoked while they waited in the take buffer are left to its new owner: a write
-        # from here would reach the changelog after the new owner recovered from it, and a later recovery could
-        # read it as the newest value (Faust does not fence a revoked owner). apply() has no await, so the
-        # assignment cannot change while it runs.
-        owned = self.assigned() if self.assigned is not None else None
+        # Only events of owned partitions come here (InOrder.admit, in the same step: no await in between).
         if events and self.indexed != self.generation:
-            self._reindex(owned, events[0].message.topic)
+            self._reindex(self.assigned() if self.assigned is not None else None, events[0].message.topic)
             firsts: dict[int, int] = {}
             for event in events:
                 firsts.setdefault(event.message.partition, event.message.offset)
@@ -251,9 +274,6 @@ class Counter:
             log.info("analytics: first batch after an assignment starts at %s; parts folded up to %s",
                      sorted(firsts.items()), sorted(srcs.items()))
         for event in events:
-            if owned is not None and event.message.tp not in owned:
-                self.stats.revoked += 1
-                continue
             o = self.decode(event)
             self.stats.records += 1
             if o is None:
@@ -415,11 +435,13 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
                       assigned=lambda: app.consumer.assignment())
     merger = Merger(windows, cast(Any, totals), window_s, stats)
 
-    in_order = InOrder(lambda: app.consumer, stats)
+    in_order = InOrder(lambda: app.consumer, stats, assigned=lambda: app.consumer.assignment())
+    parts_in_order = InOrder(lambda: app.consumer, stats, assigned=lambda: app.consumer.assignment())
 
     async def reindex_after_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
         counter.generation += 1  # partitions moved: their dedup entries may have changed (another owner wrote)
         in_order.reset()
+        parts_in_order.reset()
 
     app.on_partitions_assigned.connect(reindex_after_assignment)
     codec = get_codec()
@@ -438,7 +460,8 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     async def merge_parts(stream: faust.StreamT[Any]) -> None:
         async for events in cast(faust.Stream[Any], stream).take_events(
                 analytics.faust_batch_size, within=analytics.faust_batch_within_s):
-            merger.apply(events)
+            merger.apply(parts_in_order.admit(events))  # the same rules for the parts topic's records
+            await parts_in_order.rewind()
 
     ticks = 0
 
