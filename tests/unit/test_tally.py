@@ -5,6 +5,7 @@ partition nobody committed, a revocation, a revoked partition's records)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -108,9 +109,11 @@ class FaustBookkeeping:
     ack = Consumer.ack
     _new_offset = Consumer._new_offset
 
-    def __init__(self, committed: dict[TP, int], earliest: int = 0) -> None:
+    def __init__(self, committed: dict[TP, int], earliest: int = 0, *, known: bool = True) -> None:
         self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
-        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None, committed)
+        self.broker = dict(committed)  # the group's committed offsets
+        # What the consumer knows of them: Faust fills it in after a rebalance (perform_seek), maybe not yet.
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None, committed if known else {})
         self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
         self._acked: defaultdict[TP, list[int]] = defaultdict(list)
         self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
@@ -123,15 +126,19 @@ class FaustBookkeeping:
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return dict.fromkeys(tps, self.earliest)
 
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.seeks.extend(partitions.items())
+
+    async def perform_seek(self) -> None:  # as Consumer.perform_seek: learns (and seeks to) the committed offsets
+        self._committed_offset.update(self.broker)
+        self.seeks.extend(self.broker.items())
 
     def commit(self, tp: TP) -> int | None:
         """Faust's commit of ``tp``, as ``Consumer._filter_committable_offsets`` and ``_commit_offsets`` do it."""
         offset = self._new_offset(tp)
         committed = self._committed_offset[tp]
         if offset is not None and (committed is None or offset > committed):
-            self._committed_offset[tp] = offset
+            self._committed_offset[tp] = self.broker[tp] = offset
             return offset
         return None
 
@@ -146,10 +153,10 @@ def _message(partition: int, offset: int) -> FaustMessage:
 
 
 def _batch(guard, consumer, offsets, partition=0):
-    """One take_events batch: admit, rewind, then Faust acknowledges every event of the batch."""
-    import asyncio
-
+    """One take_events batch as count_outcomes runs it: resolve, admit, rewind, then Faust acknowledges every
+    event of the batch."""
     events = [Event(_message(partition, o), b"") for o in offsets]  # type: ignore[arg-type]
+    asyncio.run(guard.resolve(events))
     admitted = [e.message.offset for e in guard.admit(events)]
     asyncio.run(guard.rewind())
     for e in events:
@@ -167,16 +174,52 @@ def test_a_jump_after_a_seek_is_held_back_and_read_again_in_order():
     """faust-streaming#216: a record fetched before the seek to the committed offset (108) arrives first."""
     tp = TP(TOPIC, 0)
     consumer = FaustBookkeeping({tp: 108})
-    consumer._gap[tp].addi(109, 207)  # Faust took the jump for a gap
     guard = _guard(consumer)
     assert _batch(guard, consumer, [206, 207]) == []
-    assert consumer.seeks == [(tp, 108)] and tp not in consumer._gap
+    assert consumer.seeks == [(tp, 108)]
     assert consumer._acked[tp] == [] and consumer.commit(tp) is None  # the held records were never acknowledged
     assert _batch(guard, consumer, range(108, 150)) == list(range(108, 150))
     assert consumer.commit(tp) == 150
     assert _batch(guard, consumer, range(150, 210)) == list(range(150, 210))
     assert consumer.commit(tp) == 210
     assert guard.expected[tp] == 210 and consumer.seeks == [(tp, 108)]
+
+
+def test_the_first_records_before_faust_learnt_the_committed_offset_are_read_again_from_it():
+    """The stream may resume before Faust's seek to the committed offsets has told the consumer what they are:
+    the committed offset is fetched first, and the partition counted from there (not from the first record, not
+    from 0)."""
+    tp = TP(TOPIC, 0)
+    consumer = FaustBookkeeping({tp: 540}, known=False)
+    guard = _guard(consumer)
+    assert _batch(guard, consumer, range(540, 560)) == list(range(540, 560))
+    assert consumer.commit(tp) == 560
+    other = FaustBookkeeping({tp: 540}, known=False)
+    guard = _guard(other)
+    assert _batch(guard, other, range(545, 560)) == []  # 540..544 dropped by Faust: held, read again
+    assert other.seeks[-1] == (tp, 540) and other.commit(tp) is None
+
+
+def test_a_rebalance_during_the_rewind_leaves_the_held_records_to_the_next_one(caplog):
+    """aiokafka refuses to fetch committed offsets or seek while it has no assignment: nothing is lost, the held
+    records stay unacknowledged and the partition's next record starts the rewind again."""
+    from aiokafka.errors import IllegalStateError
+
+    tp = TP(TOPIC, 0)
+    consumer = FaustBookkeeping({tp: 540}, known=False)
+
+    async def rebalancing() -> None:
+        raise IllegalStateError("No current assignment for partition")
+
+    consumer.perform_seek = rebalancing  # type: ignore[method-assign]
+    guard = _guard(consumer)
+    assert _batch(guard, consumer, range(540, 560)) == []
+    assert "holding their records" in caplog.text and consumer.commit(tp) is None and consumer.seeks == []
+    del consumer.perform_seek  # the rebalance is over
+    assert _batch(guard, consumer, range(560, 570)) == []  # 540..559 were held: read again from 540
+    assert consumer.seeks[-1] == (tp, 540)
+    assert _batch(guard, consumer, range(540, 570)) == list(range(540, 570))
+    assert consumer.commit(tp) == 570
 
 
 def test_a_jump_while_partitions_are_revoked_is_not_committed():
@@ -211,7 +254,9 @@ def test_a_partition_nobody_committed_starts_at_its_first_record_not_the_first_o
     guard = _guard(consumer)
     assert _batch(guard, consumer, range(549, 560)) == []
     assert consumer.seeks == [(tp, 0)] and consumer.commit(tp) is None
-    assert _batch(guard, consumer, range(0, 560)) == list(range(0, 560))
+    assert _batch(guard, consumer, [*range(549, 560), *range(0, 5)]) == list(range(0, 5))  # stale ones first
+    assert consumer.commit(tp) == 5 and consumer.seeks[-1] == (tp, 5)
+    assert _batch(guard, consumer, range(5, 560)) == list(range(5, 560))
     assert consumer.commit(tp) == 560
 
 
@@ -226,9 +271,8 @@ def test_records_deleted_before_they_were_counted_resume_at_the_earliest(caplog)
     caplog.clear()
     fresh = FaustBookkeeping({}, earliest=50)
     guard = _guard(fresh)
-    assert _batch(guard, fresh, [50, 51], partition=2) == []
-    assert fresh.seeks == [(tp, 50)] and "deleted" not in caplog.text
     assert _batch(guard, fresh, [50, 51], partition=2) == [50, 51]
+    assert fresh.seeks == [] and "deleted" not in caplog.text and fresh.commit(tp) == 52
 
 
 def test_events_of_revoked_partitions_are_left_to_the_new_owner_and_never_acknowledged():
@@ -240,6 +284,7 @@ def test_events_of_revoked_partitions_are_left_to_the_new_owner_and_never_acknow
     owned = {tp1}
     guard = _guard(consumer, owned)
     events = [Event(_message(0, o), b"") for o in range(120, 130)] + [Event(_message(1, 0), b"")]
+    asyncio.run(guard.resolve(events))
     assert [e.message.tp for e in guard.admit(events)] == [tp1] and guard._stats.revoked == 10
     for e in events:
         consumer.ack(e.message)
@@ -251,10 +296,31 @@ def test_events_of_revoked_partitions_are_left_to_the_new_owner_and_never_acknow
     assert consumer.commit(tp0) == 120
 
 
+def test_the_consumer_keeps_no_gaps():
+    """Faust would count the offsets between its read offset and a later record as acknowledged; GaplessConsumer
+    does not (here the gap a seek back to the committed offset 667 would leave: 668..700 were read already, and
+    merging them duplicated their acknowledgements: commits then advanced one offset at a time)."""
+    from streams.tally import GaplessConsumer
+
+    tp = TP(TOPIC, 0)
+    consumer = FaustBookkeeping({tp: 667})
+    asyncio.run(GaplessConsumer._add_gap(consumer, tp, 668, 700))  # type: ignore[arg-type]
+    assert not consumer._gap[tp]
+    guard = _guard(consumer)
+    assert _batch(guard, consumer, range(667, 720)) == list(range(667, 720))
+    assert consumer.commit(tp) == 720
+    # What Faust's own _add_gap would have done to the same acknowledgements:
+    faust = FaustBookkeeping({tp: 667})
+    _batch(_guard(faust), faust, range(667, 720))
+    asyncio.run(Consumer._add_gap(faust, tp, 668, 700))  # type: ignore[arg-type]
+    assert faust.commit(tp) == 669
+
+
 def test_the_faust_internals_in_order_relies_on_are_still_there():
     """InOrder works on faust-streaming's private consumer state (pinned version): fail here if it moves."""
     import inspect
 
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
     from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
     source = inspect.getsource(Consumer)
@@ -263,5 +329,7 @@ def test_the_faust_internals_in_order_relies_on_are_still_there():
                  "self._committed_offset.pop(tp, None)"):
         assert name in source, name
     assert issubclass(AIOKafkaConsumer, Consumer)
-    assert inspect.iscoroutinefunction(AIOKafkaConsumer.seek)
-    assert inspect.iscoroutinefunction(AIOKafkaConsumer.earliest_offsets)
+    for name in ("seek_wait", "perform_seek", "earliest_offsets"):
+        assert inspect.iscoroutinefunction(getattr(AIOKafkaConsumer, name)), name
+    # seek_wait seeks in aiokafka's thread and resets Faust's read offset (else re-read records are dropped).
+    assert "self.consumer._read_offset[tp] = offset" in inspect.getsource(AIOKafkaConsumerThread._seek_wait)
