@@ -57,7 +57,9 @@ from typing import Any, cast
 
 import faust
 import psycopg2
+from aiokafka.errors import KafkaError
 from faust.tables.wrappers import WindowWrapper
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import EventT
 from mode import want_seconds
 from pydantic import BaseModel, SecretStr
@@ -100,84 +102,171 @@ class TallyStats:
     started_at: float = field(default_factory=time.time)
 
 
+def withhold_ack(consumer: Any, message: Any) -> None:
+    """Faust will not acknowledge ``message``: its offset never enters the consumer's acknowledged offsets, so no
+    commit covers it until a re-delivered copy of the record is acknowledged. Marked before ``take_events``
+    acknowledges the batch (``Consumer.ack`` skips a message already marked ``acked``), so no commit - periodic,
+    or the one Faust makes while partitions are revoked - can come in between."""
+    message.acked = True
+    consumer._unacked_messages.discard(message)  # nothing to wait for at a revocation (Consumer.wait_empty)
+
+
+class GaplessConsumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer without its gap bookkeeping (``Consumer._add_gap``), which is wrong for every topic
+    this app acknowledges (``delivery.outcomes``, ``campaign.analytics_parts``: contiguous offsets, never compacted;
+    the changelogs are not acknowledged). When its read loop sees a record beyond the last one it read, Faust takes
+    the records in between for a gap in the topic and counts them as acknowledged at the next commit. They are
+    not: they were dropped (faust-streaming/faust#216, records fetched before a seek), or already read when
+    ``perform_seek`` set the read offset back (a rebalance racing the read loop); the first let a commit pass
+    records never counted, the second appends offsets acknowledged already, whose duplicates split Faust's runs
+    of consecutive offsets so that the partition's commits advance by one offset per commit interval (seen: 667,
+    669, 670, ... every 2.8 s). Records really skipped are :class:`InOrder`'s to read again."""
+
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        return None
+
+
 class InOrder:
-    """Every record of a source partition reaches ``count_outcomes`` once, in offset order, or not at all: a
-    workaround for faust-streaming's consumer skipping records around a seek (faust-streaming/faust#216,
-    robinhood/faust#559).
+    """Every record of a source partition this worker owns reaches the agent's body once, in offset order, from
+    the partition's committed offset (or its start), or not at all; a record that does not reach it is never
+    acknowledged (:func:`withhold_ack`), so Faust commits only offsets whose records were counted. The body
+    awaits :meth:`resolve`, then counts what :meth:`admit` passes, then awaits :meth:`rewind`.
 
-    The defect: after a rebalance Faust seeks each partition back to its committed offset C; a record fetched
-    before the seek (offset D > C) can still arrive, and Faust's fetch loop takes the jump for a gap in the topic
-    (as on a compacted topic): it registers C..D as acknowledged, drops the re-fetched C..D-1 as already read, and
-    later commits past records the agent never saw.
+    Why each rule (faust-streaming 0.15.3 with aiokafka, seen in the fault tests):
 
-    ``delivery.outcomes`` has contiguous offsets (not compacted, no transactions), so the records of a partition
-    must come as C, C+1, ... . :meth:`admit` passes those (and re-deliveries below the next expected offset, which
-    the tally's dedup absorbs); a record beyond the next expected offset is held back with every later record of
-    its partition in the batch, and :meth:`rewind` (awaited before the batch is acknowledged) removes Faust's gap
-    for the partition and seeks it back to the next expected offset, so the held records are read again in
-    order. ``take_events`` acknowledges held records with the batch; :meth:`admit` retracts those acknowledgements
-    at the next batch, before any record it passes is acknowledged, so no commit can cover a record that was not
-    counted. (Faust's ``_gap``, ``_acked``, ``_acked_index`` and ``_committed_offset`` are private: faust-streaming
-    is pinned, and ``tests/unit/test_tally.py`` checks they are still there.) If the partition's records before
-    the next expected offset no longer exist (deleted by retention), it resumes at the earliest there is, with an
-    error logged: those were never counted."""
+    * *A jump after a seek* (faust-streaming/faust#216, robinhood/faust#559): after a rebalance Faust seeks each
+      partition back to its committed offset C; a record fetched before the seek (offset D > C) can still arrive,
+      and Faust's read loop drops the re-fetched C..D-1 as already read (and would count them as acknowledged:
+      :class:`GaplessConsumer`). A record beyond the next expected offset is held, and the partition sought back.
+    * *The start is the committed offset, asked of the broker* (:meth:`resolve`): Faust drops records it fetched
+      around a rebalance (a stream skips events of an older generation or while flow control is suspended, flow
+      control clears the queues) and relies on seeking every partition back to its committed offset; aiokafka's
+      ``seek_to_committed`` does not move a partition that has none, so the first record seen is no start (seen:
+      a new owner's first record at offset 549 of a partition nobody had committed; 327..548 never counted). The
+      first record can also come before Faust's own seek has learnt the committed offset. So when the consumer
+      does not know a partition's committed offset at its first record, the committed offsets are fetched
+      (``Consumer.perform_seek``, what Faust does after a rebalance); a partition without one starts at its
+      first offset.
+    * *Revoked partitions*: a record of a partition no longer in the assignment (it waited in a buffer across the
+      rebalance) is left to the new owner: a changelog write from here could land after the new owner recovered
+      and be read back by a later recovery as the newest value (Faust does not fence a revoked owner). Its
+      acknowledgement is withheld: once the partition comes back, a stale acknowledgement could otherwise join a
+      run of offsets that Faust commits before the record is counted again.
 
-    def __init__(self, consumer: Callable[[], Any], stats: TallyStats) -> None:
+    The topic must have contiguous offsets (not compacted, no transactions): ``delivery.outcomes`` and
+    ``campaign.analytics_parts``. :meth:`admit` passes a partition's records up to the next expected offset
+    (those below it are re-deliveries, which the tables absorb); a record beyond it is held back, and
+    :meth:`rewind` seeks the partition back to the next expected offset (``Consumer.seek_wait``: in aiokafka's
+    thread; ``Consumer.seek`` touches aiokafka from this one and raced its fetcher, a worker crashed with a
+    ``KeyError`` in ``fetched_records``), so the held records are read again in order; records of the partition
+    that come in order after a held one are still passed (holding them too made a partition seek back over and
+    over while new records kept coming). (Faust's ``_unacked_messages``, ``_committed_offset`` and
+    ``Message.acked`` are private: faust-streaming is pinned, and ``tests/unit/test_tally.py`` checks they are
+    still there.) If the partition's records before the next expected offset no longer exist (deleted by
+    retention), it resumes at the earliest there is, with an error logged: they were never counted."""
+
+    def __init__(self, consumer: Callable[[], Any], stats: TallyStats,
+                 assigned: Callable[[], Set[Any]] | None = None) -> None:
         self._consumer = consumer
         self._stats = stats
+        self._assigned = assigned  # the consumer's current assignment (None: everything, for tests)
         self.expected: dict[Any, int] = {}  # TP -> the next offset to count
-        self.rewinds: dict[Any, int] = {}  # TP -> where to seek it back to, after this batch
-        self._held: list[Any] = []  # messages held back: their acknowledgements are retracted at the next batch
+        self.rewinds: set[Any] = set()  # TPs with records held back: sought back to their next expected offset
+        self._epoch = 0  # bumped by reset(): what an await outlived is not written back
 
     def reset(self) -> None:
         """Partitions moved: the next expected offsets are the committed ones again."""
+        self._epoch += 1
         self.expected.clear()
         self.rewinds.clear()
 
+    def _owned(self) -> Set[Any] | None:
+        return self._assigned() if self._assigned is not None else None
+
+    async def resolve(self, events: Sequence[EventT[Any]]) -> None:
+        """The next expected offset of each owned partition the batch shows for the first time since the
+        assignment: its committed offset, or its first offset if it has none. A partition left unresolved (a
+        rebalance started meanwhile) has its records held by :meth:`admit`."""
+        owned = self._owned()
+        await self._resolve({tp for tp in (e.message.tp for e in events)
+                             if tp not in self.expected and (owned is None or tp in owned)})
+
+    async def _resolve(self, new: set[Any]) -> None:
+        if not new:
+            return
+        consumer, epoch = self._consumer(), self._epoch
+        try:
+            if any(consumer._committed_offset.get(tp) is None for tp in new):
+                await consumer.perform_seek()  # every assigned partition's committed offset, from the broker
+            starts = {}
+            for tp in new:
+                start = consumer._committed_offset.get(tp)
+                if start is None:  # nothing ever committed: the partition's first record is the start
+                    start = (await consumer.earliest_offsets(tp)).get(tp) or 0
+                    log.info("analytics: %s[%d] has no committed offset; starting at %d", tp.topic, tp.partition,
+                             start)
+                starts[tp] = start
+        except (KafkaError, AssertionError) as exc:  # a rebalance started (aiokafka: partition not assigned)
+            log.warning("analytics: the committed offsets of %s are unknown (%r); holding their records",
+                        sorted(new), exc)
+            return
+        if epoch == self._epoch:
+            for tp, start in starts.items():
+                self.expected.setdefault(tp, start)
+
     def admit(self, events: Sequence[EventT[Any]]) -> list[EventT[Any]]:
+        """The events to count; every other event's acknowledgement withheld. No await: the assignment cannot
+        change between this and the counting that follows it in the same step."""
         consumer = self._consumer()
-        self._retract_acks(consumer)
+        owned = self._owned()
         admitted = []
         for event in events:
             message = event.message
             tp, offset = message.tp, message.offset
+            if owned is not None and tp not in owned:
+                self._stats.revoked += 1
+                withhold_ack(consumer, message)
+                continue
             expected = self.expected.get(tp)
-            if expected is None:  # first record since the assignment: Faust resumed at the committed offset
-                committed = consumer._committed_offset.get(tp)
-                expected = offset if committed is None else committed
-            if tp in self.rewinds or offset > expected:
-                if tp not in self.rewinds:
+            if expected is None or offset > expected:
+                if expected is not None and tp not in self.rewinds:
                     self._stats.jumps += 1
-                    log.warning("analytics: %s[%d] jumped from offset %d to %d (faust-streaming#216); seeking "
-                                "back to %d", message.topic, message.partition, expected, offset, expected)
-                self.rewinds.setdefault(tp, expected)
-                self._held.append(message)
-            else:
-                admitted.append(event)
-                if offset == expected:
-                    expected += 1
-            self.expected[tp] = expected
+                    log.warning("analytics: %s[%d] jumped from offset %d to %d (faust-streaming#216, or records "
+                                "dropped before any commit); seeking back to %d", message.topic, message.partition,
+                                expected, offset, expected)
+                self.rewinds.add(tp)
+                withhold_ack(consumer, message)
+                continue
+            admitted.append(event)  # the next record, or a re-delivery (also after a held one: it came in order)
+            if offset == expected:
+                self.expected[tp] = expected + 1
         return admitted
 
     async def rewind(self) -> None:
-        consumer = self._consumer()
-        for tp, offset in list(self.rewinds.items()):
-            earliest = (await consumer.earliest_offsets(tp)).get(tp)
-            if earliest is not None and earliest > offset:
-                log.error("analytics: %s[%d] offsets %d..%d were deleted before they were counted (retention); "
-                          "resuming at %d", tp.topic, tp.partition, offset, earliest - 1, earliest)
-                offset = self.expected[tp] = earliest
-            consumer._gap.pop(tp, None)
-            await consumer.seek(tp, offset)
-        self.rewinds.clear()
-
-    def _retract_acks(self, consumer: Any) -> None:
-        for message in self._held:
-            index = consumer._acked_index.get(message.tp)
-            if index is not None and message.offset in index:
-                index.discard(message.offset)
-                consumer._acked[message.tp].remove(message.offset)
-        self._held.clear()
+        """Seek the partitions with held records back to their next expected offset (resolved first if unknown)."""
+        if not self.rewinds:
+            return
+        rewinds, self.rewinds = self.rewinds, set()
+        consumer, epoch = self._consumer(), self._epoch
+        try:
+            await self._resolve({tp for tp in rewinds if tp not in self.expected})
+            owned = self._owned()
+            for tp in rewinds:
+                offset = self.expected.get(tp)
+                if (owned is not None and tp not in owned) or offset is None or epoch != self._epoch:
+                    continue  # revoked (its new owner starts at its commit), or still unknown: its next records
+                earliest = (await consumer.earliest_offsets(tp)).get(tp) or 0
+                if epoch != self._epoch:
+                    return
+                if earliest > offset:
+                    log.error("analytics: %s[%d] offsets %d..%d were deleted before they were counted (retention); "
+                              "resuming at %d", tp.topic, tp.partition, offset, earliest - 1, earliest)
+                    offset = self.expected[tp] = earliest
+                await consumer.seek_wait({tp: offset})
+        except (KafkaError, AssertionError) as exc:  # a rebalance started (aiokafka: partition not assigned)
+            # Nothing lost: the held records were not acknowledged, and the next record of each partition is
+            # beyond its next expected offset (or its first since the assignment): it triggers a rewind again.
+            log.warning("analytics: seeking back %s failed (%r); retrying on their next records", sorted(rewinds), exc)
 
 
 class Counter:
@@ -234,13 +323,9 @@ class Counter:
         touched part; never one per outcome."""
         by_key: dict[tuple[str, int, int], list[Outcome]] = {}
         new_ids: dict[int, list[list[Any]]] = {}
-        # Events of a partition revoked while they waited in the take buffer are left to its new owner: a write
-        # from here would reach the changelog after the new owner recovered from it, and a later recovery could
-        # read it as the newest value (Faust does not fence a revoked owner). apply() has no await, so the
-        # assignment cannot change while it runs.
-        owned = self.assigned() if self.assigned is not None else None
+        # Only events of owned partitions come here (InOrder.admit, in the same step: no await in between).
         if events and self.indexed != self.generation:
-            self._reindex(owned, events[0].message.topic)
+            self._reindex(self.assigned() if self.assigned is not None else None, events[0].message.topic)
             firsts: dict[int, int] = {}
             for event in events:
                 firsts.setdefault(event.message.partition, event.message.offset)
@@ -251,9 +336,6 @@ class Counter:
             log.info("analytics: first batch after an assignment starts at %s; parts folded up to %s",
                      sorted(firsts.items()), sorted(srcs.items()))
         for event in events:
-            if owned is not None and event.message.tp not in owned:
-                self.stats.revoked += 1
-                continue
             o = self.decode(event)
             self.stats.records += 1
             if o is None:
@@ -396,6 +478,7 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
         web_enabled=False,
         Table=SourcePartitionedTable,
     )
+    cast(Any, app.transport).Consumer = GaplessConsumer  # before the app creates its consumer (at start)
     source = app.topic(kafka.topic(OUTCOMES), key_serializer="raw", value_serializer="raw")
     parts_topic = app.topic(kafka.topic(ANALYTICS_PARTS), key_serializer="raw", value_serializer="json",
                             partitions=kafka.partitions)
@@ -415,11 +498,13 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
                       assigned=lambda: app.consumer.assignment())
     merger = Merger(windows, cast(Any, totals), window_s, stats)
 
-    in_order = InOrder(lambda: app.consumer, stats)
+    in_order = InOrder(lambda: app.consumer, stats, assigned=lambda: app.consumer.assignment())
+    parts_in_order = InOrder(lambda: app.consumer, stats, assigned=lambda: app.consumer.assignment())
 
     async def reindex_after_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
         counter.generation += 1  # partitions moved: their dedup entries may have changed (another owner wrote)
         in_order.reset()
+        parts_in_order.reset()
 
     app.on_partitions_assigned.connect(reindex_after_assignment)
     codec = get_codec()
@@ -429,6 +514,7 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     async def count_outcomes(stream: faust.StreamT[Any]) -> None:
         async for events in cast(faust.Stream[Any], stream).take_events(
                 analytics.faust_batch_size, within=analytics.faust_batch_within_s):
+            await in_order.resolve(events)
             for part in counter.apply(in_order.admit(events)):
                 await parts_topic.send(key=part["campaign_id"].encode(), value=part)
                 stats.parts_sent += 1
@@ -438,7 +524,9 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     async def merge_parts(stream: faust.StreamT[Any]) -> None:
         async for events in cast(faust.Stream[Any], stream).take_events(
                 analytics.faust_batch_size, within=analytics.faust_batch_within_s):
-            merger.apply(events)
+            await parts_in_order.resolve(events)  # the same rules for the parts topic's records
+            merger.apply(parts_in_order.admit(events))
+            await parts_in_order.rewind()
 
     ticks = 0
 

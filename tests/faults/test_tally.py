@@ -17,7 +17,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
-import pytest
 from confluent_kafka import Producer
 
 from campaigns.codec import get_codec
@@ -31,12 +30,6 @@ from tests.helpers import wait_for
 COLUMNS = ("sent", "failed", "skipped", "cancelled", "retried")
 TALLY_ENV = {"CAMPAIGNS_ANALYTICS__WINDOW_S": "2", "CAMPAIGNS_ANALYTICS__WINDOWS_KEPT": "5",
              "CAMPAIGNS_LIVE__SESSION_TIMEOUT_S": "6"}
-
-
-KNOWN_LOSS = pytest.mark.xfail(strict=False, reason=(
-    "known defect (docs/architecture.md, Faust analytics, 'offsets committed beyond what was counted'): a partition "
-    "handed over in a rebalance with its offsets committed past the counts in its changelog (events of a revoked "
-    "partition skipped yet acknowledged before the commit at revocation); about one run in four"))
 
 
 def _start_tally(cluster: Cluster, n: int) -> Proc:
@@ -87,7 +80,6 @@ def _counted(dsn: str, campaign_id: str) -> int:
     return sum(totals[c] for c in TERMINAL)
 
 
-@KNOWN_LOSS
 def test_faust_analytics_survive_three_sigkills_and_a_full_replay(settings, service, sessions, audience, cluster):
     channel = "whatsapp"
     set_channel(sessions, channel, 150, 30)
@@ -175,7 +167,6 @@ def test_faust_analytics_survive_three_sigkills_and_a_full_replay(settings, serv
     assert window[0] <= late_at < window[0] + timedelta(seconds=2) and window[1] == 1, window
 
 
-@KNOWN_LOSS
 def test_faust_analytics_rebalance_between_two_workers(settings, service, sessions, audience, cluster):
     """Two Faust workers share the partitions; one is SIGKILLed (its partitions move to the other, which recovers
     their tables), restarted (they move back), then the other is stopped with SIGTERM (a clean leave)."""

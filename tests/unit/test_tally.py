@@ -1,13 +1,22 @@
 """streams.tally.Counter (the count_outcomes body) over in-memory tables: batched dedup writes, the index
-rebuilt from the table after an assignment, a replay counted once, revoked partitions left alone."""
+rebuilt from the table after an assignment, a replay counted once. streams.tally.InOrder on faust-streaming's own
+acknowledgement bookkeeping: what Faust would commit never passes a record that was not counted (a jump, a
+partition nobody committed, a revocation, a revoked partition's records)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
+from weakref import WeakSet
 
+from faust.transport.consumer import Consumer
 from faust.types import TP
+from faust.types.tuples import Message as FaustMessage
+from intervaltree import IntervalTree
 
 from campaigns.codec import get_codec
 from campaigns.core.tally import TOTALS, part_key
@@ -93,103 +102,234 @@ def test_an_assignment_rebuilds_the_index_from_what_another_owner_wrote():
     assert _sent(parts, 0) == 2
 
 
-def test_events_of_revoked_partitions_are_left_to_the_new_owner():
-    counted, parts = FakeTable(), FakeTable()
-    counter = _counter(counted, parts, owned={TP(TOPIC, 1)})
-    counter.apply([_event(0, 0, "a"), _event(1, 0, "b")])
-    assert counter.stats.revoked == 1 and sorted(counted) == ["1|0"]
+class FaustBookkeeping:
+    """The consumer state InOrder touches, run by faust-streaming's own ``Consumer.ack`` and ``Consumer._new_offset``
+    (the offset Faust's next commit of a partition would be), so the tests check what Faust would commit."""
 
+    ack = Consumer.ack
+    _new_offset = Consumer._new_offset
 
-class FakeFaustConsumer:
-    """The parts of Faust's consumer that InOrder touches, with Faust's own bookkeeping of acks and gaps."""
-
-    def __init__(self, committed: dict[TP, int], earliest: int = 0) -> None:
-        from collections import defaultdict
-
-        self._committed_offset: dict[TP, int] = dict(committed)
-        self._gap: dict[TP, object] = {}
+    def __init__(self, committed: dict[TP, int], earliest: int = 0, *, known: bool = True) -> None:
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+        self.broker = dict(committed)  # the group's committed offsets
+        # What the consumer knows of them: Faust fills it in after a rebalance (perform_seek), maybe not yet.
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None, committed if known else {})
+        self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
         self._acked: defaultdict[TP, list[int]] = defaultdict(list)
         self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._unacked_messages: WeakSet[FaustMessage] = WeakSet()
+        self._n_acked = 0
+        self._waiting_for_ack = None
         self.seeks: list[tuple[TP, int]] = []
         self.earliest = earliest
-
-    def ack(self, message: Message) -> None:  # as Consumer.ack: once per offset
-        if message.offset not in self._acked_index[message.tp]:
-            self._acked_index[message.tp].add(message.offset)
-            self._acked[message.tp].append(message.offset)
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return dict.fromkeys(tps, self.earliest)
 
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.seeks.extend(partitions.items())
+
+    async def perform_seek(self) -> None:  # as Consumer.perform_seek: learns (and seeks to) the committed offsets
+        self._committed_offset.update(self.broker)
+        self.seeks.extend(self.broker.items())
+
+    def commit(self, tp: TP) -> int | None:
+        """Faust's commit of ``tp``, as ``Consumer._filter_committable_offsets`` and ``_commit_offsets`` do it."""
+        offset = self._new_offset(tp)
+        committed = self._committed_offset[tp]
+        if offset is not None and (committed is None or offset > committed):
+            self._committed_offset[tp] = self.broker[tp] = offset
+            return offset
+        return None
+
+    def revoke(self, tp: TP) -> None:
+        """What ``Consumer.on_partitions_revoked`` forgets before the app waits for the buffered events."""
+        for state in (self._gap, self._acked, self._acked_index, self._committed_offset):
+            state.pop(tp, None)
+
+
+def _message(partition: int, offset: int) -> FaustMessage:
+    return FaustMessage(TOPIC, partition, offset, 0.0, 0, None, None, b"", None)
 
 
 def _batch(guard, consumer, offsets, partition=0):
-    import asyncio
-
-    events = [Event(Message(TOPIC, partition, o), b"") for o in offsets]
+    """One take_events batch as count_outcomes runs it: resolve, admit, rewind, then Faust acknowledges every
+    event of the batch."""
+    events = [Event(_message(partition, o), b"") for o in offsets]  # type: ignore[arg-type]
+    asyncio.run(guard.resolve(events))
     admitted = [e.message.offset for e in guard.admit(events)]
     asyncio.run(guard.rewind())
-    for e in events:  # take_events acknowledges the whole batch after the agent's body
+    for e in events:
         consumer.ack(e.message)
     return admitted
 
 
-def test_a_jump_after_a_seek_is_held_back_and_read_again_in_order():
-    """faust-streaming#216: a record fetched before the seek to the committed offset (108) arrives first."""
+def _guard(consumer, owned=None):
     from streams.tally import InOrder
 
+    return InOrder(lambda: consumer, TallyStats(), assigned=(lambda: owned) if owned is not None else None)
+
+
+def test_a_jump_after_a_seek_is_held_back_and_read_again_in_order():
+    """faust-streaming#216: a record fetched before the seek to the committed offset (108) arrives first."""
     tp = TP(TOPIC, 0)
-    consumer = FakeFaustConsumer({tp: 108})
-    consumer._gap[tp] = "108..206 taken for a gap"
-    guard = InOrder(lambda: consumer, TallyStats())
+    consumer = FaustBookkeeping({tp: 108})
+    guard = _guard(consumer)
     assert _batch(guard, consumer, [206, 207]) == []
-    assert consumer.seeks == [(tp, 108)] and tp not in consumer._gap
-    # The held records' acknowledgements are retracted before anything else is acknowledged: no commit past 108.
+    assert consumer.seeks == [(tp, 108)]
+    assert consumer._acked[tp] == [] and consumer.commit(tp) is None  # the held records were never acknowledged
     assert _batch(guard, consumer, range(108, 150)) == list(range(108, 150))
-    assert consumer._acked[tp] == list(range(108, 150))
+    assert consumer.commit(tp) == 150
     assert _batch(guard, consumer, range(150, 210)) == list(range(150, 210))
-    assert sorted(consumer._acked[tp]) == list(range(108, 210))
+    assert consumer.commit(tp) == 210
     assert guard.expected[tp] == 210 and consumer.seeks == [(tp, 108)]
 
 
-def test_in_order_records_and_redeliveries_pass_and_an_assignment_starts_from_the_committed_offset():
-    from streams.tally import InOrder
+def test_the_first_records_before_faust_learnt_the_committed_offset_are_read_again_from_it():
+    """The stream may resume before Faust's seek to the committed offsets has told the consumer what they are:
+    the committed offset is fetched first, and the partition counted from there (not from the first record, not
+    from 0)."""
+    tp = TP(TOPIC, 0)
+    consumer = FaustBookkeeping({tp: 540}, known=False)
+    guard = _guard(consumer)
+    assert _batch(guard, consumer, range(540, 560)) == list(range(540, 560))
+    assert consumer.commit(tp) == 560
+    other = FaustBookkeeping({tp: 540}, known=False)
+    guard = _guard(other)
+    assert _batch(guard, other, range(545, 560)) == []  # 540..544 dropped by Faust: held, read again
+    assert other.seeks[-1] == (tp, 540) and other.commit(tp) is None
 
+
+def test_a_rebalance_during_the_rewind_leaves_the_held_records_to_the_next_one(caplog):
+    """aiokafka refuses to fetch committed offsets or seek while it has no assignment: nothing is lost, the held
+    records stay unacknowledged and the partition's next record starts the rewind again."""
+    from aiokafka.errors import IllegalStateError
+
+    tp = TP(TOPIC, 0)
+    consumer = FaustBookkeeping({tp: 540}, known=False)
+
+    async def rebalancing() -> None:
+        raise IllegalStateError("No current assignment for partition")
+
+    consumer.perform_seek = rebalancing  # type: ignore[method-assign]
+    guard = _guard(consumer)
+    assert _batch(guard, consumer, range(540, 560)) == []
+    assert "holding their records" in caplog.text and consumer.commit(tp) is None and consumer.seeks == []
+    del consumer.perform_seek  # the rebalance is over
+    assert _batch(guard, consumer, range(560, 570)) == []  # 540..559 were held: read again from 540
+    assert consumer.seeks[-1] == (tp, 540)
+    assert _batch(guard, consumer, range(540, 570)) == list(range(540, 570))
+    assert consumer.commit(tp) == 570
+
+
+def test_a_jump_while_partitions_are_revoked_is_not_committed():
+    """Faust forgets a revoked partition's committed offset before it commits the events still buffered: an
+    acknowledgement of a held record would then be committed with nothing before it to stop it."""
+    tp = TP(TOPIC, 0)
+    consumer = FaustBookkeeping({tp: 100})
+    guard = _guard(consumer)
+    assert _batch(guard, consumer, range(100, 120)) == list(range(100, 120))
+    consumer.revoke(tp)
+    assert _batch(guard, consumer, [150, 151]) == []  # 120..149 dropped by Faust; 150 arrives
+    assert consumer.commit(tp) is None
+
+
+def test_in_order_records_and_redeliveries_pass_and_an_assignment_starts_from_the_committed_offset():
     tp = TP(TOPIC, 1)
-    consumer = FakeFaustConsumer({tp: 10})
-    guard = InOrder(lambda: consumer, TallyStats())
+    consumer = FaustBookkeeping({tp: 10})
+    guard = _guard(consumer)
     assert _batch(guard, consumer, [10, 11, 12], partition=1) == [10, 11, 12]
     assert _batch(guard, consumer, [11, 12, 13], partition=1) == [11, 12, 13]  # re-deliveries: the dedup's job
     guard.reset()
     consumer._committed_offset[tp] = 14
     assert _batch(guard, consumer, [14], partition=1) == [14]
-    assert consumer.seeks == []
+    assert consumer.seeks == [] and consumer.commit(tp) == 15
 
 
-def test_records_deleted_before_they_were_counted_resume_at_the_earliest():
-    from streams.tally import InOrder
+def test_a_partition_nobody_committed_starts_at_its_first_record_not_the_first_one_seen():
+    """Records Faust dropped around a rebalance (seen: 0..548 on a partition without a committed offset) are
+    read again from the start, not skipped."""
+    tp = TP(TOPIC, 0)
+    consumer = FaustBookkeeping({})
+    guard = _guard(consumer)
+    assert _batch(guard, consumer, range(549, 560)) == []
+    assert consumer.seeks == [(tp, 0)] and consumer.commit(tp) is None
+    assert _batch(guard, consumer, [*range(549, 560), *range(0, 5)]) == list(range(0, 5))  # stale ones first
+    assert consumer.commit(tp) == 5 and consumer.seeks[-1] == (tp, 5)
+    assert _batch(guard, consumer, range(5, 560)) == list(range(5, 560))
+    assert consumer.commit(tp) == 560
 
+
+def test_records_deleted_before_they_were_counted_resume_at_the_earliest(caplog):
     tp = TP(TOPIC, 2)
-    consumer = FakeFaustConsumer({tp: 5}, earliest=50)
-    guard = InOrder(lambda: consumer, TallyStats())
+    consumer = FaustBookkeeping({tp: 5}, earliest=50)
+    guard = _guard(consumer)
     assert _batch(guard, consumer, [50], partition=2) == []
-    assert consumer.seeks == [(tp, 50)]
+    assert consumer.seeks == [(tp, 50)] and "deleted before they were counted" in caplog.text
     assert _batch(guard, consumer, [50, 51], partition=2) == [50, 51]
+    # Nothing ever committed: starting at the earliest record is no loss, and no error.
+    caplog.clear()
+    fresh = FaustBookkeeping({}, earliest=50)
+    guard = _guard(fresh)
+    assert _batch(guard, fresh, [50, 51], partition=2) == [50, 51]
+    assert fresh.seeks == [] and "deleted" not in caplog.text and fresh.commit(tp) == 52
+
+
+def test_events_of_revoked_partitions_are_left_to_the_new_owner_and_never_acknowledged():
+    """A record of a partition no longer assigned is not counted here; were it acknowledged, its offset would stay
+    in Faust's acknowledged offsets and, once the partition is back (committed below it by the other owner), join
+    a run that Faust commits before the record is counted again."""
+    tp0, tp1 = TP(TOPIC, 0), TP(TOPIC, 1)
+    consumer = FaustBookkeeping({tp0: 100, tp1: 0})
+    owned = {tp1}
+    guard = _guard(consumer, owned)
+    events = [Event(_message(0, o), b"") for o in range(120, 130)] + [Event(_message(1, 0), b"")]
+    asyncio.run(guard.resolve(events))
+    assert [e.message.tp for e in guard.admit(events)] == [tp1] and guard._stats.revoked == 10
+    for e in events:
+        consumer.ack(e.message)
+    assert consumer._acked[tp0] == []
+    # Partition 0 comes back, committed at 100 by its other owner: 100..119 counted, 120.. not yet.
+    owned.add(tp0)
+    guard.reset()
+    assert _batch(guard, consumer, range(100, 120)) == list(range(100, 120))
+    assert consumer.commit(tp0) == 120
+
+
+def test_the_consumer_keeps_no_gaps():
+    """Faust would count the offsets between its read offset and a later record as acknowledged; GaplessConsumer
+    does not (here the gap a seek back to the committed offset 667 would leave: 668..700 were read already, and
+    merging them duplicated their acknowledgements: commits then advanced one offset at a time)."""
+    from streams.tally import GaplessConsumer
+
+    tp = TP(TOPIC, 0)
+    consumer = FaustBookkeeping({tp: 667})
+    asyncio.run(GaplessConsumer._add_gap(consumer, tp, 668, 700))  # type: ignore[arg-type]
+    assert not consumer._gap[tp]
+    guard = _guard(consumer)
+    assert _batch(guard, consumer, range(667, 720)) == list(range(667, 720))
+    assert consumer.commit(tp) == 720
+    # What Faust's own _add_gap would have done to the same acknowledgements:
+    faust = FaustBookkeeping({tp: 667})
+    _batch(_guard(faust), faust, range(667, 720))
+    asyncio.run(Consumer._add_gap(faust, tp, 668, 700))  # type: ignore[arg-type]
+    assert faust.commit(tp) == 669
 
 
 def test_the_faust_internals_in_order_relies_on_are_still_there():
     """InOrder works on faust-streaming's private consumer state (pinned version): fail here if it moves."""
     import inspect
 
-    from faust.transport.consumer import Consumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
     from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
     source = inspect.getsource(Consumer)
     for name in ("self._gap =", "self._acked =", "self._acked_index =", "self._committed_offset =",
-                 "await self._add_gap(tp, r_offset + 1, offset)"):
+                 "self._unacked_messages =", "if not message.acked:", "await self._add_gap(tp, r_offset + 1, offset)",
+                 "self._committed_offset.pop(tp, None)"):
         assert name in source, name
     assert issubclass(AIOKafkaConsumer, Consumer)
-    assert inspect.iscoroutinefunction(AIOKafkaConsumer.seek)
-    assert inspect.iscoroutinefunction(AIOKafkaConsumer.earliest_offsets)
+    for name in ("seek_wait", "perform_seek", "earliest_offsets"):
+        assert inspect.iscoroutinefunction(getattr(AIOKafkaConsumer, name)), name
+    # seek_wait seeks in aiokafka's thread and resets Faust's read offset (else re-read records are dropped).
+    assert "self.consumer._read_offset[tp] = offset" in inspect.getsource(AIOKafkaConsumerThread._seek_wait)
