@@ -774,18 +774,26 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_commands(args: argparse.Namespace) -> int:
+    """The command consumer on its own: the worker's ``commands`` stage (so the worker's restart policy rides out a
+    PostgreSQL or Kafka outage), without its /metrics endpoint."""
     from campaigns.settings import load_settings
     from producers.topics import COMMANDS
-    from streams.commands import CommandConsumer
+    from streams.worker import Worker
 
     _setup_logging()
-    settings = load_settings()
+    settings = load_settings().model_copy(update={"metrics_enabled": False})
     stop = _stop_on_signals()
-    with _service() as service:
-        consumer = CommandConsumer(settings, service)
-        _info(f"applying commands from {settings.kafka.topic(COMMANDS)}; Ctrl-C to stop")
-        consumer.run_forever(stop)
-    _info(f"stopped: {consumer.applied} applied, {consumer.duplicates} repeats, {consumer.rejected} rejected")
+    worker = Worker(settings, stages=("commands",)).start()
+    _info(f"applying commands from {settings.kafka.topic(COMMANDS)}; Ctrl-C to stop")
+    while not stop.wait(0.5) and not worker.stop_event.is_set():
+        pass
+    worker.stop()
+    if worker.failed:
+        _info(f"error: {worker.failed}")
+        return EXIT_FAILURE
+    consumer = worker.commands  # the last one built (a restart starts its counts afresh)
+    if consumer is not None:
+        _info(f"stopped: {consumer.applied} applied, {consumer.duplicates} repeats, {consumer.rejected} rejected")
     return EXIT_OK
 
 

@@ -73,6 +73,7 @@ class Worker:
     senders: dict[str, list[ChannelSender]] = field(default_factory=dict)  # channel -> its sender consumers
     expander: Expander | None = None
     analytics: AnalyticsStage | None = None
+    commands: Any = None  # streams.commands.CommandConsumer of the commands stage, once built
     errors: list[BaseException] = field(default_factory=list)
     metrics: Any = None  # campaigns.metrics.PipelineMetrics, optional
     restarts: dict[str, int] = field(default_factory=dict)  # stage -> crashes survived by a restart
@@ -171,7 +172,7 @@ class Worker:
             from streams.commands import CommandConsumer
 
             def commands() -> Callable[[], None]:
-                built = CommandConsumer(self.settings, service)
+                built = self.commands = CommandConsumer(self.settings, service)
                 return lambda: built.run_forever(self.stop_event)
 
             self._spawn("commands", commands)
