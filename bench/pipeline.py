@@ -252,6 +252,7 @@ def _py_spy(env: BenchEnv, pid: int, tag: str) -> subprocess.Popen[bytes] | None
             "--output",
             str(out),
             "--nonblocking",
+            "--subprocesses",  # the Faust analytics child (the tally stage) too
             "--gil",  # only the thread holding the GIL: where the worker's Python CPU goes, not who waits
         ],
         stdout=subprocess.DEVNULL,
