@@ -30,6 +30,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import select
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -47,6 +48,13 @@ Key = tuple[str, int]  # (campaign, recipient)
 Row = tuple[Any, ...]  # a campaign_analytics row: ROW_FIELDS
 
 VALUES = (*COUNTERS, "latency_count", "latency_sum_ms", "latency_max_ms")
+
+# Completion (``streams.analytics.CompletionStage``) listens on this channel: the Faust analytics' flush notifies it
+# when it changed campaign totals, so a campaign whose last outcome was just counted completes at once rather
+# than at the next sweep.
+TOTALS_CHANNEL = "campaign_analytics_totals"
+NOTIFY_TOTALS_SQL = f"NOTIFY {TOTALS_CHANNEL}"
+LISTEN_TOTALS_SQL = f"LISTEN {TOTALS_CHANNEL}"
 
 KNOWN_CAMPAIGNS_SQL = "SELECT id::text FROM campaigns WHERE id = ANY(%s::uuid[])"
 
@@ -169,6 +177,8 @@ def write_parts(
     psycopg2.extras.execute_values(cur, LOCK_ROWS_SQL, keys, template=_KEY_TEMPLATE, page_size=len(keys))
     rows = psycopg2.extras.execute_values(cur, RESUM_SQL, keys, template=_KEY_TEMPLATE, page_size=len(keys),
                                           fetch=True)
+    if any(start is None for _cid, start in keys):
+        cur.execute(NOTIFY_TOTALS_SQL)  # delivered at commit (one per transaction): completion wakes up
     return [dict(zip(ROW_FIELDS, row, strict=True)) for row in rows]
 
 
@@ -202,6 +212,11 @@ class AnalyticsStore(Protocol):
         """How many of the campaign's recipient-log rows are terminal."""
         ...
 
+    def wait_for_totals(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for campaign totals to change (the Faust analytics' flush); whether they did.
+        May return True spuriously, never misses a change made after the previous call returned."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -210,7 +225,9 @@ class PostgresAnalyticsStore:
     raises (the connection is then usable again, or the stage is rebuilt if PostgreSQL went away)."""
 
     def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
         self._conn = StoreConnection(dsn)
+        self._listener: Any = None  # an autocommit connection LISTENing on TOTALS_CHANNEL, opened on first wait
 
     def known_campaigns(self, campaign_ids: Iterable[str]) -> set[str]:
         with self._conn.transaction() as cur:
@@ -238,5 +255,21 @@ class PostgresAnalyticsStore:
         with self._conn.transaction() as cur:
             return campaign_progress.terminal_count(cur, campaign_id)
 
+    def wait_for_totals(self, timeout_s: float) -> bool:
+        if self._listener is None:
+            self._listener = psycopg2.connect(self._dsn)
+            self._listener.autocommit = True
+            with self._listener.cursor() as cur:
+                cur.execute(LISTEN_TOTALS_SQL)
+            return True  # a change between the last sweep and the LISTEN would be missed: sweep now
+        listener = self._listener
+        if not listener.notifies and select.select([listener], [], [], timeout_s)[0]:
+            listener.poll()
+        changed = bool(listener.notifies)
+        listener.notifies.clear()
+        return changed
+
     def close(self) -> None:
         self._conn.close()
+        if self._listener is not None:
+            self._listener.close()

@@ -10,6 +10,7 @@ rolled-back transaction does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,7 @@ class MemoryAnalyticsStore:
     rows: dict[tuple[str, datetime | None], dict[str, Any]] = field(default_factory=dict)  # ROW_FIELDS by name
     fail_next: Exception | None = None
     closed: bool = False
+    totals_notified: bool = False  # what the Faust analytics' flush NOTIFY would say
 
     def known_campaigns(self, campaign_ids: Iterable[str]) -> set[str]:
         return {c for c in campaign_ids if c in self.campaigns}
@@ -73,6 +75,17 @@ class MemoryAnalyticsStore:
 
     def active_expanded(self) -> set[str]:
         return {cid for cid, c in self.campaigns.items() if c.status == "active" and c.expansion_done}
+
+    def wait_for_totals(self, timeout_s: float) -> bool:
+        """True once after :meth:`totals_changed`, else after sleeping ``timeout_s`` (tests pass a small one)."""
+        if self.totals_notified:
+            self.totals_notified = False
+            return True
+        time.sleep(timeout_s)
+        return False
+
+    def totals_changed(self) -> None:
+        self.totals_notified = True
 
     def completion_rows(self, campaign_ids: Iterable[str]) -> list[CompletionRow]:
         found = []

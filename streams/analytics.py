@@ -89,10 +89,15 @@ class CompletionStage:
         self._last_log_count = 0.0
 
     def run_forever(self, stop: threading.Event, sweep_every_s: float = 2.0) -> None:
+        """Sweep every ``sweep_every_s``, and at once when the analytics totals change (``wait_for_totals``:
+        the Faust analytics' flush notifies), checking ``stop`` at least every 0.5 s."""
         try:
             while not stop.is_set():
                 self.sweep()
-                stop.wait(sweep_every_s)
+                deadline = self._clock() + sweep_every_s
+                while not stop.is_set() and (left := deadline - self._clock()) > 0:
+                    if self._store.wait_for_totals(min(left, 0.5)):
+                        break
         finally:
             self._store.close()
 

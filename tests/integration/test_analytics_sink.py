@@ -90,3 +90,22 @@ def test_two_writers_of_one_row_end_with_the_sum_of_both(settings, service, audi
     for t in threads:
         t.join(60)
     assert _rows(dsn, campaign_id)[0][2] == 29 + 29
+
+
+def test_a_flush_that_changes_totals_wakes_a_listening_store(settings, service, audience):  # noqa: F811
+    """The NOTIFY completion waits on: sent at the commit of a flush that changed totals, not for windows only."""
+    _plan, segments = audience(20)
+    campaign_id = str(service.create_campaign("marketer-1", {
+        "name": "notify", "channel": "email", "content": {"subject": "Hi", "body": "<p>Hello</p>"},
+        "segments": segments[:1]}))
+    store = sink.PostgresAnalyticsStore(settings.database.dsn())
+    try:
+        assert store.wait_for_totals(0.0)  # the first call starts listening and says "look now"
+        assert not store.wait_for_totals(0.2)
+        _write(settings.database.dsn(), [(campaign_id, W0, W1, 0, _part(3, 1))])  # a window only
+        assert not store.wait_for_totals(0.2)
+        _write(settings.database.dsn(), [(campaign_id, None, None, 0, _part(3, 1))])
+        assert store.wait_for_totals(10.0)
+        assert not store.wait_for_totals(0.2)  # one notification, consumed
+    finally:
+        store.close()

@@ -141,3 +141,34 @@ def test_the_failure_threshold_fails_the_campaign_once_the_sample_is_reached(h: 
     h.outcome(4)
     h.stage.run_once()
     assert h.service.finished == [(h.campaign, CampaignAction.FAIL)]
+
+
+def test_completion_on_its_own_wakes_when_the_totals_change_not_at_its_next_sweep() -> None:
+    """Next to the Faust analytics, completion sweeps every ``sweep_every_s`` and at once when the flush notifies
+    that totals changed: a campaign whose last outcome was counted completes without waiting for a sweep."""
+    import threading
+
+    from streams.analytics import CompletionStage
+    from tests.helpers import wait_for
+
+    campaign = str(uuid.uuid4())
+    store = MemoryAnalyticsStore(campaigns={campaign: MemoryCampaign(expansion_done=True, total_recipients=2)})
+    store.log[(campaign, 1)] = ("sent", 1)
+    store.log[(campaign, 2)] = ("claimed", 0)
+    service = RecordingFinisher()
+    stage = CompletionStage(Settings(), service, store=store)
+    stop = threading.Event()
+    thread = threading.Thread(target=stage.run_forever, args=(stop,), kwargs={"sweep_every_s": 3600.0})
+    thread.start()
+    try:
+        wait_for(lambda: stage._last_sweep > 0, timeout=10, what="the first sweep")
+        assert service.finished == []
+        store.log[(campaign, 2)] = ("sent", 1)
+        store.rows[(campaign, None)] = {"sent": 2, "failed": 0, "skipped": 0, "cancelled": 0}
+        store.totals_changed()
+        wait_for(lambda: service.finished == [(campaign, CampaignAction.COMPLETE)], timeout=10,
+                 what="completion after the notification (the next sweep is an hour away)")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive() and store.closed
