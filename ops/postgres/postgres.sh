@@ -157,6 +157,8 @@ ALTER ROLE $DB_OWNER LOGIN NOSUPERUSER CREATEDB NOCREATEROLE PASSWORD $(sql_lite
 ALTER ROLE $DB_USER LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD $(sql_literal "$DB_PASSWORD");
 -- Tests and the bench harness drop their databases WITH (FORCE): that ends the application's connections.
 GRANT pg_signal_backend TO $DB_OWNER;
+-- The bench harness starts every run right after a CHECKPOINT (bench/env.py reset_tables).
+GRANT pg_checkpoint TO $DB_OWNER;
 SQL
   if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname='$DB_NAME'")" != 1 ]; then
     psql_admin -c "CREATE DATABASE $DB_NAME OWNER $DB_OWNER" >/dev/null
