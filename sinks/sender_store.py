@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from sinks import audience, campaign_progress, channels, recipient_log
 from sinks.audience import Recipient
-from sinks.connection import StoreConnection
+from sinks.connection import KEY_LOOKUPS, StoreConnection
 
 Key = tuple[str, int]  # (campaign, recipient)
 # (campaign, recipient, message id, channel, status, reason, created at, updated at): a terminal row to insert
@@ -98,7 +98,7 @@ class PostgresSenderStore:
     """:class:`SenderStore` on one psycopg2 connection; each method one transaction, rolled back if it raises."""
 
     def __init__(self, dsn: str) -> None:
-        self._conn = StoreConnection(dsn)
+        self._conn = StoreConnection(dsn, options=KEY_LOOKUPS)  # every statement a batch of key lookups
 
     def campaign_states(self, campaign_ids: Sequence[str]) -> list[tuple[Any, ...]]:
         with self._conn.transaction() as cur:

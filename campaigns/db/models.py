@@ -282,7 +282,9 @@ class CampaignRecipientLog(Base):
         UniqueConstraint("campaign_id", "recipient_id", name="uq_recipient_log_campaign_recipient"),
         CheckConstraint(_in("status", RECIPIENT_STATUSES), name="ck_recipient_log_status"),
         CheckConstraint("attempts >= 0", name="ck_recipient_log_attempts"),
-        Index("ix_recipient_log_campaign_status", "campaign_id", "status"),
+        # Rows past their claim only (migration 0013): claimed rows are found by (campaign, recipient).
+        Index("ix_recipient_log_campaign_status", "campaign_id", "status",
+              postgresql_where=text("status IN ('retrying', 'sent', 'failed', 'skipped', 'cancelled')")),
         Index("ix_recipient_log_message_id", "message_id"),
         # How a delivery receipt finds its row (migration 0010).
         Index(
