@@ -30,6 +30,7 @@ from confluent_kafka import Message
 
 from campaigns.codec import get_codec
 from campaigns.core.states import CampaignAction
+from campaigns.core.tally import backed, log_key
 from campaigns.core.vocabulary import COUNTERS, PER_RECIPIENT_OUTCOMES, RECEIPT_OUTCOMES, STATUS_TO_COUNTER
 from campaigns.core.windows import window_bounds
 from campaigns.settings import Settings
@@ -240,29 +241,12 @@ class AnalyticsStage(CompletionStage):
         return self._matching_the_log(kept)
 
     def _matching_the_log(self, outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Only outcomes the recipient log vouches for are counted: an outcome is produced after its row
-        committed, so a terminal one must find its row in that status (with that attempt count for sent and
-        failed), and a retry a row that reached that attempt. An outcome on ``delivery.outcomes`` that no row
-        backs (forged, or of another cluster) is skipped with a warning. Receipts (no recipient) pass."""
-        keys = set()
-        for o in outcomes:
-            if o["status"] in PER_RECIPIENT and _bigint(o["recipient_id"]):
-                keys.add((o["campaign_id"], int(o["recipient_id"])))
-        rows = self._store.log_rows(sorted(keys)) if keys else {}
-        kept = []
-        for o in outcomes:
-            if o["status"] not in PER_RECIPIENT:
-                kept.append(o)
-                continue
-            row = rows.get((o["campaign_id"], int(o["recipient_id"]))) if _bigint(o["recipient_id"]) else None
-            status = o["status"].lower()
-            if row is None:
-                continue
-            if status == "retrying":
-                if row[1] >= o["attempt"]:
-                    kept.append(o)
-            elif row[0] == status and (status not in ("sent", "failed") or row[1] == o["attempt"]):
-                kept.append(o)
+        """Only outcomes the recipient log vouches for are counted (``campaigns.core.tally.backed``): an outcome on
+        ``delivery.outcomes`` that no row backs (forged, or of another cluster) is skipped with a warning."""
+        keys = [log_key(o["campaign_id"], o["status"], o["recipient_id"]) for o in outcomes]
+        rows = self._store.log_rows(sorted({k for k in keys if k is not None})) if any(keys) else {}
+        kept = [o for o, key in zip(outcomes, keys, strict=True)
+                if backed(o["status"], o["attempt"], rows.get(key) if key is not None else None)]
         if len(kept) < len(outcomes):
             self.unbacked += len(outcomes) - len(kept)
             log.warning("analytics: skipping %d outcomes no recipient-log row backs", len(outcomes) - len(kept))
@@ -321,7 +305,3 @@ class AnalyticsStage(CompletionStage):
             self._producer.produce(self._analytics_topic, record["campaign_id"],
                                    self._codec.encode("CampaignAnalytics", record))
         return {cid for cid, _ in aggregates}
-
-
-def _bigint(value: str) -> bool:
-    return value.isascii() and value.isdigit() and len(value) <= 19 and int(value) <= _BIGINT_MAX

@@ -49,7 +49,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence, Set
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,7 +66,17 @@ from mode import want_seconds
 from pydantic import BaseModel, SecretStr
 
 from campaigns.codec import Codec, get_codec
-from campaigns.core.tally import STATUS_TO_COUNTER, TOTALS, Outcome, classify, fold, newer, part_key, sum_parts
+from campaigns.core.tally import (
+    STATUS_TO_COUNTER,
+    TOTALS,
+    Outcome,
+    backed,
+    classify,
+    fold,
+    newer,
+    part_key,
+    sum_parts,
+)
 from campaigns.core.windows import EPOCH, window_start_ms
 from campaigns.errors import SchemaError
 from campaigns.settings import Settings, load_settings
@@ -74,6 +84,7 @@ from campaigns.topics import ANALYTICS, ANALYTICS_PARTS, OUTCOMES
 from producers.topics import TopicSpec, ensure_topics
 from producers.topics import topic_specs as pipeline_topic_specs
 from sinks import analytics as sink
+from sinks.analytics import PostgresAnalyticsStore
 from streams.live import SourcePartitionedTable, _writing_to
 
 log = logging.getLogger(__name__)
@@ -85,6 +96,7 @@ WINDOWS_TABLE = "campaign_to_window_parts"
 TOTALS_TABLE = "campaign_to_total_parts"
 OUTCOME_ID_MAX = 128
 _MILLISECOND = timedelta(milliseconds=1)
+LogKey = tuple[str, int]  # (campaign, recipient) of a recipient-log row
 
 
 @dataclass
@@ -93,6 +105,7 @@ class TallyStats:
     counted: int = 0  # outcomes counted for the first time
     duplicates: int = 0  # outcome ids counted before (re-emitted, replayed)
     skipped: int = 0  # undecodable or invalid
+    unbacked: int = 0  # no recipient-log row vouches for them (forged, or of another cluster)
     revoked: int = 0  # left to the new owner of their partition
     jumps: int = 0  # records Faust delivered beyond the next offset of their partition (held back, re-read)
     batches: int = 0
@@ -405,7 +418,16 @@ class Counter:
                         message.offset, exc)
             return None
         return Outcome(o["outcome_id"], campaign_id, o["status"], o["attempt"], o["latency_ms"], start_ms,
-                       message.partition, message.offset)
+                       message.partition, message.offset, o["recipient_id"])
+
+    def decode_batch(self, events: Sequence[EventT[Any]]) -> dict[tuple[int, int], Outcome | None]:
+        """Each event's outcome (None: skipped as undecodable or invalid), by (partition, offset)."""
+        return {(e.message.partition, e.message.offset): self.decode(e) for e in events}
+
+    @staticmethod
+    def log_keys(outcomes: Iterable[Outcome | None]) -> set[LogKey]:
+        """The recipient-log rows that must back those outcomes (:func:`campaigns.core.tally.backed`)."""
+        return {key for o in outcomes if o is not None and (key := o.log_key()) is not None}
 
     def _reindex(self, owned: Set[Any] | None, topic: str) -> None:
         """The outcome-id index of the partitions this worker owns, from the dedup table (recovered from its
@@ -419,8 +441,13 @@ class Counter:
                     self.index.setdefault(outcome_id, (partition, int(offset)))
         self.indexed = self.generation
 
-    def apply(self, events: Sequence[EventT[Any]]) -> list[dict[str, Any]]:
+    def apply(self, events: Sequence[EventT[Any]], outcomes: Mapping[tuple[int, int], Outcome | None],
+              log_rows: Mapping[LogKey, tuple[str, int]]) -> list[dict[str, Any]]:
         """Count the batch; the parts it touched (absolute, with ``src``) for ``campaign.analytics_parts``.
+
+        ``outcomes`` is :meth:`decode_batch` of (at least) ``events``; ``log_rows`` the recipient-log rows
+        ``(status, attempts)`` of their :meth:`log_keys` that exist: an outcome no row backs is skipped (forged,
+        or of another cluster), before the dedup, so it cannot take the id of a real one.
 
         Table writes: one per source partition for the outcome ids counted (``batch_to_counted``), one per
         touched part; never one per outcome."""
@@ -439,9 +466,16 @@ class Counter:
             log.info("analytics: first batch after an assignment starts at %s; parts folded up to %s",
                      sorted(firsts.items()), sorted(srcs.items()))
         for event in events:
-            o = self.decode(event)
+            o = outcomes[(event.message.partition, event.message.offset)]
             self.stats.records += 1
             if o is None:
+                continue
+            key = o.log_key()
+            if not backed(o.status, o.attempt, log_rows.get(key) if key is not None else None):
+                self.stats.unbacked += 1
+                if self.stats.unbacked % 1000 == 1:  # a forger may send many: warn now and then, count all
+                    log.warning("analytics: skipping outcomes no recipient-log row backs (%d so far; this one "
+                                "at %s[%d]@%d)", self.stats.unbacked, event.message.topic, o.partition, o.offset)
                 continue
             counted_at = self.index.get(o.outcome_id)
             if not classify(counted_at, o):
@@ -530,6 +564,38 @@ class Merger:
         return sum_parts(self.windows.relative_to(window / 1000)[campaign_id].value().values())
 
 
+class LogReader:
+    """The recipient-log rows that back a batch's outcomes, read in the default executor on one connection
+    (opened on first use, reopened after a failure). PostgreSQL unreachable: retried with a backoff (0.5 s
+    doubling to 5 s) while the batch waits unacknowledged - nothing is counted without its check."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._store: PostgresAnalyticsStore | None = None
+
+    def _read(self, keys: list[LogKey]) -> dict[LogKey, tuple[str, int]]:
+        if self._store is None:
+            self._store = PostgresAnalyticsStore(self._dsn)
+        try:
+            return self._store.log_rows(keys)
+        except psycopg2.Error:
+            self._store.close()
+            self._store = None
+            raise
+
+    async def rows_of(self, keys: Set[LogKey]) -> dict[LogKey, tuple[str, int]]:
+        if not keys:
+            return {}
+        backoff = 0.5
+        while True:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, self._read, sorted(keys))
+            except psycopg2.Error as exc:
+                log.warning("analytics: cannot read the recipient log (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
 def write(dsn: str, rows: list[tuple[Any, ...]], unknown: set[str]) -> list[dict[str, Any]]:
     """One transaction: drop parts of campaigns that do not exist (logged once each), write the rest."""
     conn = psycopg2.connect(dsn)
@@ -612,13 +678,17 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     app.on_partitions_assigned.connect(reindex_after_assignment)
     codec = get_codec()
     dsn = settings.database.dsn()
+    recipient_log = LogReader(dsn)
 
     @app.agent(source, name="count_outcomes")
     async def count_outcomes(stream: faust.StreamT[Any]) -> None:
         async for events in cast(faust.Stream[Any], stream).take_events(
                 analytics.faust_batch_size, within=analytics.faust_batch_within_s):
             await in_order.resolve(events)
-            for part in counter.apply(in_order.admit(events)):
+            outcomes = counter.decode_batch(events)
+            rows = await recipient_log.rows_of(counter.log_keys(outcomes.values()))
+            # No await between admit and apply: the assignment cannot change in between (InOrder.admit).
+            for part in counter.apply(in_order.admit(events), outcomes, rows):
                 await parts_topic.send(key=part["campaign_id"].encode(), value=part)
                 stats.parts_sent += 1
             await in_order.rewind()  # before take_events acknowledges the batch

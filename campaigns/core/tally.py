@@ -28,8 +28,8 @@ from typing import Any
 from campaigns.core.vocabulary import COUNTERS, RECEIPT_OUTCOMES, STATUS_TO_COUNTER
 
 __all__ = [
-    "COUNTERS", "RECEIPTS", "STATUS_TO_COUNTER", "TOTALS", "Outcome", "classify", "empty_part", "fold",
-    "newer", "part_key", "sum_parts",
+    "COUNTERS", "RECEIPTS", "STATUS_TO_COUNTER", "TOTALS", "Outcome", "backed", "classify", "empty_part", "fold",
+    "log_key", "newer", "part_key", "sum_parts",
 ]
 
 RECEIPTS = RECEIPT_OUTCOMES  # external receipts: ``attempt`` is the count
@@ -49,6 +49,42 @@ class Outcome:
     window_start_ms: int
     partition: int
     offset: int
+    recipient_id: str = ""
+
+    def log_key(self) -> tuple[str, int] | None:
+        """The recipient-log row that must back this outcome, or None if no row does (a campaign-level receipt,
+        or a recipient id no row can have)."""
+        return log_key(self.campaign_id, self.status, self.recipient_id)
+
+
+_BIGINT_MAX = 2**63 - 1
+
+
+def log_key(campaign_id: str, status: str, recipient_id: str) -> tuple[str, int] | None:
+    """(campaign, recipient) of the recipient-log row that backs an outcome of ``status``; None for a receipt
+    (campaign-level, no row) and for a recipient id that is no bigint (no row can back it)."""
+    if status in RECEIPTS:
+        return None
+    if not (recipient_id.isascii() and recipient_id.isdigit() and len(recipient_id) <= 19
+            and int(recipient_id) <= _BIGINT_MAX):
+        return None
+    return campaign_id, int(recipient_id)
+
+
+def backed(status: str, attempt: int, row: tuple[str, int] | None) -> bool:
+    """Whether the recipient-log row ``(status, attempts)`` (None: no row) vouches for an outcome: the senders
+    produce an outcome only after its row committed, so a terminal outcome finds its row in that status (with that
+    attempt count for sent and failed), and a retry a row that reached that attempt. Rows only move forward, so
+    the verdict on a record never changes when it is read again. Receipts (campaign-level) are always backed; an
+    outcome no row backs - forged, or of another cluster - is not."""
+    if status in RECEIPTS:
+        return True
+    if row is None:
+        return False
+    lowered = status.lower()
+    if lowered == "retrying":
+        return row[1] >= attempt
+    return row[0] == lowered and (lowered not in ("sent", "failed") or row[1] == attempt)
 
 
 def part_key(campaign_id: str, window_start_ms: int, partition: int) -> str:

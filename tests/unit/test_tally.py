@@ -67,6 +67,13 @@ def _counter(counted: FakeTable, parts: FakeTable, owned: set[TP] | None = None)
                    assigned=(lambda: owned) if owned is not None else None)
 
 
+def _apply(counter: Counter, events: list[Event]) -> list[dict[str, Any]]:
+    """The agent's body: every outcome of ``events`` backed by its recipient-log row (``sent`` after 1 attempt)."""
+    outcomes = counter.decode_batch(events)  # type: ignore[arg-type]
+    rows = dict.fromkeys(counter.log_keys(outcomes.values()), ("sent", 1))
+    return counter.apply(events, outcomes, rows)  # type: ignore[arg-type]
+
+
 def _sent(parts: FakeTable, partition: int) -> int:
     return int(parts[part_key(CAMPAIGN, TOTALS, partition)]["sent"])
 
@@ -74,7 +81,7 @@ def _sent(parts: FakeTable, partition: int) -> int:
 def test_one_dedup_write_per_partition_per_batch_and_duplicates_dropped():
     counted, parts = FakeTable(), FakeTable()
     counter = _counter(counted, parts)
-    sent = counter.apply([_event(0, i, f"o{i}") for i in range(5)] + [_event(1, 0, "p0"), _event(0, 5, "o1")])
+    sent = _apply(counter, [_event(0, i, f"o{i}") for i in range(5)] + [_event(1, 0, "p0"), _event(0, 5, "o1")])
     assert sorted(counted) == ["0|0", "1|0"] and len(counted["0|0"]) == 5
     assert _sent(parts, 0) == 5 and _sent(parts, 1) == 1
     assert counter.stats.duplicates == 1
@@ -85,23 +92,23 @@ def test_one_dedup_write_per_partition_per_batch_and_duplicates_dropped():
 
 def test_after_a_restart_the_index_comes_from_the_table_and_a_replay_counts_nothing():
     counted, parts = FakeTable(), FakeTable()
-    _counter(counted, parts).apply([_event(0, i, f"o{i}") for i in range(10)])
+    _apply(_counter(counted, parts), [_event(0, i, f"o{i}") for i in range(10)])
     # A new process: the tables recovered, the index empty until the first batch.
     restarted = _counter(counted, parts)
-    restarted.apply([_event(0, 10 + i, f"o{i}") for i in range(10)] + [_event(0, 20, "new")])
+    _apply(restarted, [_event(0, 10 + i, f"o{i}") for i in range(10)] + [_event(0, 20, "new")])
     assert _sent(parts, 0) == 11 and restarted.stats.duplicates == 10
     # Re-delivery of what is already counted (offsets at or below the parts' src): nothing changes.
-    restarted.apply([_event(0, i, f"o{i}") for i in range(10)])
+    _apply(restarted, [_event(0, i, f"o{i}") for i in range(10)])
     assert _sent(parts, 0) == 11
 
 
 def test_an_assignment_rebuilds_the_index_from_what_another_owner_wrote():
     counted, parts = FakeTable(), FakeTable()
     mine = _counter(counted, parts)
-    mine.apply([_event(0, 0, "a")])
-    _counter(counted, parts).apply([_event(0, 1, "b")])  # another owner of partition 0 meanwhile
+    _apply(mine, [_event(0, 0, "a")])
+    _apply(_counter(counted, parts), [_event(0, 1, "b")])  # another owner of partition 0 meanwhile
     mine.generation += 1  # the partitions were assigned again
-    mine.apply([_event(0, 2, "b")])  # b re-emitted: a duplicate
+    _apply(mine, [_event(0, 2, "b")])  # b re-emitted: a duplicate
     assert _sent(parts, 0) == 2
 
 
@@ -402,3 +409,19 @@ def test_the_read_loop_the_consumer_replaces_is_still_faust_s():
     source = inspect.getsource(Consumer._drain_messages)
     assert "callback(message), self.suspend_flow.wait()" in source
     assert hashlib.sha256(source.encode()).hexdigest()[:16] == READ_LOOP_SHA
+
+
+def test_outcomes_no_log_row_backs_are_not_counted_and_do_not_take_a_real_outcome_s_id():
+    """A forged FAILED outcome (no row, or a row that says otherwise) is skipped before the dedup: the real outcome
+    with the same id, backed by its row, is counted when it comes."""
+    counted, parts = FakeTable(), FakeTable()
+    counter = _counter(counted, parts)
+    forged = [_event(0, 0, "o1", status="FAILED"), _event(0, 1, "o2", status="FAILED")]
+    outcomes = counter.decode_batch(forged)  # type: ignore[arg-type]
+    rows = {(CAMPAIGN, 1): ("claimed", 0)}  # o1's row is in flight; o2 names the same recipient
+    counter.apply(forged, outcomes, rows)  # type: ignore[arg-type]
+    assert counter.stats.unbacked == 2 and counter.stats.counted == 0
+    real = [_event(0, 2, "o1")]
+    _apply(counter, real)
+    assert counter.stats.counted == 1 and _sent(parts, 0) == 1
+    assert int(parts[part_key(CAMPAIGN, TOTALS, 0)]["failed"]) == 0
