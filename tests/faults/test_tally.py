@@ -138,7 +138,7 @@ def test_faust_analytics_survive_three_sigkills_and_a_full_replay(settings, serv
     assert raw.flush(30) == 0
     wait_for(lambda: committed_to_end(settings, group, topic), timeout=120, interval=0.25,
              what="the Faust analytics consumed the replay")
-    # Past a periodic full flush (every 10 flush ticks of 1 s), which offers every part it holds again: a
+    # Past a periodic full flush (every 10 flush ticks of 0.5 s), which offers every part it holds again: a
     # deliberate wait for something that must NOT happen, so no condition to poll for.
     time.sleep(12)
     after = _analytics(dsn, campaign_id)
@@ -149,11 +149,18 @@ def test_faust_analytics_survive_three_sigkills_and_a_full_replay(settings, serv
     print(f"\nfaust analytics: {len(records)} outcomes replayed; totals {totals}; {len(after) - 1} windows")
 
     # A late outcome, an hour before the campaign (its window long expired from the Faust table): counted, in the
-    # window of its event time, and in the totals.
+    # window of its event time, and in the totals. Its recipient-log row backs it (a row of its own, outside the
+    # audience: the analytics count only outcomes a row vouches for).
     late_at = datetime.now(UTC) - timedelta(hours=1)
-    raw.produce(topic, key=b"late-recipient", value=get_codec().encode("DeliveryOutcome", {
-        "outcome_id": f"late-{uuid.uuid4()}", "message_id": str(uuid.uuid4()), "campaign_id": campaign_id,
-        "recipient_id": "late-recipient", "channel": channel, "status": "SENT", "attempt": 1, "latency_ms": 5.0,
+    late_recipient, late_message = 9_000_000_000 + uuid.uuid4().int % 1_000_000, str(uuid.uuid4())
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
+                    "attempts, created_at, updated_at) VALUES (%s, %s, %s, %s, 'sent', 1, %s, %s)",
+                    (campaign_id, late_recipient, late_message, channel, late_at, late_at))
+    conn.close()
+    raw.produce(topic, key=str(late_recipient).encode(), value=get_codec().encode("DeliveryOutcome", {
+        "outcome_id": f"late-{uuid.uuid4()}", "message_id": late_message, "campaign_id": campaign_id,
+        "recipient_id": str(late_recipient), "channel": channel, "status": "SENT", "attempt": 1, "latency_ms": 5.0,
         "failure_reason": None, "provider_message_id": None, "occurred_at": late_at}))
     assert raw.flush(30) == 0
 
