@@ -41,11 +41,13 @@ from campaigns.core.vocabulary import CHANNELS, RECEIPT_OUTCOMES, OutcomeStatus
 from campaigns.settings import KafkaSettings, Settings
 from campaigns.topics import (
     ANALYTICS_GROUP,
+    ANALYTICS_PARTS,
     COMMANDS,
     MESSAGES_DLQ,
     OUTCOMES,
     RECEIPTS,
     RECEIPTS_GROUP,
+    TALLY_GROUP,
     commands_group,
     messages_topic,
     retry_topic,
@@ -212,11 +214,15 @@ def consumer_lag(
     return total
 
 
-def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS) -> dict[str, list[str]]:
+def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS,
+                       stages: Iterable[str] | None = None) -> dict[str, list[str]]:
     """Consumer group -> the topics it consumes (physical names), for the stages of the pipeline.
 
     The group names follow the stages: ``sender-<channel>`` (streams/sender.py), ``analytics``
-    (streams/analytics.py) and the command consumer's (streams/commands.py), all with the topic prefix.
+    (streams/analytics.py) or, when ``stages`` has ``tally``, the Faust analytics' app id ``campaigns-analytics``
+    (streams/tally.py; over the outcomes and its parts topic), and the command consumer's (streams/commands.py),
+    all with the topic prefix. Only one of the two analytics groups is reported: the other one has no consumer and
+    its lag would only grow.
     """
 
     kafka = settings.kafka
@@ -227,7 +233,10 @@ def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS) -
             kafka.topic(messages_topic(channel)),
             *(kafka.topic(retry_topic(channel, n)) for n in tiers),
         ]
-    groups[kafka.topic(ANALYTICS_GROUP)] = [kafka.topic(OUTCOMES)]
+    if stages is not None and "tally" in stages:
+        groups[kafka.topic(TALLY_GROUP)] = [kafka.topic(OUTCOMES), kafka.topic(ANALYTICS_PARTS)]
+    else:
+        groups[kafka.topic(ANALYTICS_GROUP)] = [kafka.topic(OUTCOMES)]
     groups[kafka.topic(RECEIPTS_GROUP)] = [kafka.topic(RECEIPTS)]
     groups[commands_group(kafka.topic_prefix, kafka.client_id)] = [kafka.topic(COMMANDS)]
     return groups
@@ -372,6 +381,7 @@ class PipelineMetrics:
         channels: Iterable[str] = CHANNELS,
         offsets: OffsetsSource | bool = True,
         lag_groups: Mapping[str, Sequence[str]] | None = None,
+        stages: Iterable[str] | None = None,
         offsets_ttl_s: float = 2.0,
         offsets_timeout_s: float = 1.0,
         process_metrics: bool = True,
@@ -447,7 +457,7 @@ class PipelineMetrics:
             source = offsets
         if source is not None:
             if lag_groups is None:
-                lag_groups = default_lag_groups(settings, self.channels) if settings is not None else {}
+                lag_groups = default_lag_groups(settings, self.channels, stages) if settings is not None else {}
             dlq = settings.kafka.topic(DLQ_TOPIC) if settings is not None else DLQ_TOPIC
             self._offsets = _OffsetsCache(source, lag_groups, dlq, offsets_ttl_s, clock)
         reg.register(_PipelineCollector(self))

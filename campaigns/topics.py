@@ -11,9 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "ANALYTICS", "ANALYTICS_GROUP", "ANALYTICS_PARTS", "COMMANDS", "COMMANDS_REJECTED", "EVENTS", "MESSAGES_DLQ",
-    "OUTCOMES", "OUTCOME_COUNTS", "RECEIPTS", "RECEIPTS_GROUP", "TOPICS", "Topic", "commands_group", "messages_topic",
-    "record_for", "retry_topic",
+    "ANALYTICS",
+    "ANALYTICS_GROUP",
+    "ANALYTICS_PARTS",
+    "COMMANDS",
+    "COMMANDS_REJECTED",
+    "EVENTS",
+    "MESSAGES_DLQ",
+    "OUTCOMES",
+    "OUTCOME_COUNTS",
+    "RECEIPTS",
+    "RECEIPTS_GROUP",
+    "TALLY_GROUP",
+    "TOPICS",
+    "Topic",
+    "commands_group",
+    "messages_topic",
+    "record_for",
+    "retry_topic",
     "sender_group",
 ]
 
@@ -56,6 +71,9 @@ TOPICS: dict[str, Topic] = {t.name: t for t in (
 (key: recipient id, record: RecipientMessage)."""
 
 ANALYTICS_GROUP = "analytics"  # the analytics stage, over OUTCOMES
+# The Faust analytics (streams/tally.py, the tally stage): its Faust app id, which is its consumer group, over
+# OUTCOMES (agent count_outcomes) and ANALYTICS_PARTS (agent merge_parts).
+TALLY_GROUP = "campaigns-analytics"
 RECEIPTS_GROUP = "receipts"  # the receipts stage, over RECEIPTS
 
 

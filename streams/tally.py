@@ -80,7 +80,7 @@ from campaigns.core.tally import (
 from campaigns.core.windows import EPOCH, window_start_ms
 from campaigns.errors import SchemaError
 from campaigns.settings import Settings, load_settings
-from campaigns.topics import ANALYTICS, ANALYTICS_PARTS, OUTCOMES
+from campaigns.topics import ANALYTICS, ANALYTICS_PARTS, OUTCOMES, TALLY_GROUP
 from producers.topics import TopicSpec, ensure_topics
 from producers.topics import topic_specs as pipeline_topic_specs
 from sinks import analytics as sink
@@ -89,7 +89,7 @@ from streams.live import SourcePartitionedTable, _writing_to
 
 log = logging.getLogger(__name__)
 
-APP_NAME = "campaigns-analytics"
+APP_NAME = TALLY_GROUP  # the Faust app id: its consumer group
 DEDUP_TABLE = "batch_to_counted"
 PARTS_TABLE = "part_to_counts"
 WINDOWS_TABLE = "campaign_to_window_parts"

@@ -92,7 +92,7 @@ class Worker:
         if self.metrics is None and self.settings.metrics_enabled:
             from campaigns.metrics import PipelineMetrics
 
-            self.metrics = PipelineMetrics(self.settings, channels=self.channels)
+            self.metrics = PipelineMetrics(self.settings, channels=self.channels, stages=stages)
         ensure_topics(self.settings.kafka, topic_specs(self.settings))
         engine = make_engine(self.settings.database)
         sessions = make_sessionmaker(engine)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import psycopg2
 
 from campaigns.errors import PermanentDeliveryError, TransientDeliveryError
+from campaigns.topics import ANALYTICS_GROUP, ANALYTICS_PARTS, OUTCOMES, TALLY_GROUP
 from campaigns.transports.fake import FakeTransport
 from streams.tally import TallyProcess
 from streams.worker import Worker
 from tests.e2e.test_pipeline import log_counts
 from tests.helpers import wait_for
+from tests.integration.test_metrics_endpoint import scrape
 
 COLUMNS = ("sent", "failed", "skipped", "cancelled", "retried")
 
@@ -47,6 +49,7 @@ def test_faust_analytics_in_the_worker(settings, service, audience):
     })
     service.schedule_campaign("marketer-1", campaign_id)
     dsn = settings.database.dsn()
+    settings = settings.model_copy(update={"metrics_enabled": True, "metrics_port": 0})
     worker = Worker(settings, stages=("scheduler", "expander", "senders", "tally", "completion"), channels=("email",),
                     transports={"email": transport}, rate_limits=False)
     with worker:
@@ -59,6 +62,19 @@ def test_faust_analytics_in_the_worker(settings, service, audience):
             return totals == sums and all(totals[s] == counts.get(s, 0) for s in ("sent", "failed", "skipped"))
 
         wait_for(equal, timeout=90, interval=0.5, what=f"campaign_analytics equal to the log {counts}")
+        # /metrics reports the Faust analytics' consumer group (not the batch stage's, which has no consumer here),
+        # by logical names.
+        port = worker.metrics.address[1]
+
+        def faust_lag() -> dict[str, float]:
+            _body, samples = scrape(port)
+            assert not any(dict(labels).get("group") == ANALYTICS_GROUP
+                           for name, labels in samples if name == "campaigns_consumer_lag")
+            return {dict(labels)["topic"]: value for (name, labels), value in samples.items()
+                    if name == "campaigns_consumer_lag" and dict(labels).get("group") == TALLY_GROUP}
+
+        wait_for(lambda: faust_lag() == {OUTCOMES: 0, ANALYTICS_PARTS: 0},
+                 timeout=60, interval=0.5, what="the Faust analytics' lag reported, and zero")
         children = [t for t in worker.threads if t.name == "tally"]
         assert children and children[0].is_alive()
     assert worker.errors == [], worker.errors

@@ -263,6 +263,11 @@ def test_default_lag_groups_follow_the_stage_group_names() -> None:
                                       *(f"x.campaign.messages.sms.retry.{n}" for n in range(1, 6))]
     assert groups["x.analytics"] == ["x.delivery.outcomes"]
     assert groups["x.campaigns.commands"] == ["x.campaign.commands"]
+    assert "x.campaigns-analytics" not in groups
+    # A worker running the Faust analytics reports its group (both of its topics) instead of the batch stage's.
+    faust = default_lag_groups(settings, ("sms",), stages=("senders", "tally", "completion"))
+    assert faust["x.campaigns-analytics"] == ["x.delivery.outcomes", "x.campaign.analytics_parts"]
+    assert "x.analytics" not in faust
 
 
 # --- the endpoint --------------------------------------------------------------------------------------
