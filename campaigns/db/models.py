@@ -285,7 +285,6 @@ class CampaignRecipientLog(Base):
         # Rows past their claim only (migration 0013): claimed rows are found by (campaign, recipient).
         Index("ix_recipient_log_campaign_status", "campaign_id", "status",
               postgresql_where=text("status IN ('retrying', 'sent', 'failed', 'skipped', 'cancelled')")),
-        Index("ix_recipient_log_message_id", "message_id"),
         # How a delivery receipt finds its row (migration 0010).
         Index(
             "ix_recipient_log_provider_message_id",
