@@ -42,7 +42,7 @@ from campaigns.core.vocabulary import COUNTERS
 from sinks import campaign_progress, recipient_log
 from sinks.arrays import array_literal, plain_array_literal
 from sinks.campaign_progress import CompletionRow
-from sinks.connection import StoreConnection
+from sinks.connection import KEY_LOOKUPS_HERE, StoreConnection
 
 Key = tuple[str, int]  # (campaign, recipient)
 Row = tuple[Any, ...]  # a campaign_analytics row: ROW_FIELDS
@@ -235,6 +235,7 @@ class PostgresAnalyticsStore:
 
     def log_rows(self, keys: Sequence[Key]) -> dict[Key, tuple[str, int]]:
         with self._conn.transaction() as cur:
+            cur.execute(KEY_LOOKUPS_HERE)  # a batch of key lookups: never planned as a scan of the log
             return {(r[0], r[1]): (r[2], r[3]) for r in recipient_log.rows(cur, sorted(keys))}
 
     def count(self, outcomes: Mapping[str, str], rows_for: Callable[[list[str]], list[Row]],
