@@ -31,7 +31,7 @@ from confluent_kafka import Message
 from campaigns.codec import get_codec
 from campaigns.core.states import CampaignAction
 from campaigns.core.tally import backed, log_key
-from campaigns.core.vocabulary import COUNTERS, PER_RECIPIENT_OUTCOMES, RECEIPT_OUTCOMES, STATUS_TO_COUNTER
+from campaigns.core.vocabulary import COUNTERS, RECEIPT_OUTCOMES, STATUS_TO_COUNTER
 from campaigns.core.windows import window_bounds
 from campaigns.settings import Settings
 from campaigns.topics import ANALYTICS, ANALYTICS_GROUP, OUTCOME_COUNTS, OUTCOMES
@@ -42,9 +42,6 @@ from streams.runtime import ConsumerPort, StageRuntime, build_consumer, decoded,
 log = logging.getLogger(__name__)
 
 RECEIPTS = RECEIPT_OUTCOMES  # external receipts: ``attempt`` carries the count
-# Outcomes about one recipient, which the recipient log must back; the rest (receipts) are campaign-level.
-PER_RECIPIENT = PER_RECIPIENT_OUTCOMES
-_BIGINT_MAX = 2**63 - 1
 LOG_RECOUNT_EVERY_S = 30.0  # the completion backstop: campaigns' logs counted whatever their totals say
 OUTCOME_ID_MAX = 128  # analytics_seen_outcomes.outcome_id is VARCHAR(128)
 
