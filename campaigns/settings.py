@@ -287,14 +287,14 @@ class AnalyticsSettings(BaseModel):
 
 
 class LiveSettings(BaseModel):
-    """The Faust live view (``streams/live.py``): windowed per-campaign tables fed by ``campaign.outcome_counts``."""
+    """The Faust live view (``streams/live.py``): windowed per-campaign tables fed by ``campaign.analytics``."""
 
     web_host: str = "127.0.0.1"  # bind address and the host in the worker's canonical URL; loopback by default
     web_port: int = 6066
     store: str = "memory://"  # tables are rebuilt from their changelog topics at start; no RocksDB needed
     datadir: str | None = None  # Faust's data directory; None = <system temp>/campaigns-live/<app id>
     windows_kept: int = 10  # windows kept per campaign: table expiry and changelog retention = window_s * this
-    batch_size: int = 1000  # OutcomeCounts records per agent micro-batch (at most)
+    batch_size: int = 1000  # campaign.analytics records per agent micro-batch (at most)
     batch_within_s: float = 0.5  # a micro-batch is applied after at most this long
     session_timeout_s: float = 10.0  # a crashed worker's partitions move after this long (Faust's default: 60)
 

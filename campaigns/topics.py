@@ -19,7 +19,6 @@ __all__ = [
     "EVENTS",
     "MESSAGES_DLQ",
     "OUTCOMES",
-    "OUTCOME_COUNTS",
     "RECEIPTS",
     "RECEIPTS_GROUP",
     "TALLY_GROUP",
@@ -45,7 +44,6 @@ COMMANDS_REJECTED = "campaign.commands.rejected"
 EVENTS = "campaign.events"
 MESSAGES_DLQ = "campaign.messages.dlq"
 OUTCOMES = "delivery.outcomes"
-OUTCOME_COUNTS = "campaign.outcome_counts"
 ANALYTICS = "campaign.analytics"
 ANALYTICS_PARTS = "campaign.analytics_parts"
 """Internal to the Faust analytics (``streams/tally.py``): one source partition's absolute counts of a (campaign,
@@ -63,7 +61,6 @@ TOPICS: dict[str, Topic] = {t.name: t for t in (
     Topic(EVENTS, "campaign id", "CampaignEvent"),
     Topic(MESSAGES_DLQ, "recipient id", "DeadLetter"),
     Topic(OUTCOMES, "recipient id", "DeliveryOutcome"),
-    Topic(OUTCOME_COUNTS, "campaign id", "OutcomeCounts"),
     Topic(ANALYTICS, "campaign id", "CampaignAnalytics"),
     Topic(RECEIPTS, "provider message id (address for a STOP reply)", "DeliveryReceipt"),
 )}

@@ -4,10 +4,9 @@ The broker does not auto-create topics (``auto.create.topics.enable=false``): :f
 run before producers and consumers start (``campaigns topics create``, the worker's start-up, tests).
 
 Configs: every topic has ``cleanup.policy=delete`` with the retention from settings. None of these
-topics is a changelog of keyed state, so none is compacted: ``campaign.analytics`` and
-``campaign.outcome_counts`` are keyed by campaign id but carry one record per *window* (compaction by
-campaign id would keep only the last window), and the rest are streams of facts or work items. Faust
-creates its own table changelog topics, compacted, itself.
+topics is a changelog of keyed state, so none is compacted: ``campaign.analytics`` is keyed by campaign id
+but carries one record per *window* (compaction by campaign id would keep only the last window), and the
+rest are streams of facts or work items. Faust creates its own table changelog topics, compacted, itself.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from campaigns.topics import (
     COMMANDS_REJECTED,
     EVENTS,
     MESSAGES_DLQ,
-    OUTCOME_COUNTS,
     OUTCOMES,
     RECEIPTS,
     messages_topic,
@@ -54,7 +52,7 @@ def logical_topic_names(settings: Settings) -> list[str]:
     for channel in CHANNELS:
         names.append(messages_topic(channel))
         names.extend(retry_topic(channel, tier) for tier in range(1, settings.sender.retry_tiers + 1))
-    names += [MESSAGES_DLQ, OUTCOMES, OUTCOME_COUNTS, ANALYTICS, RECEIPTS]
+    names += [MESSAGES_DLQ, OUTCOMES, ANALYTICS, RECEIPTS]
     return names
 
 

@@ -34,7 +34,7 @@ from campaigns.core.tally import backed, log_key
 from campaigns.core.vocabulary import COUNTERS, RECEIPT_OUTCOMES, STATUS_TO_COUNTER
 from campaigns.core.windows import window_bounds
 from campaigns.settings import Settings
-from campaigns.topics import ANALYTICS, ANALYTICS_GROUP, OUTCOME_COUNTS, OUTCOMES
+from campaigns.topics import ANALYTICS, ANALYTICS_GROUP, OUTCOMES
 from producers.kafka import KafkaProducer
 from sinks.analytics import ROW_FIELDS, AnalyticsStore, PostgresAnalyticsStore
 from streams.runtime import ConsumerPort, StageRuntime, build_consumer, decoded, where
@@ -159,7 +159,6 @@ class AnalyticsStage(CompletionStage):
         kafka = settings.kafka
         self._topic = kafka.topic(OUTCOMES)
         self._analytics_topic = kafka.topic(ANALYTICS)
-        self._counts_topic = kafka.topic(OUTCOME_COUNTS)
         self._touched: set[str] = set()  # campaigns the last batch counted: checked once its offsets are committed
         self.runtime = StageRuntime(
             "analytics", consumer or build_consumer(kafka, kafka.topic(ANALYTICS_GROUP)), producer, self,
@@ -286,17 +285,6 @@ class AnalyticsStage(CompletionStage):
         self.counted += len(new_ids)
         if self._metrics is not None:  # once per batch, aggregated by (channel, status) inside
             self._metrics.outcomes_counted(by_id[oid] for oid in new_ids)
-        # The deduplicated deltas of this batch, per campaign and window (not the totals row), for live
-        # consumers such as the Faust view (streams/live.py). PostgreSQL stays the source of truth.
-        batch_id = str(uuid.uuid5(uuid.NAMESPACE_OID, min(new_ids)))
-        for (cid, start), a in aggregates.items():
-            if start is None:
-                continue
-            self._producer.produce(self._counts_topic, cid, self._codec.encode("OutcomeCounts", {
-                "batch_id": batch_id, "campaign_id": cid, "window_start": start, "window_end": ends[(cid, start)],
-                **a.counts, "latency_count": a.latency_count, "latency_sum_ms": a.latency_sum,
-                "latency_max_ms": a.latency_max,
-            }))
         for row in updated:
             record = dict(zip(ROW_FIELDS, row, strict=True))
             self._producer.produce(self._analytics_topic, record["campaign_id"],

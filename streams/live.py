@@ -1,27 +1,28 @@
-"""The live view: a Faust app that keeps windowed per-campaign outcome counts and serves them over HTTP.
+"""The live view: a Faust app that keeps windowed per-campaign analytics and serves them over HTTP.
 
-Input: ``campaign.outcome_counts`` (``OutcomeCounts``, key = campaign id), the deduplicated per-(campaign,
-window) deltas the analytics stage publishes after each committed micro-batch. PostgreSQL
-(``campaign_analytics``) stays the source of truth; this view answers "how is campaign X doing right now"
-without a database query, for ``campaigns status --watch`` and dashboards.
+Input: ``campaign.analytics`` (``CampaignAnalytics``, key = campaign id), the absolute ``campaign_analytics``
+rows - per window, and the running totals - that the analytics publish after each write to PostgreSQL (and
+the receipts stage after each receipt batch). PostgreSQL (``campaign_analytics``) stays the source of truth;
+this view answers "how is campaign X doing right now" without a database query, for ``campaigns status
+--watch`` and dashboards.
 
 * Agent ``count_outcomes`` takes micro-batches (``take_events(batch_size, within=batch_within_s)``), decodes
-  them with the project codec (raw Kafka values, ``campaigns.codec``), sums them per (campaign, window) in the
-  pure core (``campaigns.core.live.fold``) and applies ONE table update per (campaign, window) and one per
-  campaign per batch - a Faust table update per record costs ~70 us (an early prototype, not kept in the repository).
+  them with the project codec (raw Kafka values, ``campaigns.codec``), groups them per (campaign, window) and
+  keeps the newest values (``campaigns.core.live.merge``): ONE table update per (campaign, window) and one per
+  campaign per batch - a Faust table update per record costs ~70 us (an early prototype, not kept in the
+  repository).
 * Table ``campaign_to_window_counts``: tumbling windows of ``settings.analytics.window_s`` seconds (epoch
-  aligned, the same windows as the analytics stage), keyed by campaign id; the event time is the record's
+  aligned, the same windows as the analytics), keyed by campaign id; the event time is the row's
   ``window_start``, not the Kafka timestamp. Windows expire after ``window_s * live.windows_kept``.
-* Table ``campaign_to_totals``: running totals per campaign.
+* Table ``campaign_to_totals``: the newest totals row per campaign.
 * View ``GET /campaigns/{campaign_id}/live[?at=<epoch s | ISO-8601>]``: totals, the current and previous
   window, sends/s. ``GET /live/stats``: what the agent has done (records, batches, table updates).
 
-Counting guarantee: each table value carries the source partition and offset of the last record folded into
-it, and records at or below that watermark are skipped. Faust commits source offsets after the changelog is
-flushed but not atomically with it, so a crash re-delivers records whose updates are already in the changelog;
-the watermark makes that harmless (no double count, no loss). It does not dedupe the *same* counts produced
-twice into the topic (the analytics stage never does: it publishes each batch's deltas once, after its
-database commit; a crash there can lose a delta from the live view, never from PostgreSQL).
+Guarantee: the tables hold, per key, the field-wise maximum of every row read for it; rows are absolute and
+only grow, so that is the newest row, whatever the order, duplicates or re-deliveries (``merge`` is
+idempotent). A crash between Faust's changelog flush and its offset commit re-delivers rows: harmless. A row
+the analytics never published (they crashed between their database write and the send) is missing here until
+the next change of that key publishes a newer one (PostgreSQL has it).
 
 Nothing is built at import: :func:`build_app` makes the app from a :class:`Settings`; :func:`main` is the
 ``python -m streams.live worker -l info`` entry (settings from the environment).
@@ -48,11 +49,11 @@ from faust.types import TP, EventT
 from mode import want_seconds
 
 from campaigns.codec import Codec, get_codec
-from campaigns.core.live import SourceRecord, fold, snapshot
+from campaigns.core.live import merge, snapshot
 from campaigns.core.windows import EPOCH, window_start_ms
 from campaigns.errors import SchemaError
 from campaigns.settings import Settings, load_settings
-from producers.topics import OUTCOME_COUNTS, TopicSpec, ensure_topics, topic_specs
+from producers.topics import ANALYTICS, TopicSpec, ensure_topics, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class SourcePartitionedTable(faust.Table[Any, Any]):
     Faust sends a table change to the changelog partition of ``current_event()`` - the source record being
     processed - so that changelog partition N belongs to whichever worker owns source partition N. A batched
     agent (``take_events``) runs outside that context (the stream is drained by another task), so
-    :meth:`OutcomeCounter.apply` names the source partition explicitly; without one, Faust's rule applies.
+    :meth:`LiveCounts.apply` names the source partition explicitly; without one, Faust's rule applies.
     """
 
     def partition_for_key(self, key: Any) -> int | None:
@@ -86,13 +87,13 @@ class SourcePartitionedTable(faust.Table[Any, Any]):
 class LiveStats:
     """What the agent has done since start (exposed on ``GET /live/stats``)."""
 
-    records: int = 0  # OutcomeCounts records decoded
-    skipped: int = 0  # records already folded in (re-delivered after a restart)
+    records: int = 0  # campaign.analytics rows decoded
+    stale: int = 0  # rows that raised nothing (re-delivered after a restart, or older than one already kept)
     undecodable: int = 0
     batches: int = 0
     window_updates: int = 0
     totals_updates: int = 0
-    busy_s: float = 0.0  # time spent applying batches (decode + fold + table updates)
+    busy_s: float = 0.0  # time spent applying batches (decode + merge + table updates)
     started_at: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,8 +102,8 @@ class LiveStats:
         return out
 
 
-class OutcomeCounter:
-    """Applies micro-batches of ``OutcomeCounts`` events to the two tables (the agent's body)."""
+class LiveCounts:
+    """Keeps the newest ``campaign.analytics`` row per (campaign, window) and per campaign (the agent's body)."""
 
     def __init__(self, windows: WindowWrapper, totals: faust.Table[str, Any], window_s: int, codec: Codec) -> None:
         self.windows = windows
@@ -112,44 +113,42 @@ class OutcomeCounter:
         self.stats = LiveStats()
 
     def apply(self, events: Sequence[EventT[Any]]) -> None:
-        """Decode, group per (campaign, window) in source order, and update each table key once."""
+        """Decode, group per (campaign, window) - ``None`` for the totals rows - and update each key once."""
         started = time.perf_counter()
         stats = self.stats
-        by_window: dict[tuple[str, int], list[SourceRecord]] = {}
+        grouped: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
+        partition_of: dict[tuple[str, int | None], int] = {}
         for event in events:
             message = event.message
             try:
-                record = self.codec.decode(event.value, "OutcomeCounts")
+                row = self.codec.decode(event.value, "CampaignAnalytics")
             except SchemaError as exc:  # never stops the partition: log, count, move on
                 stats.undecodable += 1
                 log.warning("live: skipping undecodable record at %s[%d]@%d: %s",
                             message.topic, message.partition, message.offset, exc)
                 continue
-            # The table's window holding the record's window (the same one if both use analytics.window_s).
-            start_ms = window_start_ms((record["window_start"] - EPOCH) // _MILLISECOND, self.window_s)
-            by_window.setdefault((record["campaign_id"], start_ms), []).append(
-                SourceRecord(message.partition, message.offset, record)
-            )
             stats.records += 1
-        by_campaign: dict[str, list[SourceRecord]] = {}
-        for (campaign_id, start_ms), records in by_window.items():
-            windowed = self.windows.relative_to(start_ms / 1000)
-            with _writing_to(records[-1].partition):
-                state = fold(windowed[campaign_id].value(), records)
-                if state is not None:
-                    windowed[campaign_id] = state
-                    stats.window_updates += 1
-            by_campaign.setdefault(campaign_id, []).extend(records)
-        for campaign_id, records in by_campaign.items():
-            records.sort(key=lambda r: (r.partition, r.offset))
-            with _writing_to(records[-1].partition):
-                before = self.totals[campaign_id]
-                state = fold(before, records)
-                if state is not None:
-                    self.totals[campaign_id] = state
-                    stats.totals_updates += 1
-            applied = state["records"] - before.get("records", 0) if state is not None else 0
-            stats.skipped += len(records) - applied
+            start = row["window_start"]
+            # The table's window holding the row's window (the same one when both use analytics.window_s).
+            start_ms = None if start is None else window_start_ms((start - EPOCH) // _MILLISECOND, self.window_s)
+            key = (row["campaign_id"], start_ms)
+            grouped.setdefault(key, []).append(row)
+            partition_of[key] = message.partition
+        for (campaign_id, start_ms), rows in grouped.items():
+            with _writing_to(partition_of[(campaign_id, start_ms)]):
+                if start_ms is None:
+                    state = merge(self.totals[campaign_id], rows)
+                    if state is not None:
+                        self.totals[campaign_id] = state
+                        stats.totals_updates += 1
+                else:
+                    windowed = self.windows.relative_to(start_ms / 1000)
+                    state = merge(windowed[campaign_id].value(), rows)
+                    if state is not None:
+                        windowed[campaign_id] = state
+                        stats.window_updates += 1
+            if state is None:
+                stats.stale += len(rows)
         stats.batches += 1
         stats.busy_s += time.perf_counter() - started
 
@@ -178,11 +177,11 @@ def _writing_to(partition: int) -> Iterator[None]:
 
 @dataclass
 class LiveApp:
-    """The built app and its parts (tests and the CLI reach the tables and counter through this)."""
+    """The built app and its parts (tests and the CLI reach the tables through this)."""
 
     app: faust.App
     settings: Settings
-    counter: OutcomeCounter
+    counts: LiveCounts
     source_topic: str
 
 
@@ -230,23 +229,23 @@ def build_app(settings: Settings) -> LiveApp:
         web_port=live.web_port,
         Table=SourcePartitionedTable,
     )
-    source_name = kafka.topic(OUTCOME_COUNTS)
+    source_name = kafka.topic(ANALYTICS)
     source = app.topic(source_name, key_serializer="raw", value_serializer="raw")
     windows = app.Table(
         WINDOWS_TABLE, default=dict, partitions=kafka.partitions,
-        help="OutcomeCounts summed per campaign and tumbling window (event time = the record's window_start).",
+        help="The newest campaign.analytics row per campaign and tumbling window (event time = its window_start).",
     ).tumbling(timedelta(seconds=window_s), expires=timedelta(seconds=window_s * live.windows_kept))
     totals = app.Table(
         TOTALS_TABLE, default=dict, partitions=kafka.partitions,
-        help="OutcomeCounts summed per campaign since its first outcome.",
+        help="The newest campaign.analytics totals row per campaign.",
     )
     assert isinstance(windows, WindowWrapper) and isinstance(totals, faust.Table)  # for the type checker
-    counter = OutcomeCounter(windows, totals, window_s, get_codec())
+    counts = LiveCounts(windows, totals, window_s, get_codec())
 
     @app.agent(source, name="count_outcomes")
     async def count_outcomes(stream: faust.StreamT[Any]) -> None:
         async for events in cast(faust.Stream[Any], stream).take_events(live.batch_size, within=live.batch_within_s):
-            counter.apply(events)
+            counts.apply(events)
 
     totals_changelog = totals.changelog_topic.get_topic_name()
 
@@ -269,13 +268,13 @@ def build_app(settings: Settings) -> LiveApp:
             location = str(owner).rstrip("/") + str(request.rel_url)
             return view.json({"error": f"served by {owner}", "location": location},
                              status=307, headers={"Location": location})
-        return view.json(counter.view(campaign_id, at_ms))
+        return view.json(counts.view(campaign_id, at_ms))
 
     @app.page(STATS_PATH)
     async def live_stats(view: faust.web.View, request: faust.web.Request) -> Any:
-        return view.json({"app_id": app_id, "window_s": window_s, **counter.stats.as_dict()})
+        return view.json({"app_id": app_id, "window_s": window_s, **counts.stats.as_dict()})
 
-    return LiveApp(app=app, settings=settings, counter=counter, source_topic=source_name)
+    return LiveApp(app=app, settings=settings, counts=counts, source_topic=source_name)
 
 
 def _parse_at(raw: str | None) -> int:
@@ -293,8 +292,8 @@ def _parse_at(raw: str | None) -> int:
 
 
 def source_topic_spec(settings: Settings) -> TopicSpec:
-    """The spec ``producers.topics`` creates ``campaign.outcome_counts`` with."""
-    return next(spec for spec in topic_specs(settings) if spec.name == OUTCOME_COUNTS)
+    """The spec ``producers.topics`` creates ``campaign.analytics`` with."""
+    return next(spec for spec in topic_specs(settings) if spec.name == ANALYTICS)
 
 
 def topic_specs_of(live: LiveApp) -> list[TopicSpec]:

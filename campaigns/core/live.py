@@ -1,78 +1,65 @@
-"""Live per-campaign counts: summing ``OutcomeCounts`` deltas, and the live-view snapshot.
+"""Live per-campaign counts: the newest ``campaign.analytics`` row per window, and the live-view snapshot.
 
 The Faust live view (``streams/live.py``) keeps, per campaign and per tumbling window (and per campaign for
-the running totals), one *state*: a JSON-able dict of summed counters plus the position of the last source
-record folded into it. This module is the arithmetic on those states; it knows nothing of Faust or Kafka.
+the running totals), one *state*: a JSON-able dict of the row's counters. This module is the arithmetic on
+those states; it knows nothing of Faust or Kafka.
+
+Every ``campaign.analytics`` record is an *absolute* row of ``campaign_analytics`` as it was when written, and
+every field kept here only ever grows (counters, ``latency_count``, ``latency_sum_ms`` - latencies are never
+negative - ``latency_max_ms``, ``updated_at``). So the newest row of a window is the field-wise maximum of all
+the rows seen for it, whatever order they came in.
 
 Guarantees:
 
-* :func:`fold` is idempotent with respect to the source topic: a record at or below the state's watermark
-  (same source partition, offset <= the last one folded) is skipped, so re-delivering records after a crash
-  (Faust commits offsets after the table changelog is written, not atomically with it) never counts twice.
-* Counters are integers and only ever grow; ``latency_max_ms`` is a maximum, ``latency_sum_ms`` a sum.
+* :func:`merge` is idempotent, commutative and associative: a record re-delivered after a crash (Faust
+  commits offsets after the table changelog is written, not atomically with it), a replay of the whole topic,
+  or the rows of two writers interleaved (the analytics flush and the receipts stage, or two analytics workers
+  while a partition moves) give the same state: the newest values. No watermark or dedup state is needed.
 * :func:`snapshot` is a pure function of the states and the reference time ``at_ms`` (passed in).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from campaigns.core.vocabulary import COUNTERS
 
-__all__ = ["COUNTERS", "SourceRecord", "empty_state", "fold", "snapshot", "window_summary"]
+__all__ = ["COUNTERS", "GROWING", "merge", "snapshot", "window_summary"]
 
-_SUMMED = (*COUNTERS, "latency_count")
+GROWING: tuple[str, ...] = (*COUNTERS, "complained", "latency_count", "latency_sum_ms", "latency_max_ms", "updated_at")
+"""The fields of a ``campaign.analytics`` row the state keeps; each only ever grows (``updated_at`` in epoch ms)."""
 
-
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One decoded ``OutcomeCounts`` record and where it was read (its source topic partition and offset)."""
-
-    partition: int
-    offset: int
-    counts: Mapping[str, Any]
-    """The decoded record: every name of :data:`COUNTERS`, ``latency_count``, ``latency_sum_ms``,
-    ``latency_max_ms`` (other keys are ignored)."""
+_FLOATS = frozenset({"latency_sum_ms", "latency_max_ms"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
-def fold(state: Mapping[str, Any] | None, records: Iterable[SourceRecord]) -> dict[str, Any] | None:
-    """Add ``records`` (in source order) to ``state``; returns the new state, or ``None`` if none was new.
-
-    A record is new unless it comes from the state's source partition at an offset <= the state's watermark.
-    A record from another partition (the topic was repartitioned) is always new and moves the watermark there.
-    The returned state has every counter, ``latency_sum_ms``, ``latency_max_ms``, ``records`` (how many
-    records were folded in) and ``src`` (``[partition, offset]`` of the last one).
-    """
-    src = state.get("src") if state else None
+def merge(state: Mapping[str, Any] | None, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The field-wise maximum of ``state`` and ``rows`` (decoded rows; ``updated_at`` in epoch ms or a datetime);
+    ``None`` if no row raised any field (nothing to write)."""
     new: dict[str, Any] | None = None
-    for record in records:
-        if src is not None and record.partition == src[0] and record.offset <= src[1]:
-            continue
-        if new is None:
-            new = empty_state() if not state else dict(state)
-        counts = record.counts
-        for name in _SUMMED:
-            new[name] += int(counts.get(name, 0))
-        new["latency_sum_ms"] += float(counts.get("latency_sum_ms", 0.0))
-        new["latency_max_ms"] = max(new["latency_max_ms"], float(counts.get("latency_max_ms", 0.0)))
-        new["records"] += 1
-        src = [record.partition, record.offset]
-        new["src"] = src
+    current: Mapping[str, Any] = state or {}
+    for row in rows:
+        for name in GROWING:
+            value = _number(name, row.get(name, 0))
+            if value > current.get(name, 0):
+                if new is None:
+                    new = {name: _number(name, current.get(name, 0)) for name in GROWING}
+                    current = new
+                new[name] = value
     return new
 
 
-def empty_state() -> dict[str, Any]:
-    """A state with every counter at zero and no watermark."""
-    state: dict[str, Any] = dict.fromkeys(_SUMMED, 0)
-    state.update(latency_sum_ms=0.0, latency_max_ms=0.0, records=0, src=None)
-    return state
+def _number(name: str, value: Any) -> int | float:
+    if isinstance(value, datetime):
+        return (value - _EPOCH) // _MILLISECOND
+    return float(value or 0.0) if name in _FLOATS else int(value or 0)
 
 
 def window_summary(state: Mapping[str, Any] | None, start_ms: int, window_s: int) -> dict[str, Any]:
-    """The JSON shape of one window: bounds (ISO-8601 UTC), counters, latency mean/max (ms), records folded."""
+    """The JSON shape of one window: bounds (ISO-8601 UTC), counters, latency mean/max (ms), when last updated."""
     summary: dict[str, Any] = {
         "start": _iso(start_ms),
         "end": _iso(start_ms + window_s * 1000),
@@ -115,12 +102,13 @@ def snapshot(
 
 def _counters(state: Mapping[str, Any] | None) -> dict[str, Any]:
     state = state or {}
-    out: dict[str, Any] = {name: int(state.get(name, 0)) for name in COUNTERS}
+    out: dict[str, Any] = {name: int(state.get(name, 0)) for name in (*COUNTERS, "complained")}
     latency_count = int(state.get("latency_count", 0))
     out["latency_count"] = latency_count
     out["latency_mean_ms"] = float(state.get("latency_sum_ms", 0.0)) / latency_count if latency_count else None
     out["latency_max_ms"] = float(state.get("latency_max_ms", 0.0)) if latency_count else None
-    out["records"] = int(state.get("records", 0))
+    updated_ms = int(state.get("updated_at", 0))
+    out["updated_at"] = _iso(updated_ms) if updated_ms else None
     return out
 
 

@@ -1,5 +1,5 @@
 """``campaigns live`` started with no live settings at all (default data dir, default batching), next to a
-``campaigns worker``: it reads the pipeline's real, lz4-compressed ``campaign.outcome_counts`` and serves
+``campaigns worker``: it reads the pipeline's real, lz4-compressed ``campaign.analytics`` and serves
 ``/campaigns/{id}/live`` with the totals of ``campaign_analytics``."""
 
 from __future__ import annotations

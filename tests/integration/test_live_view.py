@@ -1,5 +1,5 @@
-"""The Faust live view (``streams/live.py``) on the real broker: a worker subprocess counts OutcomeCounts
-batches into its windowed tables and serves them on ``GET /campaigns/{id}/live``; after a restart the
+"""The Faust live view (``streams/live.py``) on the real broker: a worker subprocess keeps the newest
+``campaign.analytics`` rows in its windowed tables and serves them on ``GET /campaigns/{id}/live``; after a restart the
 tables come back from their changelog topics."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from confluent_kafka import Producer
 from campaigns.codec import get_codec
 from campaigns.core.windows import window_bounds
 from campaigns.settings import AnalyticsSettings, Settings
-from producers.topics import OUTCOME_COUNTS, ensure_topics
+from producers.topics import ANALYTICS, ensure_topics
 from streams.live import key_partition, source_topic_spec
 from tests.helpers import wait_for
 
@@ -91,18 +91,21 @@ class LiveWorker:
 
 @dataclass
 class Expected:
-    """What the test produced, summed the way the view must report it."""
+    """What the test published: the running counts of each window and of each campaign, as the analytics'
+    rows carry them (absolute), and how many rows."""
 
     totals: dict[str, dict[str, int]] = field(default_factory=dict)
     windows: dict[tuple[str, datetime], dict[str, int]] = field(default_factory=dict)
-    records: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
 
-    def add(self, campaign_id: str, window_start: datetime, counts: dict[str, int]) -> None:
-        for bucket in (self.totals.setdefault(campaign_id, {}),
-                       self.windows.setdefault((campaign_id, window_start), {})):
+    def add(self, campaign_id: str, window_start: datetime, counts: dict[str, int]) -> tuple[dict, dict]:
+        """Add ``counts`` to the window and the totals; their rows as they are now."""
+        window = self.windows.setdefault((campaign_id, window_start), {})
+        totals = self.totals.setdefault(campaign_id, {})
+        for bucket in (window, totals):
             for name, n in counts.items():
                 bucket[name] = bucket.get(name, 0) + n
-        self.records[campaign_id] = self.records.get(campaign_id, 0) + 1
+        return dict(window), dict(totals)
 
 
 @pytest.fixture
@@ -130,27 +133,33 @@ def live_env(kafka_settings, topic_prefix, tmp_path) -> Iterator[tuple[LiveWorke
         worker.stop()
 
 
-class OutcomeCountsProducer:
-    """Produces OutcomeCounts like the analytics stage does (librdkafka, key = campaign id)."""
+class AnalyticsProducer:
+    """Publishes campaign.analytics rows like the analytics do (librdkafka, key = campaign id): after each
+    change of a window, that window's row and the campaign's totals row, both absolute."""
 
     def __init__(self, settings: Settings, expected: Expected) -> None:
-        self.topic = settings.kafka.topic(OUTCOME_COUNTS)
+        self.topic = settings.kafka.topic(ANALYTICS)
         self.producer = Producer(settings.kafka.as_librdkafka(**{"enable.idempotence": True}))
         self.expected = expected
         self.placement: dict[str, set[int]] = {}
         self.codec = get_codec()
+        self.latency_max: dict[str | tuple[str, datetime], float] = {}
 
     def batch(self, campaign_id: str, window_start: datetime, n: int, **per_record: int) -> None:
         for i in range(n):
             counts = {name: value + i % 3 for name, value in per_record.items()}
-            value = self.codec.encode("OutcomeCounts", {
-                "batch_id": str(uuid.uuid4()), "campaign_id": campaign_id, "window_start": window_start,
-                "window_end": window_start + timedelta(seconds=WINDOW_S), **counts,
-                "latency_count": counts.get("sent", 0), "latency_sum_ms": 2.0 * counts.get("sent", 0),
-                "latency_max_ms": 40.0 + i,
-            })
-            self.producer.produce(self.topic, value, campaign_id, on_delivery=self._delivered)
-            self.expected.add(campaign_id, window_start, counts)
+            window, totals = self.expected.add(campaign_id, window_start, counts)
+            for start, row in ((window_start, window), (None, totals)):
+                key = campaign_id if start is None else (campaign_id, start)
+                self.latency_max[key] = max(self.latency_max.get(key, 0.0), 40.0 + i)
+                value = self.codec.encode("CampaignAnalytics", {
+                    "campaign_id": campaign_id, "window_start": start,
+                    "window_end": None if start is None else start + timedelta(seconds=WINDOW_S), **row,
+                    "latency_count": row.get("sent", 0), "latency_sum_ms": 2.0 * row.get("sent", 0),
+                    "latency_max_ms": self.latency_max[key], "updated_at": datetime.now(UTC),
+                })
+                self.producer.produce(self.topic, value, campaign_id, on_delivery=self._delivered)
+                self.expected.rows += 1
         assert self.producer.flush(30) == 0
 
     def _delivered(self, err: Any, msg: Any) -> None:
@@ -169,7 +178,6 @@ def _matches(view: dict[str, Any] | None, expected: Expected, campaign_id: str,
         all(view["totals"][name] == want_totals.get(name, 0) for name in COUNTERS)
         and all(view["current_window"][name] == want_current.get(name, 0) for name in COUNTERS)
         and all(view["previous_window"][name] == want_previous.get(name, 0) for name in COUNTERS)
-        and view["totals"]["records"] == expected.records[campaign_id]
     )
 
 
@@ -206,7 +214,7 @@ def test_live_view_sums_batches_per_campaign_and_window(live_env) -> None:
     worker, settings = live_env
     ensure_topics(settings.kafka, [source_topic_spec(settings)])
     expected = Expected()
-    producer = OutcomeCountsProducer(settings, expected)
+    producer = AnalyticsProducer(settings, expected)
     at, current, previous = _windows_now()
     alpha, beta = str(uuid.uuid4()), str(uuid.uuid4())
 
@@ -236,7 +244,7 @@ def test_live_view_sums_batches_per_campaign_and_window(live_env) -> None:
     stats = worker.get("/live/stats")
     assert stats is not None and stats.status_code == 200
     body = stats.json()
-    assert body["records"] == sum(expected.records.values()) and body["undecodable"] == 0
+    assert body["records"] == expected.rows and body["undecodable"] == 0
     # One table update per (campaign, window) per batch, not one per record.
     assert body["window_updates"] < body["records"]
     bad = worker.get(f"/campaigns/{alpha}/live", at="yesterday")
@@ -246,7 +254,7 @@ def test_live_view_sums_batches_per_campaign_and_window(live_env) -> None:
 def test_tables_are_recovered_from_the_changelog_after_a_restart(live_env) -> None:
     worker, settings = live_env
     expected = Expected()
-    producer = OutcomeCountsProducer(settings, expected)
+    producer = AnalyticsProducer(settings, expected)
     at, current, previous = _windows_now()
     alpha, beta = str(uuid.uuid4()), str(uuid.uuid4())
 
@@ -269,10 +277,10 @@ def test_tables_are_recovered_from_the_changelog_after_a_restart(live_env) -> No
         for part in ("totals", "current_window", "previous_window"):
             assert after[cid][part] == before[cid][part]
     stats = worker.get("/live/stats")
-    assert stats is not None and stats.json()["records"] == stats.json()["skipped"] == 0
+    assert stats is not None and stats.json()["records"] == stats.json()["stale"] == 0
 
-    # A crash (SIGKILL right after a batch) may leave offsets uncommitted: the re-delivered records are
-    # recognised by the watermark in each table value and not counted twice.
+    # A crash (SIGKILL right after a batch) may leave offsets uncommitted: the re-delivered rows are no newer
+    # than the kept ones and change nothing.
     producer.batch(beta, previous, 6, sent=9)
     _wait_for_view(worker, expected, [alpha, beta], at, current, previous, timeout=15)
     worker.stop(signal.SIGKILL)
@@ -280,7 +288,7 @@ def test_tables_are_recovered_from_the_changelog_after_a_restart(live_env) -> No
     final = _wait_for_view(worker, expected, [alpha, beta], at, current, previous, timeout=40)
     assert final[beta]["totals"]["sent"] == expected.totals[beta]["sent"]
     stats = worker.get("/live/stats")
-    assert stats is not None and stats.json()["skipped"] <= stats.json()["records"]
+    assert stats is not None and stats.json()["stale"] <= stats.json()["records"]
 
 
 def test_two_workers_split_the_campaigns_and_redirect_to_the_owner(live_env, tmp_path) -> None:
@@ -290,7 +298,7 @@ def test_two_workers_split_the_campaigns_and_redirect_to_the_owner(live_env, tmp
                             "CAMPAIGNS_LIVE__DATADIR": str(tmp_path / "faust-data-2")},
                        port=port, log_path=tmp_path / "live-worker-2")
     expected = Expected()
-    producer = OutcomeCountsProducer(settings, expected)
+    producer = AnalyticsProducer(settings, expected)
     at, current, previous = _windows_now()
     campaigns: list[str] = []
     while len(campaigns) < 2 * PARTITIONS:  # two campaigns in every partition, so both workers own some

@@ -119,24 +119,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "received_at": T0,
         "attempt": 0,
     },
-    "OutcomeCounts": {
-        "batch_id": "delivery.outcomes-3-1000",
-        "campaign_id": "3f1e9a52-7c4b-4d7e-9a55-0c2f3b8d1e6a",
-        "window_start": datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
-        "window_end": datetime(2024, 5, 1, 12, 31, tzinfo=UTC),
-        "sent": 950,
-        "failed": 12,
-        "retried": 30,
-        "skipped": 5,
-        "cancelled": 1,
-        "delivered": 900,
-        "read": 400,
-        "clicked": 64,
-        "bounced": 2,
-        "latency_count": 962,
-        "latency_sum_ms": 118_234.5,
-        "latency_max_ms": 2_048.25,
-    },
     "CampaignAnalytics": {
         "campaign_id": "3f1e9a52-7c4b-4d7e-9a55-0c2f3b8d1e6a",
         "window_start": datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
@@ -194,11 +176,6 @@ GOLDEN: dict[str, str] = {
         "c30164e8c1214f605e475030663363396131653562376432633465366138663062316433653563376139623264346636"
         "6538611077686174736170700a024277616d69642e4842674c4d5455314e5441774d4441774d44455641674152474249"
         "02182b31353535303030303030310000869696c2e663869696c2e66300"
-    ),
-    "OutcomeCounts": (
-        "c301ded83658579eb6b13064656c69766572792e6f7574636f6d65732d332d313030304833663165396135322d376334"
-        "622d346437652d396135352d30633266336238643165366180d590c2e663c0fe97c2e663ec0e183c0a02880ea0068001"
-        "04840f00000000a8ddfc40000000008000a040"
     ),
     "RecipientMessage": (
         "c301362f52c8526cf10b4836663163326134652d386431622d356637612d396333652d32623464366638613063316548"

@@ -17,10 +17,12 @@ WINDOW_S = 60
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # a window start (epoch-aligned for 60 s)
 
 
-def _record(campaign_id: str, window_start: datetime, **counts: Any) -> bytes:
-    return get_codec().encode("OutcomeCounts", {
-        "batch_id": "b", "campaign_id": campaign_id, "window_start": window_start,
-        "window_end": window_start + timedelta(seconds=WINDOW_S), **counts,
+def _row(campaign_id: str, window_start: datetime | None, **counts: Any) -> bytes:
+    """A campaign.analytics record: a window's row, or the totals row (``window_start=None``)."""
+    end = None if window_start is None else window_start + timedelta(seconds=WINDOW_S)
+    return get_codec().encode("CampaignAnalytics", {
+        "campaign_id": campaign_id, "window_start": window_start, "window_end": end,
+        "updated_at": T0, **counts,
     })
 
 
@@ -44,53 +46,56 @@ async def _until(condition, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_batches_are_summed_per_campaign_and_window(live) -> None:
+async def test_the_newest_row_is_kept_per_campaign_and_window(live) -> None:
     agent = live.app.agents["count_outcomes"]
     async with agent.test_context() as ctx:
-        for _ in range(3):
-            await ctx.put(key=b"c1", value=_record("c1", T0, sent=2, latency_count=2, latency_sum_ms=8.0,
-                                                   latency_max_ms=5.0), partition=1)
-            await ctx.put(key=b"c1", value=_record("c1", T0 - timedelta(seconds=WINDOW_S), sent=1, failed=1),
+        for n in range(1, 4):  # the rows one campaign's analytics publish as its counts grow
+            await ctx.put(key=b"c1", value=_row("c1", T0, sent=2 * n, latency_count=2 * n,
+                                                latency_sum_ms=8.0 * n, latency_max_ms=5.0), partition=1)
+            await ctx.put(key=b"c1", value=_row("c1", T0 - timedelta(seconds=WINDOW_S), sent=n, failed=n),
                           partition=1)
-            await ctx.put(key=b"c2", value=_record("c2", T0, skipped=4), partition=2)
-        await _until(lambda: live.counter.stats.records == 9)
+            await ctx.put(key=b"c1", value=_row("c1", None, sent=3 * n, failed=n), partition=1)
+            await ctx.put(key=b"c2", value=_row("c2", None, skipped=4 * n), partition=2)
+        await _until(lambda: live.counts.stats.records == 12)
 
     at_ms = int((T0 + timedelta(seconds=15)).timestamp() * 1000)
-    view = live.counter.view("c1", at_ms)
+    view = live.counts.view("c1", at_ms)
     assert view["seen"] is True
     assert view["totals"]["sent"] == 9 and view["totals"]["failed"] == 3
     assert view["current_window"]["sent"] == 6 and view["current_window"]["latency_max_ms"] == 5.0
+    assert view["current_window"]["latency_mean_ms"] == 4.0
     assert view["previous_window"]["sent"] == 3 and view["previous_window"]["failed"] == 3
     assert view["sends_per_s"] == 3 / WINDOW_S
-    assert live.counter.view("c2", at_ms)["totals"]["skipped"] == 12
-    assert live.counter.view("nobody", at_ms)["seen"] is False
-    stats = live.counter.stats
+    assert live.counts.view("c2", at_ms)["totals"]["skipped"] == 12
+    assert live.counts.view("nobody", at_ms)["seen"] is False
+    stats = live.counts.stats
     # One table write per (campaign, window) and per campaign per batch, however many records.
-    assert stats.window_updates <= 3 * stats.batches and stats.totals_updates <= 2 * stats.batches
+    assert stats.window_updates <= 2 * stats.batches and stats.totals_updates <= 2 * stats.batches
 
 
-async def test_redelivered_records_are_not_counted_twice(live) -> None:
+async def test_redelivered_and_older_rows_change_nothing(live) -> None:
     agent = live.app.agents["count_outcomes"]
     async with agent.test_context() as ctx:
-        for _ in range(4):
-            await ctx.put(key=b"c1", value=_record("c1", T0, sent=1), partition=0)
-        await _until(lambda: live.counter.stats.records == 4)
-        ctx.sent_offset = 2  # as after a crash: offsets 2 and 3 come again, then 4 is new
-        for _ in range(3):
-            await ctx.put(key=b"c1", value=_record("c1", T0, sent=1), partition=0)
-        await _until(lambda: live.counter.stats.records == 7)
-    assert live.counter.totals["c1"]["sent"] == 5
-    assert live.counter.stats.skipped == 2
+        for n in (1, 2, 3, 4):
+            await ctx.put(key=b"c1", value=_row("c1", None, sent=n), partition=0)
+        await _until(lambda: live.counts.stats.records == 4)
+        ctx.sent_offset = 2  # as after a crash: offsets 2 and 3 come again
+        for n in (3, 4):
+            await ctx.put(key=b"c1", value=_row("c1", None, sent=n), partition=0)
+        await ctx.put(key=b"c1", value=_row("c1", None, sent=2), partition=0)  # an older row, late
+        await _until(lambda: live.counts.stats.records == 7)
+    assert live.counts.totals["c1"]["sent"] == 4
+    assert live.counts.stats.stale >= 3
 
 
 async def test_undecodable_records_are_skipped_and_counted(live) -> None:
     agent = live.app.agents["count_outcomes"]
     async with agent.test_context() as ctx:
         await ctx.put(key=b"c1", value=b"not avro", partition=0)
-        await ctx.put(key=b"c1", value=_record("c1", T0, sent=7), partition=0)
-        await _until(lambda: live.counter.stats.records == 1)
-    assert live.counter.stats.undecodable == 1
-    assert live.counter.totals["c1"]["sent"] == 7
+        await ctx.put(key=b"c1", value=_row("c1", None, sent=7), partition=0)
+        await _until(lambda: live.counts.stats.records == 1)
+    assert live.counts.stats.undecodable == 1
+    assert live.counts.totals["c1"]["sent"] == 7
 
 
 def test_key_partition_is_crc32_like_librdkafka() -> None:

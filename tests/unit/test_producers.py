@@ -40,7 +40,6 @@ def test_every_topic_of_the_design_is_listed_and_prefixed():
         "campaign.messages.email.retry.2",
         "campaign.messages.dlq",
         "delivery.outcomes",
-        "campaign.outcome_counts",
         "campaign.analytics",
         "delivery.receipts",
     ]
