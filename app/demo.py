@@ -126,7 +126,7 @@ def run_demo(settings: Settings, *, quick: bool = False, console: Console | None
         unsubscribe = settings.unsubscribe.model_copy(update={"url": dashboard.url.rstrip("/") + "/unsubscribe"})
         worker_settings = settings.model_copy(update={"providers": simulator.provider_settings(),
                                                       "unsubscribe": unsubscribe})
-        stages = ("scheduler", "expander", "senders", "analytics", "receipts")
+        stages = ("scheduler", "expander", "senders", "tally", "completion", "receipts")
         with Worker(worker_settings, stages=stages) as worker:
             ok = _watch(console, service, settings, campaign_ids, size.timeout_s, pause_channel="sms")
             receipts_ok = _await_receipts(console, simulator, settings, campaign_ids, timeout_s=60)

@@ -22,15 +22,15 @@ from typing import Any
 def main(argv: list[str] | None = None) -> int:
     from campaigns.logs import configure_logging
     from campaigns.settings import load_settings
-    from streams.worker import STAGES, Worker
+    from streams.worker import OPTIONAL_STAGES, STAGES, Worker
 
     from .transport import CountingTransport
 
     parser = argparse.ArgumentParser(prog="python -m bench.worker_proc")
     parser.add_argument(
         "--stages",
-        default="scheduler,expander,senders,analytics",
-        help=f"comma-separated subset of {','.join(STAGES)}",
+        default="scheduler,expander,senders,tally,completion",
+        help=f"comma-separated subset of {','.join(STAGES + OPTIONAL_STAGES)}",
     )
     parser.add_argument("--channels", default="email")
     parser.add_argument("--no-rate-limits", action="store_true")

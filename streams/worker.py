@@ -5,13 +5,13 @@
 | scheduler  | a loop over the due-campaign index    | conditional UPDATE: activated once by any number |
 | expander   | PostgreSQL keyset pages -> librdkafka | one query and one flush per page                 |
 | senders    | batched confluent-kafka consumers     | per-event Faust machinery capped this stage at ~4.5k/s |
-| analytics  | batched confluent-kafka consumer      | exactly-once counts in PostgreSQL                |
+| tally      | Faust worker, a supervised child      | windowed Faust tables -> campaign_analytics      |
+| completion | NOTIFY of new totals + a 2 s sweep    | completion + the backstop failure threshold      |
 | receipts   | batched confluent-kafka consumer      | provider receipts applied once per row, in PostgreSQL |
-| tally      | Faust worker, a supervised child      | windowed Faust tables (opt-in, replaces analytics) |
-| completion | a 2 s sweep of active campaigns       | completion + threshold backstop next to tally    |
+| analytics  | batched confluent-kafka consumer      | opt-in instead of tally,completion: dedup in SQL |
 | relay      | outbox -> campaign.events             | transactional outbox                             |
 
-Several workers scale out through Kafka partitions (senders, analytics) and PostgreSQL locks (expander).
+Several workers scale out through Kafka partitions (senders, tally) and PostgreSQL locks (expander).
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ MAX_RESTART_BACKOFF_S = 10.0
 UNREACHABLE = (psycopg2.OperationalError, sqlalchemy.exc.OperationalError, KafkaException, ServiceUnavailable,
                SinkError, OSError)
 
-STAGES = ("scheduler", "expander", "senders", "analytics", "receipts", "relay", "commands")
-# Chosen by name only (not in the default set): the Faust analytics (streams/tally.py) as a supervised child
-# process, and completion + the backstop failure threshold on their own. ``tally,completion`` replaces
-# ``analytics``; the two count into campaign_analytics differently and must not run on the same database.
-OPTIONAL_STAGES = ("tally", "completion")
+STAGES = ("scheduler", "expander", "senders", "tally", "completion", "receipts", "relay", "commands")
+# Chosen by name only (not in the default set): the batch analytics stage (streams/analytics.py), which counts
+# and deduplicates in PostgreSQL and completes campaigns itself. It replaces ``tally,completion``; the two count
+# into campaign_analytics differently and must not run on the same database.
+OPTIONAL_STAGES = ("analytics",)
 
 
 @dataclass
