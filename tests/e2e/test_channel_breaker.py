@@ -36,7 +36,7 @@ def test_an_unauthorized_account_pauses_the_channel_fails_nobody_and_a_probe_res
         "segments": segments, "batch_size": 100, "failure_threshold": 0.1, "failure_min_sample": 10,
     })
     service.schedule_campaign("marketer-1", campaign_id)
-    with Worker(small, stages=("scheduler", "expander", "senders", "analytics"), channels=("email",),
+    with Worker(small, stages=("scheduler", "expander", "senders", "tally", "completion"), channels=("email",),
                 transports={"email": transport}, rate_limits=False) as worker:
         wait_for(lambda: channel_row(dsn, "email")[0] == "unauthorized", timeout=60, what="channel paused")
         refused = len(transport.attempts)

@@ -168,7 +168,7 @@ def test_a_member_added_behind_the_cursor_does_not_keep_the_campaign_active(sett
     expander.close()
     view = service.get_campaign("marketer-1", campaign_id)
     assert view.expansion_done and view.total_recipients == len(members)
-    with Worker(settings, stages=("senders", "analytics"), channels=("sms",), rate_limits=False,
+    with Worker(settings, stages=("senders", "tally", "completion"), channels=("sms",), rate_limits=False,
                 transports={"sms": FakeTransport("sms")}) as worker:
         wait_for(lambda: service.get_campaign("marketer-1", campaign_id).status == "completed", timeout=60,
                  what="campaign completed")

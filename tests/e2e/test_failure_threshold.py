@@ -47,7 +47,7 @@ def test_threshold_exceeded_fails_the_campaign_and_stops_sending(settings, servi
         return view.expansion_done and view.total_recipients == sum(counts.get(s, 0) for s in TERMINAL) and view
 
     small = settings.model_copy(update={"sender": settings.sender.model_copy(update={"batch_size": SENDER_BATCH})})
-    with Worker(small, stages=("scheduler", "expander", "senders", "analytics"), channels=("email",),
+    with Worker(small, stages=("scheduler", "expander", "senders", "tally", "completion"), channels=("email",),
                 transports={"email": transport}, rate_limits=False) as worker:
         wait_for(lambda: service.get_campaign("marketer-1", campaign_id).status == "failed", timeout=60,
                  what="campaign failed")

@@ -25,7 +25,7 @@ def test_a_call_slower_than_its_lease_is_cut_and_retried_never_sent_late(setting
     })
     service.schedule_campaign("marketer-1", campaign_id)
     dsn = settings.database.dsn()
-    with Worker(short, stages=("scheduler", "expander", "senders", "analytics"), channels=("email",),
+    with Worker(short, stages=("scheduler", "expander", "senders", "tally", "completion"), channels=("email",),
                 transports={"email": transport}, rate_limits=False) as worker:
         wait_for(lambda: service.get_campaign("marketer-1", campaign_id).status in ("completed", "failed"),
                  timeout=60, what="campaign finished")

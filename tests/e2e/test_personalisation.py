@@ -34,7 +34,7 @@ from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
-STAGES = ("scheduler", "expander", "senders", "analytics")
+STAGES = ("scheduler", "expander", "senders", "tally", "completion")
 SECRET = "e2e-unsubscribe-secret"
 WA_HEADER = "Offer for {{ last_name | upper }}"
 WA_BODY_PT = (

@@ -42,7 +42,7 @@ def test_campaign_runs_end_to_end(settings, service, audience):
     })
     service.schedule_campaign("marketer-1", campaign_id)
 
-    worker = Worker(settings, stages=("scheduler", "expander", "senders", "analytics"), channels=("email",),
+    worker = Worker(settings, stages=("scheduler", "expander", "senders", "tally", "completion"), channels=("email",),
                     transports={"email": transport}, rate_limits=False)
     with worker:
         status = wait_for(

@@ -17,7 +17,7 @@ from tests.e2e.test_pipeline import analytics_totals, log_counts
 from tests.helpers import wait_for
 
 TERMINAL = ("sent", "failed", "skipped", "cancelled")
-STAGES = ("scheduler", "expander", "senders", "analytics")
+STAGES = ("scheduler", "expander", "senders", "tally", "completion")
 
 
 def create(service, segments, name: str, backoff_s: float) -> object:

@@ -16,6 +16,8 @@ from simulator.thread import SimulatorThread
 from streams.worker import Worker
 from tests.helpers import consume_to_end, wait_for
 
+STAGES = ("scheduler", "expander", "senders", "tally", "completion")
+
 TERMINAL = ("sent", "failed", "skipped", "cancelled")
 
 
@@ -57,7 +59,7 @@ def test_transient_failures_retried_then_sent_once_permanent_to_dlq(settings, se
     with SimulatorThread(permanent_failures=frozenset({bad_phone}), fail_next={"sms": 40}) as simulator:
         campaign_id = create(service, segments)
         worker_settings = settings.model_copy(update={"providers": simulator.provider_settings()})
-        with Worker(worker_settings, stages=("scheduler", "expander", "senders", "analytics"), channels=("sms",),
+        with Worker(worker_settings, stages=STAGES, channels=("sms",),
                     rate_limits=False) as worker:
             view = wait_for(lambda: finished(service, campaign_id), timeout=90, what="campaign finished")
         assert worker.errors == []
@@ -83,7 +85,7 @@ def test_pause_then_resume_sends_every_recipient_exactly_once(settings, service,
     with SimulatorThread() as simulator:
         campaign_id = create(service, segments)
         worker_settings = settings.model_copy(update={"providers": simulator.provider_settings()})
-        with Worker(worker_settings, stages=("scheduler", "expander", "senders", "analytics"), channels=("sms",)):
+        with Worker(worker_settings, stages=STAGES, channels=("sms",)):
             wait_for(lambda: len(simulator.query(channel="sms")) >= 100, timeout=60, what="100 sent")
             service.pause_campaign("marketer-1", campaign_id)
             # In flight when the pause landed: at most the batch being sent plus one campaign-state TTL.
@@ -108,7 +110,7 @@ def test_cancel_mid_campaign_records_the_rest_cancelled(settings, service, audie
     with SimulatorThread() as simulator:
         campaign_id = create(service, segments)
         worker_settings = settings.model_copy(update={"providers": simulator.provider_settings()})
-        with Worker(worker_settings, stages=("scheduler", "expander", "senders", "analytics"), channels=("sms",)):
+        with Worker(worker_settings, stages=STAGES, channels=("sms",)):
             wait_for(lambda: len(simulator.query(channel="sms")) >= 100, timeout=60, what="100 sent")
             service.cancel_campaign("marketer-1", campaign_id)
             view = service.get_campaign("marketer-1", campaign_id)
@@ -135,7 +137,7 @@ def test_rate_limit_held_at_the_provider(settings, service, audience, workers, r
     with SimulatorThread() as simulator:
         campaign_id = create(service, segments)
         worker_settings = settings.model_copy(update={"providers": simulator.provider_settings()})
-        stages = ("scheduler", "expander", "senders", "analytics")
+        stages = STAGES
         runners = [Worker(worker_settings, stages=stages if i == 0 else ("senders",), channels=("sms",))
                    for i in range(workers)]
         for runner in runners:

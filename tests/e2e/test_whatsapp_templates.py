@@ -16,7 +16,7 @@ from tests.helpers import wait_for
 BODY = ("Hi {{ first_name }}! {{ discount }} off everything until {{ end_date }}. "
         "{{ first_name }}, reply STOP to opt out.")
 VARIABLES = {"end_date": "31 May", "discount": "20%", "first_name": "Ann"}
-STAGES = ("scheduler", "expander", "senders", "analytics")
+STAGES = ("scheduler", "expander", "senders", "tally", "completion")
 
 
 def log_rows(settings, campaign_id) -> list[tuple[str, str | None]]:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from campaigns.codec import get_codec
 from campaigns.core.ids import message_id
+from campaigns.topics import TALLY_GROUP
 from campaigns.transports.fake import FakeTransport
 from streams.worker import Worker
 from tests.e2e.test_expansion import eligible
@@ -130,9 +131,9 @@ def test_analytics_keeps_running_on_random_input(settings, service, sessions, au
     }).map(lambda r: codec.encode("DeliveryOutcome", r))
     values = st.one_of(st.binary(max_size=3000), outcomes, st.none())
 
-    worker = Worker(settings, stages=("analytics",), channels=())
+    worker = Worker(settings, stages=("tally",), channels=())  # the Faust analytics, a child process
     topic = settings.kafka.topic("delivery.outcomes")
-    group = settings.kafka.topic("analytics")
+    group = settings.kafka.topic(TALLY_GROUP)
 
     def outcome(**changes: Any) -> bytes:
         return codec.encode("DeliveryOutcome", {
@@ -144,7 +145,7 @@ def test_analytics_keeps_running_on_random_input(settings, service, sessions, au
         @given(st.lists(values, min_size=1, max_size=15))
         @example([outcome(occurred_at=TS_MAX)])  # the last minute of year 9999: its window end overflows
         @example([outcome(campaign_id=str(uuid.uuid4()))])  # a campaign that does not exist (foreign key)
-        @example([outcome(outcome_id="x" * 129)])  # longer than the seen-outcomes column
+        @example([outcome(outcome_id="x" * 129)])  # longer than an outcome id may be (OUTCOME_ID_MAX)
         @example([outcome(status="DELIVERED", attempt=-5)])  # a receipt counts `attempt`: never negative
         def feed(batch: list[bytes | None]) -> None:
             _feed(settings, topic, batch)

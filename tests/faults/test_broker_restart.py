@@ -54,7 +54,7 @@ def test_broker_restarts_mid_campaign(settings, service, sessions, audience, clu
     set_channel(sessions, channel, 100, 20)
     _plan, segments = audience(3000)
     simulator = cluster.start_simulator("--seed", "3")
-    cluster.start_worker("scheduler,expander,analytics", channel)
+    cluster.start_worker("scheduler,expander,tally,completion", channel)
     cluster.start_worker("senders", channel)
     campaign_id = create_campaign(service, channel, segments[:2], batch_size=200)
     figures: dict[str, float] = {}

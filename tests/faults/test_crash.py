@@ -57,7 +57,7 @@ def test_sigkill_worker_mid_campaign_then_restart(settings, service, sessions, a
     simulator = cluster.start_simulator("--latency-ms", "10-60", "--seed", "1")
     with HoldingProxy("127.0.0.1", simulator.smtp_port) as smtp_proxy:
         cluster.point_providers_at(f"127.0.0.1:{simulator.http_port}", smtp_proxy.port)
-        stages = "scheduler,expander,senders,analytics"  # every stage dies: expansion and analytics too
+        stages = "scheduler,expander,senders,tally,completion"  # every stage dies: expansion and analytics too
         # Calls are cut when their lease runs out (sender: LEASE_MARGIN_S): the lease must outlast the 1.5 s
         # provider latency set below, so the kill, not the lease, ends the calls in flight.
         cluster.claim_lease_s = 4.0

@@ -52,7 +52,8 @@ def test_database_unavailable_for_30s_mid_campaign(settings, service, sessions, 
     set_channel(sessions, channel, 150, 30)
     _plan, segments = audience(3000)
     simulator = cluster.start_simulator("--seed", "4")
-    workers = [cluster.start_worker("scheduler,expander,analytics", channel), cluster.start_worker("senders", channel)]
+    workers = [cluster.start_worker("scheduler,expander,tally,completion", channel),
+               cluster.start_worker("senders", channel)]
     campaign_id = create_campaign(service, channel, segments[:2], batch_size=200)
     sessions.kw["bind"].dispose()  # the test's own pool must not hand out connections the outage killed
     wait_for(lambda: simulator.accepted_count(channel) >= 300, timeout=60, what="campaign under way")

@@ -93,7 +93,7 @@ def test_poison_records_go_to_the_dlq_and_the_campaign_completes(settings, servi
         raise AssertionError(f"{exc}; last seen {seen[-1:]}; crashes {cluster.crashed_stages()[-3:]}") from None
     poisoned_at = time.monotonic()
 
-    cluster.start_worker("scheduler,expander,analytics", channel)
+    cluster.start_worker("scheduler,expander,tally,completion", channel)
     wait_finished(settings, campaign_id, timeout=120, cluster=cluster)
     history = settle(settings, campaign_id, channel, simulator)
     report = check(history)

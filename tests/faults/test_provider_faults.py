@@ -20,7 +20,7 @@ def test_5xx_and_429_bursts_end_terminal_without_duplicates(settings, service, s
     set_channel(sessions, channel, 500, 50)
     _plan, segments = audience(3000)
     simulator = cluster.start_simulator("--seed", "6", "--transient-error-rate", "0.3")
-    cluster.start_worker("scheduler,expander,analytics", channel)
+    cluster.start_worker("scheduler,expander,tally,completion", channel)
     cluster.start_worker("senders", channel)
     started = time.monotonic()
     campaign_id = create_campaign(service, channel, segments[:2], batch_size=200, max_retries=10,

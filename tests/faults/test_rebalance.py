@@ -31,7 +31,7 @@ def test_worker_joins_then_leaves_mid_campaign(settings, service, sessions, audi
     set_channel(sessions, channel, 100, 20)  # ~19 s of sending: both rebalances land mid-campaign
     _plan, segments = audience(3000)
     simulator = cluster.start_simulator("--seed", "7", "--latency-ms", "5-30")
-    cluster.start_worker("scheduler,expander,analytics", channel)
+    cluster.start_worker("scheduler,expander,tally,completion", channel)
     first = cluster.start_worker("senders", channel)
     campaign_id = create_campaign(service, channel, segments[:2], batch_size=200)
     wait_for(lambda: simulator.accepted_count(channel) >= 100, timeout=60, what="campaign under way")
@@ -59,7 +59,7 @@ def test_sigstopped_worker_is_evicted_and_thawed(settings, service, sessions, au
     set_channel(sessions, channel, 300, 100)
     _plan, segments = audience(3000)
     simulator = cluster.start_simulator("--seed", "8", "--latency-ms", "5-20")
-    cluster.start_worker("scheduler,expander,analytics", channel)
+    cluster.start_worker("scheduler,expander,tally,completion", channel)
     # A 10 s lease (a batch never outlives it here); the frozen worker makes 5 calls at a time, so when
     # it freezes most of its claimed batch is still queued in the worker, not yet sent.
     frozen = cluster.start_worker("senders", channel, CAMPAIGNS_PROVIDERS__TIMEOUT_S="120",

@@ -16,6 +16,7 @@ import uuid
 import psycopg2
 from confluent_kafka import Producer
 
+from campaigns.topics import ANALYTICS_PARTS, TALLY_GROUP
 from producers.commands import SigningKey, command_group_id, send_command
 from producers.kafka import KafkaProducer
 from tests.faults.conftest import ACTOR, set_channel, wait_finished
@@ -49,7 +50,7 @@ def test_replaying_everything_after_completion_changes_nothing(settings, service
     set_channel(sessions, channel, 1000, 100)
     _plan, segments = audience(2000)
     simulator = cluster.start_simulator("--seed", "9")
-    cluster.start_worker("commands,scheduler,expander,analytics", channel)
+    cluster.start_worker("commands,scheduler,expander,tally,completion", channel)
     cluster.start_worker("senders", channel)
     producer = KafkaProducer(settings.kafka)
     service.provision_principal("admin-replay", "admin")
@@ -90,7 +91,8 @@ def test_replaying_everything_after_completion_changes_nothing(settings, service
                                       "payload": _payload(segments[2:], "behind the huge record")}, key=key)
 
     for group, logical in ((settings.kafka.topic(f"sender-{channel}"), f"campaign.messages.{channel}"),
-                           (settings.kafka.topic("analytics"), "delivery.outcomes"),
+                           (settings.kafka.topic(TALLY_GROUP), "delivery.outcomes"),
+                           (settings.kafka.topic(TALLY_GROUP), ANALYTICS_PARTS),
                            (command_group_id(settings), "campaign.commands")):
         topic = settings.kafka.topic(logical)
         wait_for(lambda g=group, t=topic: committed_to_end(settings, g, t), timeout=60, interval=0.25,

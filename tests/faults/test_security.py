@@ -61,7 +61,7 @@ def test_secrets_stay_secret_and_services_bind_loopback(settings, service, sessi
     simulator = cluster.start_simulator("--seed", "11", "--transient-error-rate", "0.2")
     wrong_token = f"wa-wrong-canary-{uuid.uuid4().hex}"
     workers = [
-        cluster.start_worker("scheduler,expander,analytics", "whatsapp,email"),
+        cluster.start_worker("scheduler,expander,tally,completion", "whatsapp,email"),
         # This worker's WhatsApp token is wrong: every WhatsApp call is refused with a 401.
         cluster.start_worker("senders", "whatsapp,email", CAMPAIGNS_PROVIDERS__WHATSAPP_TOKEN=wrong_token),
     ]
