@@ -1207,9 +1207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run pipeline stages (all by default) until Ctrl-C")
     worker.add_argument("--stages", default=None,
-                        help="comma-separated (default: every stage but the opt-in ones): scheduler,expander,"
-                             "senders,tally,completion,receipts,relay,commands; opt-in: analytics (the batch "
-                             "analytics stage, instead of tally,completion)")
+                        help="comma-separated (default: every stage): scheduler,expander,senders,tally,completion,"
+                             "receipts,relay,commands")
     worker.add_argument("--channels", default="whatsapp,sms,email", help="channels for the senders stage")
     worker.add_argument("--no-rate-limits", action="store_true", help="ignore channel rate limits (benchmarks)")
     worker.set_defaults(handler=cmd_worker)

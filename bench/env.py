@@ -471,7 +471,7 @@ class BenchEnv:
         state (the seeded audiences stay)."""
         # TRUNCATE is the tables' owner's (the migration role); the application role may only delete rows.
         with psycopg2.connect(self.database.for_migrations().dsn()) as conn, conn.cursor() as cur:
-            cur.execute("TRUNCATE campaign_recipient_log, analytics_seen_outcomes, campaign_analytics, "
+            cur.execute("TRUNCATE campaign_recipient_log, campaign_analytics, "
                         "campaign_analytics_parts, outbox")
             # A campaign a previous run left unfinished (the expansion scenario has no senders, a failed run
             # stops mid-way) must not be picked up by the next run's worker or poller.

@@ -94,8 +94,6 @@ def _ready(env: BenchEnv, prefix: str, channel: str, sub: Subprocess) -> None:
     settings = env.settings(prefix)
     stages = _stages().split(",")
     groups = {f"{prefix}sender-{channel}": f"{prefix}campaign.messages.{channel}"}
-    if "analytics" in stages:
-        groups[f"{prefix}analytics"] = f"{prefix}delivery.outcomes"
     if "tally" in stages:  # the Faust app's group (streams.tally.APP_NAME) on the outcomes
         groups[f"{prefix}campaigns-analytics"] = f"{prefix}delivery.outcomes"
     try:

@@ -22,7 +22,7 @@ from typing import Any
 def main(argv: list[str] | None = None) -> int:
     from campaigns.logs import configure_logging
     from campaigns.settings import load_settings
-    from streams.worker import OPTIONAL_STAGES, STAGES, Worker
+    from streams.worker import STAGES, Worker
 
     from .transport import CountingTransport
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stages",
         default="scheduler,expander,senders,tally,completion",
-        help=f"comma-separated subset of {','.join(STAGES + OPTIONAL_STAGES)}",
+        help=f"comma-separated subset of {','.join(STAGES)}",
     )
     parser.add_argument("--channels", default="email")
     parser.add_argument("--no-rate-limits", action="store_true")

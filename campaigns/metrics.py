@@ -37,10 +37,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from campaigns.core.states import CampaignStatus
-from campaigns.core.vocabulary import CHANNELS, RECEIPT_OUTCOMES, OutcomeStatus
+from campaigns.core.vocabulary import CHANNELS
 from campaigns.settings import KafkaSettings, Settings
 from campaigns.topics import (
-    ANALYTICS_GROUP,
     ANALYTICS_PARTS,
     COMMANDS,
     MESSAGES_DLQ,
@@ -87,8 +86,6 @@ ATTEMPT_RESULTS = ("sent", "retry", "failed")
 # the row's counters set (a NULL -> set transition, what campaign_analytics adds), the address newly suppressed,
 # held because its send was not recorded yet (each hold counts), dropped after the hold, undecodable.
 RECEIPT_RESULTS = ("applied", "counted", "suppressed", "held", "unmatched", "undecodable")
-OUTCOME_STATUSES = tuple(s.value for s in OutcomeStatus)
-RECEIPT_STATUSES = RECEIPT_OUTCOMES
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 CAMPAIGN_STATES = tuple(s.value for s in CampaignStatus if s is not CampaignStatus.DRAFT)
 DLQ_TOPIC = MESSAGES_DLQ
@@ -214,15 +211,12 @@ def consumer_lag(
     return total
 
 
-def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS,
-                       stages: Iterable[str] | None = None) -> dict[str, list[str]]:
+def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS) -> dict[str, list[str]]:
     """Consumer group -> the topics it consumes (physical names), for the stages of the pipeline.
 
-    The group names follow the stages: ``sender-<channel>`` (streams/sender.py), ``analytics``
-    (streams/analytics.py) or, when ``stages`` has ``tally``, the Faust analytics' app id ``campaigns-analytics``
-    (streams/tally.py; over the outcomes and its parts topic), and the command consumer's (streams/commands.py),
-    all with the topic prefix. Only one of the two analytics groups is reported: the other one has no consumer and
-    its lag would only grow.
+    The group names follow the stages: ``sender-<channel>`` (streams/sender.py), the Faust analytics' app id
+    ``campaigns-analytics`` (streams/tally.py; over the outcomes and its parts topic), the receipts stage's and the
+    command consumer's (streams/commands.py), all with the topic prefix.
     """
 
     kafka = settings.kafka
@@ -233,10 +227,7 @@ def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS,
             kafka.topic(messages_topic(channel)),
             *(kafka.topic(retry_topic(channel, n)) for n in tiers),
         ]
-    if stages is not None and "tally" in stages:
-        groups[kafka.topic(TALLY_GROUP)] = [kafka.topic(OUTCOMES), kafka.topic(ANALYTICS_PARTS)]
-    else:
-        groups[kafka.topic(ANALYTICS_GROUP)] = [kafka.topic(OUTCOMES)]
+    groups[kafka.topic(TALLY_GROUP)] = [kafka.topic(OUTCOMES), kafka.topic(ANALYTICS_PARTS)]
     groups[kafka.topic(RECEIPTS_GROUP)] = [kafka.topic(RECEIPTS)]
     groups[commands_group(kafka.topic_prefix, kafka.client_id)] = [kafka.topic(COMMANDS)]
     return groups
@@ -381,7 +372,6 @@ class PipelineMetrics:
         channels: Iterable[str] = CHANNELS,
         offsets: OffsetsSource | bool = True,
         lag_groups: Mapping[str, Sequence[str]] | None = None,
-        stages: Iterable[str] | None = None,
         offsets_ttl_s: float = 2.0,
         offsets_timeout_s: float = 1.0,
         process_metrics: bool = True,
@@ -412,9 +402,6 @@ class PipelineMetrics:
                                           registry=reg)
         self.expansion_pages = Counter("campaigns_expansion_pages", "audience pages expanded", ["channel"],
                                        registry=reg)
-        self.analytics_outcomes = Counter("campaigns_analytics_outcomes",
-                                          "delivery outcomes counted by analytics (each outcome id once)",
-                                          ["channel", "status"], registry=reg)
         self.receipts = Counter("campaigns_receipts", "delivery receipts handled by the receipts stage, by result",
                                 ["channel", "result"], registry=reg)
         self.transitions = Counter("campaigns_campaign_transitions",
@@ -433,8 +420,6 @@ class PipelineMetrics:
                 counter.labels(channel)
             for reason in DEAD_LETTER_REASONS:
                 self.dead_lettered.labels(channel, reason)
-            for status in OUTCOME_STATUSES:
-                self.analytics_outcomes.labels(channel, status)
             for result in RECEIPT_RESULTS:
                 self.receipts.labels(channel, result)
         for state in CAMPAIGN_STATES:
@@ -457,7 +442,7 @@ class PipelineMetrics:
             source = offsets
         if source is not None:
             if lag_groups is None:
-                lag_groups = default_lag_groups(settings, self.channels, stages) if settings is not None else {}
+                lag_groups = default_lag_groups(settings, self.channels) if settings is not None else {}
             dlq = settings.kafka.topic(DLQ_TOPIC) if settings is not None else DLQ_TOPIC
             self._offsets = _OffsetsCache(source, lag_groups, dlq, offsets_ttl_s, clock)
         reg.register(_PipelineCollector(self))
@@ -516,21 +501,6 @@ class PipelineMetrics:
         self.expansion_pages.labels(channel).inc()
         if produced:
             self.expansion_messages.labels(channel).inc(produced)
-
-    def outcomes_counted(self, outcomes: Iterable[Mapping[str, Any]]) -> None:
-        """Outcomes analytics counted for the first time (decoded DeliveryOutcome records), weighted as
-        ``campaign_analytics`` weights them, so the counter and the table agree."""
-        counts: dict[tuple[str, str], int] = {}
-        for o in outcomes:
-            status = o.get("status") or ""
-            key = (o.get("channel") or "", status)
-            # As campaign_analytics counts them: a receipt record carries its count in ``attempt``.
-            weight = int(o.get("attempt") or 0) if status in RECEIPT_STATUSES else 1
-            counts[key] = counts.get(key, 0) + weight
-        for (channel, status), n in counts.items():
-            self.analytics_outcomes.labels(
-                self._channel(channel), status if status in OUTCOME_STATUSES else OTHER
-            ).inc(n)
 
     def receipts_handled(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Per batch of the receipts stage: ``(channel, result) -> count`` (results: :data:`RECEIPT_RESULTS`)."""

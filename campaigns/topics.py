@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 __all__ = [
     "ANALYTICS",
-    "ANALYTICS_GROUP",
     "ANALYTICS_PARTS",
     "COMMANDS",
     "COMMANDS_REJECTED",
@@ -67,7 +66,6 @@ TOPICS: dict[str, Topic] = {t.name: t for t in (
 """The fixed topics; each channel adds ``messages_topic(channel)`` and its ``retry_topic(channel, n)``
 (key: recipient id, record: RecipientMessage)."""
 
-ANALYTICS_GROUP = "analytics"  # the analytics stage, over OUTCOMES
 # The Faust analytics (streams/tally.py, the tally stage): its Faust app id, which is its consumer group, over
 # OUTCOMES (agent count_outcomes) and ANALYTICS_PARTS (agent merge_parts).
 TALLY_GROUP = "campaigns-analytics"

@@ -1,16 +1,9 @@
-"""``campaign_analytics`` writes: the batch analytics stage's (``streams/analytics.py``, the default) and the Faust
-analytics' parts (``streams/tally.py``, migration 0007).
+"""``campaign_analytics`` writes of the Faust analytics (``streams/tally.py``, migration 0007), and what
+completion (``streams/completion.py``) and the analytics' backing check read.
 
-The batch stage: :func:`first_seen` inserts a batch's outcome ids into ``analytics_seen_outcomes`` and returns
-only those that were not there (ON CONFLICT DO NOTHING RETURNING), and :func:`add_to_rows` adds the counts of
-those to their window and totals rows. In one transaction, a redelivered or replayed outcome is never counted
-twice.
-
-:class:`AnalyticsStore` is what the batch stage and completion (``streams/analytics.py``) need of the database, one
-transaction per call; :class:`PostgresAnalyticsStore` is it on a psycopg2 connection and
-:class:`sinks.memory.MemoryAnalyticsStore` the in-memory fake their unit tests use.
-
-The Faust analytics:
+:class:`AnalyticsStore` is what completion and the backing check need of the database, one transaction per call;
+:class:`PostgresAnalyticsStore` is it on a psycopg2 connection and :class:`sinks.memory.MemoryAnalyticsStore` the
+in-memory fake their unit tests use.
 
 A *part* is the absolute count of one (campaign, window, source partition of ``delivery.outcomes``), with
 ``src_offset``, the highest source offset folded into it; ``window_start`` NULL is the running totals. A
@@ -31,7 +24,7 @@ Guarantees:
 from __future__ import annotations
 
 import select
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -40,16 +33,14 @@ import psycopg2.extras
 
 from campaigns.core.vocabulary import COUNTERS
 from sinks import campaign_progress, recipient_log
-from sinks.arrays import array_literal, plain_array_literal
 from sinks.campaign_progress import CompletionRow
 from sinks.connection import KEY_LOOKUPS_HERE, StoreConnection
 
 Key = tuple[str, int]  # (campaign, recipient)
-Row = tuple[Any, ...]  # a campaign_analytics row: ROW_FIELDS
 
 VALUES = (*COUNTERS, "latency_count", "latency_sum_ms", "latency_max_ms")
 
-# Completion (``streams.analytics.CompletionStage``) listens on this channel: the Faust analytics' flush notifies it
+# Completion (``streams.completion.CompletionStage``) listens on this channel: the Faust analytics' flush notifies it
 # when it changed campaign totals, so a campaign whose last outcome was just counted completes at once rather
 # than at the next sweep.
 TOTALS_CHANNEL = "campaign_analytics_totals"
@@ -103,44 +94,7 @@ RETURNING a.campaign_id::text, a.window_start, a.window_end, {", ".join(f"a.{c}"
 # complained: counted only by the receipts stage (sinks/receipts.py), published with the row.
 ROW_FIELDS = ("campaign_id", "window_start", "window_end", *VALUES, "updated_at", "complained")
 
-FIRST_SEEN_SQL = (
-    "INSERT INTO analytics_seen_outcomes (outcome_id, campaign_id) SELECT * FROM unnest(%s::text[], %s::uuid[]) "
-    "ON CONFLICT DO NOTHING RETURNING outcome_id"
-)
-
-ADD_TO_ROWS_SQL = f"""
-INSERT INTO campaign_analytics (campaign_id, window_start, window_end, {", ".join(COUNTERS)},
-    latency_count, latency_sum_ms, latency_max_ms, updated_at)
-VALUES %s
-ON CONFLICT (campaign_id, window_start) DO UPDATE SET
-    {", ".join(f"{c} = campaign_analytics.{c} + EXCLUDED.{c}" for c in COUNTERS)},
-    latency_count = campaign_analytics.latency_count + EXCLUDED.latency_count,
-    latency_sum_ms = campaign_analytics.latency_sum_ms + EXCLUDED.latency_sum_ms,
-    latency_max_ms = GREATEST(campaign_analytics.latency_max_ms, EXCLUDED.latency_max_ms),
-    updated_at = EXCLUDED.updated_at
-RETURNING campaign_id::text, window_start, window_end, {", ".join(COUNTERS)},
-    latency_count, latency_sum_ms, latency_max_ms, updated_at, complained
-"""
-
 _KEY_TEMPLATE = "(%s::uuid, %s::timestamptz)"
-
-
-def first_seen(cur: Any, outcomes: Sequence[tuple[str, str]]) -> list[str]:
-    """Record ``(outcome id, canonical campaign id)`` as counted; the ids that had not been (to count now)."""
-    if not outcomes:
-        return []
-    ids, campaigns = zip(*outcomes, strict=True)
-    cur.execute(FIRST_SEEN_SQL, (array_literal(ids), plain_array_literal(campaigns)))
-    return [oid for (oid,) in cur.fetchall()]
-
-
-def add_to_rows(cur: Any, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Add ``(campaign, window start, window end, *counters, latency count, sum, max, updated at)`` to the
-    window rows (``window_start`` None: the totals), creating them; the rows as they are now (``ROW_FIELDS``).
-    Rows in (campaign, totals last) order, so two writers lock them in the same order."""
-    if not rows:
-        return []
-    return psycopg2.extras.execute_values(cur, ADD_TO_ROWS_SQL, rows, page_size=len(rows), fetch=True)
 
 
 def known_campaigns(cur: Any, campaign_ids: Iterable[str]) -> set[str]:
@@ -183,7 +137,7 @@ def write_parts(
 
 
 class AnalyticsStore(Protocol):
-    """The batch analytics' and completion's database: each call is one transaction of its own."""
+    """Completion's and the backing check's database: each call is one transaction of its own."""
 
     def known_campaigns(self, campaign_ids: Iterable[str]) -> set[str]:
         """Which of ``campaign_ids`` (canonical UUID text) are campaigns."""
@@ -191,13 +145,6 @@ class AnalyticsStore(Protocol):
 
     def log_rows(self, keys: Sequence[Key]) -> dict[Key, tuple[str, int]]:
         """``(status, attempts)`` of the recipient-log rows of ``keys`` that exist."""
-        ...
-
-    def count(self, outcomes: Mapping[str, str], rows_for: Callable[[list[str]], list[Row]],
-              ) -> tuple[list[str], list[Row]]:
-        """In one transaction: mark ``outcomes`` (outcome id -> campaign) counted, add ``rows_for(the ids that were
-        not counted before)`` (the :func:`add_to_rows` input) to their rows; the new ids and the rows as they are
-        now. A repeated outcome id is never counted twice."""
         ...
 
     def active_expanded(self) -> set[str]:
@@ -237,12 +184,6 @@ class PostgresAnalyticsStore:
         with self._conn.transaction() as cur:
             cur.execute(KEY_LOOKUPS_HERE)  # a batch of key lookups: never planned as a scan of the log
             return {(r[0], r[1]): (r[2], r[3]) for r in recipient_log.rows(cur, sorted(keys))}
-
-    def count(self, outcomes: Mapping[str, str], rows_for: Callable[[list[str]], list[Row]],
-              ) -> tuple[list[str], list[Row]]:
-        with self._conn.transaction() as cur:
-            new_ids = first_seen(cur, list(outcomes.items()))
-            return new_ids, add_to_rows(cur, rows_for(new_ids))
 
     def active_expanded(self) -> set[str]:
         with self._conn.transaction() as cur:

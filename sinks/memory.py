@@ -2,22 +2,20 @@
 
 :class:`MemoryReceiptsStore` is :class:`sinks.receipts.ReceiptsStore` on dictionaries.
 :class:`MemorySenderStore` is :class:`sinks.sender_store.SenderStore` on dictionaries (see its docstring).
-:class:`MemoryAnalyticsStore` is :class:`sinks.analytics.AnalyticsStore` on dictionaries: the same dedupe rule (an
-outcome id counts once), the same row arithmetic (counters and latency added, the maximum kept) and the same
-completion reads. ``fail_next`` makes the next :meth:`~MemoryAnalyticsStore.count` raise and change nothing, as a
-rolled-back transaction does.
+:class:`MemoryAnalyticsStore` is :class:`sinks.analytics.AnalyticsStore` on dictionaries: the recipient log's
+statuses, the ``campaign_analytics`` rows as a test sets them, and the same completion reads.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from campaigns.core.vocabulary import COUNTERS, TERMINAL_RECIPIENT_STATUSES
-from sinks.analytics import ROW_FIELDS, Key, Row
+from campaigns.core.vocabulary import TERMINAL_RECIPIENT_STATUSES
+from sinks.analytics import Key
 from sinks.audience import Recipient
 from sinks.campaign_progress import CompletionRow
 from sinks.receipts import ANALYTICS_FIELDS, ReceiptWrites, RowState
@@ -37,9 +35,7 @@ class MemoryCampaign:
 class MemoryAnalyticsStore:
     campaigns: dict[str, MemoryCampaign] = field(default_factory=dict)
     log: dict[Key, tuple[str, int]] = field(default_factory=dict)  # (campaign, recipient) -> (status, attempts)
-    seen: set[str] = field(default_factory=set)  # outcome ids counted
     rows: dict[tuple[str, datetime | None], dict[str, Any]] = field(default_factory=dict)  # ROW_FIELDS by name
-    fail_next: Exception | None = None
     closed: bool = False
     totals_notified: bool = False  # what the Faust analytics' flush NOTIFY would say
 
@@ -48,30 +44,6 @@ class MemoryAnalyticsStore:
 
     def log_rows(self, keys: Sequence[Key]) -> dict[Key, tuple[str, int]]:
         return {k: self.log[k] for k in keys if k in self.log}
-
-    def count(self, outcomes: Mapping[str, str], rows_for: Callable[[list[str]], list[Row]],
-              ) -> tuple[list[str], list[Row]]:
-        if self.fail_next is not None:
-            failure, self.fail_next = self.fail_next, None
-            raise failure
-        new_ids = [oid for oid in outcomes if oid not in self.seen]
-        additions = rows_for(new_ids)
-        self.seen.update(new_ids)
-        updated = []
-        for cid, start, end, *values in additions:
-            *counters, latency_count, latency_sum, latency_max, updated_at = values
-            row = self.rows.setdefault((cid, start), {
-                "campaign_id": cid, "window_start": start, "window_end": end, **dict.fromkeys(COUNTERS, 0),
-                "latency_count": 0, "latency_sum_ms": 0.0, "latency_max_ms": 0.0, "complained": 0,
-            })
-            for name, n in zip(COUNTERS, counters, strict=True):
-                row[name] += n
-            row["latency_count"] += latency_count
-            row["latency_sum_ms"] += latency_sum
-            row["latency_max_ms"] = max(row["latency_max_ms"], latency_max)
-            row["updated_at"] = updated_at
-            updated.append(tuple(row[name] for name in ROW_FIELDS))
-        return new_ids, updated
 
     def active_expanded(self) -> set[str]:
         return {cid for cid, c in self.campaigns.items() if c.status == "active" and c.expansion_done}

@@ -8,7 +8,6 @@
 | tally      | Faust worker, a supervised child      | windowed Faust tables -> campaign_analytics      |
 | completion | NOTIFY of new totals + a 2 s sweep    | completion + the backstop failure threshold      |
 | receipts   | batched confluent-kafka consumer      | provider receipts applied once per row, in PostgreSQL |
-| analytics  | batched confluent-kafka consumer      | opt-in instead of tally,completion: dedup in SQL |
 | relay      | outbox -> campaign.events             | transactional outbox                             |
 
 Several workers scale out through Kafka partitions (senders, tally) and PostgreSQL locks (expander).
@@ -38,7 +37,6 @@ from campaigns.settings import Settings
 from campaigns.transports import build_transports
 from campaigns.transports.base import Transport
 from producers.kafka import KafkaProducer
-from streams.analytics import AnalyticsStage
 from streams.expansion import Expander
 from streams.sender import ChannelSender
 
@@ -52,10 +50,6 @@ UNREACHABLE = (psycopg2.OperationalError, sqlalchemy.exc.OperationalError, Kafka
                SinkError, OSError)
 
 STAGES = ("scheduler", "expander", "senders", "tally", "completion", "receipts", "relay", "commands")
-# Chosen by name only (not in the default set): the batch analytics stage (streams/analytics.py), which counts
-# and deduplicates in PostgreSQL and completes campaigns itself. It replaces ``tally,completion``; the two count
-# into campaign_analytics differently and must not run on the same database.
-OPTIONAL_STAGES = ("analytics",)
 
 
 @dataclass
@@ -72,7 +66,6 @@ class Worker:
     threads: list[threading.Thread] = field(default_factory=list)
     senders: dict[str, list[ChannelSender]] = field(default_factory=dict)  # channel -> its sender consumers
     expander: Expander | None = None
-    analytics: AnalyticsStage | None = None
     commands: Any = None  # streams.commands.CommandConsumer of the commands stage, once built
     errors: list[BaseException] = field(default_factory=list)
     metrics: Any = None  # campaigns.metrics.PipelineMetrics, optional
@@ -83,16 +76,14 @@ class Worker:
         from producers.topics import ensure_topics, topic_specs
 
         stages = set(self.stages)
-        unknown = stages - set(STAGES) - set(OPTIONAL_STAGES)
+        unknown = stages - set(STAGES)
         if unknown:
-            raise ValueError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES + OPTIONAL_STAGES)}")
-        if {"analytics", "tally"} <= stages:
-            raise ValueError("stages analytics and tally both write campaign_analytics; choose one")
+            raise ValueError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
         self.channels = tuple(self.channels)  # iterated more than once below
         if self.metrics is None and self.settings.metrics_enabled:
             from campaigns.metrics import PipelineMetrics
 
-            self.metrics = PipelineMetrics(self.settings, channels=self.channels, stages=stages)
+            self.metrics = PipelineMetrics(self.settings, channels=self.channels)
         ensure_topics(self.settings.kafka, topic_specs(self.settings))
         engine = make_engine(self.settings.database)
         sessions = make_sessionmaker(engine)
@@ -130,12 +121,6 @@ class Worker:
                         return lambda: built.run_forever(self.stop_event)
 
                     self._spawn(f"sender-{channel}" if consumers == 1 else f"sender-{channel}-{i}", sender)
-        if "analytics" in stages:
-            def analytics() -> Callable[[], None]:
-                self.analytics = AnalyticsStage(self.settings, producer_for(), service, metrics=self.metrics)
-                return lambda: self.analytics.run_forever(self.stop_event)  # type: ignore[union-attr]
-
-            self._spawn("analytics", analytics)
         if "receipts" in stages:
             from streams.receipts import ReceiptsStage
 
@@ -153,7 +138,7 @@ class Worker:
 
             self._spawn("tally", tally)
         if "completion" in stages:
-            from streams.analytics import CompletionStage
+            from streams.completion import CompletionStage
 
             def completion() -> Callable[[], None]:
                 built = CompletionStage(self.settings, service, metrics=self.metrics)
@@ -293,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="campaigns worker", description="run pipeline stages")
     parser.add_argument("--stages", default=",".join(STAGES),
-                        help=f"comma-separated subset of {','.join(STAGES + OPTIONAL_STAGES)}")
+                        help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--channels", default=",".join(CHANNELS), help="channels to send (senders stage)")
     parser.add_argument("--no-rate-limits", action="store_true", help="ignore the channels' rate limits (benchmarks)")
     parser.add_argument("--metrics-port", type=int, default=None,

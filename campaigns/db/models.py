@@ -481,13 +481,3 @@ class ProcessedCommand(Base):
     processed_at: Mapped[datetime] = mapped_column(server_default=func.now())
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
-
-
-class AnalyticsSeenOutcome(Base):
-    """Outcome ids already counted into campaign_analytics: replaying ``delivery.outcomes`` (or a
-    redelivery after a crash) never counts an outcome twice. Written in the same transaction as the counts."""
-
-    __tablename__ = "analytics_seen_outcomes"
-
-    outcome_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    campaign_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)

@@ -69,7 +69,6 @@ def test_series_exist_at_zero_before_any_event() -> None:
     m = metrics(channels=("email",))
     assert value(m, "campaigns_messages_failed_total", channel="email") == 0
     assert value(m, "campaigns_messages_dead_lettered_total", channel="email", reason="undecodable") == 0
-    assert value(m, "campaigns_analytics_outcomes_total", channel="email", status="SENT") == 0
     assert value(m, "campaigns_campaign_transitions_total", to="completed") == 0
     assert value(m, "campaigns_messages_sent_total", channel="sms") is None  # only the worker's channels
 
@@ -145,21 +144,6 @@ def test_expansion_pages_and_messages() -> None:
     assert value(m, "campaigns_expansion_messages_total", channel="email") == 500
 
 
-def test_outcomes_are_weighted_like_campaign_analytics() -> None:
-    m = metrics()
-    m.outcomes_counted([
-        {"channel": "sms", "status": "SENT", "attempt": 1},
-        {"channel": "sms", "status": "SENT", "attempt": 3},
-        {"channel": "sms", "status": "RETRYING", "attempt": 1},
-        {"channel": "sms", "status": "DELIVERED", "attempt": 5},  # a receipt carries its count
-        {"channel": "carrier-pigeon", "status": "SENT", "attempt": 1},  # outside the bounded label set
-    ])
-    assert value(m, "campaigns_analytics_outcomes_total", channel="sms", status="SENT") == 2
-    assert value(m, "campaigns_analytics_outcomes_total", channel="sms", status="RETRYING") == 1
-    assert value(m, "campaigns_analytics_outcomes_total", channel="sms", status="DELIVERED") == 5
-    assert value(m, "campaigns_analytics_outcomes_total", channel="other", status="SENT") == 1
-
-
 def test_campaign_transitions() -> None:
     m = metrics()
     m.campaign_transition("active", 3)
@@ -212,7 +196,7 @@ def lag_fixture(fail: bool = False) -> tuple[FakeOffsets, dict[str, list[str]]]:
              ("p.campaign.messages.dlq", 0): (2, 5), ("p.campaign.messages.dlq", 1): (0, 4)}
     committed = {"p.sender-sms": {("p.campaign.messages.sms", 0): 90, ("p.campaign.messages.sms", 1): 50}}
     groups = {"p.sender-sms": ["p.campaign.messages.sms", "p.campaign.messages.sms.retry.1"],
-              "p.analytics": ["p.delivery.outcomes"]}
+              "p.campaigns-analytics": ["p.delivery.outcomes"]}
     return FakeOffsets(partitions, marks, committed, fail=fail), groups
 
 
@@ -222,7 +206,7 @@ def test_lag_and_dlq_from_offsets_with_logical_names() -> None:
     m = metrics(settings=settings, offsets=source, lag_groups=groups)
     assert value(m, "campaigns_kafka_offsets_up") == 1
     assert value(m, "campaigns_consumer_lag", group="sender-sms", topic="campaign.messages.sms") == 10
-    assert value(m, "campaigns_consumer_lag", group="analytics", topic="delivery.outcomes") == 20
+    assert value(m, "campaigns_consumer_lag", group="campaigns-analytics", topic="delivery.outcomes") == 20
     # A topic that does not exist (yet) has no series rather than a made-up zero.
     assert value(m, "campaigns_consumer_lag", group="sender-sms",
                  topic="campaign.messages.sms.retry.1") is None
@@ -261,13 +245,8 @@ def test_default_lag_groups_follow_the_stage_group_names() -> None:
     groups = default_lag_groups(settings, ("sms",))
     assert groups["x.sender-sms"] == ["x.campaign.messages.sms",
                                       *(f"x.campaign.messages.sms.retry.{n}" for n in range(1, 6))]
-    assert groups["x.analytics"] == ["x.delivery.outcomes"]
+    assert groups["x.campaigns-analytics"] == ["x.delivery.outcomes", "x.campaign.analytics_parts"]  # Faust's
     assert groups["x.campaigns.commands"] == ["x.campaign.commands"]
-    assert "x.campaigns-analytics" not in groups
-    # A worker running the Faust analytics reports its group (both of its topics) instead of the batch stage's.
-    faust = default_lag_groups(settings, ("sms",), stages=("senders", "tally", "completion"))
-    assert faust["x.campaigns-analytics"] == ["x.delivery.outcomes", "x.campaign.analytics_parts"]
-    assert "x.analytics" not in faust
 
 
 # --- the endpoint --------------------------------------------------------------------------------------
