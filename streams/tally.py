@@ -139,6 +139,16 @@ class GaplessConsumer(AIOKafkaConsumer):
         return None
 
 
+class ChildWorker(faust.Worker):
+    """Faust's worker without its terminal spinner. This app runs as a child of ``campaigns worker`` and shares its
+    output; at log level ``warn`` Faust's spinner writes cursor escapes and backspaces to stdout even when that is a
+    pipe (``make demo | tee``, CI logs)."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
+
+
 class InOrder:
     """Every record of a source partition this worker owns reaches the agent's body once, in offset order, from
     the partition's committed offset (or its start), or not at all; a record that does not reach it is never
@@ -552,6 +562,7 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
         topic_disable_leader=True,
         web_enabled=False,
         Table=SourcePartitionedTable,
+        Worker=ChildWorker,
     )
     cast(Any, app.transport).Consumer = GaplessConsumer  # before the app creates its consumer (at start)
     source = app.topic(kafka.topic(OUTCOMES), key_serializer="raw", value_serializer="raw")
