@@ -284,6 +284,9 @@ class AnalyticsSettings(BaseModel):
     faust_batch_size: int = 1000
     faust_batch_within_s: float = 0.2
     windows_kept: int = 60
+    # A source partition with records left to count that has not moved for this long is read again from its next
+    # expected offset (InOrder.unstick: what Faust's read loop skipped after a seek is not lost).
+    faust_stall_s: float = 10.0
 
 
 class LiveSettings(BaseModel):

@@ -107,6 +107,7 @@ class TallyStats:
     unbacked: int = 0  # no recipient-log row vouches for them (forged, or of another cluster)
     revoked: int = 0  # left to the new owner of their partition
     jumps: int = 0  # records Faust delivered beyond the next offset of their partition (held back, re-read)
+    unstuck: int = 0  # partitions sought back because they stalled with records left to count (InOrder.unstick)
     batches: int = 0
     parts_sent: int = 0
     flushes: int = 0
@@ -196,12 +197,39 @@ class InOrder:
         self.expected: dict[Any, int] = {}  # TP -> the next offset to count
         self.rewinds: set[Any] = set()  # TPs with records held back: sought back to their next expected offset
         self._epoch = 0  # bumped by reset(): what an await outlived is not written back
+        self._progress: dict[Any, tuple[int, float]] = {}  # TP -> (next expected offset, since when)
 
     def reset(self) -> None:
         """Partitions moved: the next expected offsets are the committed ones again."""
         self._epoch += 1
         self.expected.clear()
         self.rewinds.clear()
+        self._progress.clear()
+
+    async def unstick(self, now: float, stall_s: float) -> None:
+        """Seek back every owned partition that has records past its next expected offset (the broker's high
+        watermark says so) but has not moved for ``stall_s`` seconds: the records it still needs will not come by
+        themselves. Faust's read loop drops a record below its read offset as already read, and a read offset set
+        after a seek (a record fetched before the seek, handed over after it) makes it skip the re-read records;
+        a later record of the partition would show the gap (:meth:`admit`), but the last records of a partition have
+        none after them (seen: a partition's last 62 outcomes never counted, its commit stuck at 738 of 800). A
+        seek that was not needed re-reads records the tables absorb."""
+        consumer, owned = self._consumer(), self._owned()
+        for tp, expected in list(self.expected.items()):
+            if owned is not None and tp not in owned:
+                continue
+            seen = self._progress.get(tp)
+            if seen is None or seen[0] != expected:
+                self._progress[tp] = (expected, now)
+                continue
+            high = consumer.highwater(tp)
+            if high is not None and high > expected and now - seen[1] >= stall_s:
+                log.warning("analytics: %s[%d] has records from offset %d to %d but has not moved for %.0f s; "
+                            "seeking back to %d", tp.topic, tp.partition, expected, high - 1, now - seen[1], expected)
+                self._stats.unstuck += 1
+                self._progress[tp] = (expected, now)
+                self.rewinds.add(tp)
+        await self.rewind()
 
     def _owned(self) -> Set[Any] | None:
         return self._assigned() if self._assigned is not None else None
@@ -617,6 +645,14 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
             await parts_in_order.resolve(events)  # the same rules for the parts topic's records
             merger.apply(parts_in_order.admit(events))
             await parts_in_order.rewind()
+
+    @app.timer(max(1.0, analytics.faust_stall_s / 4))
+    async def unstick_partitions() -> None:
+        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return
+        now = time.monotonic()
+        for guard in (in_order, parts_in_order):
+            await guard.unstick(now, analytics.faust_stall_s)
 
     ticks = 0
 

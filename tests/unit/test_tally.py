@@ -129,9 +129,13 @@ class FaustBookkeeping:
         self._waiting_for_ack = None
         self.seeks: list[tuple[TP, int]] = []
         self.earliest = earliest
+        self.highwaters: dict[TP, int] = {}
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return dict.fromkeys(tps, self.earliest)
+
+    def highwater(self, tp: TP) -> int | None:  # the log end offset, as the last fetch response said
+        return self.highwaters.get(tp)
 
     async def seek_wait(self, partitions: dict[TP, int]) -> None:
         self.seeks.extend(partitions.items())
@@ -190,6 +194,39 @@ def test_a_jump_after_a_seek_is_held_back_and_read_again_in_order():
     assert _batch(guard, consumer, range(150, 210)) == list(range(150, 210))
     assert consumer.commit(tp) == 210
     assert guard.expected[tp] == 210 and consumer.seeks == [(tp, 108)]
+
+
+def test_a_partition_that_stalls_with_records_left_is_read_again_from_its_next_expected_offset():
+    """Faust's read loop dropped the re-read records of a partition (its read offset set past them after a seek)
+    and no later record shows the gap: after ``stall_s`` without progress the partition is sought back."""
+    tp, other = TP(TOPIC, 0), TP(TOPIC, 1)
+    consumer = FaustBookkeeping({tp: 700, other: 0})
+    guard = _guard(consumer)
+    assert _batch(guard, consumer, range(700, 738)) == list(range(700, 738))
+    consumer.highwaters[tp] = 800  # 738..799 exist, none delivered
+    asyncio.run(guard.unstick(100.0, stall_s=10.0))  # first look: progress noted, nothing sought
+    asyncio.run(guard.unstick(105.0, stall_s=10.0))
+    assert consumer.seeks == []
+    asyncio.run(guard.unstick(110.0, stall_s=10.0))
+    assert consumer.seeks == [(tp, 738)] and guard._stats.unstuck == 1
+    assert _batch(guard, consumer, range(738, 800)) == list(range(738, 800))
+    asyncio.run(guard.unstick(200.0, stall_s=10.0))  # moved since: no seek
+    consumer.highwaters[tp] = 800
+    asyncio.run(guard.unstick(300.0, stall_s=10.0))  # all counted (high watermark = next expected): no seek
+    assert consumer.seeks == [(tp, 738)]
+
+
+def test_a_stalled_partition_no_longer_owned_is_left_alone():
+    tp = TP(TOPIC, 0)
+    consumer = FaustBookkeeping({tp: 0})
+    owned = {tp}
+    guard = _guard(consumer, owned)
+    _batch(guard, consumer, range(0, 5))
+    consumer.highwaters[tp] = 50
+    asyncio.run(guard.unstick(0.0, stall_s=1.0))
+    owned.clear()  # revoked before the stall shows
+    asyncio.run(guard.unstick(5.0, stall_s=1.0))
+    assert consumer.seeks == []
 
 
 def test_the_first_records_before_faust_learnt_the_committed_offset_are_read_again_from_it():
