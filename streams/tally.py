@@ -859,7 +859,8 @@ class TallyProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGNS_")}
         env.update(settings_env(self.settings))
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "streams.tally", DIE_WITH_PARENT, str(os.getpid()), "worker", "-l", self.log_level],
+            [sys.executable, "-m", "streams.tally", DIE_WITH_PARENT, str(os.getpid()), "--quiet", "worker", "-l",
+             self.log_level],
             env=env, stdin=subprocess.DEVNULL,
         )
         try:
