@@ -49,7 +49,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,7 +59,6 @@ import faust
 import psycopg2
 from aiokafka.errors import KafkaError
 from faust.tables.wrappers import WindowWrapper
-from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import EventT
 from mode import want_seconds
@@ -139,102 +138,6 @@ class GaplessConsumer(AIOKafkaConsumer):
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         return None
-
-    async def _drain_messages(self, fetcher: Any) -> None:
-        """Faust's read loop (faust-streaming 0.15.3 ``Consumer._drain_messages``) without a task per record.
-
-        Faust hands each record to its streams with ``wait_first(callback(message), suspend_flow.wait())``:
-        four tasks and an ``asyncio.wait`` per record, a quarter of this process's CPU in the benchmark. Here the
-        callback first runs inline (:func:`run_until_suspended`); it almost always finishes there (the record is
-        decoded and put on a stream's queue that has room). Only a callback that has to wait - a full queue,
-        flow suspended for a rebalance, a full producer buffer - goes on, as a task, under Faust's own
-        ``wait_first``, so a suspension still abandons it exactly as before. No gap bookkeeping (above). The read
-        offset is advanced only if no seek moved it while the record was handed over (Faust sets it regardless, and
-        so makes the records a seek went back to look already read; :meth:`InOrder.unstick` recovers from that)."""
-        callback = self.callback
-        consumer_should_stop = cast(Any, self)._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        commit_every = self._commit_every
-        yield_every, since_yield = 100, 0
-        try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                self.diag.set_flag(CONSUMER_FETCHING)
-                records = self.getmany(timeout=1.0)
-                await self.sleep(0)  # getmany may return at once, again and again: let the loop run
-                if not self.should_stop:
-                    async for tp, message in records:
-                        since_yield += 1
-                        if since_yield > yield_every:
-                            await asyncio.sleep(0)
-                            since_yield = 0
-                        offset = message.offset
-                        read = get_read_offset(tp)
-                        if read is None or offset >= read:
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                            rest = run_until_suspended(callback(message))
-                            if rest is not None:
-                                await self.wait_first(rest, self.suspend_flow.wait())
-                            if get_read_offset(tp) == read:  # else a seek moved it meanwhile: keep the seek's
-                                set_read_offset(tp, offset)
-                    self.diag.unset_flag(CONSUMER_FETCHING)
-        except self.consumer_stopped_errors:
-            if self.transport.app.should_stop:
-                self.log.info("Broker stopped consumer, shutting down...")
-                return
-            raise
-        except asyncio.CancelledError:
-            if self.transport.app.should_stop:
-                return
-            raise
-        except Exception as exc:  # as Faust: a crashed read loop crashes the app (the worker restarts it)
-            self.log.exception("Drain messages raised: %r", exc)
-            raise
-        finally:
-            self.diag.unset_flag(CONSUMER_FETCHING)
-
-
-def run_until_suspended(coro: Coroutine[Any, Any, Any]) -> Awaitable[Any] | None:
-    """Run ``coro`` in the calling task until it first has to wait: None if it finished (its exception, if
-    any, raised here), else an awaitable that drives the rest of it (in whichever task awaits that)."""
-    try:
-        waiting_on = coro.send(None)
-    except StopIteration:
-        return None
-    return _Rest(coro, waiting_on)
-
-
-class _Rest:
-    """The rest of a coroutine that :func:`run_until_suspended` started: the future it waits on is passed up to
-    the awaiting task (as ``await`` would have), then what the task sends or throws is passed down."""
-
-    __slots__ = ("_coro", "_waiting_on")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
-        self._coro = coro
-        self._waiting_on = waiting_on
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        waiting_on = self._waiting_on
-        while True:
-            try:
-                sent = yield waiting_on
-            except GeneratorExit:
-                self._coro.close()
-                raise
-            except BaseException as exc:  # cancellation included: handed to the coroutine
-                try:
-                    waiting_on = self._coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    waiting_on = self._coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
 
 
 class ChildWorker(faust.Worker):
