@@ -789,7 +789,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _die_with_parent(int(args[1]))
         args = args[2:]
     tally = build_app(load_settings())
-    if args[:1] == ["worker"]:
+    command = next((a for a in args if not a.startswith("-")), None)  # after Faust's own flags (--quiet)
+    if command == "worker":
         if not any(a.startswith(("--with-web", "--without-web")) for a in args):
             args.append("--without-web")  # no view here; Faust's command line would start one on port 6066
         ensure_topics(tally.settings.kafka, [*pipeline_topic_specs(tally.settings), *tally_topic_specs(tally)])
