@@ -2,8 +2,8 @@
 same end to end over real HTTP through the provider simulator.
 
 End to end = from the campaign's ``activated_at`` (set by the scheduler when the start time comes) to its
-``finished_at`` (set when the analytics stage has counted every recipient and the recipient log has a
-terminal row for each). Both are written by the worker, so the harness's own polling is not in the figure.
+``finished_at`` (set by the completion stage when the analytics have counted every recipient and the recipient
+log has a terminal row for each). Both are written by the worker, so the harness's own polling is not in the figure.
 The worker is a subprocess (``bench.worker_proc``: the production ``Worker`` with a counting transport), so
 its CPU seconds and peak RSS are its own.
 """
@@ -45,9 +45,8 @@ log = logging.getLogger("bench")
 TERMINAL = ("sent", "failed", "skipped", "cancelled")
 
 
-# The worker's stages in the e2e runs (the default analytics: Faust).
-# ``BENCH_STAGES="scheduler,expander,senders,analytics"`` measures the batch analytics stage instead
-# (e.g. ``python -m bench.compare HEAD+BENCH_STAGES=...``).
+# The worker's stages in the e2e runs; ``BENCH_STAGES`` overrides them (e.g. ``python -m bench.compare
+# HEAD+BENCH_STAGES=...``).
 DEFAULT_STAGES = "scheduler,expander,senders,tally,completion"
 
 

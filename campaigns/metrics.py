@@ -8,8 +8,7 @@ Design:
 * **One registry per instance.** :class:`PipelineMetrics` owns a ``CollectorRegistry``, so several workers
   (or tests) in one process never collide on the global registry.
 * **Cheap hot path.** Stages report per batch or per page, never per message: a sender hands over its
-  cumulative :class:`~streams.sender.SenderStats` once per batch and the counters grow by the difference;
-  the analytics stage hands over the outcomes it counted, aggregated here before any counter is touched.
+  cumulative :class:`~streams.sender.SenderStats` once per batch and the counters grow by the difference.
   The only per-message work is one histogram observation per provider call.
 * **Gauges at scrape time.** Consumer lag, DLQ size and rate-limiter state are computed by a custom
   collector when Prometheus scrapes. Kafka offsets come from an :class:`OffsetsSource` (an AdminClient

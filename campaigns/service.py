@@ -702,7 +702,7 @@ class CampaignService:
     def finish_campaign(
         self, campaign_id: uuid.UUID, action: CampaignAction, detail: Mapping[str, Any]
     ) -> bool:
-        """active -> completed|failed (the analytics stage decides which). False if it lost a race or the
+        """active -> completed|failed (completion or a breaker decides which). False if it lost a race or the
         campaign is no longer in a state that allows it (paused, cancelled, already finished)."""
         extra: dict[str, Any] = {"finished_at": self._clock()}
         if action == CampaignAction.FAIL:

@@ -18,7 +18,7 @@ Semantics (what the senders and the docs mean by "the failure threshold"):
 
 Each sender process keeps its own breakers, over the attempts it made itself: with several workers each
 trips on its own share of the traffic, which bounds the calls made after the crossing to one sender batch
-per worker. The analytics stage keeps the cumulative check over every worker's outcomes as a backstop.
+per worker. The completion stage keeps the cumulative check over every worker's outcomes as a backstop.
 
 The per-channel breaker opens on an account error (HTTP 401/403 for the account, WhatsApp 0/190, Twilio
 20003, SMTP 530/535: one is enough, every other call would get the same answer) or on a run of

@@ -89,7 +89,7 @@ STATUS_TO_COUNTER: dict[str, str] = {
 """The ``campaign_analytics`` counter each outcome status adds to."""
 
 COUNTERS: tuple[str, ...] = tuple(STATUS_TO_COUNTER.values())
-"""The outcome counters of ``campaign_analytics``, ``campaign.analytics`` and ``OutcomeCounts``, in column order."""
+"""The outcome counters of ``campaign_analytics`` and ``campaign.analytics``, in column order."""
 
 
 class ReceiptStatus(StrEnum):
