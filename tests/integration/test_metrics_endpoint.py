@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from campaigns.errors import PermanentDeliveryError, TransientDeliveryError
 from campaigns.transports.fake import FakeTransport
 from streams.worker import Worker
+from tests.e2e.test_expansion import eligible
 from tests.helpers import wait_for
 from tests.pipeline_fixtures import audience, service, sessions  # noqa: F401 (fixtures)
 
@@ -77,7 +78,10 @@ def test_metrics_endpoint_reports_a_campaign(settings, service, audience):  # no
     started = datetime.now(UTC)
     plan, segments = audience(300, invalid_every=0)
     transport = FakeTransport("email")
-    bad, flaky = f"user{plan.first_id + 1}@example.com", f"user{plan.first_id + 2}@example.com"
+    # Two customers expansion sends to (not inactive or opted out: which ids are depends on the block of ids the
+    # session gave this test).
+    first, second = sorted(eligible(plan, plan.ids(), "email")[0])[:2]
+    bad, flaky = f"user{first}@example.com", f"user{second}@example.com"
     transport.fail_address(bad, PermanentDeliveryError("invalid_address"))
     transport.fail_address(flaky, TransientDeliveryError("timeout"), times=2)
     campaign_id = service.create_campaign("marketer-1", {
