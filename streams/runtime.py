@@ -153,8 +153,7 @@ def where(msg: Message) -> str:
 class StageRuntime:
     """Runs one stage's batches in the one order of the module docstring. Not thread-safe: one thread drives it.
 
-    ``take`` replaces the default batch (``consumer.consume(batch_size, poll_timeout_s)``); ``tick`` runs between
-    batches (the analytics' completion sweep)."""
+    ``take`` replaces the default batch (``consumer.consume(batch_size, poll_timeout_s)``)."""
 
     name: str
     consumer: ConsumerPort
@@ -163,7 +162,6 @@ class StageRuntime:
     batch_size: int = 1000
     poll_timeout_s: float = 0.2
     take: Callable[[], list[Message]] | None = None
-    tick: Callable[[], None] | None = None
     _closed: bool = False
 
     def subscribe(self, topics: Sequence[str], **callbacks: Any) -> None:
@@ -216,8 +214,6 @@ class StageRuntime:
         try:
             while not stop.is_set():
                 self.run_once()
-                if self.tick is not None:
-                    self.tick()
         finally:
             self.close()
 

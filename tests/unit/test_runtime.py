@@ -150,7 +150,15 @@ def test_a_failed_commit_is_logged_not_raised(caplog: pytest.LogCaptureFixture) 
 def test_run_forever_closes_the_consumer_and_releases_the_stage_on_every_exit(fail_with: BaseException | None) -> None:
     runtime, echo, _ = _runtime([b"1"], fail_with=fail_with)
     stop = threading.Event()
-    runtime.tick = stop.set  # one batch, then stop
+    run_once = runtime.run_once
+
+    def one_batch_then_stop() -> int:
+        try:
+            return run_once()
+        finally:
+            stop.set()
+
+    runtime.run_once = one_batch_then_stop  # type: ignore[method-assign]
     if fail_with is None:
         runtime.run_forever(stop)
     else:
