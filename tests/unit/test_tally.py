@@ -509,3 +509,21 @@ def test_the_read_loop_hands_over_every_record_of_a_guarded_topic_and_drops_chan
     asyncio.run(GaplessConsumer._drain_messages(consumer, fetcher))  # type: ignore[arg-type]
     assert consumer.handed == [(TOPIC, 738), (TOPIC, 739), (TOPIC, 740), (changelog, 12)]
     assert consumer._read_offset[log] == 12
+
+
+def test_the_app_feeds_no_monitor_but_keeps_it_for_faust_s_direct_calls():
+    """The per-event sensor hooks are off (nothing reads the monitor's figures here); app.monitor still answers
+    the calls Faust makes on it directly."""
+    from campaigns.settings import KafkaSettings, Settings
+    from streams.tally import build_app
+
+    async def main() -> None:
+        tally = build_app(Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="unit.")))
+        app = tally.app
+        app.finalize()
+        list(app.on_init_dependencies())
+        assert app.monitor not in set(app.sensors)
+        app.monitor.track_tp_end_offset(TP(TOPIC, 0), 10)
+        assert app.sensors.on_stream_event_in(TP(TOPIC, 0), 0, None, None) == {}  # type: ignore[arg-type]
+
+    asyncio.run(main())
