@@ -65,10 +65,10 @@ def log_key(campaign_id: str, status: str, recipient_id: str) -> tuple[str, int]
     (campaign-level, no row) and for a recipient id that is no bigint (no row can back it)."""
     if status in RECEIPTS:
         return None
-    if not (recipient_id.isascii() and recipient_id.isdigit() and len(recipient_id) <= 19
-            and int(recipient_id) <= _BIGINT_MAX):
+    if not (recipient_id.isascii() and recipient_id.isdigit() and len(recipient_id) <= 19):
         return None
-    return campaign_id, int(recipient_id)
+    recipient = int(recipient_id)
+    return (campaign_id, recipient) if recipient <= _BIGINT_MAX else None
 
 
 def backed(status: str, attempt: int, row: tuple[str, int] | None) -> bool:

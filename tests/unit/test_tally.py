@@ -527,3 +527,27 @@ def test_the_app_feeds_no_monitor_but_keeps_it_for_faust_s_direct_calls():
         assert app.sensors.on_stream_event_in(TP(TOPIC, 0), 0, None, None) == {}  # type: ignore[arg-type]
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("key", "value"), [(b"42", b"\x00\x01avro"), (None, None), (b"", b"")])
+def test_the_source_schema_gives_the_events_faust_s_raw_serializer_gives(key, value):
+    """RawSchema skips Faust's serializer registry per record: the event's key and value are what Faust's
+    ``raw`` serializer would have made of the same record (bytes as they are, None and empty kept)."""
+    import faust
+
+    from campaigns.settings import KafkaSettings, Settings
+    from streams.tally import RawSchema, build_app
+
+    async def main() -> list[tuple[Any, Any]]:
+        app = build_app(Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="unit."))).app
+        app.finalize()
+        message = FaustMessage(TOPIC, 0, 5, 0.0, None, None, key, value, None)
+        events = []
+        for schema in (RawSchema(key_serializer="raw", value_serializer="raw"),
+                       faust.Schema(key_serializer="raw", value_serializer="raw")):
+            event = await schema.compile(app)(message)
+            events.append((event.key, event.value))
+        return events
+
+    ours, fausts = asyncio.run(main())
+    assert ours == fausts == (key, value)
