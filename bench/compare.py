@@ -1,5 +1,6 @@
-"""``python -m bench.compare REV [REV ...] [--rounds 3] [--size 100000]``: the e2e figure of several versions of the
-code, side by side, interleaved round by round (REV1, REV2, ..., then again), on the same broker and database.
+"""``python -m bench.compare REV [REV ...] [--rounds 3] [--size 100000] [--scenario e2e|simulator]``: the e2e (or
+over-HTTP ``simulator``) figure of several versions of the code, side by side, interleaved round by round (REV1,
+REV2, ..., then again), on the same broker and database.
 
 A REV may carry settings for its run: ``HEAD+CAMPAIGNS_SENDER__CONSUMERS=2`` (``+NAME=VALUE``, repeatable) runs
 HEAD's tree with that environment, so one version can be compared with itself under another configuration.
@@ -9,7 +10,8 @@ its own migrations into its own private database, its own worker) with this virt
 before the least-privilege roles (migration 0006) expect one database role for everything: they run as the
 schema owner (``CAMPAIGNS_DATABASE__USER``/``__PASSWORD`` from ``CAMPAIGNS_PG_OWNER``, default
 ``campaigns_owner``). PostgreSQL is made durable for the whole comparison and restored afterwards. Prints one
-line per run and a summary (median recipients/s, worker and PostgreSQL CPU seconds per 1,000).
+line per run and a summary (median recipients/s, or messages/s over HTTP, and worker and PostgreSQL CPU seconds
+per 1,000).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .cli import durability
 from .env import REPO_ROOT
@@ -39,24 +42,41 @@ def variant(spec: str) -> tuple[str, dict[str, str]]:
     return rev, env
 
 
-def _run(tree: Path, size: int, out: Path, as_owner: bool, extra: dict[str, str]) -> dict[str, float]:
+def _argv(scenario: str, size: int, out: Path) -> list[str]:
+    if scenario == "simulator":  # the production worker entry point over real HTTP to the provider simulator
+        return [sys.executable, "-m", "bench", "simulator", "--sim-n", str(size), "--runs", "1", "--no-markdown",
+                "--json", str(out)]
+    return [sys.executable, "-m", "bench", "e2e", "--sizes", str(size), "--batch-sizes", "1000", "--runs", "1",
+            "--no-markdown", "--json", str(out)]
+
+
+def _figures(scenario: str, result: dict[str, Any]) -> dict[str, float]:
+    """``per_s`` (recipients/s end to end, messages/s over HTTP) and the CPU seconds per 1,000 recipients."""
+    if scenario == "simulator":
+        per_1k = 1000 / result["total_recipients"]
+        return {"per_s": result["messages_per_s"], "worker_cpu_s_per_1k": result["worker_cpu_s"] * per_1k,
+                "postgres_cpu_s_per_1k": result["postgres_cpu_s"] * per_1k}
+    return {"per_s": result["recipients_per_s"], "worker_cpu_s_per_1k": result["worker_cpu_s_per_1k"],
+            "postgres_cpu_s_per_1k": result["postgres_cpu_s_per_1k"]}
+
+
+def _run(tree: Path, scenario: str, size: int, out: Path, as_owner: bool, extra: dict[str, str]) -> dict[str, float]:
     # The services are this checkout's (its .state): a newer tree's harness reads the cluster's state from there.
     env = dict(os.environ, PYTHONPATH=str(tree), CAMPAIGNS_STATE_DIR=str(REPO_ROOT / ".state"), **extra)
     if as_owner:
         env["CAMPAIGNS_DATABASE__USER"] = env["CAMPAIGNS_DATABASE__PASSWORD"] = os.environ.get(
             "CAMPAIGNS_PG_OWNER", "campaigns_owner")
-    argv = [sys.executable, "-m", "bench", "e2e", "--sizes", str(size), "--batch-sizes", "1000", "--runs", "1",
-            "--no-markdown", "--json", str(out)]
-    subprocess.run(argv, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
-    result = next(iter(json.loads(out.read_text())["results"]["e2e"].values()))[0]
-    return {k: result[k] for k in ("recipients_per_s", "worker_cpu_s_per_1k", "postgres_cpu_s_per_1k")}
+    subprocess.run(_argv(scenario, size, out), cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+    return _figures(scenario, next(iter(json.loads(out.read_text())["results"][scenario].values()))[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("revs", nargs="+", help="git revisions (e.g. a53f88b HEAD), each optionally +NAME=VALUE settings")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--size", type=int, default=100_000)
+    p.add_argument("--size", type=int, default=100_000, help="recipients per run")
+    p.add_argument("--scenario", choices=("e2e", "simulator"), default="e2e",
+                   help="e2e (in-worker counting transport) or simulator (real HTTP, messages/s)")
     args = p.parse_args(argv)
     results: dict[str, list[dict[str, float]]] = {rev: [] for rev in args.revs}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp, durability("durable"):
@@ -73,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                     tree = trees[rev]
                     roles = tree / "migrations" / "versions" / "0006_api_tokens_and_least_privilege.py"
                     as_owner = not roles.exists()
-                    figures = _run(tree, args.size, Path(tmp) / f"run-{n}-{round_no}.json", as_owner, extra)
+                    out = Path(tmp) / f"run-{n}-{round_no}.json"
+                    figures = _run(tree, args.scenario, args.size, out, as_owner, extra)
                     results[spec].append(figures)
-                    print(f"round {round_no} {spec}: {figures['recipients_per_s']:,.0f}/s, worker "
+                    print(f"round {round_no} {spec}: {figures['per_s']:,.0f}/s, worker "
                           f"{figures['worker_cpu_s_per_1k']:.3f}, PostgreSQL {figures['postgres_cpu_s_per_1k']:.3f} "
                           f"CPU s /1k (load {os.getloadavg()[0]:.2f})", flush=True)
         finally:
@@ -83,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO_ROOT, check=False)  # noqa: S603,S607
     for rev, runs in results.items():
         median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        print(f"{rev}: median {median['recipients_per_s']:,.0f}/s, worker {median['worker_cpu_s_per_1k']:.3f}, "
+        print(f"{rev}: median {median['per_s']:,.0f}/s, worker {median['worker_cpu_s_per_1k']:.3f}, "
               f"PostgreSQL {median['postgres_cpu_s_per_1k']:.3f} CPU s /1k over {len(runs)} rounds")
     return 0
 

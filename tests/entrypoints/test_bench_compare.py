@@ -32,6 +32,12 @@ def test_durability_switches_and_compare_restores_it(settings):
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         assert "round 1 HEAD: " in result.stdout and "\nHEAD: median " in result.stdout, result.stdout
         assert f"round 1 {variant}: " in result.stdout and f"\n{variant}: median " in result.stdout, result.stdout
+        # Over real HTTP: the production worker entry point against the provider simulator, messages/s.
+        result = subprocess.run([sys.executable, "-m", "bench.compare", "HEAD", "--scenario", "simulator",
+                                 "--rounds", "1", "--size", "1000"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=900)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        assert "round 1 HEAD: " in result.stdout and "\nHEAD: median " in result.stdout, result.stdout
         assert _durability() == "fsync=off full_page_writes=off synchronous_commit=off"  # put back as found
         worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
         assert "bench-compare-" not in worktrees  # its worktree is gone
