@@ -197,7 +197,9 @@ class ChannelSender:
         self._bucket: TokenBucket | None = None if rate_per_s is None else self._idle_bucket()
         self._carry: list[Message] = []  # consumed while waiting for tokens; sent once tokens are there
         self._aimd: AimdRate | None = None
-        self._semaphore_size = settings.sender.max_in_flight
+        # Calls in flight: sender.max_in_flight, and never more than the transport's pool carries at once.
+        self._max_in_flight = min(settings.sender.max_in_flight,
+                                   getattr(transport, "concurrency", None) or settings.sender.max_in_flight)
         self.stats = SenderStats()
         self.slot = 0  # which of the worker's sender consumers of this channel it is (settings.sender.consumers)
         self._loop = asyncio.new_event_loop()
@@ -683,9 +685,10 @@ class ChannelSender:
     # --- sending -----------------------------------------------------------------------------------
 
     async def _send_all(self, claimed: list[Pending]) -> None:
-        """Send the batch with at most ``sender.max_in_flight`` calls at a time: that many lanes, each taking the
-        next message when its call ends (one task per lane rather than one per message, and no semaphore: their
-        bookkeeping cost more than the in-process part of many transports' calls)."""
+        """Send the batch with at most ``sender.max_in_flight`` calls at a time (and no more than the transport's
+        ``concurrency``): that many lanes, each taking the next message when its call ends (one task per lane
+        rather than one per message, and no semaphore: their bookkeeping cost more than the in-process part of
+        many transports' calls)."""
         queue = iter(claimed)
 
         async def lane() -> None:
@@ -736,7 +739,7 @@ class ChannelSender:
                 p.result, p.provider_id = "sent", receipt.provider_message_id
             p.latency_ms = (time.perf_counter() - started) * 1000
 
-        await asyncio.gather(*(lane() for _ in range(min(len(claimed), self._semaphore_size))))
+        await asyncio.gather(*(lane() for _ in range(min(len(claimed), self._max_in_flight))))
 
     def _record_results(self, claimed: list[Pending], states: dict[str, CampaignState]) -> list[Pending]:
         """Write every result in one UPDATE, then emit outcomes, retries and dead letters only for the rows

@@ -63,7 +63,12 @@ class SendReceipt:
 
 @runtime_checkable
 class Transport(Protocol):
-    """A channel adapter. Safe to call ``send`` concurrently from many tasks on one event loop."""
+    """A channel adapter. Safe to call ``send`` concurrently from many tasks on one event loop.
+
+    A transport whose calls share a bounded pool says how many it carries at once in ``concurrency`` (an int
+    attribute; absent or ``None``: unbounded). The sender never runs more calls than that: the extra ones would
+    only queue inside the transport, each paying for a waiter and a timer while its time budget runs.
+    """
 
     channel: str
 

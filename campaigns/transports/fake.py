@@ -19,9 +19,11 @@ from .base import OutgoingMessage, SendReceipt
 class FakeTransport:
     """Records sends; fails as configured. Check order per call: call number, next-N, address."""
 
-    def __init__(self, channel: str = "sms", *, latency_s: float = 0.0) -> None:
+    def __init__(self, channel: str = "sms", *, latency_s: float = 0.0, concurrency: int | None = None) -> None:
         self.channel = channel
         self.latency_s = latency_s
+        self.concurrency = concurrency  # as a pooled transport declares it (the Transport port); not enforced here
+        self.in_flight = self.peak_in_flight = 0  # calls running now, and the most ever running at once
         self.attempts: list[OutgoingMessage] = []  # every call to send, in call order
         self.sent: list[OutgoingMessage] = []  # only the accepted ones
         self.closed = False
@@ -95,7 +97,12 @@ class FakeTransport:
         call_number = len(self.attempts)
         error = self._failure_for(call_number, message)
         if self.latency_s > 0:
-            await asyncio.sleep(self.latency_s)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(self.latency_s)
+            finally:
+                self.in_flight -= 1
         if error is not None:
             raise copy.copy(error)
         self.sent.append(message)

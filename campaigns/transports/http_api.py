@@ -195,6 +195,7 @@ class _HttpTransport:
         client_transport: httpx.AsyncBaseTransport | None,
     ) -> None:
         self._url = url
+        self.concurrency = settings.max_connections  # one exchange at a time per pooled connection
         headers = {"Authorization": auth_header, "User-Agent": _USER_AGENT}
         self._poster: _Poster
         if client_transport is not None or settings.http_client == "httpx":

@@ -212,6 +212,7 @@ class SmtpTransport:
         self._domain = settings.smtp_from.rpartition("@")[2] or "localhost"
         self._target = f"{settings.smtp_host}:{settings.smtp_port}"
         self._pool = _Pool(settings, max(1, settings.smtp_pool_size))
+        self.concurrency = max(1, settings.smtp_pool_size)  # one message at a time per pooled connection
 
     def __repr__(self) -> str:
         return f"SmtpTransport(server={self._target!r}, sender={self._sender!r})"

@@ -172,3 +172,28 @@ def test_an_account_error_opens_the_channel_breaker_and_fails_nobody(h: Harness)
     assert h.store.channels["sms"].paused_reason is not None
     assert h.status(1) == "retrying" and h.store.log[(h.campaign, 1)].attempts == 0  # held, not an attempt
     assert h.outcomes() == []  # nothing failed
+
+
+@pytest.mark.parametrize(("max_in_flight", "concurrency", "peak"), [(4, None, 4), (4, 2, 2), (2, 8, 2)])
+def test_calls_in_flight_never_exceed_max_in_flight_nor_the_transports_concurrency(
+        max_in_flight: int, concurrency: int | None, peak: int) -> None:
+    settings = Settings.model_validate({"sender": {"max_in_flight": max_in_flight}})
+    campaign = str(uuid.uuid4())
+    store = MemorySenderStore(campaigns={campaign: MemorySenderCampaign()})
+    consumer, producer = MemoryConsumer(), MemoryProducer()
+    transport = FakeTransport("sms", latency_s=0.01, concurrency=concurrency)
+    for name in (messages_topic("sms"), *(retry_topic("sms", n) for n in range(1, settings.sender.retry_tiers + 1))):
+        consumer.log.setdefault((settings.kafka.topic(name), 0), [])
+    sender = ChannelSender(settings, "sms", transport, producer, campaigns=RecordingFinisher(), consumer=consumer,
+                           store=store)
+    h = Harness(settings, sender, consumer, producer, store, transport, RecordingFinisher(), campaign)
+    try:
+        for recipient in range(1, 11):
+            h.member(recipient)
+            h.message(recipient)
+        sender.start()
+        assert sender.run_once() == 10
+        assert len(transport.sent) == 10
+        assert transport.peak_in_flight == peak  # every call sleeps, so the lanes overlap as far as allowed
+    finally:
+        sender.close()
