@@ -46,8 +46,9 @@ from .http1 import Http1Poster
 log = logging.getLogger(__name__)
 
 _USER_AGENT = "campaigns-sender/0.1"
-_JSON = {"Content-Type": "application/json"}
+_JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
+_NO_HEADERS: Mapping[str, str] = {}
 # One encoder for every payload: ``json.dumps`` with options builds a new JSONEncoder on each call.
 _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
@@ -191,12 +192,14 @@ class _HttpTransport:
         *,
         url: str,
         auth_header: str,
+        content_type: str,
         settings: ProviderSettings,
         client_transport: httpx.AsyncBaseTransport | None,
     ) -> None:
         self._url = url
         self.concurrency = settings.max_connections  # one exchange at a time per pooled connection
-        headers = {"Authorization": auth_header, "User-Agent": _USER_AGENT}
+        # Every request of a transport has the same content type: sent with the fixed headers, formatted once.
+        headers = {"Authorization": auth_header, "User-Agent": _USER_AGENT, "Content-Type": content_type}
         self._poster: _Poster
         if client_transport is not None or settings.http_client == "httpx":
             self.backend = "httpx"
@@ -246,6 +249,7 @@ class WhatsAppTransport(_HttpTransport):
         super().__init__(
             url=f"{base}/{settings.whatsapp_api_version}/{settings.whatsapp_phone_number_id}/messages",
             auth_header=f"Bearer {settings.whatsapp_token.get_secret_value()}",
+            content_type=_JSON,
             settings=settings,
             client_transport=client_transport,
         )
@@ -280,7 +284,7 @@ class WhatsAppTransport(_HttpTransport):
 
     async def send(self, message: OutgoingMessage) -> SendReceipt:
         content = _JSON_ENCODER.encode(self.payload(message)).encode()
-        body = await self._post_and_check(message, content, _JSON)
+        body = await self._post_and_check(message, content, _NO_HEADERS)
         provider_id = None
         if isinstance(body, dict):
             messages = body.get("messages")
@@ -307,6 +311,7 @@ class SmsTransport(_HttpTransport):
         super().__init__(
             url=f"{base}/2010-04-01/Accounts/{sid}/Messages.json",
             auth_header=f"Basic {basic}",
+            content_type=_FORM,
             settings=settings,
             client_transport=client_transport,
         )
@@ -314,7 +319,6 @@ class SmsTransport(_HttpTransport):
 
     async def send(self, message: OutgoingMessage) -> SendReceipt:
         content = f"To={form_quote(message.address)}&{self._from_field}&Body={form_quote(message.body)}".encode()
-        headers = {"Content-Type": _FORM, "Idempotency-Key": message.message_id}
-        body = await self._post_and_check(message, content, headers)
+        body = await self._post_and_check(message, content, {"Idempotency-Key": message.message_id})
         sid = body.get("sid") if isinstance(body, dict) else None
         return SendReceipt(provider_message_id=sid if isinstance(sid, str) else None)
