@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--baseline-n", type=int, default=None, help="audience of the BullMQ runs (default 10000)")
     p.add_argument("--bullmq-variants", default="docs,tuned")
-    p.add_argument("--sim-n", type=int, default=None, help="audience of the simulator run (default 20000)")
+    p.add_argument("--sim-n", type=int, default=None, help="audience of the simulator run (default 100000)")
     p.add_argument("--sim-channel", default="sms", choices=("sms", "whatsapp"))
     p.add_argument("--cron-n", type=int, default=None, help="audience of the cron throughput run (default 100000)")
     p.add_argument("--cron-period", type=float, default=None, help="cron period in s (default 60; 5 with --quick)")
@@ -163,7 +163,8 @@ def plan_cases(args: argparse.Namespace) -> list[Case]:
         for n, b in grid:
             cases.append(Case("expansion", f"{n}x{b}", lambda env, _r, n=n, b=b: pipeline.expansion_run(env, n, b)))
     if "simulator" in chosen:
-        n = args.sim_n or (2_000 if quick else 20_000)
+        # 100,000: a per-worker rate is a steady one; a 20,000 run is 4-6 s, a third of it ramp-up and completion.
+        n = args.sim_n or (2_000 if quick else 100_000)
         ch = args.sim_channel
         cases.append(Case("simulator", f"{ch}-{n}", lambda env, _r, n=n, ch=ch: pipeline.simulator_run(env, n, ch)))
     if "bullmq" in chosen:
