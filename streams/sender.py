@@ -690,6 +690,8 @@ class ChannelSender:
         rather than one per message, and no semaphore: their bookkeeping cost more than the in-process part of
         many transports' calls)."""
         queue = iter(claimed)
+        loop, send = asyncio.get_running_loop(), self._transport.send
+        honours_deadline = getattr(self._transport, "honours_deadline", False)  # the Transport port
 
         async def lane() -> None:
             for p in queue:
@@ -717,8 +719,11 @@ class ChannelSender:
                 return
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(budget):  # no task per call, unlike asyncio.wait_for
-                    receipt = await self._transport.send(message)
+                if honours_deadline:  # the transport ends the call by then itself: one timer per call, not two
+                    receipt = await send(message, deadline=loop.time() + budget)  # type: ignore[call-arg]
+                else:
+                    async with asyncio.timeout(budget):  # no task per call, unlike asyncio.wait_for
+                        receipt = await send(message)
             except ProviderAccountError as exc:  # our account, not the recipient: the channel pauses
                 p.result, p.reason = "held", exc.reason
             except ThrottledError as exc:

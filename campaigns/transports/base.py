@@ -68,6 +68,12 @@ class Transport(Protocol):
     A transport whose calls share a bounded pool says how many it carries at once in ``concurrency`` (an int
     attribute; absent or ``None``: unbounded). The sender never runs more calls than that: the extra ones would
     only queue inside the transport, each paying for a waiter and a timer while its time budget runs.
+
+    A transport that ends every call by a deadline it is given says so with ``honours_deadline = True``: the
+    sender then calls ``send(message, deadline=...)`` (an absolute time of the running event loop's clock,
+    ``loop.time()``) instead of arming a timer of its own around the call, and the call must have ended (sent, or
+    raised; a call cut at its deadline raises ``TransientDeliveryError("timeout")``) by then. Without it the
+    sender cuts the call itself (``asyncio.timeout``).
     """
 
     channel: str

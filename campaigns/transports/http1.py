@@ -18,7 +18,8 @@ What it does, and nothing more:
   trailers ignored) or read to the close; ``gzip``/``deflate`` content decoded (we ask for ``identity``); heads over
   64 KiB or bodies over 16 MiB refused;
 * timeouts: ``timeout_s`` bounds the wait for a free connection slot plus connecting (nothing sent yet), and
-  separately the wait from sending to the whole answer.
+  separately the wait from sending to the whole answer; a ``deadline`` given to ``post`` bounds the whole call
+  (the sender hands its lease-bounded budget down this way instead of arming a timer of its own).
 
 Failures come out as :class:`~campaigns.errors.TransientDeliveryError` with the reasons documented in
 ``http_api``: ``pool_timeout``, ``connect_timeout``, ``connect_error`` (refused, DNS, TLS handshake or
@@ -308,22 +309,29 @@ class Http1Poster:
         self._idle: list[tuple[_Connection, float]] = []  # with the loop time it was last used
         self._closed = False
 
-    async def post(self, content: bytes, headers: Mapping[str, str]) -> tuple[int, bytes, Mapping[str, str]]:
+    async def post(
+        self, content: bytes, headers: Mapping[str, str], deadline: float | None = None
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """POST ``content``; cut (TransientDeliveryError) at ``timeout_s`` (see the module docstring), and by
+        ``deadline`` (the running loop's clock: ``loop.time()``) if one is given: the whole call ends by then."""
         if self._closed:
             raise RuntimeError("transport is closed")
         request = f"{self._head}{_header_lines(headers)}Content-Length: {len(content)}\r\n\r\n".encode() + content
-        connection = await self._acquire()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limit = now + self._timeout_s
+        connection = await self._acquire(loop, now, limit if deadline is None or limit < deadline else deadline)
         try:
-            answer = await self._exchange(connection, request)
+            limit = loop.time() + self._timeout_s
+            answer = await self._exchange(loop, connection, request,
+                                          limit if deadline is None or limit < deadline else deadline)
         finally:
             self._slots.release()
         return answer.status, answer.body, answer.headers
 
-    async def _acquire(self) -> _Connection:
-        """A slot and a connection (an idle one, else a new one); the slot is released on failure."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline = now + self._timeout_s
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, now: float, deadline: float) -> _Connection:
+        """A slot and a connection (an idle one, else a new one) by ``deadline``; the slot is released on
+        failure."""
         if self._slots.locked():  # every slot busy: wait (bounded) for one
             try:
                 async with asyncio.timeout_at(deadline):
@@ -355,10 +363,11 @@ class Http1Poster:
             raise
         return protocol
 
-    async def _exchange(self, connection: _Connection, request: bytes) -> _Answer:
+    async def _exchange(
+        self, loop: asyncio.AbstractEventLoop, connection: _Connection, request: bytes, deadline: float
+    ) -> _Answer:
         waiter = connection.exchange(request)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self._timeout_s, _expire, waiter)
+        timer = loop.call_at(deadline, _expire, waiter)
         try:
             answer = await waiter
         except TimeoutError as exc:

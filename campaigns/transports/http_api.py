@@ -186,6 +186,7 @@ class _HttpTransport:
     """Posts one message per call and classifies the answer."""
 
     channel: str = ""
+    honours_deadline = False  # httpx and aiohttp: the sender cuts their calls itself
 
     def __init__(
         self,
@@ -209,6 +210,7 @@ class _HttpTransport:
         elif settings.http_client == "http1":
             self.backend = "http1"
             self._poster = Http1Poster(url, headers, settings.timeout_s, settings.max_connections)
+            self.honours_deadline = True  # the Transport port: each call ends by the deadline it is given
         else:
             self.backend = "aiohttp"
             self._poster = _AiohttpPoster(url, headers, settings.timeout_s, settings.max_connections)
@@ -217,9 +219,13 @@ class _HttpTransport:
         return f"{type(self).__name__}(url={self._url!r}, backend={self.backend!r})"
 
     async def _post_and_check(
-        self, message: OutgoingMessage, content: bytes, headers: Mapping[str, str]
+        self, message: OutgoingMessage, content: bytes, headers: Mapping[str, str], deadline: float | None
     ) -> Any:
-        status, raw, response_headers = await self._poster.post(content, headers)
+        if deadline is None:
+            status, raw, response_headers = await self._poster.post(content, headers)
+        else:  # only when honours_deadline: the http1 poster
+            assert isinstance(self._poster, Http1Poster)
+            status, raw, response_headers = await self._poster.post(content, headers, deadline)
         body = _decode_json(raw)
         error = http_response_error(self.channel, status, body, response_headers)
         if error is not None:
@@ -282,9 +288,9 @@ class WhatsAppTransport(_HttpTransport):
             payload["text"] = {"preview_url": False, "body": message.body}
         return payload
 
-    async def send(self, message: OutgoingMessage) -> SendReceipt:
+    async def send(self, message: OutgoingMessage, deadline: float | None = None) -> SendReceipt:
         content = _JSON_ENCODER.encode(self.payload(message)).encode()
-        body = await self._post_and_check(message, content, _NO_HEADERS)
+        body = await self._post_and_check(message, content, _NO_HEADERS, deadline)
         provider_id = None
         if isinstance(body, dict):
             messages = body.get("messages")
@@ -317,8 +323,8 @@ class SmsTransport(_HttpTransport):
         )
         self._from_field = f"From={form_quote(settings.sms_from)}"
 
-    async def send(self, message: OutgoingMessage) -> SendReceipt:
+    async def send(self, message: OutgoingMessage, deadline: float | None = None) -> SendReceipt:
         content = f"To={form_quote(message.address)}&{self._from_field}&Body={form_quote(message.body)}".encode()
-        body = await self._post_and_check(message, content, {"Idempotency-Key": message.message_id})
+        body = await self._post_and_check(message, content, {"Idempotency-Key": message.message_id}, deadline)
         sid = body.get("sid") if isinstance(body, dict) else None
         return SendReceipt(provider_message_id=sid if isinstance(sid, str) else None)

@@ -220,6 +220,28 @@ async def test_silence_is_a_timeout_and_frees_the_connection_slot() -> None:
     assert server.connections == 2
 
 
+async def test_a_deadline_sooner_than_the_timeout_cuts_the_whole_call_by_then() -> None:
+    """The sender hands its lease-bounded budget down as ``deadline``: the call ends by it, whichever part of the
+    call (waiting for a slot, the exchange) it is in, though ``timeout_s`` is far longer."""
+    async def silent(n: int, request: bytes, writer: asyncio.StreamWriter) -> bool:
+        return True  # reads on, never answers
+
+    async with scripted(silent) as (server, port):
+        client = poster(port, timeout_s=60.0, connections=1)
+        loop = asyncio.get_running_loop()
+        first_deadline = loop.time() + 2.0
+        first = asyncio.ensure_future(client.post(b"x", {}, first_deadline))
+        await asyncio.wait_for(_until(lambda: len(server.requests) == 1), 5)  # it holds the only slot
+        with pytest.raises(TransientDeliveryError) as waiting:
+            await client.post(b"x", {}, loop.time() + 0.1)
+        assert waiting.value.reason == "pool_timeout"
+        with pytest.raises(TransientDeliveryError) as exchanging:
+            await first
+        assert exchanging.value.reason == "timeout"
+        assert first_deadline <= loop.time() < first_deadline + 30  # its deadline cut it, not the 60-s timeout
+        await client.aclose()
+
+
 async def test_a_cancelled_call_drops_its_connection_and_frees_its_slot() -> None:
     async def silent_then_ok(n: int, request: bytes, writer: asyncio.StreamWriter) -> bool:
         return True if n == 1 else await answer_ok(n, request, writer)

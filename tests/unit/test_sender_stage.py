@@ -4,6 +4,7 @@ tests/e2e (senders, retry tiers, breakers, leases, crash consistency, forged mes
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from producers.kafka import MemoryProducer
 from sinks.audience import Recipient
 from sinks.memory import MemorySenderCampaign, MemorySenderStore
 from streams.memory import MemoryConsumer
-from streams.sender import ChannelSender
+from streams.sender import LEASE_MARGIN_S, ChannelSender
 from tests.helpers import RecordingFinisher
 
 CODEC = get_codec()
@@ -71,20 +72,24 @@ class Harness:
         return self.store.log[(self.campaign, recipient)].status
 
 
-@pytest.fixture
-def h() -> Harness:
-    settings = Settings()
+def build_harness(settings: Settings | None = None, transport: FakeTransport | None = None) -> Harness:
+    settings = settings or Settings()
     campaign = str(uuid.uuid4())
     store = MemorySenderStore(campaigns={campaign: MemorySenderCampaign()})
-    consumer, producer, transport = MemoryConsumer(), MemoryProducer(), FakeTransport("sms")
+    consumer, producer, transport = MemoryConsumer(), MemoryProducer(), transport or FakeTransport("sms")
     finisher = RecordingFinisher()
     # Every topic the sender subscribes to exists (one partition each), as ensure_topics makes them.
     for name in (messages_topic("sms"), *(retry_topic("sms", n) for n in range(1, settings.sender.retry_tiers + 1))):
         consumer.log.setdefault((settings.kafka.topic(name), 0), [])
     sender = ChannelSender(settings, "sms", transport, producer, campaigns=finisher, consumer=consumer, store=store)
-    harness = Harness(settings, sender, consumer, producer, store, transport, finisher, campaign)
+    return Harness(settings, sender, consumer, producer, store, transport, finisher, campaign)
+
+
+@pytest.fixture
+def h() -> Harness:
+    harness = build_harness()
     yield harness
-    sender.close()
+    harness.sender.close()
 
 
 def test_each_message_is_sent_once_rendered_from_the_store_and_a_redelivery_re_emits_its_outcome(h: Harness) -> None:
@@ -178,15 +183,8 @@ def test_an_account_error_opens_the_channel_breaker_and_fails_nobody(h: Harness)
 def test_calls_in_flight_never_exceed_max_in_flight_nor_the_transports_concurrency(
         max_in_flight: int, concurrency: int | None, peak: int) -> None:
     settings = Settings.model_validate({"sender": {"max_in_flight": max_in_flight}})
-    campaign = str(uuid.uuid4())
-    store = MemorySenderStore(campaigns={campaign: MemorySenderCampaign()})
-    consumer, producer = MemoryConsumer(), MemoryProducer()
-    transport = FakeTransport("sms", latency_s=0.01, concurrency=concurrency)
-    for name in (messages_topic("sms"), *(retry_topic("sms", n) for n in range(1, settings.sender.retry_tiers + 1))):
-        consumer.log.setdefault((settings.kafka.topic(name), 0), [])
-    sender = ChannelSender(settings, "sms", transport, producer, campaigns=RecordingFinisher(), consumer=consumer,
-                           store=store)
-    h = Harness(settings, sender, consumer, producer, store, transport, RecordingFinisher(), campaign)
+    h = build_harness(settings, FakeTransport("sms", latency_s=0.01, concurrency=concurrency))
+    sender, transport = h.sender, h.transport
     try:
         for recipient in range(1, 11):
             h.member(recipient)
@@ -197,3 +195,34 @@ def test_calls_in_flight_never_exceed_max_in_flight_nor_the_transports_concurren
         assert transport.peak_in_flight == peak  # every call sleeps, so the lanes overlap as far as allowed
     finally:
         sender.close()
+
+
+class _DeadlineTransport(FakeTransport):
+    """A fake that says it ends each call by the deadline it is given (the Transport port), and records them."""
+
+    honours_deadline = True
+
+    def __init__(self) -> None:
+        super().__init__("sms")
+        self.deadlines: list[tuple[float, float]] = []  # (deadline, the loop's time at the call)
+
+    async def send(self, message: Any, deadline: float | None = None) -> Any:
+        assert deadline is not None, "a transport that honours deadlines is always given one"
+        self.deadlines.append((deadline, asyncio.get_running_loop().time()))
+        return await super().send(message)
+
+
+def test_a_transport_that_honours_deadlines_is_given_the_calls_lease_bounded_budget() -> None:
+    transport = _DeadlineTransport()
+    h = build_harness(transport=transport)
+    try:
+        for recipient in (1, 2, 3):
+            h.member(recipient)
+            h.message(recipient)
+        h.sender.start()
+        assert h.sender.run_once() == 3
+        assert len(transport.sent) == 3
+        budget = min(h.settings.providers.timeout_s, h.settings.sender.claim_lease_s - LEASE_MARGIN_S)
+        assert all(0 < deadline - called_at <= budget for deadline, called_at in transport.deadlines)
+    finally:
+        h.sender.close()
