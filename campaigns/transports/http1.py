@@ -319,12 +319,9 @@ class Http1Poster:
         request = f"{self._head}{_header_lines(headers)}Content-Length: {len(content)}\r\n\r\n".encode() + content
         loop = asyncio.get_running_loop()
         now = loop.time()
-        limit = now + self._timeout_s
-        connection = await self._acquire(loop, now, limit if deadline is None or limit < deadline else deadline)
+        connection = await self._acquire(loop, now, _sooner(now + self._timeout_s, deadline))
         try:
-            limit = loop.time() + self._timeout_s
-            answer = await self._exchange(loop, connection, request,
-                                          limit if deadline is None or limit < deadline else deadline)
+            answer = await self._exchange(loop, connection, request, _sooner(loop.time() + self._timeout_s, deadline))
         finally:
             self._slots.release()
         return answer.status, answer.body, answer.headers
@@ -391,6 +388,11 @@ class Http1Poster:
         self._closed = True
         while self._idle:
             self._idle.pop()[0].abort()
+
+
+def _sooner(limit: float, deadline: float | None) -> float:
+    """``limit``, or the caller's ``deadline`` if it comes first."""
+    return limit if deadline is None or limit < deadline else deadline
 
 
 def _expire(waiter: asyncio.Future[_Answer]) -> None:
