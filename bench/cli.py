@@ -29,6 +29,7 @@ from typing import Any
 
 from . import report
 from .env import RESULTS_DIR, BenchEnv, machine_description
+from .warmup import warm_up_broker
 
 log = logging.getLogger("bench")
 
@@ -57,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("scenarios", nargs="*", metavar="scenario", help=f"any of {', '.join(SCENARIOS)} (default: all)")
     p.add_argument("--runs", type=int, default=None, help="rounds per figure (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="1 round, small sizes (the CI smoke test)")
+    p.add_argument(
+        "--no-warm-up",
+        dest="warm_up",
+        action="store_false",
+        default=os.environ.get("BENCH_WARM_UP", "1") != "0",
+        help="do not push records through the broker until its rate settles before measuring (bench.warmup; "
+        "skipped with --quick; BENCH_WARM_UP=0, which bench.compare sets for its rounds after its own warm-up)",
+    )
     p.add_argument(
         "--all",
         dest="full",
@@ -362,6 +371,9 @@ def _run(
         }
         redis = _redis() if needs_redis else None
         try:
+            if args.warm_up and not args.quick:
+                print("warming the broker up ...", flush=True)
+                meta["broker_warmup"] = warm_up_broker(env).as_dict()
             for round_no in range(runs):
                 for case in cases:
                     if case.once and round_no > 0:

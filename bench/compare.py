@@ -9,7 +9,8 @@ Each REV is checked out in a temporary git worktree and runs that tree's own har
 its own migrations into its own private database, its own worker) with this virtualenv's Python. Trees from
 before the least-privilege roles (migration 0006) expect one database role for everything: they run as the
 schema owner (``CAMPAIGNS_DATABASE__USER``/``__PASSWORD`` from ``CAMPAIGNS_PG_OWNER``, default
-``campaigns_owner``). PostgreSQL is made durable for the whole comparison and restored afterwards. Prints one
+``campaigns_owner``). PostgreSQL is made durable for the whole comparison and restored afterwards. The broker is
+warmed up once first (``bench.warmup``), and the rounds run with ``BENCH_WARM_UP=0``. Prints one
 line per run and a summary (median recipients/s, or messages/s over HTTP, and worker and PostgreSQL CPU seconds
 per 1,000).
 """
@@ -27,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .cli import durability
-from .env import REPO_ROOT
+from .env import REPO_ROOT, BenchEnv
+from .warmup import warm_up_broker
 
 
 def variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -62,7 +64,8 @@ def _figures(scenario: str, result: dict[str, Any]) -> dict[str, float]:
 
 def _run(tree: Path, scenario: str, size: int, out: Path, as_owner: bool, extra: dict[str, str]) -> dict[str, float]:
     # The services are this checkout's (its .state): a newer tree's harness reads the cluster's state from there.
-    env = dict(os.environ, PYTHONPATH=str(tree), CAMPAIGNS_STATE_DIR=str(REPO_ROOT / ".state"), **extra)
+    env = dict(os.environ, PYTHONPATH=str(tree), CAMPAIGNS_STATE_DIR=str(REPO_ROOT / ".state"), BENCH_WARM_UP="0",
+               **extra)
     if as_owner:
         env["CAMPAIGNS_DATABASE__USER"] = env["CAMPAIGNS_DATABASE__PASSWORD"] = os.environ.get(
             "CAMPAIGNS_PG_OWNER", "campaigns_owner")
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results: dict[str, list[dict[str, float]]] = {rev: [] for rev in args.revs}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp, durability("durable"):
+        with BenchEnv() as env:
+            warm = warm_up_broker(env)
+        print(f"broker warmed up: {len(warm.produce_per_s)} pass(es), produce/s {warm.produce_per_s}", flush=True)
         trees: dict[str, Path] = {}
         for rev, _ in map(variant, args.revs):
             if rev not in trees:

@@ -150,6 +150,17 @@ def _ok(s: dict[str, Any]) -> str:
     return "ok" if s.get("checks_ok") else "FAILED"
 
 
+def _warm_up_line(warm_up: dict[str, Any] | None) -> str:
+    """How the broker was warmed up before the run (bench.warmup), or that it was not."""
+    if not warm_up:
+        return "none (--no-warm-up or --quick; older runs): the broker may have been cold"
+    up = warm_up.get("broker_up_s")
+    age = f"broker up {up / 60:.0f} min before it; " if up is not None else ""
+    rates = ", ".join(f"{r:,.0f}" for r in warm_up["produce_per_s"])
+    verdict = "settled" if warm_up["steady"] else "**did not settle**"
+    return f"{age}{len(warm_up['produce_per_s'])} pass(es) in {warm_up['seconds']:.0f} s, produce/s {rates}: {verdict}"
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -192,6 +203,7 @@ def render_tables(doc: dict[str, Any]) -> str:
                     f"{v.get('hiredis', '-')}, redis-server {v.get('redis_server', '-')}",
                 ],
                 ["load average at start", ", ".join(f"{x:.1f}" for x in m.get("load_average_at_start", []))],
+                ["broker warm-up", _warm_up_line(meta.get("broker_warmup"))],
             ],
         )
     )

@@ -40,3 +40,16 @@ def test_two_workers_share_a_campaign_without_duplicates(settings):
     assert all(run["checks"].values()), run["checks"]
     assert run["transport_duplicates"] == 0
     assert sum(run["log_counts"].values()) == run["total_recipients"] == 3000
+
+
+def test_a_full_run_warms_the_broker_up_first_and_says_so(settings, tmp_path):
+    """Not --quick: the broker is warmed up until its rate settles before the first round, and the report says
+    how (a cold broker JVM halved every figure of a run while the load average stayed at 0.5)."""
+    out, doc = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    code = bench.main(["latency", "--runs", "1", "--json", str(out), "--markdown", str(doc), "--publish-loaded"])
+    result = json.loads(out.read_text())
+    assert code == 0, result["failures"]
+    warm_up = result["meta"]["broker_warmup"]
+    assert 3 <= len(warm_up["produce_per_s"]) <= 8 and all(rate > 0 for rate in warm_up["produce_per_s"])
+    assert warm_up["broker_up_s"] is None or warm_up["broker_up_s"] > 0
+    assert "| broker warm-up | " in doc.read_text()

@@ -30,6 +30,7 @@ def test_durability_switches_and_compare_restores_it(settings):
         result = subprocess.run([sys.executable, "-m", "bench.compare", "HEAD", variant, "--rounds", "1",
                                  "--size", "2000"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        assert "broker warmed up: " in result.stdout.splitlines()[0], result.stdout  # once, before any round
         assert "round 1 HEAD: " in result.stdout and "\nHEAD: median " in result.stdout, result.stdout
         assert f"round 1 {variant}: " in result.stdout and f"\n{variant}: median " in result.stdout, result.stdout
         # Over real HTTP: the production worker entry point against the provider simulator, messages/s.
