@@ -96,7 +96,13 @@ class KafkaSettings(BaseModel):
         The prefetch: librdkafka's defaults queue up to 100,000 records per partition and 64 MB per consumer
         ahead of the application, so a worker's memory grew with the campaign (118 MB at 10k recipients, 247 MB
         at 1M). A few batches ahead per partition (2,000 records) and 8 MB per consumer keep the stages fed and
-        the memory flat (182 MB at 1M in the same harness; docs/benchmarks.md, "Memory")."""
+        the memory flat (182 MB at 1M in the same harness; docs/benchmarks.md, "Memory").
+
+        The fetch size: the 8 MB count the records queued, not the fetch responses they were cut from, which
+        librdkafka keeps whole while any of their records is queued; with its defaults (1 MB per partition, 50 MB
+        per fetch) a sender reading a backlog held ~50 MB of them (the worker at 192 MB, 300k recipients). 256 KB
+        per partition and 1 MB per fetch (at least one record batch is always returned, whatever its size) took
+        it to 141 MB at the same rate and CPU (bench.compare, 2 interleaved rounds)."""
         return self.as_librdkafka(**{
             "group.id": group_id,
             "enable.auto.commit": False,
@@ -105,6 +111,8 @@ class KafkaSettings(BaseModel):
             "enable.partition.eof": False,
             "queued.min.messages": 2000,
             "queued.max.messages.kbytes": 8192,
+            "max.partition.fetch.bytes": 262_144,
+            "fetch.max.bytes": 1_048_576,
             **overrides,
         })
 

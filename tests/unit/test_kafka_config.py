@@ -93,8 +93,10 @@ def test_sasl_and_tls_settings_pass_through_to_librdkafka_and_secrets_stay_hidde
 
 
 def test_stage_consumers_prefetch_a_bounded_amount():
-    """Memory flat whatever the campaign's size: a few batches ahead per partition, 8 MB per consumer."""
+    """Memory flat whatever the campaign's size: a few batches ahead per partition, 8 MB per consumer, and fetch
+    responses (kept whole while any of their records is queued) of at most 256 KB per partition, 1 MB in all."""
     conf = KafkaSettings().stage_consumer("g")
     assert conf["queued.min.messages"] == 2000
     assert conf["queued.max.messages.kbytes"] == 8192
+    assert conf["max.partition.fetch.bytes"] == 262_144 and conf["fetch.max.bytes"] == 1_048_576
     assert KafkaSettings().stage_consumer("g", **{"queued.min.messages": 10})["queued.min.messages"] == 10
