@@ -21,6 +21,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,45 @@ from sinks.audience import Recipient, fetch_page
 
 log = logging.getLogger(__name__)
 
+
+class PageReader:
+    """Audience pages (``sinks.audience.fetch_page``) read one ahead, on a connection and a thread of their own.
+
+    The next page's query runs while the expander produces, flushes and checkpoints the current one, instead of
+    after it: measured alone, a page of 1,000 was ~10 ms of query, ~8 ms of encoding and producing, ~4 ms of
+    flush. A page read ahead is only the audience after a cursor, so reading it before the previous page's
+    checkpoint changes nothing but when the audience is looked at (a customer joining ahead of the cursor is
+    seen if they joined before that page was read, as before, one page earlier); a page read for a pass that
+    stops (pause, cancel, a failed checkpoint) is dropped. A failed read raises from :meth:`Future.result` in
+    the expander's thread, like a read on its own connection did; the next read opens a new connection."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: Any = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="expansion-pages")
+
+    def read(self, plan: CampaignPlan, after: int) -> Future[list[Recipient]]:
+        """The page of ``plan``'s audience after customer id ``after``, being read."""
+        return self._thread.submit(self._read, plan.id, list(plan.segments), plan.channel, after, plan.batch_size)
+
+    def _read(self, campaign_id: uuid.UUID, segments: list[int], channel: str, after: int,
+              limit: int) -> list[Recipient]:
+        if self._conn is None:
+            self._conn = psycopg2.connect(self._dsn)
+        try:
+            with self._conn.cursor() as cur:
+                page = fetch_page(cur, campaign_id, segments, channel, after, limit)
+            self._conn.rollback()  # no snapshot held open between pages
+            return page
+        except psycopg2.Error:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+        if self._conn is not None:
+            self._conn.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +120,13 @@ class Expander:
         self._clock = clock
         self._codec = get_codec()
         self._conn = psycopg2.connect(settings.database.dsn())
+        self._pages = PageReader(settings.database.dsn())
         self._outcomes_topic = settings.kafka.topic(OUTCOMES)
         self.expanded = 0  # messages produced, for metrics and the benchmark
         self.on_page: Callable[[uuid.UUID, int], None] | None = None  # test and metrics hook
 
     def close(self) -> None:
+        self._pages.close()
         self._conn.close()
 
     def run_forever(self, stop: threading.Event, idle_s: float = 0.1) -> None:
@@ -151,15 +193,15 @@ class Expander:
         if plan is None:
             return False
         sweeping = plan.status in ("cancelled", "failed")
+        ahead = self._pages.read(plan, plan.cursor)
         while True:
-            page = fetch_page(
-                self._conn.cursor(), plan.id, plan.segments, plan.channel, plan.cursor, plan.batch_size
-            )
+            page = ahead.result()
             if not page:
                 if sweeping and not self._settle_in_flight(plan):
                     return False  # live claims of a sender: they end (recorded or expired); a later pass settles
                 self._finish(plan)
                 return True
+            ahead = self._pages.read(plan, page[-1].customer_id)  # read while this page is worked on
             if sweeping:
                 self._record(plan, page, status="cancelled", reason=f"campaign_{plan.status}")
             else:

@@ -173,3 +173,44 @@ def test_a_member_added_behind_the_cursor_does_not_keep_the_campaign_active(sett
         wait_for(lambda: service.get_campaign("marketer-1", campaign_id).status == "completed", timeout=60,
                  what="campaign completed")
         assert worker.restarts == {}
+
+
+def test_a_page_read_ahead_that_fails_raises_in_the_expander_and_the_next_pass_reads_again(
+    settings, service, audience
+):
+    """Pages are read one ahead on a connection of their own (streams.expansion.PageReader). That connection
+    dropped mid-campaign: the expander's pass fails as a read on its own connection did (run_forever retries),
+    nothing is checkpointed past the pages done, and the next pass reconnects and finishes, every eligible
+    recipient on the topic."""
+    plan, segments = audience(600)
+    campaign_id = service.create_campaign("marketer-1", {
+        "name": "dropped reader", "channel": "sms", "content": {"body": "hi"}, "segments": segments[:1],
+        "batch_size": 50,
+    })
+    service.schedule_campaign("marketer-1", campaign_id)
+    ensure_topics(settings.kafka, topic_specs(settings))
+    assert service.activate_due() == [campaign_id]
+    members = [cid for cid in plan.ids() if 0 in plan.segment_of(cid)]
+    send, _ = eligible(plan, members, "sms")
+    dsn = settings.database.dsn()
+    expander = Expander(settings, KafkaProducer(settings.kafka))
+
+    def drop_the_reader(_campaign, _page_size):
+        expander.on_page = None
+        reader = expander._pages._conn  # the page read ahead is running on it, or done
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (reader.get_backend_pid(),))
+        conn.close()
+
+    expander.on_page = drop_the_reader
+    try:
+        with pytest.raises(psycopg2.OperationalError):
+            expander.run_once()
+        view = service.get_campaign("marketer-1", campaign_id)
+        assert not view.expansion_done
+        expander.run_once()
+    finally:
+        expander.close()
+    view = service.get_campaign("marketer-1", campaign_id)
+    assert view.expansion_done and view.total_recipients == len(members)
+    assert set(messages_by_recipient(settings, "sms", campaign_id)) == send
