@@ -84,16 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results: dict[str, list[dict[str, float]]] = {rev: [] for rev in args.revs}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp, durability("durable"):
-        with BenchEnv() as env:
-            warm = warm_up_broker(env)
-        print(f"broker warmed up: {len(warm.produce_per_s)} pass(es), produce/s {warm.produce_per_s}", flush=True)
         trees: dict[str, Path] = {}
-        for rev, _ in map(variant, args.revs):
-            if rev not in trees:
-                trees[rev] = tree = Path(tmp) / rev.replace("/", "_")
-                subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev], cwd=REPO_ROOT,  # noqa: S603,S607
-                               check=True)
         try:
+            for rev, _ in map(variant, args.revs):
+                if rev not in trees:
+                    tree = Path(tmp) / rev.replace("/", "_")
+                    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev],  # noqa: S603,S607
+                                   cwd=REPO_ROOT, check=True)
+                    trees[rev] = tree
+            with BenchEnv() as env:  # after the worktrees: a wrong revision fails before anything is run
+                warm = warm_up_broker(env)
+            print(f"broker warmed up: {len(warm.produce_per_s)} pass(es), produce/s {warm.produce_per_s}", flush=True)
             for round_no in range(1, args.rounds + 1):
                 for n, spec in enumerate(args.revs):
                     rev, extra = variant(spec)
