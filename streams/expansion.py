@@ -140,15 +140,20 @@ class Expander:
         self._conn.close()
 
     def run_forever(self, stop: threading.Event, idle_s: float = 0.1) -> None:
-        while not stop.is_set():
-            try:
-                worked = self.run_once()
-            except psycopg2.OperationalError as exc:
-                log.warning("expansion: database unavailable (%s); retrying", exc)
-                self._reconnect(stop)
-                continue
-            if not worked:
-                stop.wait(idle_s)
+        """Expand until ``stop`` is set (or a crash the worker rebuilds the stage from), then close the
+        connections and the page reader's thread."""
+        try:
+            while not stop.is_set():
+                try:
+                    worked = self.run_once()
+                except psycopg2.OperationalError as exc:
+                    log.warning("expansion: database unavailable (%s); retrying", exc)
+                    self._reconnect(stop)
+                    continue
+                if not worked:
+                    stop.wait(idle_s)
+        finally:
+            self.close()
 
     def _reconnect(self, stop: threading.Event) -> None:
         while not stop.is_set():

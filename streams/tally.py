@@ -146,10 +146,9 @@ class GaplessConsumer(AIOKafkaConsumer):
 
         Faust hands each record to its streams with ``wait_first(callback(message), suspend_flow.wait())``:
         four tasks and an ``asyncio.wait`` per record, a quarter of this process's CPU in the benchmark. Here the
-        loop yields to the event loop once per ``YIELD_EVERY`` records (once per record cost this process 8 % of
-        its CPU: an event-loop pass per record; the streams' queues bound what a slice can pile up, and a full one
-        suspends the callback, which yields), and runs the callback inline (:func:`run_until_suspended`); it
-        almost always finishes there
+        loop yields to the event loop once per ``YIELD_EVERY`` records, not once per record (an event-loop pass
+        per record; the streams' queues bound what a slice can pile up, and a full one suspends the callback, which
+        yields), and runs the callback inline (:func:`run_until_suspended`); it almost always finishes there
         (the record is decoded and put on a stream's queue that has room). Only a callback that has to wait - a
         full queue, flow suspended for a rebalance, a full producer buffer - goes on, as a task, under Faust's own
         ``wait_first``, so a suspension still abandons it exactly as before. No gap bookkeeping (above).
