@@ -49,7 +49,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 
 from campaigns.codec import get_codec
 from campaigns.core import states
-from campaigns.core.breaker import FailureBreaker, TransportErrorRun, next_probe_delay_s
+from campaigns.core.breaker import CampaignBreakers, TransportErrorRun, next_probe_delay_s
 from campaigns.core.content import CompiledContent, Refusal, Rendered, list_unsubscribe, pick_locale
 from campaigns.core.rate import AimdRate, TokenBucket, worker_share
 from campaigns.core.retry import RetryPolicy, decide, tier_for_wait
@@ -155,6 +155,7 @@ class ChannelSender:
         metrics: Any = None,
         consumer: ConsumerPort | None = None,
         store: SenderStore | None = None,
+        breakers: CampaignBreakers | None = None,
     ) -> None:
         self._settings = settings
         self._service = campaigns
@@ -163,7 +164,8 @@ class ChannelSender:
             log.warning("%s sender: the claim lease (%.1f s) is shorter than the provider timeout (%.1f s) plus "
                         "a %.1f s margin; calls are cut when their lease runs out", channel,
                         settings.sender.claim_lease_s, self._call_timeout_s, LEASE_MARGIN_S)
-        self._breakers: dict[str, FailureBreaker] = {}
+        # The campaigns' failure breakers: the worker passes one set per channel to all its sender consumers.
+        self._breakers = breakers if breakers is not None else CampaignBreakers()
         # campaign -> (default locale, locale -> content compiled once, or why it cannot be rendered)
         self._contents: dict[str, tuple[str, dict[str, CompiledContent | Refusal]]] = {}
         self._unsubscribe = settings.unsubscribe
@@ -860,27 +862,21 @@ class ChannelSender:
 
     def _check_breakers(self, recorded: list[Pending], states: dict[str, CampaignState]) -> None:
         """Feed this batch's final results to the campaigns' failure breakers, in order; fail every campaign
-        whose breaker trips, before the next batch is claimed (so at most one batch goes out after the
-        crossing). The claim's status check then keeps every later message of it from being sent."""
-        tripped: set[str] = set()
-        for p in recorded:
-            if p.result != "sent" and not p.final_failure:
-                continue  # a retry is not an attempt yet (campaigns.core.breaker)
-            cid = p.record["campaign_id"]
-            breaker = self._breakers.get(cid)
-            if breaker is None:
-                state = states[cid]
-                breaker = self._breakers[cid] = FailureBreaker(state.failure_threshold, state.failure_min_sample)
-            if breaker.record(p.result != "sent"):
-                tripped.add(cid)
-        for cid in tripped:
-            breaker = self._breakers[cid]
-            detail = {"failed": breaker.failures, "attempts": breaker.attempts, "window": breaker.window,
-                      "threshold": breaker.threshold, "by": f"{self._channel} sender"}
+        whose breaker is tripped, before this consumer claims its next batch (so after the crossing only the
+        batches already claimed go out: this one, and one per other sender consumer of the worker). The claim's
+        status check then keeps every later message of it from being sent."""
+        attempts = [(p.record["campaign_id"], p.result != "sent") for p in recorded
+                    if p.result == "sent" or p.final_failure]  # a retry is not an attempt yet (campaigns.core.breaker)
+        if not attempts:
+            return
+        limits = lambda cid: (states[cid].failure_threshold, states[cid].failure_min_sample)  # noqa: E731
+        for cid, trip in self._breakers.record(attempts, limits).items():
+            detail = {"failed": trip.failures, "attempts": trip.attempts, "window": trip.window,
+                      "threshold": trip.threshold, "by": f"{self._channel} sender"}
             self._campaigns.pop(cid, None)
             if self._service.finish_campaign(uuid.UUID(cid), CampaignAction.FAIL, detail):
                 log.error("campaign %s failed: %d of its last %d attempts failed (threshold %.2f); "
-                          "sending stopped", cid, breaker.failures, breaker.attempts, breaker.threshold)
+                          "sending stopped", cid, trip.failures, trip.attempts, trip.threshold)
                 if self._metrics is not None:
                     self._metrics.campaign_transition("failed")
 

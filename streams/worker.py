@@ -28,6 +28,7 @@ import psycopg2
 import sqlalchemy.exc
 from confluent_kafka import KafkaException
 
+from campaigns.core.breaker import CampaignBreakers
 from campaigns.core.vocabulary import CHANNELS
 from campaigns.db import repository as repo
 from campaigns.db.engine import make_engine, make_sessionmaker, transaction
@@ -107,14 +108,16 @@ class Worker:
             for channel in self.channels:
                 rate, burst = limits.get(channel, (None, None)) if self.rate_limits else (None, None)
                 self.senders[channel] = []
+                breakers = CampaignBreakers()  # one set per channel, shared by its consumers (and their rebuilds)
                 if self.metrics is not None:
                     self.metrics.watch_rate_limiter(channel, partial(_combined_rate, self.senders[channel]))
                 for i in range(consumers):
                     def sender(channel: str = channel, rate: float | None = rate, burst: int | None = burst,
-                               i: int = i):  # type: ignore[no-untyped-def]
+                               i: int = i, breakers: CampaignBreakers = breakers):  # type: ignore[no-untyped-def]
                         transport = (transports or build_transports(self.settings.providers))[channel]
                         built = ChannelSender(self.settings, channel, transport, producer_for(),
-                                              rate_per_s=rate, burst=burst, campaigns=service, metrics=self.metrics)
+                                              rate_per_s=rate, burst=burst, campaigns=service, metrics=self.metrics,
+                                              breakers=breakers)
                         built.slot = i
                         running = self.senders[channel]  # a rebuilt sender replaces the one of its slot
                         running[:] = [s for s in running if s.slot != i] + [built]

@@ -16,9 +16,12 @@ Semantics (what the senders and the docs mean by "the failure threshold"):
   the trip happens in the batch in which the threshold was crossed.
 * Once tripped it stays tripped (a failed campaign does not come back).
 
-Each sender process keeps its own breakers, over the attempts it made itself: with several workers each
-trips on its own share of the traffic, which bounds the calls made after the crossing to one sender batch
-per worker. The completion stage keeps the cumulative check over every worker's outcomes as a backstop.
+Each worker keeps one set of breakers per channel (:class:`CampaignBreakers`), shared by its sender consumers of
+that channel, over the attempts they made: a breaker sees the worker's attempts in the order they were recorded,
+whichever consumer made them, so it trips at the same attempt as it would with one consumer. What goes out after
+the crossing is bounded by the batches in flight: the one that crossed, and at most one per other sender consumer
+(claimed before the campaign failed). With several workers each trips on its own share of the traffic. The
+completion stage keeps the cumulative check over every worker's outcomes as a backstop.
 
 The per-channel breaker opens on an account error (HTTP 401/403 for the account, WhatsApp 0/190, Twilio
 20003, SMTP 530/535: one is enough, every other call would get the same answer) or on a run of
@@ -27,14 +30,26 @@ failed for it; a half-open probe (one message) is allowed after :func:`next_prob
 closes the breaker. The open/closed state lives in the ``channels`` row, so every worker honours it and an
 operator can close it by hand.
 
-Pure: no clock, no I/O; one breaker belongs to one sender thread.
+Pure: no clock, no I/O. A :class:`FailureBreaker` belongs to one thread; :class:`CampaignBreakers` holds a lock
+so a worker's sender threads can share one.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-__all__ = ["MIN_WINDOW", "TRANSPORT_ERROR_RUN", "FailureBreaker", "TransportErrorRun", "next_probe_delay_s"]
+__all__ = [
+    "MIN_WINDOW",
+    "TRANSPORT_ERROR_RUN",
+    "CampaignBreakers",
+    "FailureBreaker",
+    "TransportErrorRun",
+    "Trip",
+    "next_probe_delay_s",
+]
 
 # A window of at least this many attempts: a small ``min_sample`` alone would make a burst of ordinary
 # failures (a few bad addresses in a row) look like a broken campaign.
@@ -79,6 +94,43 @@ class FailureBreaker:
         if not self.tripped and len(self._recent) >= self._min_sample:
             self.tripped = self._failures / len(self._recent) > self.threshold
         return self.tripped
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """A tripped breaker as it stood when the batch that tripped it (or met it tripped) was recorded."""
+
+    failures: int
+    attempts: int
+    window: int
+    threshold: float
+
+
+class CampaignBreakers:
+    """The failure breakers of one worker's campaigns on one channel, shared by its sender consumers (threads).
+
+    :meth:`record` feeds one batch's results under a lock, so a breaker sees every consumer's attempts in the
+    order they were recorded and trips at the attempt one consumer alone would have tripped it at.
+    """
+
+    def __init__(self) -> None:
+        self._breakers: dict[str, FailureBreaker] = {}
+        self._lock = threading.Lock()
+
+    def record(self, results: Iterable[tuple[str, bool]],
+               limits: Callable[[str], tuple[float, int]]) -> dict[str, Trip]:
+        """Feed ``(campaign, failed)`` attempts in order; ``limits(campaign)`` gives a new breaker's
+        (threshold, min_sample). Returns the campaigns whose breaker is tripped after this batch (newly or
+        already: whoever meets a tripped breaker fails its campaign, and failing it twice is a no-op)."""
+        tripped: dict[str, Trip] = {}
+        with self._lock:
+            for campaign, failed in results:
+                breaker = self._breakers.get(campaign)
+                if breaker is None:
+                    breaker = self._breakers[campaign] = FailureBreaker(*limits(campaign))
+                if breaker.record(failed):
+                    tripped[campaign] = Trip(breaker.failures, breaker.attempts, breaker.window, breaker.threshold)
+        return tripped
 
 
 # --- the per-channel (provider account) breaker -------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 from collections import Counter
 
 from campaigns.errors import DeliveryError
@@ -32,6 +33,9 @@ class FakeTransport:
         self._by_address: dict[str, tuple[DeliveryError, int | None]] = {}
         self._each_message: tuple[DeliveryError, int] | None = None
         self._calls_per_message: Counter[str] = Counter()
+        # A worker's sender consumers of one channel (threads, each with its own event loop) may share one fake:
+        # a call's number, its failure and its record are taken together.
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         counts = f"attempts={len(self.attempts)}, sent={len(self.sent)}"
@@ -93,19 +97,23 @@ class FakeTransport:
     async def send(self, message: OutgoingMessage) -> SendReceipt:
         if self.closed:
             raise RuntimeError("FakeTransport is closed")
-        self.attempts.append(message)
-        call_number = len(self.attempts)
-        error = self._failure_for(call_number, message)
+        with self._lock:
+            self.attempts.append(message)
+            call_number = len(self.attempts)
+            error = self._failure_for(call_number, message)
         if self.latency_s > 0:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            with self._lock:
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             try:
                 await asyncio.sleep(self.latency_s)
             finally:
-                self.in_flight -= 1
+                with self._lock:
+                    self.in_flight -= 1
         if error is not None:
             raise copy.copy(error)
-        self.sent.append(message)
+        with self._lock:
+            self.sent.append(message)
         return SendReceipt(provider_message_id=f"fake-{self.channel}-{call_number}")
 
     async def aclose(self) -> None:

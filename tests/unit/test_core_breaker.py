@@ -1,12 +1,15 @@
-"""The per-campaign failure breaker: sliding-window semantics, numbers only."""
+"""The per-campaign failure breaker: sliding-window semantics, numbers only; and the set a worker's sender
+consumers share."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from campaigns.core.breaker import MIN_WINDOW, FailureBreaker
+from campaigns.core.breaker import MIN_WINDOW, CampaignBreakers, FailureBreaker, Trip
 
 
 def feed(breaker: FailureBreaker, results: list[bool]) -> int | None:
@@ -70,3 +73,53 @@ def test_agrees_with_the_ratio_over_the_last_window(results: list[bool], thresho
     assert feed(breaker, results) == expected_trip
     fed = results[:expected_trip or len(results)]
     assert breaker.failures == sum(fed[-breaker.window:])
+
+
+LIMITS = {"a": (0.2, 50), "b": (0.5, 20)}
+
+
+@given(st.lists(st.tuples(st.sampled_from("ab"), st.booleans()), max_size=400), st.integers(1, 60))
+def test_shared_breakers_trip_where_one_breaker_fed_every_attempt_in_order_would(
+        attempts: list[tuple[str, bool]], batch: int) -> None:
+    """Batches from several consumers, recorded one after another, count as one stream per campaign."""
+    shared = CampaignBreakers()
+    fed = {"a": 0, "b": 0}
+    tripped_in: dict[str, tuple[int, int]] = {}  # campaign -> its attempts recorded (before, after) the batch
+    for start in range(0, len(attempts), batch):
+        chunk = attempts[start:start + batch]
+        before = dict(fed)
+        for cid, _ in chunk:
+            fed[cid] += 1
+        for cid, trip in shared.record(chunk, LIMITS.__getitem__).items():
+            assert trip.threshold == LIMITS[cid][0]
+            tripped_in.setdefault(cid, (before[cid], fed[cid]))
+    for cid in "ab":
+        tripped_at = feed(FailureBreaker(*LIMITS[cid]), [failed for c, failed in attempts if c == cid])
+        if tripped_at is None:
+            assert cid not in tripped_in
+        else:  # reported by the batch that held the crossing
+            before, after = tripped_in[cid]
+            assert before < tripped_at <= after
+
+
+def test_consumer_threads_sharing_the_breakers_trip_them_at_the_minimum_sample_of_their_attempts() -> None:
+    """Two threads record single-attempt batches of one failing campaign: the breaker trips at the 50th attempt
+    of the two together (each thread alone has made about 25), and every later batch meets it tripped."""
+    shared = CampaignBreakers()
+    trips: list[list[Trip]] = [[], []]
+    go = threading.Barrier(2)
+
+    def consumer(n: int) -> None:
+        go.wait()
+        for _ in range(200):
+            trips[n].extend(shared.record([("a", True)], LIMITS.__getitem__).values())
+
+    threads = [threading.Thread(target=consumer, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    every = trips[0] + trips[1]
+    assert min(t.attempts for t in every) == 50  # the crossing, whichever thread recorded it
+    assert len(every) == 400 - 49  # every attempt from the 50th on met a tripped breaker
+    assert max(t.attempts for t in every) == MIN_WINDOW
