@@ -5,7 +5,7 @@ per-event Faust machinery capped it at ~4.5k messages/s, a batched consumer at ~
 
 0. the channel's breaker (its ``channels`` row) is closed, or half-open and this worker holds the probe
    (then the batch is one message); while it is open nothing is consumed or sent;
-1. records are taken from the consumer, then tokens for the records in hand (the rest wait, in order);
+1. records are taken from the consumer, as many as there are tokens for (the rest wait, in order);
 2. decode (undecodable -> DLQ, the partition keeps flowing); a retry tier holds each record for its delay
    after it was written (tiers by delay: no head-of-line blocking), then it is sent or moves down a tier;
 3. look up the campaigns' states; messages of cancelled/failed campaigns are recorded ``cancelled``;
@@ -15,7 +15,7 @@ per-event Faust machinery capped it at ~4.5k messages/s, a batched consumer at ~
    replayed or re-expanded message is never sent twice, and once a pause/cancel/fail has committed nothing
    of that campaign is claimed. A claim is a lease: one left by a crashed worker is taken over after
    ``claim_lease_s``;
-5. send the claimed messages concurrently;
+5. send the claimed messages concurrently, each call taking its token right before it starts;
 6. record the outcomes in one UPDATE; produce retries, dead letters and ``delivery.outcomes`` records;
    feed the campaigns' failure breakers (a tripped one fails its campaign before the next batch) and the
    channel breaker (an account error or a run of transport errors pauses the channel, failing nobody);
@@ -253,7 +253,7 @@ class ChannelSender:
         share = worker_share(self._channel_rate, owned, total)
         now = self._clock()
         if share <= 0:
-            self._bucket = self._idle_bucket()
+            self._bucket, self._aimd = self._idle_bucket(), None  # an AIMD rate left over would reopen the bucket
             return
         # The bucket times request *starts*; the provider counts *arrivals*, which event-loop and network
         # jitter bunch up (measured: 67 arrivals in a 1 s window at 60/s + burst 6). Running 2% under the
@@ -284,21 +284,14 @@ class ChannelSender:
         """No partition owned (yet): no share of the rate, so no token until an assignment brings one."""
         return TokenBucket(1e-9, 1, self._clock(), tokens=0)
 
-    def _tokens(self, wanted: int) -> int:
+    def _grantable(self, wanted: int) -> int:
+        """How many of ``wanted`` calls the bucket would let start now (none is taken yet)."""
         if self._bucket is None:
             return wanted
         now = self._clock()
         if self._aimd is not None and abs(self._aimd.rate - self._bucket.rate) > 1e-9:
             self._bucket.set_rate(self._aimd.rate, now)
-        return self._bucket.try_take(wanted, now)
-
-    def _refund(self, n: int) -> None:
-        if self._bucket is not None and n > 0:
-            # A token taken for a message that was not sent (duplicate, not due, cancelled) goes back.
-            self._bucket = TokenBucket(
-                self._bucket.rate, self._bucket.burst, self._clock(),
-                tokens=self._bucket.available(self._clock()) + n,
-            )
+        return self._bucket.grantable(wanted, now)
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -309,9 +302,10 @@ class ChannelSender:
     def _take(self) -> list[Message]:
         """The records to handle now (the runtime's ``take``): steps 0 and 1 of the module docstring.
 
-        Tokens are taken for records in hand, right before they are processed: never ahead of records still
-        to arrive (the bucket would refill meanwhile and the provider would see the rate plus that refill
-        when a campaign starts). Records beyond the tokens available wait in ``_carry``, in order.
+        Records are taken as far as there are tokens for them, counted for records in hand: never ahead of
+        records still to arrive (the bucket would refill meanwhile and the provider would see the rate plus that
+        refill when a campaign starts). Each call takes its token right before it starts (``_send_all``). Records
+        beyond the tokens available wait in ``_carry``, in order.
         """
         self._probing = False
         self._resume_due_partitions()
@@ -322,12 +316,15 @@ class ChannelSender:
         wanted = self._settings.sender.batch_size
         if len(self._carry) < wanted:
             timeout = 0 if self._carry else self._settings.sender.poll_timeout_s
-            self._carry += self._consumer.consume(num_messages=wanted - len(self._carry), timeout=timeout)
+            # Not `self._carry += consume(...)`: that extends the list read before the call, and a revoke inside
+            # the call (_on_revoke) replaces the carry with one without the revoked partitions' records.
+            fetched = self._consumer.consume(num_messages=wanted - len(self._carry), timeout=timeout)
+            self._carry.extend(fetched)
         free = self._free_prefix() if self._bucket is not None else 0
         if free:  # records that make no provider call (a finished or paused campaign, garbage): no token
             messages, self._carry = self._carry[:free], self._carry[free:]
             return messages
-        tokens = self._tokens(len(self._carry)) if self._carry else 0
+        tokens = self._grantable(len(self._carry)) if self._carry else 0
         if tokens == 0:
             if gate == "probe":
                 self._settle_probe([])  # nothing to probe with yet: the probe is given back
@@ -335,7 +332,6 @@ class ChannelSender:
                 self._wait_for_tokens()
             return []
         if gate == "probe":  # half-open: one message tells whether the provider takes our account again
-            self._refund(tokens - 1)
             tokens = 1
             self._probing = True
         # Per partition the carry is in offset order, so a prefix of it is a prefix of every partition.
@@ -488,7 +484,6 @@ class ChannelSender:
             to_cancel += [p for p in inactive
                           if getattr(fresh.get(p.record["campaign_id"]), "status", None) in FINISHED]
         self._record_cancelled(to_cancel)
-        self._refund(not_sent + len(pending) - len(claimed))
         if claimed:
             self._loop.run_until_complete(self._send_all(claimed))
             recorded = self._record_results(claimed, states)
@@ -694,6 +689,7 @@ class ChannelSender:
         queue = iter(claimed)
         loop, send = asyncio.get_running_loop(), self._transport.send
         honours_deadline = getattr(self._transport, "honours_deadline", False)  # the Transport port
+        bucket, clock = self._bucket, self._clock  # a rebalance (the only thing that replaces it) waits for us
 
         async def lane() -> None:
             for p in queue:
@@ -711,6 +707,11 @@ class ChannelSender:
                 template_parameters=tuple(r.get("template_parameters") or ()),
                 text_body=p.text_body, list_unsubscribe=p.unsubscribe, header_parameters=p.header_parameters,
             )
+            # Each call takes its token right before it starts: the provider counts arrivals, and tokens taken
+            # for the batch before its claim let the claim's varying commit time bunch two batches' calls up.
+            if bucket is not None and not bucket.try_take(1, clock()) and not await self._token(bucket, p):
+                p.result = "expired"  # the lease ran out waiting: not sent, handed back
+                return
             # The whole call (a pooled connection included) must end before the lease does, or another
             # worker could take the claim over and send the message too.
             budget = min(self._call_timeout_s, p.lease_deadline - time.monotonic() - LEASE_MARGIN_S)
@@ -747,6 +748,19 @@ class ChannelSender:
             p.latency_ms = (time.perf_counter() - started) * 1000
 
         await asyncio.gather(*(lane() for _ in range(min(len(claimed), self._max_in_flight))))
+
+    async def _token(self, bucket: TokenBucket, p: Pending) -> bool:
+        """Wait for one token for ``p``'s call; False if its lease would be too short for the call by then.
+
+        ``_take`` took only as many records as there were tokens, so a wait is short and rare: another lane of
+        the batch took one first, or a campaign resumed after ``_take`` saw it paused (its records took none)."""
+        give_up = p.lease_deadline - LEASE_MARGIN_S - MIN_CALL_BUDGET_S
+        while not bucket.try_take(1, self._clock()):
+            left = give_up - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(bucket.seconds_until(1, self._clock()), 0.5, left))
+        return True
 
     def _record_results(self, claimed: list[Pending], states: dict[str, CampaignState]) -> list[Pending]:
         """Write every result in one UPDATE, then emit outcomes, retries and dead letters only for the rows

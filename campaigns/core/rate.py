@@ -63,6 +63,13 @@ class TokenBucket:
         tokens, last = self._tokens, self._last
         return min(self._burst, tokens + max(0.0, now - last) * self._rate)
 
+    def grantable(self, n: int, now: float) -> int:
+        """How many of ``n`` tokens :meth:`try_take` would grant at ``now`` (0..n), without taking them."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self._refill(now)
+        return max(0, min(n, math.floor(self._tokens + _EPSILON)))
+
     def try_take(self, n: int, now: float) -> int:
         """Take up to ``n`` whole tokens; return how many were granted (0..n). Never blocks."""
         if n < 0:

@@ -154,6 +154,21 @@ def test_seconds_until_is_exact(rate: float, burst: int, n: int, elapsed: float)
     assert bucket.try_take(want, elapsed + wait) == want
 
 
+@given(
+    rate=st.floats(0.1, 100),
+    burst=st.integers(1, 50),
+    tokens=st.floats(0, 50),
+    n=st.integers(0, 60),
+    elapsed=st.floats(0, 10),
+)
+def test_grantable_is_what_try_take_grants_and_takes_nothing(
+        rate: float, burst: int, tokens: float, n: int, elapsed: float) -> None:
+    bucket = TokenBucket(rate, burst, now=0.0, tokens=tokens)
+    counted = bucket.grantable(n, elapsed)
+    assert bucket.grantable(n, elapsed) == counted  # counting twice takes nothing
+    assert bucket.try_take(n, elapsed) == counted
+
+
 # --- AIMD -------------------------------------------------------------------------------------------
 
 

@@ -5,12 +5,14 @@ tests/e2e (senders, retry tiers, breakers, leases, crash consistency, forged mes
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from campaigns.codec import get_codec
 from campaigns.core.states import CampaignAction
@@ -22,7 +24,7 @@ from producers.kafka import MemoryProducer
 from sinks.audience import Recipient
 from sinks.memory import MemorySenderCampaign, MemorySenderStore
 from streams.memory import MemoryConsumer
-from streams.sender import LEASE_MARGIN_S, ChannelSender
+from streams.sender import LEASE_MARGIN_S, RATE_HEADROOM, ChannelSender
 from tests.helpers import RecordingFinisher
 
 CODEC = get_codec()
@@ -72,16 +74,18 @@ class Harness:
         return self.store.log[(self.campaign, recipient)].status
 
 
-def build_harness(settings: Settings | None = None, transport: FakeTransport | None = None) -> Harness:
+def build_harness(settings: Settings | None = None, transport: FakeTransport | None = None,
+                  consumer: MemoryConsumer | None = None, **sender_options: Any) -> Harness:
     settings = settings or Settings()
     campaign = str(uuid.uuid4())
     store = MemorySenderStore(campaigns={campaign: MemorySenderCampaign()})
-    consumer, producer, transport = MemoryConsumer(), MemoryProducer(), transport or FakeTransport("sms")
+    consumer, producer, transport = consumer or MemoryConsumer(), MemoryProducer(), transport or FakeTransport("sms")
     finisher = RecordingFinisher()
     # Every topic the sender subscribes to exists (one partition each), as ensure_topics makes them.
     for name in (messages_topic("sms"), *(retry_topic("sms", n) for n in range(1, settings.sender.retry_tiers + 1))):
         consumer.log.setdefault((settings.kafka.topic(name), 0), [])
-    sender = ChannelSender(settings, "sms", transport, producer, campaigns=finisher, consumer=consumer, store=store)
+    sender = ChannelSender(settings, "sms", transport, producer, campaigns=finisher, consumer=consumer, store=store,
+                           **sender_options)
     return Harness(settings, sender, consumer, producer, store, transport, finisher, campaign)
 
 
@@ -226,3 +230,80 @@ def test_a_transport_that_honours_deadlines_is_given_the_calls_lease_bounded_bud
         assert all(0 < deadline - called_at <= budget for deadline, called_at in transport.deadlines)
     finally:
         h.sender.close()
+
+
+class RevokingConsumer(MemoryConsumer):
+    """Revokes every partition inside its next ``consume`` call, as a rebalance does (the callback runs in it)."""
+
+    revoke_next = False
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        if self.revoke_next:
+            self.revoke_next = False
+            revoked = [TopicPartition(t, p) for (t, p) in sorted(self.log)]
+            self.subscribed = []
+            assert self.on_revoke is not None
+            self.on_revoke(self, revoked)
+        return super().consume(num_messages, timeout)
+
+
+def test_a_revoke_during_a_consume_drops_the_carry_of_the_revoked_partitions_and_the_rate_share() -> None:
+    """Records waiting for tokens (the carry) of a partition revoked while the sender consumed are not sent by it:
+    the partition's new owner sends them. With no partition left, the consumer has no rate at all."""
+    now = [1000.0]
+    settings = Settings()
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"partitions": 1})})
+    h = build_harness(settings, consumer=RevokingConsumer(), rate_per_s=50.0, burst=2, clock=lambda: now[0])
+    for recipient in range(1, 11):
+        h.member(recipient)
+        h.message(recipient)
+    h.sender.start()
+    now[0] += 0.1  # a full burst: two records go, the other eight wait in the carry
+    assert h.sender.run_once() == 2
+    assert len(h.transport.sent) == 2
+    h.consumer.revoke_next = True
+    now[0] += 10.0
+    h.sender.run_once()
+    now[0] += 10.0
+    h.sender.run_once()
+    assert len(h.transport.sent) == 2
+    assert h.sender.rate_limiter_state().share == 0.0
+
+
+class TimedTransport(FakeTransport):
+    """A fake that notes when each call started (time.monotonic())."""
+
+    def __init__(self) -> None:
+        super().__init__("sms")
+        self.started: list[float] = []
+
+    async def send(self, message: Any) -> Any:
+        self.started.append(time.monotonic())
+        return await super().send(message)
+
+
+def test_calls_of_a_campaign_resumed_between_take_and_claim_still_wait_for_their_tokens() -> None:
+    """``_take`` hands over a paused campaign's records without tokens (they make no call); if the campaign is
+    resumed before they are claimed, each call still waits for its own token: 10 calls at 20/s with a burst of 1
+    start over at least 9 token intervals, whatever the machine's speed (it can only make them later)."""
+    settings = Settings()
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"partitions": 1})})
+    transport = TimedTransport()
+    h = build_harness(settings, transport, rate_per_s=20.0 / RATE_HEADROOM, burst=1)
+    for recipient in range(1, 11):
+        h.member(recipient)
+        h.message(recipient)
+    campaign = h.store.campaigns[h.campaign]
+    campaign.status = "paused"
+    reads = h.store.campaign_states
+
+    def resumed_after_the_first_read(ids: Any) -> Any:
+        rows = reads(ids)
+        campaign.status = "active"  # resumed while the batch is on its way to its claim
+        return rows
+
+    h.store.campaign_states = resumed_after_the_first_read  # type: ignore[method-assign]
+    h.sender.start()
+    assert h.sender.run_once() == 10
+    assert len(transport.sent) == 10
+    assert transport.started[-1] - transport.started[0] >= 9 / 20.0 - 1e-3
