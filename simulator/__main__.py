@@ -219,6 +219,10 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # aiosmtpd traces every SMTP command and reply at INFO (five lines per email): a protocol trace, shown only
+        # with --log-level debug. It was a fifth of the simulator's CPU per email and most of its log.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         asyncio.run(_serve(args))
     except ValueError as exc:
