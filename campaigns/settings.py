@@ -261,10 +261,10 @@ class SenderSettings(BaseModel):
     max_in_flight: int = 200  # concurrent provider calls per channel per sender consumer
     # Sender consumers per channel in one worker, each a thread with its own consumer (same group), connection and
     # rate share: while one waits for its durable claim or result commit, another claims or sends. Partitions bound
-    # it. Two measured 1.10x-1.18x one on a durable database (docs/benchmarks.md); a third paid nothing more. The
-    # default stays 1: each consumer has its own campaign failure breakers, so with two a failing campaign is
-    # stopped after up to twice the failures (docs/benchmarks.md, "Sender consumers per channel").
-    consumers: int = Field(default=1, ge=1, le=16)
+    # it. Two measured 1.10x-1.18x one on a durable database (docs/benchmarks.md); a third paid nothing more. They
+    # share the worker's campaign failure breakers (campaigns.core.breaker.CampaignBreakers), so a failing campaign
+    # stops at the same attempt as with one; one more batch per extra consumer may already be claimed by then.
+    consumers: int = Field(default=2, ge=1, le=16)
     claim_lease_s: float = 60.0  # a claim older than this whose send never recorded may be retried
     # Retry tier n holds a record retry_tier_delays_s[n-1] seconds (campaign.messages.<channel>.retry.<n>);
     # a retry waits in the largest tier not longer than its remaining wait (campaigns.core.retry).
