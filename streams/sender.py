@@ -418,22 +418,18 @@ class ChannelSender:
         pending: list[Pending] = []
         held: set[tuple[str, int]] = set()
         now_ms = self._clock() * 1000
-        not_sent = 0
         for msg in messages:
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("%s sender: consume error %s", self._channel, msg.error())
-                not_sent += 1
                 continue
             key = (msg.topic(), msg.partition())
             if key in held:
-                not_sent += 1
                 continue
             try:
                 record = self._codec.decode(msg.value(), "RecipientMessage")
             except SchemaError as exc:
                 self._dead_letter(msg, None, "undecodable", str(exc))
-                not_sent += 1
                 continue
             not_before_ms = _as_millis(record["not_before"])
             if msg.topic() != self._main_topic and not_before_ms > now_ms:
@@ -447,16 +443,13 @@ class ChannelSender:
                     self._paused_until[key] = release_ms / 1000
                 else:  # released by its tier but not due yet: on to the tier that fits what is left of the wait
                     self._produce_retry(record, not_before_ms - now_ms)
-                not_sent += 1
                 continue
             if record["channel"] != self._channel:
                 self._dead_letter(msg, record, "wrong_channel", f"{record['channel']} message on {msg.topic()}")
-                not_sent += 1
                 continue
             invalid = _invalid_ids(record)
             if invalid is not None:  # would fail the batch's claim statement, on every redelivery
                 self._dead_letter(msg, record, "invalid_record", invalid)
-                not_sent += 1
                 continue
             pending.append(Pending(msg, record))
 
