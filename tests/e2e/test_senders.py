@@ -7,10 +7,8 @@ measured where they matter: at the provider.
 from __future__ import annotations
 
 import collections
-import json
-import subprocess
+import os
 import sys
-import urllib.request
 from pathlib import Path
 
 import psycopg2
@@ -20,10 +18,8 @@ from campaigns.codec import get_codec
 from campaigns.settings import ProviderSettings
 from simulator.thread import SimulatorThread
 from streams.worker import Worker
-from tests.faults.procs import free_port
+from tests.faults.procs import Proc, Simulator, free_port
 from tests.helpers import consume_to_end, wait_for
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 STAGES = ("scheduler", "expander", "senders", "tally", "completion")
 
@@ -60,44 +56,35 @@ def set_rate(settings, channel: str, rate: float, burst: int) -> None:
 class SimulatorProcess:
     """``python -m simulator`` in a process of its own, as a provider is: it stamps arrivals with no GIL shared with
     the workers. A simulator thread in the workers' process is starved by their threads while a campaign expands
-    and stamps a backlog of requests at once: arrivals the provider would have seen spread out look bunched."""
+    and stamps a backlog of requests at once: arrivals the provider would have seen spread out look bunched.
+    (The process and its control API are the fault suite's ``Proc`` and ``Simulator``.)"""
 
     def __init__(self, log: Path) -> None:
-        self.http_port, self.smtp_port = free_port(), free_port()
         self._log = log
 
-    def __enter__(self) -> SimulatorProcess:
-        argv = [sys.executable, "-m", "simulator", "--http-port", str(self.http_port),
-                "--smtp-port", str(self.smtp_port)]
-        with self._log.open("wb") as log:
-            self._proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self._healthy() or self._proc.poll() is not None, timeout=30, what="simulator health")
-        assert self._proc.poll() is None, self._log.read_text()[-2000:]
-        return self
+    def __enter__(self) -> Simulator:
+        http_port, smtp_port = free_port(), free_port()
+        argv = [sys.executable, "-m", "simulator", "--http-port", str(http_port), "--smtp-port", str(smtp_port)]
+        self._proc = Proc("simulator", argv, dict(os.environ), self._log)
+        simulator = Simulator(self._proc, http_port, smtp_port)
+        wait_for(lambda: simulator.healthy() or not self._proc.alive, timeout=30, what="simulator health")
+        assert self._proc.alive, self._proc.log_text()[-2000:]
+        return simulator
 
     def __exit__(self, *exc: object) -> None:
         self._proc.terminate()
-        self._proc.wait(timeout=30)
 
-    def _get(self, path: str) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
-            return json.loads(response.read())
 
-    def _healthy(self) -> bool:
-        try:
-            self._get("/_control/health")
-        except OSError:
-            return False
-        return True
+def provider_settings(simulator: Simulator, providers: ProviderSettings) -> ProviderSettings:
+    """``providers`` pointed at ``simulator``."""
+    return providers.model_copy(update={"sms_base_url": f"{simulator.url}/sms",
+                                        "whatsapp_base_url": f"{simulator.url}/whatsapp",
+                                        "smtp_port": simulator.smtp_port})
 
-    def provider_settings(self, providers: ProviderSettings) -> ProviderSettings:
-        return providers.model_copy(update={"sms_base_url": f"http://127.0.0.1:{self.http_port}/sms",
-                                            "whatsapp_base_url": f"http://127.0.0.1:{self.http_port}/whatsapp",
-                                            "smtp_port": self.smtp_port})
 
-    def accepted_at(self, channel: str) -> list[float]:
-        """When each accepted message arrived (epoch seconds), in order."""
-        return sorted(m["accepted_at"] for m in self._get(f"/_control/messages?channel={channel}")["messages"])
+def accepted_at(simulator: Simulator, channel: str) -> list[float]:
+    """When each accepted message arrived at ``simulator`` (epoch seconds), in order."""
+    return sorted(m["accepted_at"] for m in simulator.messages(channel))
 
 
 def finished(service, campaign_id):
@@ -188,7 +175,7 @@ def test_rate_limit_held_at_the_provider(settings, service, audience, workers, r
     set_rate(settings, "sms", rate, burst)
     with SimulatorProcess(tmp_path / "simulator.log") as simulator:
         campaign_id = create(service, segments)
-        worker_settings = settings.model_copy(update={"providers": simulator.provider_settings(settings.providers)})
+        worker_settings = settings.model_copy(update={"providers": provider_settings(simulator, settings.providers)})
         stages = STAGES
         runners = [Worker(worker_settings, stages=stages if i == 0 else ("senders",), channels=("sms",))
                    for i in range(workers)]
@@ -196,14 +183,14 @@ def test_rate_limit_held_at_the_provider(settings, service, audience, workers, r
             runner.start()
         try:
             if resume:  # the limit holds at a resume too (the bucket refilled while paused)
-                wait_for(lambda: len(simulator.accepted_at("sms")) >= 300, timeout=60, what="300 sent")
+                wait_for(lambda: len(accepted_at(simulator, "sms")) >= 300, timeout=60, what="300 sent")
                 service.pause_campaign("marketer-1", campaign_id)
                 service.resume_campaign("marketer-1", campaign_id)
             wait_for(lambda: finished(service, campaign_id), timeout=120, what="campaign finished")
         finally:
             for runner in runners:
                 runner.stop()
-        times = simulator.accepted_at("sms")
+        times = accepted_at(simulator, "sms")
 
     assert len(times) > 12 * rate
     start, end = times[0], times[-1]
