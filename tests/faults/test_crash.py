@@ -9,9 +9,10 @@ and before the worker recorded it. Such a message's claim is still ``claimed`` w
 the set of claims in flight at the kill is the only place a duplicate may come from, and the provider's
 log at the kill says exactly which of them were already delivered. The test asserts that prediction.
 
-One kill covers both scenarios (each SIGKILL costs the consumer group's 45 s session timeout before the
-restarted worker gets the partitions back), on three campaigns at once, timed to land inside provider
-calls (a kill between two batches leaves nothing in flight and proves little):
+One kill covers both scenarios (each SIGKILL costs the consumer groups' session timeout, 10 s here, before
+the restarted worker gets the partitions back; twice that when the kill lands inside a rebalance, see
+docs/reliability.md "Limits"), on three campaigns at once, timed to land inside provider calls (a kill
+between two batches leaves nothing in flight and proves little):
 
 * WhatsApp (scenario 1): killed mid-flight; no idempotency key, so every in-flight message the provider
   had accepted is delivered a second time after the lease, and nothing else is;
