@@ -452,7 +452,6 @@ class RunbookState:
     settings: Settings
     tmp_path: Path
     segments: list[int] = field(default_factory=list)
-    watched_segments: list[int] = field(default_factory=list)
     campaign_id: str | None = None
     worker: Proc | None = None
     watch: Proc | None = None
@@ -512,6 +511,9 @@ class RunbookState:
         return subprocess.run(out, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
+WATCHED_RATE = 20  # messages/s of the watched campaign's channel (see run_recipe)
+
+
 def test_runbook_recipes_run_as_written(settings: Settings, secrets: Secrets, tmp_path: Path):
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"partitions": 6})})
     commands = runbook_commands()
@@ -522,13 +524,6 @@ def test_runbook_recipes_run_as_written(settings: Settings, secrets: Secrets, tm
             entry.cli("principal", "add", "oncall", "--role", "admin")  # the operator the runbook is for
             entry.cli("template", "add", str(REPO_ROOT / "examples" / "template-sms.json"), "--approve")
             state.segments = json.loads(entry.cli("seed", "--customers", "3000").stdout)["segments"]
-            # The campaign watched, paused, resumed and cancelled goes to ~5,700 recipients: at the channel's 100/s
-            # it runs ~1 min, so it is still active when the recipes reach `cancel` (~20 s after it starts here on a
-            # busy 2-core machine). With the 3,000 customers' segment (~1,150 recipients, ~12 s) it could complete
-            # before `pause` on a slow machine. Its backlog after the cancel drains at database speed; the crash
-            # recipe's campaign, which must complete, keeps the 3,000 customers' segment.
-            state.watched_segments = json.loads(entry.cli(
-                "seed", "--customers", "15000", "--first-id", "100001", "--prefix", "watched").stdout)["segments"]
             entry.start_simulator()
             for context, command in commands:
                 run_recipe(state, context, command)
@@ -605,8 +600,14 @@ def run_recipe(state: RunbookState, context: str, command: str) -> None:
         entry.cli(*args)
         assert query(settings, "SELECT rate_per_s, burst FROM channels WHERE kind = 'sms' AND enabled") == [(50, 10)]
     elif args[0] == "status" and "--watch" in args:
+        # The campaign watched, paused, resumed and cancelled (the 3,000 customers' segment, ~1,150 recipients) goes
+        # out at 20/s: it runs ~1 min, so it is still active when the recipes reach `cancel` (~20 s after it starts
+        # on a busy 2-core machine). At the runbook's 100/s it took ~12 s and could complete before `pause` on a slow
+        # machine. The channel's rate goes back to the runbook's short-code row after the cancel, for the crash
+        # recipe's campaign, which must complete.
+        entry.cli("channel", "add", "sms", "--rate", str(WATCHED_RATE), "--burst", str(WATCHED_RATE))
         state.start_worker()
-        state.new_campaign(state.watched_segments)
+        state.new_campaign()
         args = state.substitute(command)[1:]  # ID is known now
         state.watch = start_watch(entry, args, **state.actor_env)
         state.sending()
@@ -624,6 +625,7 @@ def run_recipe(state: RunbookState, context: str, command: str) -> None:
 
             wait_for(cancelled_and_settled, timeout=60, interval=0.25,
                      what="recipients not yet sent to recorded cancelled, nothing left in flight")
+            entry.cli("channel", "add", "sms", "--rate", "100", "--burst", "20")
     elif args[:2] == ["events", "list"]:
         wait_for(lambda: unpublished_outbox(settings) == 0, timeout=30, interval=0.25, what="outbox published")
         listed = check_listing(args, state.cli(*args).stdout)
