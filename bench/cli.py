@@ -29,6 +29,7 @@ from typing import Any
 
 from . import report
 from .env import RESULTS_DIR, BenchEnv, machine_description
+from .probe import cpu_probe_us
 from .warmup import warm_up_broker
 
 log = logging.getLogger("bench")
@@ -370,6 +371,7 @@ def _run(
             },
         }
         redis = _redis() if needs_redis else None
+        meta["cpu_probe_us"] = {"start": cpu_probe_us()}
         try:
             if args.warm_up and not args.quick:
                 print("warming the broker up ...", flush=True)
@@ -394,6 +396,7 @@ def _run(
                         failures.append(f"{label}: failed checks {bad}")
                     results.setdefault(case.scenario, {}).setdefault(case.key, []).append(result)
                     print(f"{label}: {report.one_line(case.scenario, result)}", flush=True)
+            meta["cpu_probe_us"]["end"] = cpu_probe_us()
         finally:
             if redis is not None:
                 redis.__exit__(None, None, None)

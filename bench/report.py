@@ -161,6 +161,15 @@ def _warm_up_line(warm_up: dict[str, Any] | None) -> str:
     return f"{age}{len(warm_up['produce_per_s'])} pass(es) in {warm_up['seconds']:.0f} s, produce/s {rates}: {verdict}"
 
 
+def _probe_line(probe: dict[str, float] | None) -> str:
+    """The host's speed before the first round and after the last (bench.probe): rates of two runs compare only
+    when these are close."""
+    if not probe:
+        return "not taken (older runs)"
+    end = f", {probe['end']:.2f} µs after the last" if probe.get("end") is not None else ""
+    return f"Avro encode + decode of a RecipientMessage: {probe['start']:.2f} µs before the first round{end}"
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -204,6 +213,7 @@ def render_tables(doc: dict[str, Any]) -> str:
                 ],
                 ["load average at start", ", ".join(f"{x:.1f}" for x in m.get("load_average_at_start", []))],
                 ["broker warm-up", _warm_up_line(meta.get("broker_warmup"))],
+                ["CPU probe (bench.probe)", _probe_line(meta.get("cpu_probe_us"))],
             ],
         )
     )

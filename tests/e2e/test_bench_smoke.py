@@ -53,3 +53,5 @@ def test_a_full_run_warms_the_broker_up_first_and_says_so(settings, tmp_path):
     assert 3 <= len(warm_up["produce_per_s"]) <= 8 and all(rate > 0 for rate in warm_up["produce_per_s"])
     assert warm_up["broker_up_s"] is None or warm_up["broker_up_s"] > 0
     assert "| broker warm-up | " in doc.read_text()
+    probe = result["meta"]["cpu_probe_us"]
+    assert probe["start"] > 0 and probe["end"] > 0 and "| CPU probe (bench.probe) | Avro encode" in doc.read_text()

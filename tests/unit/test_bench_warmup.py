@@ -1,8 +1,10 @@
-"""When the harness deems the broker warm (bench.warmup.is_steady), and how the report says what it did."""
+"""When the harness deems the broker warm (bench.warmup.is_steady), and how the report says what it did and how
+fast the host was (bench.probe)."""
 
 from __future__ import annotations
 
-from bench.report import _warm_up_line
+from bench.probe import cpu_probe_us
+from bench.report import _probe_line, _warm_up_line
 from bench.warmup import MIN_PASSES, is_steady
 
 
@@ -27,3 +29,11 @@ def test_the_report_says_how_the_broker_was_warmed_up_or_that_it_was_not():
     assert "did not settle" in _warm_up_line({"broker_up_s": None, "produce_per_s": [1, 2], "seconds": 1,
                                               "steady": False})
     assert _warm_up_line(None).startswith("none")
+
+
+def test_the_cpu_probe_times_the_codec_and_the_report_shows_it_before_and_after():
+    assert 0 < cpu_probe_us(ops=200, repeats=2) < 10_000
+    assert _probe_line({"start": 6.123, "end": 9.5}) == (
+        "Avro encode + decode of a RecipientMessage: 6.12 µs before the first round, 9.50 µs after the last")
+    assert _probe_line({"start": 6.0}).endswith("6.00 µs before the first round")  # a run that failed midway
+    assert _probe_line(None).startswith("not taken")
