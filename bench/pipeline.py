@@ -140,6 +140,8 @@ def e2e_run(
         meter.start()
         env.schedule(campaign)
         env.wait_finished([campaign], timeout=max(300.0, n / 500), alive=lambda: all(sub.alive() for sub, _ in subs))
+        # The analytics' last outcomes are part of the work: the CPU meter runs until they are counted.
+        analytics_after_s = env.wait_analytics(campaign, timeout=120.0, alive=lambda: all(s.alive() for s, _ in subs))
         cpu = meter.stop()
         peak_rss = max(proc_peak_rss_mb(sub.pid) for sub, _ in subs)
         if spy is not None:
@@ -169,6 +171,7 @@ def e2e_run(
         "elapsed_s": elapsed,
         "recipients_per_s": total / elapsed if elapsed else None,
         "first_send_after_activation_s": min(firsts) - row["activated_at"].timestamp() if firsts else None,
+        "analytics_after_completion_s": analytics_after_s,
         "peak_rss_mb": peak_rss,
         **cpu,
         "worker_cpu_s_per_1k": cpu["worker_cpu_s"] / total * 1000 if total else None,
