@@ -10,7 +10,8 @@ its own migrations into its own private database, its own worker) with this virt
 before the least-privilege roles (migration 0006) expect one database role for everything: they run as the
 schema owner (``CAMPAIGNS_DATABASE__USER``/``__PASSWORD`` from ``CAMPAIGNS_PG_OWNER``, default
 ``campaigns_owner``). PostgreSQL is made durable for the whole comparison and restored afterwards. The broker is
-warmed up once first (``bench.warmup``), and the rounds run with ``BENCH_WARM_UP=0``. Prints one
+warmed up once first (``bench.warmup``; not with ``BENCH_WARM_UP=0``, for a caller that just did), and the rounds
+run with ``BENCH_WARM_UP=0``. Prints one
 line per run and a summary (median recipients/s, or messages/s over HTTP, and worker and PostgreSQL CPU seconds
 per 1,000).
 """
@@ -92,9 +93,13 @@ def main(argv: list[str] | None = None) -> int:
                     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev],  # noqa: S603,S607
                                    cwd=REPO_ROOT, check=True)
                     trees[rev] = tree
-            with BenchEnv() as env:  # after the worktrees: a wrong revision fails before anything is run
-                warm = warm_up_broker(env)
-            print(f"broker warmed up: {len(warm.produce_per_s)} pass(es), produce/s {warm.produce_per_s}", flush=True)
+            if os.environ.get("BENCH_WARM_UP", "1") == "0":  # as `python -m bench`: the caller warmed it up
+                print("broker warm-up skipped (BENCH_WARM_UP=0)", flush=True)
+            else:
+                with BenchEnv() as env:  # after the worktrees: a wrong revision fails before anything is run
+                    warm = warm_up_broker(env)
+                print(f"broker warmed up: {len(warm.produce_per_s)} pass(es), produce/s {warm.produce_per_s}",
+                      flush=True)
             for round_no in range(1, args.rounds + 1):
                 for n, spec in enumerate(args.revs):
                     rev, extra = variant(spec)
