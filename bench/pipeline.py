@@ -40,6 +40,7 @@ from .env import (
     wait_for,
     wait_groups_ready,
 )
+from .probe import SAMPLE_MESSAGE
 
 log = logging.getLogger("bench")
 TERMINAL = ("sent", "failed", "skipped", "cancelled")
@@ -486,21 +487,8 @@ def python_client_ceiling(env: BenchEnv, records: int) -> dict[str, Any]:
     ensure_topics(settings.kafka, topic_specs(settings), timeout=120)
     topic = settings.kafka.topic(messages_topic("email"))
     codec = get_codec()
-    record = {
-        "message_id": str(uuid.uuid4()),
-        "campaign_id": str(uuid.uuid4()),
-        "recipient_id": "10000001",
-        "channel": "email",
-        "address": "user10000001@example.com",
-        "subject": "Spring sale",
-        "body": "<p>Hello! 20% off everything this week.</p>",
-        "template_name": None,
-        "locale": "en",
-        "attempt": 0,
-        "not_before": 0,
-        "created_at": int(time.time() * 1000),
-        "last_error": None,
-    }
+    record = dict(SAMPLE_MESSAGE, message_id=str(uuid.uuid4()), campaign_id=str(uuid.uuid4()),
+                  created_at=int(time.time() * 1000))
     value = codec.encode("RecipientMessage", record)
     producer = KafkaProducer(settings.kafka)
     try:
