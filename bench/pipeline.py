@@ -142,7 +142,8 @@ def e2e_run(
         env.schedule(campaign)
         env.wait_finished([campaign], timeout=max(300.0, n / 500), alive=lambda: all(sub.alive() for sub, _ in subs))
         # The analytics' last outcomes are part of the work: the CPU meter runs until they are counted.
-        analytics_after_s = env.wait_analytics(campaign, timeout=120.0, alive=lambda: all(s.alive() for s, _ in subs))
+        analytics_after_s = env.wait_analytics(campaign, timeout=120.0,
+                                              alive=lambda: all(sub.alive() for sub, _ in subs))
         cpu = meter.stop()
         peak_rss = max(proc_peak_rss_mb(sub.pid) for sub, _ in subs)
         if spy is not None:

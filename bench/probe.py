@@ -18,7 +18,7 @@ from campaigns.codec import get_codec
 PROBE_OPS = 5_000
 PROBE_REPEATS = 5
 
-# A typical email RecipientMessage (~250 bytes encoded): the probe's, and the `limit` scenario's Python ceiling's.
+# A typical email RecipientMessage (190 bytes encoded): the probe's, and the `limit` scenario's Python ceiling's.
 SAMPLE_MESSAGE: dict[str, Any] = {
     "message_id": str(uuid.UUID(int=1)),
     "campaign_id": str(uuid.UUID(int=2)),
