@@ -546,7 +546,7 @@ _DEFAULTABLE = _PRIMITIVES - {"bytes"} | {"enum", "timestamp-millis"}
 # Array items the compiled paths handle: every item takes at least one byte on the wire, so a block
 # count larger than the bytes left is malformed (checked before looping), and a JSON default of such an
 # array is already the Python value.
-_ARRAY_ITEMS = frozenset({"boolean", "int", "long", "float", "double", "string", "enum"})
+_ARRAY_ITEMS = frozenset({"boolean", "int", "long", "float", "double", "string", "bytes", "enum"})
 
 # Varint tables: _VARINT[z] is the unsigned varint of z < 2**14; _VARINT_CONT[c] is a 14-bit chunk c
 # with both continuation bits set. Zig-zag is applied by the caller.

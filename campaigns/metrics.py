@@ -42,9 +42,11 @@ from campaigns.topics import (
     ANALYTICS_PARTS,
     COMMANDS,
     MESSAGES_DLQ,
+    OUTCOME_BATCHES,
     OUTCOMES,
     RECEIPTS,
     RECEIPTS_GROUP,
+    TALLY_FORWARDER_GROUP,
     TALLY_GROUP,
     commands_group,
     messages_topic,
@@ -214,7 +216,8 @@ def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS) -
     """Consumer group -> the topics it consumes (physical names), for the stages of the pipeline.
 
     The group names follow the stages: ``sender-<channel>`` (streams/sender.py), the Faust analytics' app id
-    ``campaigns-analytics`` (streams/tally.py; over the outcomes and its parts topic), the receipts stage's and the
+    ``campaigns-analytics`` (streams/tally.py; over the batched outcomes and its parts topic) and its forwarder's
+    ``campaigns-analytics-forwarder`` (over the outcomes), the receipts stage's and the
     command consumer's (streams/commands.py), all with the topic prefix.
     """
 
@@ -226,7 +229,8 @@ def default_lag_groups(settings: Settings, channels: Iterable[str] = CHANNELS) -
             kafka.topic(messages_topic(channel)),
             *(kafka.topic(retry_topic(channel, n)) for n in tiers),
         ]
-    groups[kafka.topic(TALLY_GROUP)] = [kafka.topic(OUTCOMES), kafka.topic(ANALYTICS_PARTS)]
+    groups[kafka.topic(TALLY_FORWARDER_GROUP)] = [kafka.topic(OUTCOMES)]
+    groups[kafka.topic(TALLY_GROUP)] = [kafka.topic(OUTCOME_BATCHES), kafka.topic(ANALYTICS_PARTS)]
     groups[kafka.topic(RECEIPTS_GROUP)] = [kafka.topic(RECEIPTS)]
     groups[commands_group(kafka.topic_prefix, kafka.client_id)] = [kafka.topic(COMMANDS)]
     return groups

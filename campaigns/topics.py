@@ -18,8 +18,10 @@ __all__ = [
     "EVENTS",
     "MESSAGES_DLQ",
     "OUTCOMES",
+    "OUTCOME_BATCHES",
     "RECEIPTS",
     "RECEIPTS_GROUP",
+    "TALLY_FORWARDER_GROUP",
     "TALLY_GROUP",
     "TOPICS",
     "Topic",
@@ -43,6 +45,10 @@ COMMANDS_REJECTED = "campaign.commands.rejected"
 EVENTS = "campaign.events"
 MESSAGES_DLQ = "campaign.messages.dlq"
 OUTCOMES = "delivery.outcomes"
+OUTCOME_BATCHES = "delivery.outcomes.batched"
+"""Internal to the Faust analytics (``streams/tally.py``): ``delivery.outcomes`` forwarded in batches
+(``streams.outcome_batches``), one OutcomeBatch record per source partition per batch, written without a key to the
+partition of the same number, so the analytics handle one Faust event per batch instead of one per outcome."""
 ANALYTICS = "campaign.analytics"
 ANALYTICS_PARTS = "campaign.analytics_parts"
 """Internal to the Faust analytics (``streams/tally.py``): one source partition's absolute counts of a (campaign,
@@ -60,6 +66,7 @@ TOPICS: dict[str, Topic] = {t.name: t for t in (
     Topic(EVENTS, "campaign id", "CampaignEvent"),
     Topic(MESSAGES_DLQ, "recipient id", "DeadLetter"),
     Topic(OUTCOMES, "recipient id", "DeliveryOutcome"),
+    Topic(OUTCOME_BATCHES, "none (the partition is the source partition)", "OutcomeBatch"),
     Topic(ANALYTICS, "campaign id", "CampaignAnalytics"),
     Topic(RECEIPTS, "provider message id (address for a STOP reply)", "DeliveryReceipt"),
 )}
@@ -67,8 +74,10 @@ TOPICS: dict[str, Topic] = {t.name: t for t in (
 (key: recipient id, record: RecipientMessage)."""
 
 # The Faust analytics (streams/tally.py, the tally stage): its Faust app id, which is its consumer group, over
-# OUTCOMES (agent count_outcomes) and ANALYTICS_PARTS (agent merge_parts).
+# OUTCOME_BATCHES (agent count_outcomes) and ANALYTICS_PARTS (agent merge_parts); its forwarder's group, over
+# OUTCOMES (streams/outcome_batches.py, a thread of the same process).
 TALLY_GROUP = "campaigns-analytics"
+TALLY_FORWARDER_GROUP = "campaigns-analytics-forwarder"
 RECEIPTS_GROUP = "receipts"  # the receipts stage, over RECEIPTS
 
 

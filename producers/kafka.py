@@ -56,7 +56,8 @@ class Delivery:
 class Publisher(Protocol):
     """The port the stages and producers use: queue records, then wait for all of them (per-key order)."""
 
-    def produce(self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None) -> None: ...
+    def produce(self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None,
+                partition: int | None = None) -> None: ...
 
     def produce_tracked(
         self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None
@@ -109,9 +110,11 @@ class KafkaProducer:
         if error is not None:
             self._failures.append(f"{message.topic()}: {error.str()}")
 
-    def produce(self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None) -> None:
-        """Queue one record (the hot path): its failure, if any, is reported by the next :meth:`flush`."""
-        self._produce(topic, _key_bytes(key), value, _header_list(headers), self._on_delivery)
+    def produce(self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None,
+                partition: int | None = None) -> None:
+        """Queue one record (the hot path): its failure, if any, is reported by the next :meth:`flush`.
+        ``partition``: written there, not where the key's hash puts it."""
+        self._produce(topic, _key_bytes(key), value, _header_list(headers), self._on_delivery, partition)
 
     def produce_tracked(
         self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None
@@ -131,10 +134,12 @@ class KafkaProducer:
         self._tracked.append(delivery)
         return delivery
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Any, report: Any) -> None:
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Any, report: Any,
+                 partition: int | None = None) -> None:
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=report, headers=headers)
+                self._producer.produce(topic, value, key, on_delivery=report, headers=headers, **where)
                 break
             except BufferError:  # the local queue is full: let librdkafka drain it (bounded by its timeouts)
                 self._producer.poll(0.05)
@@ -173,10 +178,14 @@ class MemoryProducer:
 
     records: list[tuple[str, bytes | None, bytes, dict[str, bytes | None]]] = field(default_factory=list)
     fail_topics: set[str] = field(default_factory=set)
+    partitions: dict[int, int] = field(default_factory=dict)  # index in ``records`` -> the partition asked for
     _pending: list[Delivery] = field(default_factory=list)
 
-    def produce(self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None) -> None:
+    def produce(self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None,
+                partition: int | None = None) -> None:
         self.produce_tracked(topic, key, value, headers)
+        if partition is not None and topic not in self.fail_topics:
+            self.partitions[len(self.records) - 1] = partition
 
     def produce_tracked(
         self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None

@@ -38,7 +38,9 @@ Exactly-once, step by step (what each relies on):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ctypes
+import itertools
 import json
 import logging
 import os
@@ -80,12 +82,13 @@ from campaigns.core.tally import (
 from campaigns.core.windows import EPOCH, window_start_ms
 from campaigns.errors import SchemaError
 from campaigns.settings import Settings, load_settings
-from campaigns.topics import ANALYTICS, ANALYTICS_PARTS, OUTCOMES, TALLY_GROUP
+from campaigns.topics import ANALYTICS, ANALYTICS_PARTS, OUTCOME_BATCHES, OUTCOMES, TALLY_GROUP
 from producers.topics import TopicSpec, ensure_topics
 from producers.topics import topic_specs as pipeline_topic_specs
 from sinks import analytics as sink
 from sinks.analytics import PostgresAnalyticsStore
 from streams.live import SourcePartitionedTable, _writing_to
+from streams.outcome_batches import start_forwarder
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,7 @@ PARTS_TABLE = "part_to_counts"
 WINDOWS_TABLE = "campaign_to_window_parts"
 TOTALS_TABLE = "campaign_to_total_parts"
 OUTCOME_ID_MAX = 128
+BATCHES_PER_STEP = 20  # OutcomeBatch events per count_outcomes step: a few hundred outcomes each, at most 5,000
 YIELD_EVERY = 64  # records handed to the streams between two yields of the read loop to the event loop
 _MILLISECOND = timedelta(milliseconds=1)
 LogKey = tuple[str, int]  # (campaign, recipient) of a recipient-log row
@@ -457,8 +461,10 @@ class Counter:
     """``count_outcomes``' body: dedup, fold into the partition-local parts, return the parts to send."""
 
     def __init__(self, counted: faust.Table[str, Any], parts: faust.Table[str, Any], window_s: int,
-                 codec: Codec, stats: TallyStats, assigned: Callable[[], Set[Any]] | None = None) -> None:
+                 codec: Codec, stats: TallyStats, assigned: Callable[[], Set[Any]] | None = None,
+                 source_topic: str = OUTCOMES) -> None:
         self.assigned = assigned  # the consumer's current assignment (None: everything, for tests)
+        self.source_topic = source_topic  # where the outcomes were read from, for logs (physical name)
         self.counted = counted  # "partition|first offset" -> [[outcome id, offset], ...] counted in that batch
         self.index: dict[str, tuple[int, int]] = {}  # outcome id -> (partition, offset) that counted it
         self.generation = 0  # bumped on every partition assignment: the index is rebuilt before the next batch
@@ -470,10 +476,11 @@ class Counter:
         self._campaign_ids: dict[str, str] = {}  # as written -> canonical
         self._last_window: int | None = None  # the last window start checked to be representable
 
-    def decode(self, event: EventT[Any]) -> Outcome | None:
-        message = event.message
+    def decode(self, value: bytes, topic: str, partition: int, offset: int) -> Outcome | None:
+        """One outcome, read at ``offset`` of ``topic[partition]`` (its source position); None if undecodable or
+        invalid (counted as skipped, with a warning)."""
         try:
-            o = self.codec.decode(event.value, "DeliveryOutcome")
+            o = self.codec.decode(value, "DeliveryOutcome")
             campaign_id = self._campaign_ids.get(o["campaign_id"])
             if campaign_id is None:  # a few campaigns, many outcomes each: parse each id once
                 if len(self._campaign_ids) >= 10_000:
@@ -491,20 +498,40 @@ class Counter:
                 raise ValueError("invalid status, attempt or outcome id")
         except (SchemaError, ValueError, OverflowError, OSError, TypeError, KeyError) as exc:
             self.stats.skipped += 1
-            log.warning("analytics: skipping outcome at %s[%d]@%d: %s", message.topic, message.partition,
-                        message.offset, exc)
+            log.warning("analytics: skipping outcome at %s[%d]@%d: %s", topic, partition, offset, exc)
             return None
         return Outcome(o["outcome_id"], campaign_id, o["status"], o["attempt"], o["latency_ms"], start_ms,
-                       message.partition, message.offset, o["recipient_id"])
+                       partition, offset, o["recipient_id"])
 
-    def decode_batch(self, events: Sequence[EventT[Any]]) -> dict[tuple[int, int], Outcome | None]:
-        """Each event's outcome (None: skipped as undecodable or invalid), by (partition, offset)."""
-        return {(e.message.partition, e.message.offset): self.decode(e) for e in events}
+    def decode_event(self, event: EventT[Any]) -> list[Outcome | None]:
+        """The outcomes an OutcomeBatch event forwards, in source-offset order (None: skipped). Positions are the
+        source's: (the event's partition, which is the source partition, and each record's source offset). A batch
+        that is not a valid OutcomeBatch of its own partition is skipped whole (counted once, with a warning)."""
+        message = event.message
+        try:
+            batch = self.codec.decode(event.value, "OutcomeBatch")
+            offsets, values = batch["offsets"], batch["values"]
+            if batch["source_partition"] != message.partition or len(offsets) != len(values):
+                raise ValueError(f"a batch of partition {batch['source_partition']} with {len(offsets)} offsets and "
+                                 f"{len(values)} values")
+            if any(b <= a for a, b in itertools.pairwise(offsets)):
+                raise ValueError("offsets not ascending")
+        except (SchemaError, ValueError, OverflowError, TypeError, KeyError) as exc:
+            self.stats.skipped += 1
+            log.warning("analytics: skipping outcome batch at %s[%d]@%d: %s", message.topic, message.partition,
+                        message.offset, exc)
+            return []
+        source, partition = self.source_topic, message.partition
+        return [self.decode(value, source, partition, offset) for offset, value in zip(offsets, values, strict=True)]
+
+    def decode_batch(self, events: Sequence[EventT[Any]]) -> dict[tuple[int, int], list[Outcome | None]]:
+        """Each event's outcomes (:meth:`decode_event`), by the event's (partition, offset)."""
+        return {(e.message.partition, e.message.offset): self.decode_event(e) for e in events}
 
     @staticmethod
-    def log_keys(outcomes: Iterable[Outcome | None]) -> set[LogKey]:
+    def log_keys(batches: Iterable[list[Outcome | None]]) -> set[LogKey]:
         """The recipient-log rows that must back those outcomes (:func:`campaigns.core.tally.backed`)."""
-        return {key for o in outcomes if o is not None and (key := o.log_key()) is not None}
+        return {key for outcomes in batches for o in outcomes if o is not None and (key := o.log_key()) is not None}
 
     def _reindex(self, owned: Set[Any] | None, topic: str) -> None:
         """The outcome-id index of the partitions this worker owns, from the dedup table (recovered from its
@@ -518,7 +545,7 @@ class Counter:
                     self.index.setdefault(outcome_id, (partition, int(offset)))
         self.indexed = self.generation
 
-    def apply(self, events: Sequence[EventT[Any]], outcomes: Mapping[tuple[int, int], Outcome | None],
+    def apply(self, events: Sequence[EventT[Any]], outcomes: Mapping[tuple[int, int], list[Outcome | None]],
               log_rows: Mapping[LogKey, tuple[str, int]]) -> list[dict[str, Any]]:
         """Count the batch; the parts it touched (absolute, with ``src``) for ``campaign.analytics_parts``.
 
@@ -542,8 +569,7 @@ class Counter:
                 srcs[partition] = max(srcs.get(partition, -1), int(part["src"]))
             log.info("analytics: first batch after an assignment starts at %s; parts folded up to %s",
                      sorted(firsts.items()), sorted(srcs.items()))
-        for event in events:
-            o = outcomes[(event.message.partition, event.message.offset)]
+        for o in (o for event in events for o in outcomes[(event.message.partition, event.message.offset)]):
             self.stats.records += 1
             if o is None:
                 continue
@@ -552,7 +578,7 @@ class Counter:
                 self.stats.unbacked += 1
                 if self.stats.unbacked % 1000 == 1:  # a forger may send many: warn now and then, count all
                     log.warning("analytics: skipping outcomes no recipient-log row backs (%d so far; this one "
-                                "at %s[%d]@%d)", self.stats.unbacked, event.message.topic, o.partition, o.offset)
+                                "at %s[%d]@%d)", self.stats.unbacked, self.source_topic, o.partition, o.offset)
                 continue
             counted_at = self.index.get(o.outcome_id)
             if not classify(counted_at, o):
@@ -726,7 +752,7 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
         Worker=ChildWorker,
     )
     cast(Any, app.transport).Consumer = GaplessConsumer  # before the app creates its consumer (at start)
-    source = app.topic(kafka.topic(OUTCOMES), schema=RawSchema(key_serializer="raw", value_serializer="raw"))
+    source = app.topic(kafka.topic(OUTCOME_BATCHES), schema=RawSchema(key_serializer="raw", value_serializer="raw"))
     parts_topic = app.topic(kafka.topic(ANALYTICS_PARTS), key_serializer="raw", value_serializer="json",
                             partitions=kafka.partitions)
     results = app.topic(kafka.topic(ANALYTICS), key_serializer="raw", value_serializer="raw")
@@ -742,7 +768,7 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     assert isinstance(windows, WindowWrapper)
     stats = TallyStats()
     counter = Counter(cast(Any, counted), cast(Any, parts), window_s, get_codec(), stats,
-                      assigned=lambda: app.consumer.assignment())
+                      assigned=lambda: app.consumer.assignment(), source_topic=kafka.topic(OUTCOMES))
     merger = Merger(windows, cast(Any, totals), window_s, stats)
 
     in_order = InOrder(lambda: app.consumer, stats, assigned=lambda: app.consumer.assignment())
@@ -761,7 +787,7 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     @app.agent(source, name="count_outcomes")
     async def count_outcomes(stream: faust.StreamT[Any]) -> None:
         async for events in cast(faust.Stream[Any], stream).take_events(
-                analytics.faust_batch_size, within=analytics.faust_batch_within_s):
+                BATCHES_PER_STEP, within=analytics.faust_batch_within_s):
             await in_order.resolve(events)
             outcomes = counter.decode_batch(events)
             rows = await recipient_log.rows_of(counter.log_keys(outcomes.values()))
@@ -821,8 +847,9 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
 def tally_topic_specs(tally: TallyApp) -> list[TopicSpec]:
     """The parts topic and the changelogs (logical names), with the configs Faust would give them."""
     kafka = tally.settings.kafka
-    specs = [TopicSpec(ANALYTICS_PARTS, kafka.partitions,
-                       {"cleanup.policy": "delete", "retention.ms": str(kafka.retention_ms)})]
+    deleted = {"cleanup.policy": "delete", "retention.ms": str(kafka.retention_ms)}
+    specs = [TopicSpec(OUTCOME_BATCHES, kafka.partitions, deleted),
+             TopicSpec(ANALYTICS_PARTS, kafka.partitions, deleted)]
     for table in tally.app.tables.values():
         topic = table.changelog_topic
         name = topic.get_topic_name()
@@ -927,6 +954,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not any(a.startswith(("--with-web", "--without-web")) for a in args):
             args.append("--without-web")  # no view here; Faust's command line would start one on port 6066
         ensure_topics(tally.settings.kafka, [*pipeline_topic_specs(tally.settings), *tally_topic_specs(tally)])
+        atexit.register(start_forwarder(tally.settings))  # delivery.outcomes -> the batches count_outcomes reads
     sys.argv = [sys.argv[0], *args]
     tally.app.main()
 

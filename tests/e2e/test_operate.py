@@ -6,13 +6,12 @@ import uuid
 
 from app.cli import main as cli_main
 from campaigns.codec import get_codec
-from campaigns.topics import ANALYTICS_PARTS, OUTCOMES, TALLY_GROUP
 from campaigns.transports.fake import FakeTransport
 from producers.kafka import KafkaProducer
 from producers.operate import Range, dead_letters, redrive, replay
 from streams.worker import Worker
 from tests.e2e.test_pipeline import analytics_totals, log_counts
-from tests.faults.history import committed_to_end
+from tests.faults.history import analytics_consumed
 from tests.helpers import wait_for
 
 
@@ -53,10 +52,8 @@ def test_replaying_messages_and_outcomes_resends_nothing_and_counts_nothing_twic
         assert outcomes.produced > 0
         # The sender re-emitted one outcome per dropped duplicate too: all of them must be recognised. The Faust
         # analytics commit an offset only once its outcome's effects (table writes, parts) are flushed.
-        group = settings.kafka.topic(TALLY_GROUP)
-        for topic in (OUTCOMES, ANALYTICS_PARTS):
-            wait_for(lambda t=topic: committed_to_end(settings, group, settings.kafka.topic(t)), timeout=60,
-                     interval=0.25, what=f"the Faust analytics consumed {topic} to its end")
+        wait_for(lambda: analytics_consumed(settings), timeout=60, interval=0.25,
+                 what="the Faust analytics consumed delivery.outcomes to its end")
 
     assert len(transport.sent) == sent_before, "nothing was sent again"
     assert transport.duplicate_message_ids() == {}

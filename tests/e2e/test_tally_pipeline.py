@@ -8,7 +8,7 @@ from __future__ import annotations
 import psycopg2
 
 from campaigns.errors import PermanentDeliveryError, TransientDeliveryError
-from campaigns.topics import ANALYTICS_PARTS, OUTCOMES, TALLY_GROUP
+from campaigns.topics import ANALYTICS_PARTS, OUTCOME_BATCHES, OUTCOMES, TALLY_FORWARDER_GROUP, TALLY_GROUP
 from campaigns.transports.fake import FakeTransport
 from streams.tally import TallyProcess
 from streams.worker import Worker
@@ -62,16 +62,18 @@ def test_faust_analytics_in_the_worker(settings, service, audience):
             return totals == sums and all(totals[s] == counts.get(s, 0) for s in ("sent", "failed", "skipped"))
 
         wait_for(equal, timeout=90, interval=0.5, what=f"campaign_analytics equal to the log {counts}")
-        # /metrics reports the Faust analytics' consumer group, by logical names.
+        # /metrics reports the Faust analytics' consumer groups, by logical names.
         port = worker.metrics.address[1]
 
-        def faust_lag() -> dict[str, float]:
+        def lag() -> dict[tuple[str, str], float]:
             _body, samples = scrape(port)
-            return {dict(labels)["topic"]: value for (name, labels), value in samples.items()
-                    if name == "campaigns_consumer_lag" and dict(labels).get("group") == TALLY_GROUP}
+            return {(dict(labels)["group"], dict(labels)["topic"]): value for (name, labels), value in samples.items()
+                    if name == "campaigns_consumer_lag"
+                    and dict(labels).get("group") in (TALLY_GROUP, TALLY_FORWARDER_GROUP)}
 
-        wait_for(lambda: faust_lag() == {OUTCOMES: 0, ANALYTICS_PARTS: 0},
-                 timeout=60, interval=0.5, what="the Faust analytics' lag reported, and zero")
+        wait_for(lambda: lag() == {(TALLY_FORWARDER_GROUP, OUTCOMES): 0, (TALLY_GROUP, OUTCOME_BATCHES): 0,
+                                   (TALLY_GROUP, ANALYTICS_PARTS): 0},
+                 timeout=60, interval=0.5, what="the Faust analytics' and its forwarder's lag reported, and zero")
         children = [t for t in worker.threads if t.name == "tally"]
         assert children and children[0].is_alive()
     assert worker.errors == [], worker.errors

@@ -27,12 +27,11 @@ from typing import Any
 
 import psycopg2
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from app.cli import build_parser
 from campaigns.settings import DatabaseSettings, Settings
-from campaigns.topics import ANALYTICS_PARTS, TALLY_GROUP
 from producers.commands import SigningKey, send_command
 from producers.kafka import KafkaProducer
 from producers.operate import dead_letters, rejected_commands
@@ -50,6 +49,7 @@ from tests.entrypoints.conftest import (
     scrape,
     unpublished_outbox,
 )
+from tests.faults.history import analytics_consumed
 from tests.faults.procs import Proc, Secrets, free_port
 from tests.helpers import wait_for
 
@@ -677,12 +677,8 @@ def run_recipe(state: RunbookState, context: str, command: str) -> None:
         assert result.stdout.startswith("1 dead letters matched; re-drove 1"), result.stdout
     elif args[0] == "replay":
         topic = args[args.index("--topic") + 1]
-        outcomes = settings.kafka.topic("delivery.outcomes")
-        parts = settings.kafka.topic(ANALYTICS_PARTS)
-        tally = settings.kafka.topic(TALLY_GROUP)  # the worker's default analytics: the Faust app's group
-
-        def caught_up() -> bool:
-            return group_lag(settings, tally, outcomes) == 0 and group_lag(settings, tally, parts) == 0
+        def caught_up() -> bool:  # the worker's default analytics: the Faust app's forwarder, then the app
+            return analytics_consumed(settings)
 
         def counted_as_logged() -> dict[str, int] | None:
             """The totals once the analytics count what the recipient log holds (the flush follows the lag)."""
@@ -707,25 +703,6 @@ def run_recipe(state: RunbookState, context: str, command: str) -> None:
     else:
         raise AssertionError(f"runbook: no doc test for {command!r} (teach tests/entrypoints/test_docs.py)")
     state.done.append(command)
-
-
-def group_lag(settings: Settings, group: str, topic: str) -> int:
-    """Records of ``topic`` not yet committed by consumer ``group`` (read now from the broker, not cached)."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
-    partitions = sorted(admin.list_topics(topic, timeout=10).topics[topic].partitions)
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
-    answer = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
-    committed = {tp.partition: tp.offset for tp in answer.topic_partitions}
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": f"lag-{uuid.uuid4()}"})
-    try:
-        lag = 0
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            offset = committed.get(p, -1)
-            lag += high - (offset if offset >= 0 else low)
-        return lag
-    finally:
-        consumer.close()
 
 
 def get_ok(url: str) -> bool:

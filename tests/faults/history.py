@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from campaigns.codec import get_codec
 from campaigns.settings import Settings
+from campaigns.topics import ANALYTICS_PARTS, OUTCOME_BATCHES, OUTCOMES, TALLY_FORWARDER_GROUP, TALLY_GROUP
 
 TERMINAL = ("sent", "failed", "skipped", "cancelled")
 COUNTED = ("sent", "failed", "skipped", "cancelled", "retried")
@@ -259,6 +260,16 @@ def check(
     if problems:
         raise AssertionError("history check failed:\n  " + "\n  ".join(problems) + f"\nfigures: {report}")
     return report
+
+
+def analytics_consumed(settings: Settings) -> bool:
+    """Whether the Faust analytics counted every record of ``delivery.outcomes`` there is: its forwarder committed
+    that topic to its end, and then (asked in this order) the analytics the batches it forwarded and the parts
+    those made."""
+    kafka = settings.kafka
+    return (committed_to_end(settings, kafka.topic(TALLY_FORWARDER_GROUP), kafka.topic(OUTCOMES))
+            and committed_to_end(settings, kafka.topic(TALLY_GROUP), kafka.topic(OUTCOME_BATCHES))
+            and committed_to_end(settings, kafka.topic(TALLY_GROUP), kafka.topic(ANALYTICS_PARTS)))
 
 
 def committed_to_end(settings: Settings, group: str, topic: str) -> bool:

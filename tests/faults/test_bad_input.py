@@ -26,7 +26,7 @@ from campaigns.transports.fake import FakeTransport
 from streams.worker import Worker
 from tests.e2e.test_expansion import eligible
 from tests.faults.conftest import create_campaign, set_channel
-from tests.faults.history import committed_to_end, log_status_counts
+from tests.faults.history import analytics_consumed, committed_to_end, log_status_counts
 from tests.helpers import wait_for
 
 EXAMPLES = hsettings(max_examples=25, deadline=None, derandomize=True,
@@ -45,7 +45,11 @@ def _feed(settings: Any, topic: str, values: list[bytes | None]) -> None:
 
 
 def _assert_consumed(settings: Any, worker: Worker, group: str, topic: str) -> None:
-    wait_for(lambda: worker.errors or committed_to_end(settings, group, topic), timeout=30, interval=0.1,
+    """``group`` committed ``topic`` to its end (for the analytics' group: its forwarder and itself, every record
+    of ``delivery.outcomes``), and the worker's stages are all still running."""
+    consumed = ((lambda: analytics_consumed(settings)) if group == settings.kafka.topic(TALLY_GROUP)
+                else (lambda: committed_to_end(settings, group, topic)))
+    wait_for(lambda: worker.errors or consumed(), timeout=30, interval=0.1,
              what=f"{group} committed to the end of {topic}")
     assert worker.errors == [], f"the stage crashed on bad input: {worker.errors[-1]!r}"
     assert all(t.is_alive() for t in worker.threads)

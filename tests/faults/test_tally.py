@@ -21,9 +21,8 @@ from confluent_kafka import Producer
 
 from campaigns.codec import get_codec
 from campaigns.topics import OUTCOMES
-from streams.tally import APP_NAME
 from tests.faults.conftest import create_campaign, set_channel
-from tests.faults.history import TERMINAL, committed_to_end, expected_audience, log_status_counts, read_topic
+from tests.faults.history import TERMINAL, analytics_consumed, expected_audience, log_status_counts, read_topic
 from tests.faults.procs import Cluster, Proc
 from tests.helpers import wait_for
 
@@ -124,8 +123,8 @@ def test_faust_analytics_survive_three_sigkills_and_a_full_replay(settings, serv
     except AssertionError as exc:
         raise AssertionError(f"{exc}; {_diagnose(settings, dsn, campaign_id)}") from None
     assert tally.alive, f"the Faust worker exited: {tally.log_text()[-3000:]}"
-    group, topic = settings.kafka.topic(APP_NAME), settings.kafka.topic(OUTCOMES)
-    wait_for(lambda: committed_to_end(settings, group, topic), timeout=60, interval=0.25,
+    topic = settings.kafka.topic(OUTCOMES)
+    wait_for(lambda: analytics_consumed(settings), timeout=60, interval=0.25,
              what="the Faust analytics consumed every outcome")
     wait_for(matches, timeout=30, interval=0.5, what="campaign_analytics settled")
     before = matches()
@@ -136,7 +135,7 @@ def test_faust_analytics_survive_three_sigkills_and_a_full_replay(settings, serv
     for r in records:
         raw.produce(topic, value=r["value"], key=r["key"], partition=r["_partition"])
     assert raw.flush(30) == 0
-    wait_for(lambda: committed_to_end(settings, group, topic), timeout=120, interval=0.25,
+    wait_for(lambda: analytics_consumed(settings), timeout=120, interval=0.25,
              what="the Faust analytics consumed the replay")
     # Past a periodic full flush (every 10 flush ticks of 0.5 s), which offers every part it holds again: a
     # deliberate wait for something that must NOT happen, so no condition to poll for.

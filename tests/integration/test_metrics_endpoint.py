@@ -176,7 +176,8 @@ def test_metrics_endpoint_reports_a_campaign(settings, service, audience):  # no
     assert get(samples, "campaigns_consumer_lag", group="sender-email", topic="campaign.messages.email") == 0
     retry_1 = "campaign.messages.email.retry.1"
     assert get(samples, "campaigns_consumer_lag", group="sender-email", topic=retry_1) == 0
-    assert get(samples, "campaigns_consumer_lag", group="campaigns-analytics", topic="delivery.outcomes") == 0
+    assert get(samples, "campaigns_consumer_lag", group="campaigns-analytics-forwarder", topic="delivery.outcomes") == 0
+    assert get(samples, "campaigns_consumer_lag", group="campaigns-analytics", topic="delivery.outcomes.batched") == 0
     assert get(samples, "campaigns_consumer_lag", group="campaigns-analytics", topic="campaign.analytics_parts") == 0
     assert get(samples, "campaigns_dlq_messages") == 1
     assert get(samples, "campaigns_rate_limit_channel_rate", **email) == 1000

@@ -119,6 +119,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "received_at": T0,
         "attempt": 0,
     },
+    "OutcomeBatch": {
+        "source_partition": 7,
+        "offsets": [41, 42, 2**40],
+        "values": [b"\xc3\x01outcome", b"", b"\x00" * 3],
+    },
     "CampaignAnalytics": {
         "campaign_id": "3f1e9a52-7c4b-4d7e-9a55-0c2f3b8d1e6a",
         "window_start": datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
@@ -144,6 +149,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
 # fields in order) and pinned. A change here means the wire format changed: never edit these to make
 # a test pass; add a schema version instead.
 GOLDEN: dict[str, str] = {
+    "OutcomeBatch": "c30153f74d56770845e00e065254808080808040000612c3016f7574636f6d65000600000000",
     "CampaignAnalytics": (
         "c30199fe4313c50a3e1f4833663165396135322d376334622d346437652d396135352d30633266336238643165366102"
         "80d590c2e66302c0fe97c2e663c09a0cf001f02e6400f08a0c80f104806428b09c0c000000d0298c674100000000e087"

@@ -245,7 +245,8 @@ def test_default_lag_groups_follow_the_stage_group_names() -> None:
     groups = default_lag_groups(settings, ("sms",))
     assert groups["x.sender-sms"] == ["x.campaign.messages.sms",
                                       *(f"x.campaign.messages.sms.retry.{n}" for n in range(1, 6))]
-    assert groups["x.campaigns-analytics"] == ["x.delivery.outcomes", "x.campaign.analytics_parts"]  # Faust's
+    assert groups["x.campaigns-analytics"] == ["x.delivery.outcomes.batched", "x.campaign.analytics_parts"]  # Faust's
+    assert groups["x.campaigns-analytics-forwarder"] == ["x.delivery.outcomes"]  # its forwarder's
     assert groups["x.campaigns.commands"] == ["x.campaign.commands"]
 
 

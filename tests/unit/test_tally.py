@@ -26,7 +26,7 @@ from streams.tally import Counter, TallyStats
 READ_LOOP_SHA = "44a2500309e83c63"  # faust-streaming 0.15.3's Consumer._drain_messages
 
 CAMPAIGN = "6f1c2b1e-8a2b-4c55-9a55-0d6a1f1c2b1e"
-TOPIC = "delivery.outcomes"
+TOPIC = "delivery.outcomes.batched"
 
 
 class FakeTable(dict[str, Any]):
@@ -54,12 +54,25 @@ class Event:
     value: bytes
 
 
-def _event(partition: int, offset: int, outcome_id: str, status: str = "SENT") -> Event:
-    value = get_codec().encode("DeliveryOutcome", {
+def _outcome(outcome_id: str, status: str = "SENT") -> bytes:
+    return get_codec().encode("DeliveryOutcome", {
         "outcome_id": outcome_id, "message_id": outcome_id, "campaign_id": CAMPAIGN, "recipient_id": "1",
         "channel": "sms", "status": status, "attempt": 1, "latency_ms": 3.0, "failure_reason": None,
         "provider_message_id": None, "occurred_at": datetime(2026, 11, 30, 6, 0, 30, tzinfo=UTC)})
+
+
+def _forwarded(partition: int, offset: int, outcomes: list[tuple[int, bytes]],
+               source_partition: int | None = None) -> Event:
+    """An OutcomeBatch at ``offset`` of the batched topic's ``partition``: ``outcomes`` as (source offset, value)."""
+    value = get_codec().encode("OutcomeBatch", {
+        "source_partition": partition if source_partition is None else source_partition,
+        "offsets": [o for o, _ in outcomes], "values": [v for _, v in outcomes]})
     return Event(Message(TOPIC, partition, offset), value)
+
+
+def _event(partition: int, offset: int, outcome_id: str, status: str = "SENT") -> Event:
+    """One outcome forwarded alone, its source offset the batch's own offset."""
+    return _forwarded(partition, offset, [(offset, _outcome(outcome_id, status))])
 
 
 def _counter(counted: FakeTable, parts: FakeTable, owned: set[TP] | None = None) -> Counter:
@@ -110,6 +123,30 @@ def test_an_assignment_rebuilds_the_index_from_what_another_owner_wrote():
     mine.generation += 1  # the partitions were assigned again
     _apply(mine, [_event(0, 2, "b")])  # b re-emitted: a duplicate
     assert _sent(parts, 0) == 2
+
+
+def test_outcomes_of_a_batch_count_at_their_source_offsets_and_a_batch_forwarded_again_counts_nothing():
+    counted, parts = FakeTable(), FakeTable()
+    counter = _counter(counted, parts)
+    first = [(100 + i, _outcome(f"o{i}")) for i in range(6)]
+    _apply(counter, [_forwarded(0, 0, first)])
+    assert _sent(parts, 0) == 6 and parts[part_key(CAMPAIGN, TOTALS, 0)]["src"] == 105
+    assert counted["0|100"] == [[f"o{i}", 100 + i] for i in range(6)]  # each id at its source offset
+    # The forwarder crashed before its commit and forwarded from source offset 103 again, then went on.
+    again = [(100 + i, _outcome(f"o{i}")) for i in range(3, 9)]
+    _apply(counter, [_forwarded(0, 1, again)])
+    assert _sent(parts, 0) == 9 and counter.stats.duplicates == 0  # 103..105 skipped by src, 106..108 counted
+    assert counter.stats.records == 12
+
+
+def test_a_batch_not_of_its_own_partition_or_not_a_batch_is_skipped_and_a_bad_value_in_a_batch_alone():
+    counter = _counter(FakeTable(), parts := FakeTable())
+    misrouted = _forwarded(1, 0, [(0, _outcome("x"))], source_partition=0)
+    garbage = Event(Message(TOPIC, 0, 0), b"\x00not a batch")
+    mixed = _forwarded(0, 1, [(7, b"\xc3\x01junk"), (8, b""), (9, _outcome("good"))])
+    _apply(counter, [misrouted, garbage, mixed])
+    assert counter.stats.skipped == 4 and counter.stats.counted == 1 and _sent(parts, 0) == 1
+    assert part_key(CAMPAIGN, TOTALS, 1) not in parts
 
 
 class FaustBookkeeping:
