@@ -290,8 +290,9 @@ class AnalyticsSettings(BaseModel):
     window_s: int = 60
     flush_interval_s: float = 0.5  # the Faust analytics writes the parts it changed to PostgreSQL this often
     failure_min_sample: int = 20
-    # The Faust analytics (streams/tally.py): outcomes per agent micro-batch, its longest wait, and how many
-    # windows its windowed table keeps per campaign (a later outcome reopens its window; nothing is dropped).
+    # The Faust analytics (streams/tally.py): parts per merge_parts micro-batch (count_outcomes takes 20 forwarded
+    # batches), the micro-batches' longest wait, and how many windows its windowed table keeps per campaign (a
+    # later outcome reopens its window; nothing is dropped).
     faust_batch_size: int = 1000
     faust_batch_within_s: float = 0.2
     windows_kept: int = 60

@@ -1,11 +1,15 @@
 """Faust analytics: ``delivery.outcomes`` -> windowed Faust tables -> ``campaign_analytics`` (+ ``campaign.analytics``).
 
-Two agents and four tables (``python -m streams.tally worker -l info``; settings from ``CAMPAIGNS_*``):
+Two agents and four tables (``python -m streams.tally worker -l info``; settings from ``CAMPAIGNS_*``), and the
+forwarder (``streams.outcome_batches``, a thread of the same process started by ``main``), which writes
+``delivery.outcomes`` in batches to ``delivery.outcomes.batched``: one Faust event per batch of a source partition,
+not one per outcome. Every outcome keeps its source position (partition, offset in ``delivery.outcomes``), and
+everything below is said of those positions, as when this app read ``delivery.outcomes`` itself.
 
-1. ``count_outcomes`` reads ``delivery.outcomes`` (keyed by recipient) in micro-batches. On the worker that owns
-   source partition P, ``batch_to_counted`` (per batch: the outcome ids it counted, each with its offset; indexed
-   in memory by outcome id, the index rebuilt after every assignment) drops duplicates (re-emitted outcomes,
-   replays), and ``part_to_counts`` keeps the absolute counts of P's share of each (campaign, window) and of
+1. ``count_outcomes`` reads ``delivery.outcomes`` (keyed by recipient), forwarded, in micro-batches. On the worker
+   that owns source partition P, ``batch_to_counted`` (per batch: the outcome ids it counted, each with its
+   offset; indexed in memory by outcome id, the index rebuilt after every assignment) drops duplicates (re-emitted
+   outcomes, replays), and ``part_to_counts`` keeps the absolute counts of P's share of each (campaign, window) and of
    each campaign's totals: a *part* (``campaigns.core.tally``). Both tables write to changelog partition P, so
    recovery rebuilds exactly P's state on P's new owner. One table write per touched part per batch, plus one
    per source partition for the ids it counted. After each batch every part the batch touched - changed or
