@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from campaigns.codec import get_codec
+from campaigns.topics import OUTCOME_BATCHES, OUTCOMES, TALLY_FORWARDER_GROUP, TALLY_GROUP
 from producers.kafka import KafkaProducer
 from producers.topics import ensure_topics, messages_topic, topic_specs
 from streams.expansion import Expander
@@ -94,8 +95,9 @@ def _ready(env: BenchEnv, prefix: str, channel: str, sub: Subprocess) -> None:
     settings = env.settings(prefix)
     stages = _stages().split(",")
     groups = {f"{prefix}sender-{channel}": f"{prefix}campaign.messages.{channel}"}
-    if "tally" in stages:  # the Faust app's group (streams.tally.APP_NAME) on the outcomes
-        groups[f"{prefix}campaigns-analytics"] = f"{prefix}delivery.outcomes"
+    if "tally" in stages:  # the Faust app (its group, on the batches) and its forwarder (on the outcomes)
+        groups[f"{prefix}{TALLY_GROUP}"] = f"{prefix}{OUTCOME_BATCHES}"
+        groups[f"{prefix}{TALLY_FORWARDER_GROUP}"] = f"{prefix}{OUTCOMES}"
     try:
         wait_groups_ready(settings, groups, timeout=90)
     except TimeoutError:
