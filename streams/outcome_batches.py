@@ -121,8 +121,13 @@ def start_forwarder(settings: Settings) -> Callable[[], None]:
     kafka = settings.kafka
     producer = KafkaProducer(kafka)
     forwarder = OutcomeForwarder(producer, kafka.topic(OUTCOME_BATCHES), get_codec())
-    runtime = StageRuntime(name=STAGE, consumer=build_consumer(kafka, kafka.topic(TALLY_FORWARDER_GROUP)),
-                           producer=producer, stage=forwarder, batch_size=FORWARD_BATCH)
+    # The Faust app's session timeout (live.session_timeout_s), not the stages': after a crash of this process
+    # both of its groups move their partitions as soon as each other.
+    session_ms = round(settings.live.session_timeout_s * 1000)
+    consumer = build_consumer(kafka, kafka.topic(TALLY_FORWARDER_GROUP), **{
+        "session.timeout.ms": session_ms, "heartbeat.interval.ms": max(100, min(3_000, session_ms // 3))})
+    runtime = StageRuntime(name=STAGE, consumer=consumer, producer=producer, stage=forwarder,
+                           batch_size=FORWARD_BATCH)
     runtime.subscribe([kafka.topic(OUTCOMES)])
     stop = threading.Event()
 
