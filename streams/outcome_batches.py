@@ -34,9 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Message
+from confluent_kafka.admin import AdminClient
 
 from campaigns.codec import Codec, get_codec
-from campaigns.settings import Settings
+from campaigns.errors import ServiceUnavailable, SinkError
+from campaigns.settings import KafkaSettings, Settings
 from campaigns.topics import OUTCOME_BATCHES, OUTCOMES, TALLY_FORWARDER_GROUP
 from producers.kafka import KafkaProducer, Publisher
 from streams.runtime import StageRuntime, build_consumer, records
@@ -114,13 +116,35 @@ class OutcomeForwarder:
         """Nothing besides the consumer (closed by the runtime) and the producer (closed by its owner)."""
 
 
+def partitions_refused(source: str, source_partitions: int, batched: str, batched_partitions: int) -> str | None:
+    """Why the forwarder cannot run with these topics (None: it can): partition P of the source is written to
+    partition P of the batched topic, which must have at least as many."""
+    if batched_partitions >= source_partitions:
+        return None
+    return (f"{batched} has {batched_partitions} partitions and {source} {source_partitions}: the analytics' "
+            f"forwarder writes partition P to partition P; give {batched} {source_partitions} partitions "
+            f"(kafka-topics.sh --alter --partitions {source_partitions})")
+
+
+def _partition_count(kafka: KafkaSettings, topic: str) -> int:
+    metadata = AdminClient(kafka.as_librdkafka()).list_topics(topic, timeout=30).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise ServiceUnavailable(f"{STAGE}: no metadata for {topic}: {metadata.error if metadata else 'absent'}")
+    return len(metadata.partitions)
+
+
 def start_forwarder(settings: Settings) -> Callable[[], None]:
     """Start the forwarder in a thread of this process (the analytics' own: ``python -m streams.tally worker``);
     returns the function that stops it (its consumer leaves the group). If it fails, this process gets SIGTERM,
-    so its supervisor (the worker's ``tally`` stage) restarts the whole analytics, as for any failure of it."""
+    so its supervisor (the worker's ``tally`` stage) restarts the whole analytics, as for any failure of it.
+    :class:`SinkError` at once if the topics' partition counts do not allow it (:func:`partitions_refused`)."""
     kafka = settings.kafka
+    source, batched = kafka.topic(OUTCOMES), kafka.topic(OUTCOME_BATCHES)
+    refused = partitions_refused(source, _partition_count(kafka, source), batched, _partition_count(kafka, batched))
+    if refused is not None:
+        raise SinkError(refused)
     producer = KafkaProducer(kafka)
-    forwarder = OutcomeForwarder(producer, kafka.topic(OUTCOME_BATCHES), get_codec())
+    forwarder = OutcomeForwarder(producer, batched, get_codec())
     # The Faust app's session timeout (live.session_timeout_s), not the stages': after a crash of this process
     # both of its groups move their partitions as soon as each other.
     session_ms = round(settings.live.session_timeout_s * 1000)
@@ -128,7 +152,7 @@ def start_forwarder(settings: Settings) -> Callable[[], None]:
         "session.timeout.ms": session_ms, "heartbeat.interval.ms": max(100, min(3_000, session_ms // 3))})
     runtime = StageRuntime(name=STAGE, consumer=consumer, producer=producer, stage=forwarder,
                            batch_size=FORWARD_BATCH)
-    runtime.subscribe([kafka.topic(OUTCOMES)])
+    runtime.subscribe([source])
     stop = threading.Event()
 
     def run() -> None:

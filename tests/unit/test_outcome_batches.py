@@ -12,7 +12,7 @@ from campaigns.codec import get_codec
 from campaigns.errors import DeliveryFailed
 from producers.kafka import MemoryProducer
 from streams.memory import MemoryConsumer
-from streams.outcome_batches import MAX_VALUE_BYTES, OutcomeForwarder, chunks
+from streams.outcome_batches import MAX_VALUE_BYTES, OutcomeForwarder, chunks, partitions_refused
 from streams.runtime import StageRuntime
 
 SOURCE, BATCHED = "delivery.outcomes", "delivery.outcomes.batched"
@@ -104,3 +104,10 @@ def test_a_failed_delivery_commits_nothing_and_the_batch_is_forwarded_again():
     producer.fail_topics.clear()
     runtime.run_once()  # rewound by the runtime: the same records again
     assert _forwarded(producer) == {0: [(0, b"v0"), (1, b"v2")], 1: [(0, b"v1")]}
+
+
+def test_the_batched_topic_needs_at_least_the_source_s_partitions():
+    assert partitions_refused(SOURCE, 12, BATCHED, 12) is None
+    assert partitions_refused(SOURCE, 12, BATCHED, 24) is None
+    refused = partitions_refused(SOURCE, 24, BATCHED, 12)
+    assert refused is not None and "give delivery.outcomes.batched 24 partitions" in refused
