@@ -31,7 +31,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
@@ -51,13 +50,6 @@ MAX_BATCH_BYTES = 512 * 1024  # values per OutcomeBatch, under the broker's 1 MB
 MAX_VALUE_BYTES = 256 * 1024  # a DeliveryOutcome is ~200 bytes; a value this large is no outcome
 FORWARD_BATCH = 5000  # records taken per batch: the more, the fewer OutcomeBatch records (Faust events) a second
 STOP_TIMEOUT_S = 15.0
-
-
-@dataclass
-class ForwarderStats:
-    records: int = 0
-    batches: int = 0  # OutcomeBatch records produced
-    emptied: int = 0  # values forwarded empty (none, or too large)
 
 
 def chunks(offsets: list[int], values: list[bytes],
@@ -84,21 +76,20 @@ class OutcomeForwarder:
         self._producer = producer
         self._topic = topic
         self._codec = codec
-        self.stats = ForwarderStats()
+        self.emptied = 0  # values forwarded empty (none, or too large)
 
     def handle(self, messages: list[Message]) -> None:
         by_partition: dict[int, tuple[list[int], list[bytes]]] = {}
         for msg in records(messages, STAGE):
             value = msg.value()
             if value is None or len(value) > MAX_VALUE_BYTES:
-                self.stats.emptied += 1
+                self.emptied += 1
                 log.warning("%s: forwarding %s[%d]@%d empty (%s)", STAGE, msg.topic(), msg.partition(), msg.offset(),
                             "no value" if value is None else f"{len(value)} bytes")
                 value = b""
             offsets, values = by_partition.setdefault(msg.partition(), ([], []))
             offsets.append(msg.offset())
             values.append(value)
-            self.stats.records += 1
         runs = {partition: chunks(offsets, values) for partition, (offsets, values) in by_partition.items()}
         for i in range(max((len(r) for r in runs.values()), default=0)):
             if i:
@@ -109,7 +100,6 @@ class OutcomeForwarder:
                     batch = {"source_partition": partition, "offsets": offsets, "values": values}
                     self._producer.produce(self._topic, None, self._codec.encode(BATCH_RECORD, batch),
                                            partition=partition)
-                    self.stats.batches += 1
         return None  # every record given: the runtime flushes, then commits
 
     def release(self) -> None:

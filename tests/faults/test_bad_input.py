@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Producer
@@ -21,7 +22,6 @@ from hypothesis import strategies as st
 
 from campaigns.codec import get_codec
 from campaigns.core.ids import message_id
-from campaigns.topics import TALLY_GROUP
 from campaigns.transports.fake import FakeTransport
 from streams.worker import Worker
 from tests.e2e.test_expansion import eligible
@@ -44,13 +44,10 @@ def _feed(settings: Any, topic: str, values: list[bytes | None]) -> None:
     assert producer.flush(30) == 0
 
 
-def _assert_consumed(settings: Any, worker: Worker, group: str, topic: str) -> None:
-    """``group`` committed ``topic`` to its end (for the analytics' group: its forwarder and itself, every record
-    of ``delivery.outcomes``), and the worker's stages are all still running."""
-    consumed = ((lambda: analytics_consumed(settings)) if group == settings.kafka.topic(TALLY_GROUP)
-                else (lambda: committed_to_end(settings, group, topic)))
-    wait_for(lambda: worker.errors or consumed(), timeout=30, interval=0.1,
-             what=f"{group} committed to the end of {topic}")
+def _assert_consumed(worker: Worker, consumed: Callable[[], bool], what: str) -> None:
+    """``consumed()`` came true (the stage committed what it was fed), and the worker's stages are all still
+    running."""
+    wait_for(lambda: worker.errors or consumed(), timeout=30, interval=0.1, what=what)
     assert worker.errors == [], f"the stage crashed on bad input: {worker.errors[-1]!r}"
     assert all(t.is_alive() for t in worker.threads)
 
@@ -99,7 +96,8 @@ def test_sender_keeps_running_on_random_input(settings, service, sessions, audie
         @example([message(message_id="nope")])  # the claim stores a uuid message id
         def feed(batch: list[bytes | None]) -> None:
             _feed(settings, topic, batch)
-            _assert_consumed(settings, worker, group, topic)
+            _assert_consumed(worker, lambda: committed_to_end(settings, group, topic),
+                             f"{group} committed to the end of {topic}")
 
         feed()
         # And a valid message after all that still goes out.
@@ -142,7 +140,6 @@ def test_analytics_keeps_running_on_random_input(settings, service, sessions, au
 
     worker = Worker(settings, stages=("tally",), channels=())  # the Faust analytics, a child process
     topic = settings.kafka.topic("delivery.outcomes")
-    group = settings.kafka.topic(TALLY_GROUP)
 
     def outcome(**changes: Any) -> bytes:
         return codec.encode("DeliveryOutcome", {
@@ -158,7 +155,8 @@ def test_analytics_keeps_running_on_random_input(settings, service, sessions, au
         @example([outcome(status="DELIVERED", attempt=-5)])  # a receipt counts `attempt`: never negative
         def feed(batch: list[bytes | None]) -> None:
             _feed(settings, topic, batch)
-            _assert_consumed(settings, worker, group, topic)
+            _assert_consumed(worker, lambda: analytics_consumed(settings),
+                             "the analytics' forwarder and the Faust app committed to the end")
 
         feed()
     assert worker.errors == []

@@ -90,7 +90,7 @@ def test_a_record_without_a_value_or_too_large_is_forwarded_empty_at_its_offset(
     runtime = _forwarder(consumer, producer)
     runtime.run_once()
     assert _forwarded(producer) == {0: [(0, b""), (1, b""), (2, b"ok")]}
-    assert runtime.stage.stats.emptied == 2  # type: ignore[attr-defined]
+    assert runtime.stage.emptied == 2  # type: ignore[attr-defined]
 
 
 def test_a_failed_delivery_commits_nothing_and_the_batch_is_forwarded_again():
