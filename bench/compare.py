@@ -54,14 +54,16 @@ def _argv(scenario: str, size: int, out: Path) -> list[str]:
 
 
 def _figures(scenario: str, result: dict[str, Any]) -> dict[str, float]:
-    """``per_s`` (recipients/s end to end, messages/s over HTTP), the CPU seconds per 1,000 recipients and the
-    worker's peak RSS in MB."""
+    """``per_s`` (recipients/s end to end, messages/s over HTTP), the CPU seconds per 1,000 recipients, and the
+    peak RSS in MB of the worker and of its analytics process (0 if the tree's harness does not measure it)."""
     if scenario == "simulator":
         per_1k = 1000 / result["total_recipients"]
         return {"per_s": result["messages_per_s"], "worker_cpu_s_per_1k": result["worker_cpu_s"] * per_1k,
-                "postgres_cpu_s_per_1k": result["postgres_cpu_s"] * per_1k, "peak_rss_mb": result["peak_rss_mb"]}
+                "postgres_cpu_s_per_1k": result["postgres_cpu_s"] * per_1k, "peak_rss_mb": result["peak_rss_mb"],
+                "analytics_peak_rss_mb": result.get("analytics_peak_rss_mb") or 0.0}
     return {"per_s": result["recipients_per_s"], "worker_cpu_s_per_1k": result["worker_cpu_s_per_1k"],
-            "postgres_cpu_s_per_1k": result["postgres_cpu_s_per_1k"], "peak_rss_mb": result["peak_rss_mb"]}
+            "postgres_cpu_s_per_1k": result["postgres_cpu_s_per_1k"], "peak_rss_mb": result["peak_rss_mb"],
+            "analytics_peak_rss_mb": result.get("analytics_peak_rss_mb") or 0.0}
 
 
 def _run(tree: Path, scenario: str, size: int, out: Path, as_owner: bool, extra: dict[str, str]) -> dict[str, float]:
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[spec].append(figures)
                     print(f"round {round_no} {spec}: {figures['per_s']:,.0f}/s, worker "
                           f"{figures['worker_cpu_s_per_1k']:.3f}, PostgreSQL {figures['postgres_cpu_s_per_1k']:.3f} "
-                          f"CPU s /1k, peak RSS {figures['peak_rss_mb']:.0f} MB (load {os.getloadavg()[0]:.2f})",
+                          f"CPU s /1k, peak RSS {figures['peak_rss_mb']:.0f} MB, analytics "
+                          f"{figures['analytics_peak_rss_mb']:.0f} MB (load {os.getloadavg()[0]:.2f})",
                           flush=True)
         finally:
             for tree in trees.values():
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     for rev, runs in results.items():
         median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"{rev}: median {median['per_s']:,.0f}/s, worker {median['worker_cpu_s_per_1k']:.3f}, "
-              f"PostgreSQL {median['postgres_cpu_s_per_1k']:.3f} CPU s /1k, peak RSS {median['peak_rss_mb']:.0f} MB "
+              f"PostgreSQL {median['postgres_cpu_s_per_1k']:.3f} CPU s /1k, peak RSS {median['peak_rss_mb']:.0f} MB, "
+              f"analytics {median['analytics_peak_rss_mb']:.0f} MB "
               f"over {len(runs)} rounds")
     return 0
 

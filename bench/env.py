@@ -188,6 +188,18 @@ class CpuMeter:
         return out
 
 
+def family_peak_rss_mb(pid: int) -> tuple[float, float | None]:
+    """Peak RSS (VmHWM, MiB) of ``pid`` and of its largest live descendant (the worker's Faust analytics child),
+    or None without one. A worker's memory is both: its analytics run in a process of their own."""
+    children = []
+    for child in _family(pid)[1:]:
+        try:
+            children.append(proc_peak_rss_mb(child))
+        except OSError:  # it ended since it was listed
+            continue
+    return proc_peak_rss_mb(pid), max(children, default=None)
+
+
 def _family(pid: int) -> list[int]:
     """``pid`` and its live descendants (a worker's supervised children, such as the Faust analytics)."""
     found, todo = [], [pid]

@@ -33,9 +33,9 @@ from .env import (
     CpuMeter,
     Subprocess,
     delete_run_topics,
+    family_peak_rss_mb,
     free_port,
     percentile,
-    proc_peak_rss_mb,
     python,
     read_json,
     wait_for,
@@ -147,7 +147,10 @@ def e2e_run(
         analytics_after_s = env.wait_analytics(campaign, timeout=120.0,
                                               alive=lambda: all(sub.alive() for sub, _ in subs))
         cpu = meter.stop()
-        peak_rss = max(proc_peak_rss_mb(sub.pid) for sub, _ in subs)
+        # Each worker's own peak and its Faust analytics child's (a process of its own, with its own memory).
+        rss = [family_peak_rss_mb(sub.pid) for sub, _ in subs]
+        peak_rss = max(own for own, _ in rss)
+        analytics_rss = max((child for _, child in rss if child is not None), default=None)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -177,6 +180,7 @@ def e2e_run(
         "first_send_after_activation_s": min(firsts) - row["activated_at"].timestamp() if firsts else None,
         "analytics_after_completion_s": analytics_after_s,
         "peak_rss_mb": peak_rss,
+        "analytics_peak_rss_mb": analytics_rss,
         **cpu,
         "worker_cpu_s_per_1k": cpu["worker_cpu_s"] / total * 1000 if total else None,
         "postgres_cpu_s_per_1k": cpu["postgres_cpu_s"] / total * 1000 if total else None,
@@ -435,7 +439,7 @@ def simulator_run(env: BenchEnv, n: int, channel: str = "sms", batch: int = 1000
             env.schedule(campaign)
             env.wait_finished([campaign], timeout=max(300.0, n / 100), alive=worker.alive)
             cpu, cpu_worker = meter.stop(), meter_worker.stop()
-            peak_rss = proc_peak_rss_mb(worker.pid)
+            peak_rss, analytics_rss = family_peak_rss_mb(worker.pid)
             sim_stats = stats()
         finally:
             worker.stop(timeout=60)
@@ -460,6 +464,7 @@ def simulator_run(env: BenchEnv, n: int, channel: str = "sms", batch: int = 1000
         "postgres_cpu_s": cpu["postgres_cpu_s"],
         "machine_util": cpu["machine_util"],
         "peak_rss_mb": peak_rss,
+        "analytics_peak_rss_mb": analytics_rss,
         "log_counts": counts,
         "simulator": sim_stats,
         "checks": {

@@ -79,6 +79,28 @@ def _row(target: str, measured: str | None, met: bool | None) -> dict[str, Any]:
     return {"target": target, "measured": measured or "not run", "met": met if measured else None}
 
 
+def _rss_row(e2e: dict[str, Any]) -> dict[str, Any]:
+    """The memory target, judged on both processes of a worker: its own and its Faust analytics child's."""
+    target = f"worker peak RSS < {TARGET_RSS_MB:.0f} MB and flat (1M within 1.2x of 100k), analytics process included"
+    peaks: dict[str, dict[int, float]] = {"worker": {}, "its analytics process": {}}
+    for v in e2e.values():
+        for name, key in (("worker", "peak_rss_mb"), ("its analytics process", "analytics_peak_rss_mb")):
+            if v.get(key):
+                peaks[name][v["n"]] = max(peaks[name].get(v["n"], 0.0), v[key])
+    shown, met = [], True
+    for name, by_n in peaks.items():
+        if 1_000_000 not in by_n or 100_000 not in by_n:
+            shown.append(f"{name}: not measured")
+            met = False
+            continue
+        growth = by_n[1_000_000] / by_n[100_000]
+        shown.append(f"{name} 100,000: {by_n[100_000]:.0f} MB, 1,000,000: {by_n[1_000_000]:.0f} MB (x{growth:.2f})")
+        met = met and by_n[1_000_000] < TARGET_RSS_MB and growth <= 1.2
+    if not peaks["worker"]:
+        return _row(target, None, None)
+    return _row(target, "; ".join(shown), met)
+
+
 def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 19's targets, each from this run's figures (or "not run")."""
     rows: list[dict[str, Any]] = []
@@ -102,17 +124,7 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row(target, shown, ratio >= floor))
         else:
             rows.append(_row(target, None, None))
-    by_n: dict[int, float] = {}
-    for v in e2e.values():
-        if v.get("peak_rss_mb"):
-            by_n[v["n"]] = max(by_n.get(v["n"], 0.0), v["peak_rss_mb"])
-    if 1_000_000 in by_n and 100_000 in by_n:
-        growth = by_n[1_000_000] / by_n[100_000]
-        rows.append(_row(f"worker peak RSS < {TARGET_RSS_MB:.0f} MB and flat (1M within 1.2x of 100k)",
-                         f"100,000: {by_n[100_000]:.0f} MB, 1,000,000: {by_n[1_000_000]:.0f} MB (x{growth:.2f})",
-                         by_n[1_000_000] < TARGET_RSS_MB and growth <= 1.2))
-    else:
-        rows.append(_row(f"worker peak RSS < {TARGET_RSS_MB:.0f} MB and flat (1M within 1.2x of 100k)", None, None))
+    rows.append(_rss_row(e2e))
     sim = [v for _, v in _get(summary, "simulator")]
     rows.append(_row(">= 5,000 messages/s per worker over real HTTP to the simulator",
                      sim and f"{sim[0]['messages_per_s']:,.0f}/s", bool(sim and sim[0]["messages_per_s"] >= 5000)))
@@ -243,6 +255,7 @@ def render_tables(doc: dict[str, Any]) -> str:
                     "first send after activation",
                     "analytics equal to the log after completion",
                     "worker peak RSS",
+                    "its analytics process's peak RSS",
                     "worker CPU s /1k",
                     "PostgreSQL CPU s /1k",
                     "broker CPU s /1k",
@@ -262,6 +275,7 @@ def render_tables(doc: dict[str, Any]) -> str:
                         _f(x.get("first_send_after_activation_s"), ".2f", " s"),
                         _f(x.get("analytics_after_completion_s"), ".1f", " s"),
                         _f(x.get("peak_rss_mb"), ".0f", " MB"),
+                        _f(x.get("analytics_peak_rss_mb"), ".0f", " MB"),
                         _f(x.get("worker_cpu_s_per_1k"), ".3f"),
                         _f(x.get("postgres_cpu_s_per_1k"), ".3f"),
                         _f(
@@ -332,6 +346,7 @@ def render_tables(doc: dict[str, Any]) -> str:
                     "worker CPU s /1k",
                     "simulator CPU s /1k",
                     "worker peak RSS",
+                    "its analytics process's peak RSS",
                     "checks",
                 ],
                 [
@@ -343,6 +358,7 @@ def render_tables(doc: dict[str, Any]) -> str:
                         _f(x["worker_cpu_s"] / x["n"] * 1000, ".3f"),
                         _f(x["simulator_cpu_s"] / x["n"] * 1000, ".3f"),
                         _f(x.get("peak_rss_mb"), ".0f", " MB"),
+                        _f(x.get("analytics_peak_rss_mb"), ".0f", " MB"),
                         _ok(x),
                     ]
                     for k, x in sim
@@ -496,6 +512,7 @@ def one_line(scenario: str, r: dict[str, Any]) -> str:
         ("p50_s", ".3f"),
         ("p99_s", ".3f"),
         ("peak_rss_mb", ".0f"),
+        ("analytics_peak_rss_mb", ".0f"),
         ("worker_cpu_s_per_1k", ".3f"),
         ("machine_util", ".2f"),
         ("producer_records_per_s", ",.0f"),

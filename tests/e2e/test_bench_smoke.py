@@ -28,6 +28,7 @@ def test_bench_quick_e2e_writes_results(settings, tmp_path):
     assert run["transport_duplicates"] == 0
     assert run["transport_calls"] == run["log_counts"]["sent"]
     assert run["recipients_per_s"] > 0 and run["peak_rss_mb"] > 0 and run["worker_cpu_s"] > 0
+    assert run["analytics_peak_rss_mb"] > 0  # the worker's Faust analytics child, measured on its own
     assert run["analytics_after_completion_s"] >= 0  # waited for, not read at completion (None: never caught up)
     assert result["meta"]["machine"]["cores"] >= 1
     text = doc.read_text()
