@@ -299,6 +299,11 @@ class AnalyticsSettings(BaseModel):
     # A source partition with records left to count that has not moved for this long is read again from its next
     # expected offset (InOrder.unstick: what Faust's read loop skipped after a seek is not lost).
     faust_stall_s: float = 10.0
+    # An outcome that reaches delivery.outcomes more than this after it occurred is not counted (logged, and
+    # counted as late); in exchange the dedup holds only this long of outcome ids (plus two minutes), not every
+    # id ever counted. Longer covers longer outages of Kafka between a send and its outcome, at the cost of memory:
+    # about 0.3 kB per outcome of that span in the analytics process.
+    allowed_lateness_s: float = Field(default=3600.0, gt=0)
 
 
 class LiveSettings(BaseModel):

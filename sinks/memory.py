@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from campaigns.core.vocabulary import TERMINAL_RECIPIENT_STATUSES
@@ -107,6 +107,7 @@ class MemoryLogRow:
     provider_id: str | None = None
     claimed_at: datetime | None = None
     lease_until: datetime | None = None
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass
@@ -147,41 +148,44 @@ class MemorySenderStore:
         active = {c for c, _ in keys if c in self.campaigns and self.campaigns[c].status == "active"}
         members = {k: self.audience[k] for k in keys if k[0] in active and k in self.audience}
         skipped, claims = prepare(active, members)
-        for c, r, message_id, _, _, reason, _, _ in skipped:
-            self.log.setdefault((c, r), MemoryLogRow(message_id, "skipped", reason=reason))
+        for c, r, message_id, _, _, reason, _, updated_at in skipped:
+            self.log.setdefault((c, r), MemoryLogRow(message_id, "skipped", reason=reason, updated_at=updated_at))
         claimed, taken, existing = [], [], []
         for c, r, message_id, _, claimed_at, lease_until in claims:
             row = self.log.get((c, r))
             if row is None:
-                self.log[(c, r)] = MemoryLogRow(message_id, "claimed", claimed_at=claimed_at, lease_until=lease_until)
+                self.log[(c, r)] = MemoryLogRow(message_id, "claimed", claimed_at=claimed_at, lease_until=lease_until,
+                                                updated_at=claimed_at)
                 claimed.append((c, r))
             elif row.status == "retrying" or (row.status == "claimed" and row.lease_until is not None
                                               and row.lease_until < now):
-                row.status, row.claimed_at, row.lease_until = "claimed", now, lease
+                row.status, row.claimed_at, row.lease_until, row.updated_at = "claimed", now, lease, now
                 taken.append((c, r, row.attempts))
             else:
-                existing.append((c, r, row.status, row.attempts, row.reason, row.provider_id, row.lease_until))
+                existing.append((c, r, row.status, row.attempts, row.reason, row.provider_id, row.lease_until,
+                                 row.updated_at))
         return Claimed(active, members, claimed, taken, existing)
 
-    def terminal_rows(self, campaign_id: str, recipients: Sequence[int], status: str) -> list[tuple[Any, Any, Any]]:
+    def terminal_rows(self, campaign_id: str, recipients: Sequence[int], status: str) -> list[tuple[Any, ...]]:
         self._call("terminal_rows")
-        return [(r, row.message_id, row.reason) for r in recipients
+        return [(r, row.message_id, row.reason, row.updated_at) for r in recipients
                 if (row := self.log.get((campaign_id, r))) is not None and row.status == status]
 
     def cancel(self, channel: str, messages: Sequence[tuple[str, int, str]], now: datetime,
-               ) -> tuple[int, list[tuple[str, int, str | None]]]:
+               ) -> tuple[int, list[tuple[str, int, str | None, datetime]]]:
         self._call("cancel")
         cancelled = 0
         for c, r, message_id in messages:
             reason = f"campaign_{self.campaigns[c].status}" if c in self.campaigns else None
             row = self.log.get((c, r))
             if row is None:
-                self.log[(c, r)] = MemoryLogRow(message_id, "cancelled", reason=reason)
+                self.log[(c, r)] = MemoryLogRow(message_id, "cancelled", reason=reason, updated_at=now)
                 cancelled += 1
             elif row.status == "retrying":
-                row.status, row.reason = "cancelled", reason
+                row.status, row.reason, row.updated_at = "cancelled", reason, now
                 cancelled += 1
-        rows = [(c, r, row.reason) for c, r, _ in messages if (row := self.log[(c, r)]).status == "cancelled"]
+        rows = [(c, r, row.reason, row.updated_at) for c, r, _ in messages
+                if (row := self.log[(c, r)]).status == "cancelled"]
         return cancelled, rows
 
     def record_results(self, results: Sequence[tuple[Any, ...]]) -> list[Key]:
@@ -191,7 +195,7 @@ class MemorySenderStore:
             row = self.log.get((c, r))
             if row is not None and row.status == "claimed" and row.claimed_at == claimed_at:
                 row.status, row.attempts, row.reason, row.provider_id = status, attempts, reason, provider_id
-                row.lease_until = None
+                row.lease_until, row.updated_at = None, datetime.now(UTC)  # PostgreSQL's now() at the commit
                 recorded.append((c, r))
         return recorded
 

@@ -17,7 +17,9 @@ workers, redeliveries and replays):
   claim taken over meanwhile keeps the other worker's result.
 * :func:`record_terminal` never overwrites a terminal row; a ``cancelled`` write also ends a ``retrying``
   row. :func:`terminal_rows` then lists the rows in that status, so their outcomes can be (re-)emitted with
-  the same ids whatever happened before.
+  the same ids whatever happened before. The reads that feed a re-emission give the row's ``updated_at``: a
+  re-emitted outcome occurred when its row took that status, not when it was emitted again (the analytics'
+  allowed lateness relies on it: ``campaigns.core.tally``).
 * :func:`settle_in_flight` ends the rows of a cancelled/failed campaign that no sender will end.
 """
 
@@ -49,7 +51,7 @@ TAKE_OVER_SQL = (
 )
 ROWS_SQL = (
     "SELECT l.campaign_id::text, l.recipient_id, l.status, l.attempts, l.failure_reason, "
-    "l.provider_message_id, l.lease_until FROM campaign_recipient_log AS l "
+    "l.provider_message_id, l.lease_until, l.updated_at FROM campaign_recipient_log AS l "
     "JOIN unnest(%s::uuid[], %s::bigint[]) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r"
 )
 RECORD_RESULTS_SQL = (
@@ -72,7 +74,7 @@ CANCEL_MESSAGES_SQL = (
     "RETURNING campaign_id::text"
 )
 CANCELLED_ROWS_SQL = (
-    "SELECT l.campaign_id::text, l.recipient_id, l.failure_reason FROM campaign_recipient_log AS l "
+    "SELECT l.campaign_id::text, l.recipient_id, l.failure_reason, l.updated_at FROM campaign_recipient_log AS l "
     "JOIN unnest(%s::uuid[], %s::bigint[]) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r "
     "WHERE l.status = 'cancelled'"
 )
@@ -88,14 +90,14 @@ RECORD_CANCELLED_SQL = _INSERT_TERMINAL + (
     "WHERE campaign_recipient_log.status = 'retrying'"
 )
 TERMINAL_ROWS_SQL = (
-    "SELECT recipient_id, message_id, failure_reason FROM campaign_recipient_log "
+    "SELECT recipient_id, message_id, failure_reason, updated_at FROM campaign_recipient_log "
     "WHERE campaign_id = %s AND recipient_id = ANY(%s) AND status = %s"
 )
 SETTLE_IN_FLIGHT_SQL = (
     "UPDATE campaign_recipient_log SET status = 'cancelled', failure_reason = %s, updated_at = %s, "
     "lease_until = NULL WHERE campaign_id = %s "
     "AND (status = 'retrying' OR (status = 'claimed' AND lease_until < %s)) "
-    "RETURNING recipient_id, message_id, failure_reason"
+    "RETURNING recipient_id, message_id, failure_reason, updated_at"
 )
 LIVE_CLAIMS_SQL = "SELECT count(*) FROM campaign_recipient_log WHERE campaign_id = %s AND status = 'claimed'"
 
@@ -135,9 +137,9 @@ def take_over(cur: Any, keys: Sequence[Key], now: datetime, lease: datetime) -> 
     return cur.fetchall()
 
 
-def rows(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str, int, str | None, str | None, datetime]]:
-    """``(campaign, recipient, status, attempts, failure reason, provider message id, lease until)`` of the
-    pairs that have a row."""
+def rows(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str, int, str | None, str | None, datetime, datetime]]:
+    """``(campaign, recipient, status, attempts, failure reason, provider message id, lease until, updated at)``
+    of the pairs that have a row."""
     if not keys:
         return []
     cur.execute(ROWS_SQL, _columns(keys, *_KEYS))
@@ -162,8 +164,8 @@ def cancel_messages(cur: Any, messages: Sequence[tuple[str, int, str]], channel:
     return len(cur.fetchall())
 
 
-def cancelled_rows(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str | None]]:
-    """``(campaign, recipient, failure reason)`` of the pairs whose row is ``cancelled``."""
+def cancelled_rows(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str | None, datetime]]:
+    """``(campaign, recipient, failure reason, updated at)`` of the pairs whose row is ``cancelled``."""
     if not keys:
         return []
     cur.execute(CANCELLED_ROWS_SQL, _columns(keys, *_KEYS))
@@ -178,15 +180,17 @@ def record_terminal(cur: Any, status: str, rows_: Sequence[tuple[Any, ...]]) -> 
         cur.execute(sql, _columns(rows_, KEY, KEY, KEY, *[VALUE] * 5))
 
 
-def terminal_rows(cur: Any, campaign: str, recipients: Sequence[int], status: str) -> list[tuple[Any, Any, Any]]:
-    """``(recipient, message id, failure reason)`` of the campaign's recipients whose row is in ``status``."""
+def terminal_rows(cur: Any, campaign: str, recipients: Sequence[int], status: str) -> list[tuple[Any, ...]]:
+    """``(recipient, message id, failure reason, updated at)`` of the campaign's recipients whose row is in
+    ``status``."""
     cur.execute(TERMINAL_ROWS_SQL, (campaign, list(recipients), status))
     return cur.fetchall()
 
 
-def settle_in_flight(cur: Any, campaign: str, reason: str, now: datetime) -> tuple[list[tuple[Any, Any, Any]], int]:
+def settle_in_flight(cur: Any, campaign: str, reason: str, now: datetime) -> tuple[list[tuple[Any, ...]], int]:
     """End the ``retrying`` rows and expired claims of a finished campaign as ``cancelled``; returns those rows
-    ``(recipient, message id, reason)`` and how many live claims remain (their senders record them)."""
+    ``(recipient, message id, reason, updated at)`` and how many live claims remain (their senders record
+    them)."""
     cur.execute(SETTLE_IN_FLIGHT_SQL, (reason, now, campaign, now))
     settled = cur.fetchall()
     cur.execute(LIVE_CLAIMS_SQL, (campaign,))

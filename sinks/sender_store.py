@@ -31,8 +31,8 @@ Key = tuple[str, int]  # (campaign, recipient)
 TerminalRow = tuple[str, int, str, str, str, str | None, datetime, datetime]
 # (campaign, recipient, message id, channel, claimed at, lease until): a claim to make
 ClaimRow = tuple[str, int, str, str, datetime, datetime]
-# (campaign, recipient, status, attempts, failure reason, provider message id, lease until)
-LogRow = tuple[str, int, str, int, str | None, str | None, datetime | None]
+# (campaign, recipient, status, attempts, failure reason, provider message id, lease until, updated at)
+LogRow = tuple[str, int, str, int, str | None, str | None, datetime | None, datetime]
 Prepare = Callable[[set[str], dict[Key, Recipient]], tuple[list[TerminalRow], list[ClaimRow]]]
 
 
@@ -60,14 +60,15 @@ class SenderStore(Protocol):
         """See the module docstring. ``keys`` are canonical (campaign, recipient) pairs, each once."""
         ...
 
-    def terminal_rows(self, campaign_id: str, recipients: Sequence[int], status: str) -> list[tuple[Any, Any, Any]]:
-        """``(recipient, message id, reason)`` of the campaign's rows among ``recipients`` in ``status``."""
+    def terminal_rows(self, campaign_id: str, recipients: Sequence[int], status: str) -> list[tuple[Any, ...]]:
+        """``(recipient, message id, reason, updated at)`` of the campaign's rows among ``recipients`` in
+        ``status``."""
         ...
 
     def cancel(self, channel: str, messages: Sequence[tuple[str, int, str]], now: datetime,
-               ) -> tuple[int, list[tuple[str, int, str | None]]]:
+               ) -> tuple[int, list[tuple[str, int, str | None, datetime]]]:
         """Cancel (campaign, recipient, message id) unless terminal; (rows it cancelled now, every ``cancelled`` row
-        of those pairs as (campaign, recipient, reason))."""
+        of those pairs as (campaign, recipient, reason, updated at))."""
         ...
 
     def record_results(self, results: Sequence[tuple[Any, ...]]) -> list[Key]:
@@ -123,12 +124,12 @@ class PostgresSenderStore:
             existing = recipient_log.rows(cur, rest) if rest else []
         return Claimed(active, members, claimed, taken, existing)
 
-    def terminal_rows(self, campaign_id: str, recipients: Sequence[int], status: str) -> list[tuple[Any, Any, Any]]:
+    def terminal_rows(self, campaign_id: str, recipients: Sequence[int], status: str) -> list[tuple[Any, ...]]:
         with self._conn.transaction() as cur:
             return recipient_log.terminal_rows(cur, campaign_id, recipients, status)
 
     def cancel(self, channel: str, messages: Sequence[tuple[str, int, str]], now: datetime,
-               ) -> tuple[int, list[tuple[str, int, str | None]]]:
+               ) -> tuple[int, list[tuple[str, int, str | None, datetime]]]:
         with self._conn.transaction() as cur:
             cancelled = recipient_log.cancel_messages(cur, messages, channel, now)
         with self._conn.transaction() as cur:  # read after the commit: the rows other writers cancelled count too

@@ -286,11 +286,13 @@ class Expander:
             self._producer.flush()
         return not live
 
-    def _emit(self, plan: CampaignPlan, status: str, rows: list[tuple[Any, Any, Any]]) -> None:
+    def _emit(self, plan: CampaignPlan, status: str, rows: list[tuple[Any, ...]]) -> None:
+        """The outcomes of ``(recipient, message id, reason, updated at)`` rows, each occurring when its row took
+        the status (a page done again emits its rows' outcomes again: the same ids and times)."""
         campaign = str(plan.id)
         outcome_status = status.upper()
-        occurred = _millis(self._clock())
-        for recipient_id, msg_id, failure_reason in rows:
+        for recipient_id, msg_id, failure_reason, updated_at in rows:
+            occurred = _millis(updated_at)
             self._producer.produce(
                 self._outcomes_topic,
                 str(recipient_id),

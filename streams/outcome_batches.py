@@ -20,6 +20,8 @@ Guarantees (what the analytics rely on):
   analytics' to skip and count, as before; it never stops a partition. A value too large to forward
   (:data:`MAX_VALUE_BYTES`; no real outcome comes near it) is forwarded empty, which the analytics skip as
   undecodable.
+* **With their timestamps.** Each record's timestamp travels with it (``timestamps``): the analytics judge an
+  outcome late by it, the same way on every read (``campaigns.core.tally.late``).
 * Records of source partition P go to partition P: the batched topic has the same partition count
   (``kafka.partitions``, created with the analytics' topics).
 """
@@ -32,7 +34,7 @@ import signal
 import threading
 from collections.abc import Callable
 
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from confluent_kafka.admin import AdminClient
 
 from campaigns.codec import Codec, get_codec
@@ -52,19 +54,21 @@ FORWARD_BATCH = 5000  # records taken per batch: the more, the fewer OutcomeBatc
 STOP_TIMEOUT_S = 15.0
 
 
-def chunks(offsets: list[int], values: list[bytes],
-           max_bytes: int = MAX_BATCH_BYTES) -> list[tuple[list[int], list[bytes]]]:
-    """``offsets``/``values`` cut into consecutive runs of at most ``max_bytes`` of values (at least one record
-    each)."""
-    out: list[tuple[list[int], list[bytes]]] = []
+Run = tuple[list[int], list[bytes], list[int]]  # consecutive records of one partition: offsets, values, timestamps
+
+
+def chunks(offsets: list[int], values: list[bytes], timestamps: list[int],
+           max_bytes: int = MAX_BATCH_BYTES) -> list[Run]:
+    """The records cut into consecutive runs of at most ``max_bytes`` of values (at least one record each)."""
+    out: list[Run] = []
     start, size = 0, 0
     for i, value in enumerate(values):
         if i > start and size + len(value) > max_bytes:
-            out.append((offsets[start:i], values[start:i]))
+            out.append((offsets[start:i], values[start:i], timestamps[start:i]))
             start, size = i, 0
         size += len(value)
     if values:
-        out.append((offsets[start:], values[start:]))
+        out.append((offsets[start:], values[start:], timestamps[start:]))
     return out
 
 
@@ -79,7 +83,7 @@ class OutcomeForwarder:
         self.emptied = 0  # values forwarded empty (none, or too large)
 
     def handle(self, messages: list[Message]) -> None:
-        by_partition: dict[int, tuple[list[int], list[bytes]]] = {}
+        by_partition: dict[int, Run] = {}
         for msg in records(messages, STAGE):
             value = msg.value()
             if value is None or len(value) > MAX_VALUE_BYTES:
@@ -87,17 +91,20 @@ class OutcomeForwarder:
                 log.warning("%s: forwarding %s[%d]@%d empty (%s)", STAGE, msg.topic(), msg.partition(), msg.offset(),
                             "no value" if value is None else f"{len(value)} bytes")
                 value = b""
-            offsets, values = by_partition.setdefault(msg.partition(), ([], []))
+            offsets, values, timestamps = by_partition.setdefault(msg.partition(), ([], [], []))
             offsets.append(msg.offset())
             values.append(value)
-        runs = {partition: chunks(offsets, values) for partition, (offsets, values) in by_partition.items()}
+            kind, timestamp = msg.timestamp()
+            timestamps.append(timestamp if kind != TIMESTAMP_NOT_AVAILABLE else -1)
+        runs = {partition: chunks(*run) for partition, run in by_partition.items()}
         for i in range(max((len(r) for r in runs.values()), default=0)):
             if i:
                 self._producer.flush()  # one OutcomeBatch per partition in flight (module docstring)
             for partition, partition_runs in runs.items():
                 if i < len(partition_runs):
-                    offsets, values = partition_runs[i]
-                    batch = {"source_partition": partition, "offsets": offsets, "values": values}
+                    offsets, values, timestamps = partition_runs[i]
+                    batch = {"source_partition": partition, "offsets": offsets, "values": values,
+                             "timestamps": timestamps}
                     self._producer.produce(self._topic, None, self._codec.encode(BATCH_RECORD, batch),
                                            partition=partition)
         return None  # every record given: the runtime flushes, then commits

@@ -636,23 +636,24 @@ class ChannelSender:
         for p in skipped:
             by_campaign.setdefault(p.record["campaign_id"], {})[int(p.record["recipient_id"])] = p
         for cid, ps in by_campaign.items():
-            for recipient, _message_id, reason in self._store.terminal_rows(cid, list(ps), "skipped"):
-                self._outcome(ps[recipient].record, "SKIPPED", 0, reason, None, None)
+            for recipient, _message_id, reason, updated_at in self._store.terminal_rows(cid, list(ps), "skipped"):
+                self._outcome(ps[recipient].record, "SKIPPED", 0, reason, None, None, occurred=updated_at)
 
     def _settle_unclaimed(self, rows: list[Any], unclaimed: dict[tuple[str, int], Pending]) -> None:
         """Messages whose recipient already has a row this worker cannot take.
 
-        Terminal row: a duplicate; its outcome is produced again (same outcome id, so analytics count it
-        once) in case the crash that caused the redelivery lost it. Live claim of another worker: held in
-        retry tier 1 until the lease ends, so a claim left by a dead worker is never stuck.
+        Terminal row: a duplicate; its outcome is produced again (same outcome id, so analytics count it once;
+        occurred when the row took its status) in case the crash that caused the redelivery lost it. Live claim of
+        another worker: held in retry tier 1 until the lease ends, so a claim left by a dead worker is never
+        stuck.
         """
-        for c, r, status, attempts, reason, provider_id, lease_until in rows:
+        for c, r, status, attempts, reason, provider_id, lease_until, updated_at in rows:
             p = unclaimed[(c, r)]
             if status in ("sent", "failed", "skipped", "cancelled"):
                 self.stats.duplicates_dropped += 1
                 # Same outcome id as the first time: skipped/cancelled carry attempt 0, sent/failed their count.
                 attempt = 0 if status in ("skipped", "cancelled") else attempts
-                self._outcome(p.record, status.upper(), attempt, reason, provider_id, None)
+                self._outcome(p.record, status.upper(), attempt, reason, provider_id, None, occurred=updated_at)
             elif status == "claimed":
                 not_before = int(lease_until.timestamp() * 1000) + 100
                 self._produce_retry(dict(p.record, not_before=not_before), not_before - self._clock() * 1000)
@@ -669,8 +670,8 @@ class ChannelSender:
         messages = [(c, r, p.record["message_id"]) for (c, r), p in by_key.items()]
         cancelled, rows = self._store.cancel(self._channel, messages, now)
         self.stats.cancelled += cancelled
-        for c, r, reason in rows:
-            self._outcome(by_key[(c, r)].record, "CANCELLED", 0, reason, None, None)
+        for c, r, reason, updated_at in rows:
+            self._outcome(by_key[(c, r)].record, "CANCELLED", 0, reason, None, None, occurred=updated_at)
 
     # --- sending -----------------------------------------------------------------------------------
 
@@ -914,8 +915,11 @@ class ChannelSender:
 
     def _outcome(
         self, r: dict[str, Any], status: str, attempt: int, reason: str | None, provider_id: str | None,
-        latency_ms: float | None,
+        latency_ms: float | None, occurred: datetime | None = None,
     ) -> None:
+        """Produce the outcome; it occurred now, or at ``occurred`` (a row's ``updated_at``: an outcome produced
+        again for a row that took its status earlier)."""
+        occurred_ms = int(self._clock() * 1000) if occurred is None else int(occurred.timestamp() * 1000)
         self._producer.produce(
             self._outcomes_topic,
             r["recipient_id"],
@@ -925,7 +929,7 @@ class ChannelSender:
                     "outcome_id": f"{r['message_id']}:{attempt}:{status}", "message_id": r["message_id"],
                     "campaign_id": r["campaign_id"], "recipient_id": r["recipient_id"], "channel": self._channel,
                     "status": status, "attempt": attempt, "latency_ms": latency_ms, "failure_reason": reason,
-                    "provider_message_id": provider_id, "occurred_at": int(self._clock() * 1000),
+                    "provider_message_id": provider_id, "occurred_at": occurred_ms,
                 },
             ),
         )

@@ -7,9 +7,9 @@ not one per outcome. Every outcome keeps its source position (partition, offset 
 everything below is said of those positions, as when this app read ``delivery.outcomes`` itself.
 
 1. ``count_outcomes`` reads ``delivery.outcomes`` (keyed by recipient), forwarded, in micro-batches. On the worker
-   that owns source partition P, ``batch_to_counted`` (per batch: the outcome ids it counted, each with its
-   offset; indexed in memory by outcome id, the index rebuilt after every assignment) drops duplicates (re-emitted
-   outcomes, replays), and ``part_to_counts`` keeps the absolute counts of P's share of each (campaign, window) and of
+   that owns source partition P, ``batch_to_counted`` (per batch: the outcome ids it counted, their offsets and
+   when the latest occurred; indexed in memory by outcome id, the index rebuilt after every assignment) drops
+   duplicates (re-emitted outcomes, replays), and ``part_to_counts`` keeps the absolute counts of P's share of each (campaign, window) and of
    each campaign's totals: a *part* (``campaigns.core.tally``). Both tables write to changelog partition P, so
    recovery rebuilds exactly P's state on P's new owner. One table write per touched part per batch, plus one
    per source partition for the ids it counted. After each batch every part the batch touched - changed or
@@ -34,9 +34,13 @@ Exactly-once, step by step (what each relies on):
 * The database keeps a part only if its ``src_offset`` is higher, and the row is the sum of its parts: a crash
   between the database write and the changelog, a rebalance (two owners writing), a replay or a full flush
   writes the same values. Recovered state that never reached the database is written by the next full flush.
-* A late outcome (any age) changes its partition's part; its window reopens in the windowed table if it had
-  expired there (holding only the parts that changed since), which is harmless: the database re-sums from all
-  stored parts. Nothing is dropped from the totals or the windows.
+* An old outcome changes its partition's part; its window reopens in the windowed table if it had expired there
+  (holding only the parts that changed since), which is harmless: the database re-sums from all stored parts.
+* **Allowed lateness** (``analytics.allowed_lateness_s``): an outcome whose record was stamped more than that
+  after it occurred is not counted (``campaigns.core.tally.late``), and in exchange ``batch_to_counted`` forgets
+  a batch once the records of its partition that the app *committed* are stamped past its outcomes' lateness
+  plus two slacks (``Counter._forget``): every copy still to come is then late, or is a record of those
+  committed batches read again, whose effects are stored (a duplicate moves its parts' ``src`` for this).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import ctypes
+import heapq
 import itertools
 import json
 import logging
@@ -67,7 +72,7 @@ from aiokafka.errors import KafkaError
 from faust.tables.wrappers import WindowWrapper
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
-from faust.types import EventT
+from faust.types import TP, EventT
 from mode import want_seconds
 from pydantic import BaseModel, SecretStr
 
@@ -78,7 +83,9 @@ from campaigns.core.tally import (
     Outcome,
     backed,
     classify,
+    dedup_expired,
     fold,
+    late,
     newer,
     part_key,
     sum_parts,
@@ -115,6 +122,8 @@ class TallyStats:
     duplicates: int = 0  # outcome ids counted before (re-emitted, replayed)
     skipped: int = 0  # undecodable or invalid
     unbacked: int = 0  # no recipient-log row vouches for them (forged, or of another cluster)
+    late: int = 0  # reached delivery.outcomes more than analytics.allowed_lateness_s after they occurred
+    forgotten: int = 0  # outcome ids dropped from the dedup (their partition's records are past the lateness)
     revoked: int = 0  # left to the new owner of their partition
     jumps: int = 0  # records Faust delivered beyond the next offset of their partition (held back, re-read)
     unstuck: int = 0  # partitions sought back because they stalled with records left to count (InOrder.unstick)
@@ -466,11 +475,21 @@ class Counter:
 
     def __init__(self, counted: faust.Table[str, Any], parts: faust.Table[str, Any], window_s: int,
                  codec: Codec, stats: TallyStats, assigned: Callable[[], Set[Any]] | None = None,
-                 source_topic: str = OUTCOMES) -> None:
+                 source_topic: str = OUTCOMES, allowed_lateness_s: float = 3600.0,
+                 committed: Callable[[int], int | None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.assigned = assigned  # the consumer's current assignment (None: everything, for tests)
         self.source_topic = source_topic  # where the outcomes were read from, for logs (physical name)
-        self.counted = counted  # "partition|first offset" -> [[outcome id, offset], ...] counted in that batch
+        # "partition|first offset" -> the outcome ids that batch counted: {"occurred_ms": the latest occurred_at
+        # among them, "ids": [...], "offsets": [...]} (before allowed lateness: [[outcome id, offset], ...]).
+        self.counted = counted
         self.index: dict[str, tuple[int, int]] = {}  # outcome id -> (partition, offset) that counted it
+        self.allowed_lateness_ms = round(allowed_lateness_s * 1000)
+        self.committed = committed  # partition -> the app's committed offset there (None: unknown; or no callback)
+        self.clock = clock  # for dedup values without a time (written before allowed lateness)
+        self.expiring: dict[int, list[tuple[int, str]]] = {}  # partition -> heap of (latest occurred_ms, dedup key)
+        self.unsettled: dict[int, list[tuple[int, int]]] = {}  # partition -> (offset, latest record ts) not committed
+        self.safe_ms: dict[int, int] = {}  # partition -> the latest record timestamp of its committed events
         self.generation = 0  # bumped on every partition assignment: the index is rebuilt before the next batch
         self.indexed = -1
         self.parts = parts
@@ -480,9 +499,9 @@ class Counter:
         self._campaign_ids: dict[str, str] = {}  # as written -> canonical
         self._last_window: int | None = None  # the last window start checked to be representable
 
-    def decode(self, value: bytes, topic: str, partition: int, offset: int) -> Outcome | None:
-        """One outcome, read at ``offset`` of ``topic[partition]`` (its source position); None if undecodable or
-        invalid (counted as skipped, with a warning)."""
+    def decode(self, value: bytes, topic: str, partition: int, offset: int, timestamp_ms: int = -1) -> Outcome | None:
+        """One outcome, read at ``offset`` of ``topic[partition]`` (its source position) with its record's
+        timestamp; None if undecodable or invalid (counted as skipped, with a warning)."""
         try:
             o = self.codec.decode(value, "DeliveryOutcome")
             campaign_id = self._campaign_ids.get(o["campaign_id"])
@@ -505,7 +524,7 @@ class Counter:
             log.warning("analytics: skipping outcome at %s[%d]@%d: %s", topic, partition, offset, exc)
             return None
         return Outcome(o["outcome_id"], campaign_id, o["status"], o["attempt"], o["latency_ms"], start_ms,
-                       partition, offset, o["recipient_id"])
+                       partition, offset, o["recipient_id"], occurred_ms, timestamp_ms)
 
     def decode_event(self, event: EventT[Any]) -> list[Outcome | None]:
         """The outcomes an OutcomeBatch event forwards, in source-offset order (None: skipped). Positions are the
@@ -514,10 +533,12 @@ class Counter:
         message = event.message
         try:
             batch = self.codec.decode(event.value, "OutcomeBatch")
-            offsets, values = batch["offsets"], batch["values"]
-            if batch["source_partition"] != message.partition or len(offsets) != len(values):
-                raise ValueError(f"a batch of partition {batch['source_partition']} with {len(offsets)} offsets and "
-                                 f"{len(values)} values")
+            offsets, values, timestamps = batch["offsets"], batch["values"], batch["timestamps"]
+            if not timestamps:  # a forwarder older than the field: nothing is judged late
+                timestamps = [-1] * len(offsets)
+            if batch["source_partition"] != message.partition or not len(offsets) == len(values) == len(timestamps):
+                raise ValueError(f"a batch of partition {batch['source_partition']} with {len(offsets)} offsets, "
+                                 f"{len(values)} values and {len(timestamps)} timestamps")
             if any(b <= a for a, b in itertools.pairwise(offsets)):
                 raise ValueError("offsets not ascending")
         except (SchemaError, ValueError, OverflowError, TypeError, KeyError) as exc:
@@ -526,7 +547,8 @@ class Counter:
                         message.offset, exc)
             return []
         source, partition = self.source_topic, message.partition
-        return [self.decode(value, source, partition, offset) for offset, value in zip(offsets, values, strict=True)]
+        return [self.decode(value, source, partition, offset, timestamp)
+                for offset, value, timestamp in zip(offsets, values, timestamps, strict=True)]
 
     def decode_batch(self, events: Sequence[EventT[Any]]) -> dict[tuple[int, int], list[Outcome | None]]:
         """Each event's outcomes (:meth:`decode_event`), by the event's (partition, offset)."""
@@ -538,15 +560,21 @@ class Counter:
         return {key for outcomes in batches for o in outcomes if o is not None and (key := o.log_key()) is not None}
 
     def _reindex(self, owned: Set[Any] | None, topic: str) -> None:
-        """The outcome-id index of the partitions this worker owns, from the dedup table (recovered from its
-        changelog by now: Faust resumes the streams only after recovery)."""
+        """The outcome-id index of the partitions this worker owns and their dedup keys in expiry order, from the
+        dedup table (recovered from its changelog by now: Faust resumes the streams only after recovery). What
+        it knew of the partitions' committed timestamps starts over (it only delays forgetting)."""
         partitions = None if owned is None else {tp.partition for tp in owned if tp.topic == topic}
-        self.index = {}
-        for key, entries in list(self.counted.data.items()):
+        self.index, self.expiring, self.safe_ms, self.unsettled = {}, {}, {}, {}
+        now_ms = round(self.clock() * 1000)
+        for key, value in list(self.counted.data.items()):
             partition = int(str(key).split("|", 1)[0])
             if partitions is None or partition in partitions:
-                for outcome_id, offset in entries:
+                occurred_ms, ids, offsets = dedup_entry(value, now_ms)
+                for outcome_id, offset in zip(ids, offsets, strict=True):
                     self.index.setdefault(outcome_id, (partition, int(offset)))
+                self.expiring.setdefault(partition, []).append((occurred_ms, str(key)))
+        for heap in self.expiring.values():
+            heapq.heapify(heap)
         self.indexed = self.generation
 
     def apply(self, events: Sequence[EventT[Any]], outcomes: Mapping[tuple[int, int], list[Outcome | None]],
@@ -555,12 +583,16 @@ class Counter:
 
         ``outcomes`` is :meth:`decode_batch` of (at least) ``events``; ``log_rows`` the recipient-log rows
         ``(status, attempts)`` of their :meth:`log_keys` that exist: an outcome no row backs is skipped (forged,
-        or of another cluster), before the dedup, so it cannot take the id of a real one.
+        or of another cluster), before the dedup, so it cannot take the id of a real one. A late outcome
+        (``campaigns.core.tally.late``) is skipped too. A duplicate counts nothing but moves its parts' ``src``.
+        Then the dedup forgets the batches whose outcomes no copy still to come can count (:meth:`_forget`).
 
         Table writes: one per source partition for the outcome ids counted (``batch_to_counted``), one per
-        touched part; never one per outcome."""
+        touched part, one deletion per batch forgotten; never one per outcome."""
         by_key: dict[tuple[str, int, int], list[Outcome]] = {}
-        new_ids: dict[int, list[list[Any]]] = {}
+        new_ids: dict[int, tuple[list[str], list[int]]] = {}
+        latest: dict[int, int] = {}  # partition -> the latest occurred_at among the ids counted now
+        duplicates: dict[int, set[int]] = {}  # partition -> offsets of this batch's duplicates
         # Only events of owned partitions come here (InOrder.admit, in the same step: no await in between).
         if events and self.indexed != self.generation:
             self._reindex(self.assigned() if self.assigned is not None else None, events[0].message.topic)
@@ -573,44 +605,110 @@ class Counter:
                 srcs[partition] = max(srcs.get(partition, -1), int(part["src"]))
             log.info("analytics: first batch after an assignment starts at %s; parts folded up to %s",
                      sorted(firsts.items()), sorted(srcs.items()))
-        for o in (o for event in events for o in outcomes[(event.message.partition, event.message.offset)]):
-            self.stats.records += 1
-            if o is None:
-                continue
-            key = o.log_key()
-            if not backed(o.status, o.attempt, log_rows.get(key) if key is not None else None):
-                self.stats.unbacked += 1
-                if self.stats.unbacked % 1000 == 1:  # a forger may send many: warn now and then, count all
-                    log.warning("analytics: skipping outcomes no recipient-log row backs (%d so far; this one "
-                                "at %s[%d]@%d)", self.stats.unbacked, self.source_topic, o.partition, o.offset)
-                continue
-            counted_at = self.index.get(o.outcome_id)
-            if not classify(counted_at, o):
-                self.stats.duplicates += 1
-                continue
-            if counted_at is None:
-                self.index[o.outcome_id] = (o.partition, o.offset)
-                new_ids.setdefault(o.partition, []).append([o.outcome_id, o.offset])
-                self.stats.counted += 1
-            for window in (o.window_start_ms, TOTALS):
-                by_key.setdefault((o.campaign_id, window, o.partition), []).append(o)
-        for partition, entries in new_ids.items():
+        for event in events:
+            stamped = -1  # the latest record timestamp of the event
+            for o in outcomes[(event.message.partition, event.message.offset)]:
+                self.stats.records += 1
+                if o is None:
+                    continue
+                stamped = max(stamped, o.timestamp_ms)
+                key = o.log_key()
+                if not backed(o.status, o.attempt, log_rows.get(key) if key is not None else None):
+                    self.stats.unbacked += 1
+                    if self.stats.unbacked % 1000 == 1:  # a forger may send many: warn now and then, count all
+                        log.warning("analytics: skipping outcomes no recipient-log row backs (%d so far; this one "
+                                    "at %s[%d]@%d)", self.stats.unbacked, self.source_topic, o.partition, o.offset)
+                    continue
+                if late(o, self.allowed_lateness_ms):
+                    self.stats.late += 1
+                    if self.stats.late % 1000 == 1:
+                        log.warning("analytics: skipping outcomes that reached %s more than the allowed lateness "
+                                    "(%d s) after they occurred (%d so far; this one at [%d]@%d, %d s late)",
+                                    self.source_topic, self.allowed_lateness_ms // 1000, self.stats.late,
+                                    o.partition, o.offset, (o.timestamp_ms - o.occurred_ms) // 1000)
+                    continue
+                counted_at = self.index.get(o.outcome_id)
+                if not classify(counted_at, o):
+                    self.stats.duplicates += 1
+                    duplicates.setdefault(o.partition, set()).add(o.offset)
+                elif counted_at is None:
+                    self.index[o.outcome_id] = (o.partition, o.offset)
+                    ids, offsets = new_ids.setdefault(o.partition, ([], []))
+                    ids.append(o.outcome_id)
+                    offsets.append(o.offset)
+                    latest[o.partition] = max(latest.get(o.partition, o.occurred_ms), o.occurred_ms)
+                    self.stats.counted += 1
+                for window in (o.window_start_ms, TOTALS):
+                    by_key.setdefault((o.campaign_id, window, o.partition), []).append(o)
+            if self.committed is not None:
+                self.unsettled.setdefault(event.message.partition, []).append((event.message.offset, stamped))
+        for partition, (ids, offsets) in new_ids.items():
+            key = f"{partition}|{offsets[0]}"
             with _writing_to(partition):
-                self.counted[f"{partition}|{entries[0][1]}"] = entries
+                self.counted[key] = {"occurred_ms": latest[partition], "ids": ids, "offsets": offsets}
+            heapq.heappush(self.expiring.setdefault(partition, []), (latest[partition], key))
         out = []
-        for (campaign_id, window, partition), outcomes in by_key.items():
+        for (campaign_id, window, partition), outcomes_ in by_key.items():
             key = part_key(campaign_id, window, partition)
+            dups = duplicates.get(partition, ())
             with _writing_to(partition):
                 stored = self.parts.get(key)
-                state = fold(stored, outcomes)
+                state = fold(stored, outcomes_, dups)
                 if state is not None:
                     self.parts[key] = state
                 else:
                     state = stored  # already counted: send it again (a crash may have lost the last send)
-            if state is not None:
+            # A part only duplicates touched counts what it counted: its new src stays in the table (all it is
+            # for), and nothing goes downstream, as before duplicates moved it.
+            if state is not None and not all(o.offset in dups for o in outcomes_):
                 out.append({"campaign_id": campaign_id, "window_start_ms": window, "partition": partition, **state})
+        for partition in {event.message.partition for event in events}:
+            self._forget(partition)
         self.stats.batches += 1
         return out
+
+    def _forget(self, partition: int) -> None:
+        """Drop from the dedup the batches of ``partition`` whose outcome ids no copy still to come can count.
+
+        "Still to come" is judged from the batches the app has *committed* (``committed``: the next offset to read,
+        as Faust last committed it after flushing their table writes): every record read from now on, or read
+        again after a crash, is one of theirs - whose effects are stored, a duplicate's included, so it changes
+        nothing (``fold``) - or comes after them on the partition. So the latest timestamp among the committed
+        batches' records bounds what can still be counted (``campaigns.core.tally.dedup_expired``)."""
+        committed = self.committed(partition) if self.committed is not None else None
+        unsettled = self.unsettled.get(partition)
+        if committed is not None and unsettled:
+            settled = 0
+            for offset, stamped in unsettled:
+                if offset >= committed:
+                    break
+                self.safe_ms[partition] = max(self.safe_ms.get(partition, -1), stamped)
+                settled += 1
+            del unsettled[:settled]
+        safe_ms, heap = self.safe_ms.get(partition), self.expiring.get(partition)
+        while heap and safe_ms is not None and dedup_expired(heap[0][0], safe_ms, self.allowed_lateness_ms):
+            occurred_ms, key = heapq.heappop(heap)
+            value = self.counted.get(key)
+            if value is None:
+                continue
+            stored_ms, ids, offsets = dedup_entry(value, occurred_ms)
+            if stored_ms > occurred_ms:  # written again since with later outcomes: not yet
+                heapq.heappush(heap, (stored_ms, key))
+                continue
+            for outcome_id, offset in zip(ids, offsets, strict=True):
+                if self.index.get(outcome_id) == (partition, int(offset)):
+                    del self.index[outcome_id]
+            with _writing_to(partition):
+                del self.counted[key]
+            self.stats.forgotten += len(ids)
+
+
+def dedup_entry(value: Any, unknown_ms: int) -> tuple[int, list[str], list[int]]:
+    """(latest occurred_at, outcome ids, offsets) of a ``batch_to_counted`` value; a value written before
+    allowed lateness (``[[outcome id, offset], ...]``, no time) is taken as occurring at ``unknown_ms``."""
+    if isinstance(value, dict):
+        return int(value["occurred_ms"]), value["ids"], value["offsets"]
+    return unknown_ms, [outcome_id for outcome_id, _ in value], [int(offset) for _, offset in value]
 
 
 class Merger:
@@ -761,7 +859,8 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
                             partitions=kafka.partitions)
     results = app.topic(kafka.topic(ANALYTICS), key_serializer="raw", value_serializer="raw")
     counted = app.Table(DEDUP_TABLE, default=None, partitions=kafka.partitions,
-                        help="partition|first offset -> [[outcome id, offset], ...] first counted in that batch")
+                        help="partition|first offset -> the outcome ids first counted in that batch, their offsets "
+                             "and when the latest occurred (deleted once no copy of them can count)")
     parts = app.Table(PARTS_TABLE, default=None, partitions=kafka.partitions,
                       help="campaign|window|partition -> that source partition's absolute counts")
     windows = app.Table(WINDOWS_TABLE, default=dict, partitions=kafka.partitions,
@@ -771,8 +870,12 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
                        help="campaign -> {source partition: totals part}")
     assert isinstance(windows, WindowWrapper)
     stats = TallyStats()
+    batched = kafka.topic(OUTCOME_BATCHES)
     counter = Counter(cast(Any, counted), cast(Any, parts), window_s, get_codec(), stats,
-                      assigned=lambda: app.consumer.assignment(), source_topic=kafka.topic(OUTCOMES))
+                      assigned=lambda: app.consumer.assignment(), source_topic=kafka.topic(OUTCOMES),
+                      allowed_lateness_s=analytics.allowed_lateness_s,
+                      # Faust's record of what it committed (after flushing the producer): InOrder reads it too.
+                      committed=lambda partition: app.consumer._committed_offset.get(TP(batched, partition)))
     merger = Merger(windows, cast(Any, totals), window_s, stats)
 
     in_order = InOrder(lambda: app.consumer, stats, assigned=lambda: app.consumer.assignment())

@@ -139,6 +139,16 @@ def campaign_status(dsn: str, campaign_id: str) -> str:
     return str(row[0]) if row else "missing"
 
 
+def analytics_sent(dsn: str, campaign_id: str) -> int:
+    """The campaign's ``sent`` in ``campaign_analytics`` (its totals row): what the Faust analytics counted so far."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT sent FROM campaign_analytics WHERE campaign_id = %s AND window_start IS NULL",
+                    (campaign_id,))
+        row = cur.fetchone()
+    conn.close()
+    return int(row[0]) if row else 0
+
+
 def collect(settings: Settings, campaign_id: str, channel: str, provider: Counter[str],
             provider_stats: dict[str, int] | None = None) -> History:
     dsn = settings.database.dsn()

@@ -147,30 +147,42 @@ def test_faust_analytics_survive_three_sigkills_and_a_full_replay(settings, serv
     assert len(after) > 3, "expected several windows"
     print(f"\nfaust analytics: {len(records)} outcomes replayed; totals {totals}; {len(after) - 1} windows")
 
-    # A late outcome, an hour before the campaign (its window long expired from the Faust table): counted, in the
-    # window of its event time, and in the totals. Its recipient-log row backs it (a row of its own, outside the
-    # audience: the analytics count only outcomes a row vouches for).
-    late_at = datetime.now(UTC) - timedelta(hours=1)
-    late_recipient, late_message = 9_000_000_000 + uuid.uuid4().int % 1_000_000, str(uuid.uuid4())
+    # Outcomes that reach delivery.outcomes long after they occurred, each backed by a recipient-log row of its own
+    # (outside the audience: the analytics count only outcomes a row vouches for), all on one partition (one key),
+    # in this order: 50 minutes old (within the allowed lateness, an hour: counted, in the window of its event
+    # time, which had long expired from the Faust table, and in the totals); two hours old (late: not counted);
+    # and one on time, whose count shows the two before it were read.
+    now = datetime.now(UTC)
+    ages = {"within": timedelta(minutes=50), "late": timedelta(hours=2), "on time": timedelta(0)}
+    base = 9_000_000_000 + uuid.uuid4().int % 1_000_000
+    key = str(base).encode()
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
-                    "attempts, created_at, updated_at) VALUES (%s, %s, %s, %s, 'sent', 1, %s, %s)",
-                    (campaign_id, late_recipient, late_message, channel, late_at, late_at))
+        for i, age in enumerate(ages.values()):
+            cur.execute("INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, "
+                        "status, attempts, created_at, updated_at) VALUES (%s, %s, %s, %s, 'sent', 1, %s, %s)",
+                        (campaign_id, base + i, str(uuid.uuid5(uuid.NAMESPACE_URL, f"{base + i}")), channel,
+                         now - age, now - age))
     conn.close()
-    raw.produce(topic, key=str(late_recipient).encode(), value=get_codec().encode("DeliveryOutcome", {
-        "outcome_id": f"late-{uuid.uuid4()}", "message_id": late_message, "campaign_id": campaign_id,
-        "recipient_id": str(late_recipient), "channel": channel, "status": "SENT", "attempt": 1, "latency_ms": 5.0,
-        "failure_reason": None, "provider_message_id": None, "occurred_at": late_at}))
+    for i, age in enumerate(ages.values()):
+        raw.produce(topic, key=key, value=get_codec().encode("DeliveryOutcome", {
+            "outcome_id": f"aged-{uuid.uuid4()}", "message_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{base + i}")),
+            "campaign_id": campaign_id, "recipient_id": str(base + i), "channel": channel, "status": "SENT",
+            "attempt": 1, "latency_ms": 5.0, "failure_reason": None, "provider_message_id": None,
+            "occurred_at": now - age}))
     assert raw.flush(30) == 0
 
-    def late_counted() -> bool:
-        rows = _analytics(dsn, campaign_id)
-        totals, sums = _totals_and_window_sums(rows)
-        return totals["sent"] == log_counts.get("sent", 0) + 1 and totals == sums
+    def aged_counted() -> bool:
+        totals, sums = _totals_and_window_sums(_analytics(dsn, campaign_id))
+        return totals["sent"] >= log_counts.get("sent", 0) + 2 and totals == sums
 
-    wait_for(late_counted, timeout=60, interval=0.5, what="the late outcome counted")
-    window = _analytics(dsn, campaign_id)[1]
-    assert window[0] <= late_at < window[0] + timedelta(seconds=2) and window[1] == 1, window
+    wait_for(aged_counted, timeout=60, interval=0.5, what="the outcome within the allowed lateness and the one after")
+    rows = _analytics(dsn, campaign_id)
+    totals, _ = _totals_and_window_sums(rows)
+    assert totals["sent"] == log_counts.get("sent", 0) + 2, "the outcome two hours late was counted"
+    within = now - ages["within"]
+    window = rows[1]
+    assert window[0] <= within < window[0] + timedelta(seconds=2) and window[1] == 1, window
+    assert "more than the allowed lateness" in tally.log_text(), tally.log_text()[-3000:]
 
 
 def test_faust_analytics_rebalance_between_two_workers(settings, service, sessions, audience, cluster):

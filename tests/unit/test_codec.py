@@ -123,6 +123,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "source_partition": 7,
         "offsets": [41, 42, 2**40],
         "values": [b"\xc3\x01outcome", b"", b"\x00" * 3],
+        "timestamps": [1_717_245_045_123, -1, 0],
     },
     "CampaignAnalytics": {
         "campaign_id": "3f1e9a52-7c4b-4d7e-9a55-0c2f3b8d1e6a",
@@ -149,7 +150,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
 # fields in order) and pinned. A change here means the wire format changed: never edit these to make
 # a test pass; add a schema version instead.
 GOLDEN: dict[str, str] = {
-    "OutcomeBatch": "c30153f74d56770845e00e065254808080808040000612c3016f7574636f6d65000600000000",
+    "OutcomeBatch": "c301c615a26039eda2d80e065254808080808040000612c3016f7574636f6d650006000000000686a6bfbcfa63010000",
     "CampaignAnalytics": (
         "c30199fe4313c50a3e1f4833663165396135322d376334622d346437652d396135352d30633266336238643165366102"
         "80d590c2e66302c0fe97c2e663c09a0cf001f02e6400f08a0c80f104806428b09c0c000000d0298c674100000000e087"
@@ -202,6 +203,8 @@ GOLDEN_OLD: dict[tuple[str, str], str] = {
         "80d590c2e66302c0fe97c2e663c09a0cf001f02e6400f08a0c80f104806428b09c0c000000d0298c674100000000e087"
         "c340869696c2e663"
     ),
+    # SAMPLES["OutcomeBatch"] without timestamps, written with v1.
+    ("OutcomeBatch", "v1"): "c30153f74d56770845e00e065254808080808040000612c3016f7574636f6d65000600000000",
     # SAMPLES["RecipientMessage"] without template_parameters, written with v1.
     ("RecipientMessage", "v1"): (
         "c30110fefc08de5666014836663163326134652d386431622d356637612d396333652d32623464366638613063316548"

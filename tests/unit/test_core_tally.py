@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
-from campaigns.core.tally import TOTALS, Outcome, classify, empty_part, fold, newer, part_key, sum_parts
+from hypothesis import given
+from hypothesis import strategies as st
+
+from campaigns.core.tally import (
+    COPY_SPREAD_MS,
+    DISORDER_MS,
+    TOTALS,
+    Outcome,
+    classify,
+    dedup_expired,
+    empty_part,
+    fold,
+    late,
+    newer,
+    part_key,
+    sum_parts,
+)
 
 
 def _outcome(offset: int, oid: str | None = None, status: str = "SENT", partition: int = 0,
@@ -82,3 +99,29 @@ def test_newer_and_sum_parts():
     assert (total["sent"], total["latency_count"]) == (3, 3)
     assert (total["latency_sum_ms"], total["latency_max_ms"]) == (50.0, 30.0)
     assert "src" not in total
+
+
+def test_a_duplicate_counts_nothing_but_moves_src_past_itself():
+    part = fold(None, [_outcome(1), _outcome(2, oid="o1"), _outcome(3)], duplicates={2})
+    assert part is not None and part["sent"] == 2 and part["src"] == 3
+    only_duplicate = fold(part, [_outcome(4, oid="o1")], duplicates={4})
+    assert only_duplicate is not None and only_duplicate["sent"] == 2 and only_duplicate["src"] == 4
+    assert fold(only_duplicate, [_outcome(4, oid="o1")]) is None  # read again: skipped by src, whatever the dedup
+
+
+def test_late_is_the_record_timestamp_minus_occurred_at_beyond_the_allowed_lateness():
+    on_time = replace(_outcome(1), occurred_ms=1_000, timestamp_ms=61_000)
+    assert not late(on_time, 60_000) and late(replace(on_time, timestamp_ms=61_001), 60_000)
+    assert not late(replace(on_time, timestamp_ms=-1), 0)  # no timestamp: never judged late
+
+
+@given(occurred=st.integers(0, 2**41), lateness=st.integers(1, 2**32), gap=st.integers(0, 2**33),
+       spread=st.integers(0, COPY_SPREAD_MS), disorder=st.integers(0, DISORDER_MS))
+def test_a_copy_that_is_not_late_always_comes_while_its_id_is_remembered(occurred, lateness, gap, spread, disorder):
+    """The dedup forgets ids of outcomes that occurred by ``occurred`` once records are stamped ``stream``; a copy of
+    one (occurred up to the spread later) stamped so that it is not late, appended after records stamped up to
+    ``disorder`` later than itself, finds them not yet forgotten."""
+    copy = replace(_outcome(1), occurred_ms=occurred + spread, timestamp_ms=occurred + spread + gap)
+    stream = copy.timestamp_ms + disorder  # the latest timestamp among the records before the copy
+    if not late(copy, lateness):
+        assert not dedup_expired(occurred, stream, lateness)

@@ -1,8 +1,10 @@
 """streams.outcome_batches: the analytics' forwarder on the stage runtime, over the in-memory consumer and producer.
-Every record of a source partition reaches the partition of the same number, unchanged and with its offset, in
-order; a flush holds at most one OutcomeBatch per partition; a failed delivery commits nothing."""
+Every record of a source partition reaches the partition of the same number, unchanged and with its offset and
+timestamp, in order; a flush holds at most one OutcomeBatch per partition; a failed delivery commits nothing."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -42,29 +44,31 @@ def _forwarder(consumer: MemoryConsumer, producer: MemoryProducer, batch_size: i
     return runtime
 
 
-def _forwarded(producer: MemoryProducer) -> dict[int, list[tuple[int, bytes]]]:
-    """Per partition written to: the (source offset, value) pairs of its OutcomeBatch records, in order."""
-    out: dict[int, list[tuple[int, bytes]]] = {}
+def _forwarded(producer: MemoryProducer, with_timestamps: bool = False) -> dict[int, list[tuple[Any, ...]]]:
+    """Per partition written to: the (source offset, value[, timestamp]) of its OutcomeBatch records, in order."""
+    out: dict[int, list[tuple[Any, ...]]] = {}
     for i, (topic, key, value, _headers) in enumerate(producer.records):
         assert topic == BATCHED and key is None
         batch = get_codec().decode(value, "OutcomeBatch")
         assert batch["source_partition"] == producer.partitions[i]
-        out.setdefault(producer.partitions[i], []).extend(zip(batch["offsets"], batch["values"], strict=True))
+        columns = [batch["offsets"], batch["values"]] + ([batch["timestamps"]] if with_timestamps else [])
+        out.setdefault(producer.partitions[i], []).extend(zip(*columns, strict=True))
     return out
 
 
-@given(st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=40)), max_size=60), st.integers(1, 25))
+@given(st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=40), st.integers(0, 2**42)), max_size=60),
+       st.integers(1, 25))
 def test_every_record_reaches_the_partition_of_its_number_in_order_with_its_offset(records, batch_size):
     consumer, producer = MemoryConsumer(), FlushCountingProducer()
-    for partition, value in records:
-        consumer.add(SOURCE, value, partition=partition)
+    for partition, value, timestamp in records:
+        consumer.add(SOURCE, value, partition=partition, timestamp_ms=timestamp)
     runtime = _forwarder(consumer, producer, batch_size)
     while runtime.run_once():
         pass
-    expected: dict[int, list[tuple[int, bytes]]] = {}
-    for partition, value in records:
-        expected.setdefault(partition, []).append((len(expected.get(partition, [])), value))
-    assert _forwarded(producer) == expected
+    expected: dict[int, list[tuple[int, bytes, int]]] = {}
+    for partition, value, timestamp in records:
+        expected.setdefault(partition, []).append((len(expected.get(partition, [])), value, timestamp))
+    assert _forwarded(producer, with_timestamps=True) == expected
     assert all(n == 1 for held in producer.per_flush for n in held.values())
     assert consumer.committed == {(SOURCE, p): len(v) for p, v in expected.items()}
 
@@ -78,8 +82,9 @@ def test_a_partition_s_values_over_the_batch_limit_go_in_several_records_one_per
     _forwarder(consumer, producer).run_once()
     assert [len(v) for v in (_forwarded(producer)[0],)] == [5]
     assert producer.per_flush == [{0: 1, 1: 1}, {0: 1}, {0: 1}]  # 2 + 2 + 1 values of 200 KB
-    assert chunks([1, 2, 3], [b"ab", b"cd", b"e"], max_bytes=4) == [([1, 2], [b"ab", b"cd"]), ([3], [b"e"])]
-    assert chunks([7], [b"too large alone"], max_bytes=4) == [([7], [b"too large alone"])]
+    assert chunks([1, 2, 3], [b"ab", b"cd", b"e"], [10, 20, 30], max_bytes=4) == [
+        ([1, 2], [b"ab", b"cd"], [10, 20]), ([3], [b"e"], [30])]
+    assert chunks([7], [b"too large alone"], [70], max_bytes=4) == [([7], [b"too large alone"], [70])]
 
 
 def test_a_record_without_a_value_or_too_large_is_forwarded_empty_at_its_offset():

@@ -105,10 +105,14 @@ def test_each_message_is_sent_once_rendered_from_the_store_and_a_redelivery_re_e
     assert sorted(m.address for m in h.transport.sent) == addresses  # the audience's address, not the record's
     assert {m.body for m in h.transport.sent} == {"Hello Name1", "Hello Name2"}  # the campaign's content, rendered
     assert h.status(1) == h.status(2) == "sent"
+    sent_at = datetime(2026, 11, 30, 6, 0, 1, 250000, tzinfo=UTC)
+    h.store.log[(h.campaign, 1)].updated_at = sent_at  # when the row became sent
     h.message(1, message_id=first["message_id"])  # redelivered after a crash, or replayed
     h.sender.run_once()
     assert len(h.transport.sent) == 2 and h.sender.stats.duplicates_dropped == 1
     assert h.outcomes() == [("1", "SENT", 1), ("2", "SENT", 1), ("1", "SENT", 1)]  # the same outcome again
+    # It occurred when the row became sent, not now: the analytics judge its lateness by that.
+    assert h.records(OUTCOMES, "DeliveryOutcome")[-1]["occurred_at"] == sent_at
     assert h.consumer.committed == {(h.topic(messages_topic("sms")), 0): 3}
 
 

@@ -6,6 +6,7 @@ partition nobody committed, a revocation, a revoked partition's records)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,10 +18,12 @@ import pytest
 from faust.transport.consumer import Consumer
 from faust.types import TP
 from faust.types.tuples import Message as FaustMessage
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from intervaltree import IntervalTree
 
 from campaigns.codec import get_codec
-from campaigns.core.tally import TOTALS, part_key
+from campaigns.core.tally import COPY_SPREAD_MS, DISORDER_MS, TOTALS, part_key
 from streams.tally import Counter, TallyStats
 
 READ_LOOP_SHA = "44a2500309e83c63"  # faust-streaming 0.15.3's Consumer._drain_messages
@@ -54,19 +57,25 @@ class Event:
     value: bytes
 
 
-def _outcome(outcome_id: str, status: str = "SENT") -> bytes:
+OCCURRED = datetime(2026, 11, 30, 6, 0, 30, tzinfo=UTC)
+OCCURRED_MS = int(OCCURRED.timestamp() * 1000)
+HOUR_MS = 3_600_000
+
+
+def _outcome(outcome_id: str, status: str = "SENT", occurred_ms: int = OCCURRED_MS) -> bytes:
     return get_codec().encode("DeliveryOutcome", {
         "outcome_id": outcome_id, "message_id": outcome_id, "campaign_id": CAMPAIGN, "recipient_id": "1",
         "channel": "sms", "status": status, "attempt": 1, "latency_ms": 3.0, "failure_reason": None,
-        "provider_message_id": None, "occurred_at": datetime(2026, 11, 30, 6, 0, 30, tzinfo=UTC)})
+        "provider_message_id": None, "occurred_at": occurred_ms})
 
 
 def _forwarded(partition: int, offset: int, outcomes: list[tuple[int, bytes]],
-               source_partition: int | None = None) -> Event:
-    """An OutcomeBatch at ``offset`` of the batched topic's ``partition``: ``outcomes`` as (source offset, value)."""
+               source_partition: int | None = None, timestamps: list[int] | None = None) -> Event:
+    """An OutcomeBatch at ``offset`` of the batched topic's ``partition``: ``outcomes`` as (source offset, value),
+    the records' ``timestamps`` if given (else none: as an older forwarder wrote them)."""
     value = get_codec().encode("OutcomeBatch", {
         "source_partition": partition if source_partition is None else source_partition,
-        "offsets": [o for o, _ in outcomes], "values": [v for _, v in outcomes]})
+        "offsets": [o for o, _ in outcomes], "values": [v for _, v in outcomes], "timestamps": timestamps or []})
     return Event(Message(TOPIC, partition, offset), value)
 
 
@@ -91,11 +100,17 @@ def _sent(parts: FakeTable, partition: int) -> int:
     return int(parts[part_key(CAMPAIGN, TOTALS, partition)]["sent"])
 
 
+def _sent_in_windows(parts: FakeTable, partition: int) -> int:
+    """The sends counted in the partition's window parts (each outcome is in its window's and in the totals)."""
+    return sum(int(part["sent"]) for key, part in parts.items()
+               if key.endswith(f"|{partition}") and key != part_key(CAMPAIGN, TOTALS, partition))
+
+
 def test_one_dedup_write_per_partition_per_batch_and_duplicates_dropped():
     counted, parts = FakeTable(), FakeTable()
     counter = _counter(counted, parts)
     sent = _apply(counter, [_event(0, i, f"o{i}") for i in range(5)] + [_event(1, 0, "p0"), _event(0, 5, "o1")])
-    assert sorted(counted) == ["0|0", "1|0"] and len(counted["0|0"]) == 5
+    assert sorted(counted) == ["0|0", "1|0"] and len(counted["0|0"]["ids"]) == 5
     assert _sent(parts, 0) == 5 and _sent(parts, 1) == 1
     assert counter.stats.duplicates == 1
     window = int(datetime(2026, 11, 30, 6, 0, tzinfo=UTC).timestamp() * 1000)
@@ -131,7 +146,8 @@ def test_outcomes_of_a_batch_count_at_their_source_offsets_and_a_batch_forwarded
     first = [(100 + i, _outcome(f"o{i}")) for i in range(6)]
     _apply(counter, [_forwarded(0, 0, first)])
     assert _sent(parts, 0) == 6 and parts[part_key(CAMPAIGN, TOTALS, 0)]["src"] == 105
-    assert counted["0|100"] == [[f"o{i}", 100 + i] for i in range(6)]  # each id at its source offset
+    assert counted["0|100"] == {"occurred_ms": OCCURRED_MS, "ids": [f"o{i}" for i in range(6)],
+                                "offsets": [100 + i for i in range(6)]}  # each id at its source offset
     # The forwarder crashed before its commit and forwarded from source offset 103 again, then went on.
     again = [(100 + i, _outcome(f"o{i}")) for i in range(3, 9)]
     _apply(counter, [_forwarded(0, 1, again)])
@@ -588,3 +604,167 @@ def test_the_source_schema_gives_the_events_faust_s_raw_serializer_gives(key, va
 
     ours, fausts = asyncio.run(main())
     assert ours == fausts == (key, value)
+
+
+# --- allowed lateness: late outcomes are not counted, and the dedup forgets what no copy can count any more ---
+
+
+class Stream:
+    """One source partition read through a Counter the way count_outcomes reads it: one OutcomeBatch event per
+    record (its batched offset = its source offset), Faust committing after the batches it is told to."""
+
+    def __init__(self, counted: FakeTable, parts: FakeTable, allowed_lateness_s: float = 3600.0) -> None:
+        self.commit = 0  # Faust's committed offset of the batched partition: every batch below it is settled
+        self.counter = Counter(counted, parts, 60, get_codec(), TallyStats(),  # type: ignore[arg-type]
+                               allowed_lateness_s=allowed_lateness_s, committed=lambda partition: self.commit,
+                               clock=lambda: OCCURRED_MS / 1000)
+
+    def read(self, offset: int, outcome_id: str, occurred_ms: int, stamped_ms: int, commit: bool = True) -> None:
+        event = _forwarded(0, offset, [(offset, _outcome(outcome_id, occurred_ms=occurred_ms))],
+                           timestamps=[stamped_ms])
+        _apply(self.counter, [event])
+        if commit:
+            self.commit = offset + 1
+
+
+def test_an_outcome_stamped_more_than_the_allowed_lateness_after_it_occurred_is_not_counted():
+    counted, parts = FakeTable(), FakeTable()
+    stream = Stream(counted, parts)
+    stream.read(0, "on time", OCCURRED_MS, OCCURRED_MS + HOUR_MS)  # exactly the allowed lateness: counted
+    stream.read(1, "late", OCCURRED_MS, OCCURRED_MS + HOUR_MS + 1)
+    assert _sent(parts, 0) == 1 and stream.counter.stats.late == 1 and "late" not in stream.counter.index
+    # Batches without timestamps (an older forwarder) judge nothing late.
+    _apply(stream.counter, [_forwarded(0, 2, [(2, _outcome("no stamp", occurred_ms=0))])])
+    assert _sent(parts, 0) == 2
+
+
+def test_the_dedup_forgets_a_batch_once_committed_records_are_past_its_outcomes_lateness_and_both_slacks():
+    counted, parts = FakeTable(), FakeTable()
+    stream = Stream(counted, parts)
+    stream.read(0, "a", OCCURRED_MS, OCCURRED_MS)
+    horizon = OCCURRED_MS + HOUR_MS + DISORDER_MS + COPY_SPREAD_MS
+    stream.read(1, "b", horizon, horizon)  # stamped exactly at a's horizon: a is still remembered
+    assert "0|0" in counted and "a" in stream.counter.index
+    # A copy of a re-emitted just within the allowed lateness is a duplicate, and moves its parts' src.
+    stream.read(2, "a", OCCURRED_MS, OCCURRED_MS + HOUR_MS)
+    assert stream.counter.stats.duplicates == 1 and _sent(parts, 0) == 2
+    assert parts[part_key(CAMPAIGN, TOTALS, 0)]["src"] == 2
+    stream.read(3, "c", horizon + 1, horizon + 1)
+    assert "0|0" in counted  # c is not committed yet while its own batch is counted
+    stream.read(4, "d", horizon + 1, horizon + 1)
+    assert "0|0" not in counted and "a" not in stream.counter.index and stream.counter.stats.forgotten == 1
+    assert "0|1" in counted and "b" in stream.counter.index
+    # Any copy of a still to come is late: a is never counted twice.
+    stream.read(5, "a", OCCURRED_MS, horizon + 2)
+    assert stream.counter.stats.late == 1 and _sent(parts, 0) == 4
+
+
+def test_nothing_is_forgotten_on_the_strength_of_records_not_yet_committed():
+    """The records after the committed offset may be read again after a crash, and a duplicate among them must
+    still find its id: only committed records' timestamps let the dedup forget."""
+    counted, parts = FakeTable(), FakeTable()
+    stream = Stream(counted, parts)
+    stream.read(0, "a", OCCURRED_MS, OCCURRED_MS)
+    committed_parts = copy.deepcopy(parts)
+    far = OCCURRED_MS + 10 * HOUR_MS
+    stream.read(1, "a", OCCURRED_MS, OCCURRED_MS + 60_000, commit=False)  # a copy of a, not committed
+    stream.read(2, "later", far, far, commit=False)
+    assert "0|0" in counted and "a" in stream.counter.index
+    # The app crashes: the parts' changelog writes since the commit are lost, the dedup's survived.
+    parts.clear()
+    parts.update(committed_parts)
+    restarted = Stream(counted, parts)
+    restarted.commit = 1
+    restarted.read(1, "a", OCCURRED_MS, OCCURRED_MS + 60_000)
+    restarted.read(2, "later", far, far)
+    assert _sent(parts, 0) == 2 and restarted.counter.stats.duplicates == 1
+    restarted.read(3, "after", far, far)  # now committed past "later": a is forgotten
+    assert "0|0" not in counted
+
+
+def test_a_copy_forwarded_again_after_its_id_was_forgotten_counts_nothing():
+    """The forwarder crashed and forwards old records again, after the analytics committed them and forgot their
+    ids: each is at or below its parts' src, duplicates included (they moved it), so nothing counts twice."""
+    counted, parts = FakeTable(), FakeTable()
+    stream = Stream(counted, parts)
+    stream.read(0, "a", OCCURRED_MS, OCCURRED_MS)
+    stream.read(1, "a", OCCURRED_MS, OCCURRED_MS + 1000)  # a duplicate (a re-emission)
+    far = OCCURRED_MS + 10 * HOUR_MS
+    stream.read(2, "x", far, far)
+    stream.read(3, "y", far, far)
+    assert "a" not in stream.counter.index
+    again = _forwarded(0, 4, [(0, _outcome("a")), (1, _outcome("a"))], timestamps=[OCCURRED_MS, OCCURRED_MS + 1000])
+    _apply(stream.counter, [again])
+    assert _sent(parts, 0) == 3 and _sent_in_windows(parts, 0) == 3
+
+
+def test_dedup_values_written_before_allowed_lateness_are_read_and_forgotten_an_allowed_lateness_after_start():
+    counted, parts = FakeTable(), FakeTable()
+    counted["0|0"] = [["old", 0]]  # the format before allowed lateness: no time
+    stream = Stream(counted, parts)  # its clock says OCCURRED_MS: the old ids count as occurring then
+    stream.read(1, "old", OCCURRED_MS, OCCURRED_MS)
+    assert stream.counter.stats.duplicates == 1
+    horizon = OCCURRED_MS + HOUR_MS + DISORDER_MS + COPY_SPREAD_MS
+    stream.read(2, "new", horizon + 1, horizon + 1)
+    stream.read(3, "newer", horizon + 1, horizon + 1)
+    assert "0|0" not in counted and "old" not in stream.counter.index
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_every_outcome_counts_once_through_re_emissions_crashes_and_forwarder_redos_while_the_dedup_forgets(data):
+    """A partition's outcomes, some re-emitted later (a copy with the row's time: late or not, as the gap says),
+    read with commits at random points; at random points the app crashes (the parts' writes since the last commit
+    lost, the dedup's lost or kept) and restarts from the commit, or the forwarder forwards records already
+    committed again. With a short allowed lateness the dedup forgets as it goes. Each outcome counts once."""
+    lateness_ms = 10_000
+    horizon = lateness_ms + DISORDER_MS + COPY_SPREAD_MS
+    source: list[tuple[str, int, int]] = []  # (outcome id, occurred_ms, stamped_ms) at each source offset
+    now = OCCURRED_MS
+    for i in range(data.draw(st.integers(1, 16))):
+        now += data.draw(st.sampled_from([0, 1_000, lateness_ms, horizon // 2, horizon + 1]))
+        source.append((f"o{i}", now, now))
+        if source and data.draw(st.booleans()):  # a re-emission of an earlier outcome, stamped now
+            outcome_id, occurred, _ = data.draw(st.sampled_from(source))
+            source.append((outcome_id, occurred, now))
+    counted, parts = FakeTable(), FakeTable()
+    commit = 0  # the next batched offset to read after a restart (every event below it is committed)
+    next_batched = 0
+    log: list[tuple[int, int]] = []  # (batched offset, source offset) as forwarded, in order
+    saved = (copy.deepcopy(counted), copy.deepcopy(parts))
+
+    def counter() -> Counter:
+        return Counter(counted, parts, 60, get_codec(), TallyStats(),  # type: ignore[arg-type]
+                       allowed_lateness_s=lateness_ms / 1000, committed=lambda partition: commit,
+                       clock=lambda: OCCURRED_MS / 1000)
+
+    def read(c: Counter, batched: int, offset: int) -> None:
+        outcome_id, occurred, stamped = source[offset]
+        _apply(c, [_forwarded(0, batched, [(offset, _outcome(outcome_id, occurred_ms=occurred))],
+                              timestamps=[stamped])])
+
+    current = counter()
+    position = 0  # the next source offset the forwarder forwards
+    while position < len(source):
+        log.append((next_batched, position))
+        read(current, next_batched, position)
+        next_batched += 1
+        position += 1
+        action = data.draw(st.sampled_from(["go on", "commit", "crash", "redo"]))
+        if action == "commit":
+            commit = next_batched
+            saved = (copy.deepcopy(counted), copy.deepcopy(parts))
+        elif action == "crash":
+            lost_dedup = data.draw(st.booleans())
+            parts.clear()
+            parts.update(copy.deepcopy(saved[1]))
+            if lost_dedup:
+                counted.clear()
+                counted.update(copy.deepcopy(saved[0]))
+            current = counter()
+            for batched, offset in [entry for entry in log if entry[0] >= commit]:
+                read(current, batched, offset)  # Faust reads the uncommitted events again
+        elif action == "redo":  # the forwarder restarts from an earlier source offset of its own
+            position = data.draw(st.integers(0, position))
+    distinct = len({outcome_id for outcome_id, _, _ in source})
+    assert _sent(parts, 0) == distinct and _sent_in_windows(parts, 0) == distinct
