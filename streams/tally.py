@@ -7,13 +7,13 @@ not one per outcome. Every outcome keeps its source position (partition, offset 
 everything below is said of those positions, as when this app read ``delivery.outcomes`` itself.
 
 1. ``count_outcomes`` reads ``delivery.outcomes`` (keyed by recipient), forwarded, in micro-batches. On the worker
-   that owns source partition P, ``batch_to_counted`` (per batch: the outcome ids it counted, their offsets and
-   when the latest occurred; indexed in memory by outcome id, the index rebuilt after every assignment) drops
-   duplicates (re-emitted outcomes, replays), and ``part_to_counts`` keeps the absolute counts of P's share of
-   each (campaign, window) and of each campaign's totals: a *part* (``campaigns.core.tally``). Both tables write to changelog partition P, so
-   recovery rebuilds exactly P's state on P's new owner. One table write per touched part per batch, plus one
-   per source partition for the ids it counted. After each batch every part the batch touched - changed or
-   not - is sent, absolute, keyed by campaign, to ``campaign.analytics_parts``.
+   that owns source partition P, ``batch_to_counted`` (per batch: the outcome ids it counted, their offsets and when
+   the latest occurred; indexed in memory by outcome id, the index rebuilt after every assignment) drops duplicates
+   (re-emitted outcomes, replays), and ``part_to_counts`` keeps the absolute counts of P's share of each (campaign,
+   window) and of each campaign's totals: a *part* (``campaigns.core.tally``). Both tables write to changelog
+   partition P, so recovery rebuilds exactly P's state on P's new owner. One table write per touched part per batch,
+   plus one per source partition for the ids it counted. After each batch every part the batch counted in - changed
+   or not - is sent, absolute, keyed by campaign, to ``campaign.analytics_parts``.
 2. ``merge_parts`` reads ``campaign.analytics_parts`` (keyed by campaign) into ``campaign_to_window_parts``, a
    tumbling windowed table (``analytics.window_s``, epoch-aligned like ``campaigns.core.windows``) of campaign
    -> {partition: part}, and ``campaign_to_total_parts`` (plain). A part replaces the stored one only if its
