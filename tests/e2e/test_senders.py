@@ -171,7 +171,7 @@ def test_rate_limit_held_at_the_provider(settings, service, audience, workers, r
     taken for tokens there are, never ahead of them), at a resume (1 worker) and across the rebalance of a
     second worker joining (2 workers), each with the default sender consumers per channel."""
     rate, burst = 60.0, 6
-    _, segments = audience(1100)
+    _, segments = audience(850)  # > 12 s at the rate: a steady state with two 10 s windows
     set_rate(settings, "sms", rate, burst)
     with SimulatorProcess(tmp_path / "simulator.log") as simulator:
         campaign_id = create(service, segments)

@@ -75,15 +75,14 @@ def prepare(entry: EntryPoints, tmp_path: Path, customers: int) -> dict[str, str
     return ids
 
 
-@pytest.mark.parametrize("sender_consumers", ["1", "2"])
-def test_worker_with_default_stages_runs_campaigns_end_to_end(entry: EntryPoints, settings: Settings, tmp_path,
-                                                               sender_consumers: str):
-    """Also with two sender consumers per channel (``sender.consumers``): the same campaigns, the same checks."""
+def test_worker_with_default_stages_runs_campaigns_end_to_end(entry: EntryPoints, settings: Settings, tmp_path):
+    """Every stage, default settings (two sender consumers per channel); one consumer is the rate-limit tests' and
+    the sender stage's unit tests' case."""
     ids = prepare(entry, tmp_path, customers=300)
     # The WhatsApp template is registered with the provider, as it must be approved in a business account.
     simulator = entry.start_simulator("--template-file", str(EXAMPLES / "template-whatsapp.json"))
     # No --stages: every stage, the relay included.
-    worker = entry.start_worker(CAMPAIGNS_SENDER__CONSUMERS=sender_consumers)
+    worker = entry.start_worker()
     wait_for(lambda: metrics_up(worker.metrics_port) or not worker.alive, timeout=60, interval=0.2,
              what="the worker's /metrics endpoint")
     assert worker.alive, f"the worker exited at start:\n{worker.log_text()[-3000:]}"
@@ -120,9 +119,10 @@ def test_worker_with_default_stages_runs_campaigns_end_to_end(entry: EntryPoints
 
     # Each sender consumer is a member of its channel's group and, once the group is stable, owns a share of its
     # main topic (the campaigns above can end before the last member's join has been rebalanced).
+    consumers = settings.sender.consumers
     for channel in CHANNELS:
-        wait_for(lambda channel=channel: _shares(settings, channel) == int(sender_consumers), timeout=60, interval=0.5,
-                 what=f"{sender_consumers} {channel} sender consumers each owning partitions")
+        wait_for(lambda channel=channel: _shares(settings, channel) == consumers, timeout=60, interval=0.5,
+                 what=f"{consumers} {channel} sender consumers each owning partitions")
 
     restarts = scrape(worker.metrics_port, "campaigns_stage_restarts_total")
     assert all(value == 0 for value in restarts.values()), f"stages restarted: {restarts}"
