@@ -8,7 +8,7 @@ everything below is said of those positions, as when this app read ``delivery.ou
 
 1. ``count_outcomes`` reads ``delivery.outcomes`` (keyed by recipient), forwarded, in micro-batches. On the worker
    that owns source partition P, ``batch_to_counted`` (per batch: the outcome ids it counted, their offsets and when
-   the latest occurred; indexed in memory by outcome id, the index rebuilt after every assignment) drops duplicates
+   the latest occurred; indexed on disk by outcome id, the index rebuilt after every assignment) drops duplicates
    (re-emitted outcomes, replays), and ``part_to_counts`` keeps the absolute counts of P's share of each (campaign,
    window) and of each campaign's totals: a *part* (``campaigns.core.tally``). Both tables write to changelog
    partition P, so recovery rebuilds exactly P's state on P's new owner. One table write per touched part per batch,
@@ -98,6 +98,7 @@ from producers.topics import TopicSpec, ensure_topics
 from producers.topics import topic_specs as pipeline_topic_specs
 from sinks import analytics as sink
 from sinks.analytics import PostgresAnalyticsStore
+from streams.dedup import DedupIndex, outcome_digest, pack_batch, unpack_batch
 from streams.live import SourcePartitionedTable, _writing_to
 from streams.outcome_batches import start_forwarder
 
@@ -480,10 +481,10 @@ class Counter:
                  clock: Callable[[], float] = time.time) -> None:
         self.assigned = assigned  # the consumer's current assignment (None: everything, for tests)
         self.source_topic = source_topic  # where the outcomes were read from, for logs (physical name)
-        # "partition|first offset" -> the outcome ids that batch counted: {"occurred_ms": the latest occurred_at
-        # among them, "ids": [...], "offsets": [...]} (before allowed lateness: [[outcome id, offset], ...]).
+        # "partition|first offset" -> the digests of the outcome ids that batch counted, their offsets and when the
+        # latest occurred (streams.dedup.pack_batch; earlier versions wrote JSON, still read).
         self.counted = counted
-        self.index: dict[str, tuple[int, int]] = {}  # outcome id -> (partition, offset) that counted it
+        self.index = DedupIndex()  # outcome digest -> (partition, offset) that counted it: on disk
         self.allowed_lateness_ms = round(allowed_lateness_s * 1000)
         self.committed = committed  # partition -> the app's committed offset there (None: unknown; or no callback)
         self.clock = clock  # for dedup values without a time (written before allowed lateness)
@@ -564,14 +565,14 @@ class Counter:
         dedup table (recovered from its changelog by now: Faust resumes the streams only after recovery). What
         it knew of the partitions' committed timestamps starts over (it only delays forgetting)."""
         partitions = None if owned is None else {tp.partition for tp in owned if tp.topic == topic}
-        self.index, self.expiring, self.safe_ms, self.unsettled = {}, {}, {}, {}
+        self.expiring, self.safe_ms, self.unsettled = {}, {}, {}
+        self.index.clear()
         now_ms = round(self.clock() * 1000)
         for key, value in list(self.counted.data.items()):
             partition = int(str(key).split("|", 1)[0])
             if partitions is None or partition in partitions:
-                occurred_ms, ids, offsets = dedup_entry(value, now_ms)
-                for outcome_id, offset in zip(ids, offsets, strict=True):
-                    self.index.setdefault(outcome_id, (partition, int(offset)))
+                occurred_ms, digests, offsets = unpack_batch(value, now_ms)
+                self.index.add(zip(digests, itertools.repeat(partition), offsets))
                 self.expiring.setdefault(partition, []).append((occurred_ms, str(key)))
         for heap in self.expiring.values():
             heapq.heapify(heap)
@@ -590,7 +591,7 @@ class Counter:
         Table writes: one per source partition for the outcome ids counted (``batch_to_counted``), one per
         touched part, one deletion per batch forgotten; never one per outcome."""
         by_key: dict[tuple[str, int, int], list[Outcome]] = {}
-        new_ids: dict[int, tuple[list[str], list[int]]] = {}
+        new_ids: dict[int, tuple[list[bytes], list[int]]] = {}  # partition -> digests and offsets counted now
         latest: dict[int, int] = {}  # partition -> the latest occurred_at among the ids counted now
         duplicates: dict[int, set[int]] = {}  # partition -> offsets of this batch's duplicates
         # Only events of owned partitions come here (InOrder.admit, in the same step: no await in between).
@@ -605,6 +606,10 @@ class Counter:
                 srcs[partition] = max(srcs.get(partition, -1), int(part["src"]))
             log.info("analytics: first batch after an assignment starts at %s; parts folded up to %s",
                      sorted(firsts.items()), sorted(srcs.items()))
+        digests = {o.outcome_id: outcome_digest(o.outcome_id)
+                   for event in events for o in outcomes[(event.message.partition, event.message.offset)]
+                   if o is not None}
+        counted_at = self.index.positions(digests.values())  # one query; this batch's own are added below
         for event in events:
             stamped = -1  # the latest record timestamp of the event
             for o in outcomes[(event.message.partition, event.message.offset)]:
@@ -627,14 +632,15 @@ class Counter:
                                     self.source_topic, self.allowed_lateness_ms // 1000, self.stats.late,
                                     o.partition, o.offset, (o.timestamp_ms - o.occurred_ms) // 1000)
                     continue
-                counted_at = self.index.get(o.outcome_id)
-                if not classify(counted_at, o):
+                digest = digests[o.outcome_id]
+                position = counted_at.get(digest)
+                if not classify(position, o):
                     self.stats.duplicates += 1
                     duplicates.setdefault(o.partition, set()).add(o.offset)
-                elif counted_at is None:
-                    self.index[o.outcome_id] = (o.partition, o.offset)
-                    ids, offsets = new_ids.setdefault(o.partition, ([], []))
-                    ids.append(o.outcome_id)
+                elif position is None:
+                    counted_at[digest] = (o.partition, o.offset)
+                    batch_digests, offsets = new_ids.setdefault(o.partition, ([], []))
+                    batch_digests.append(digest)
                     offsets.append(o.offset)
                     latest[o.partition] = max(latest.get(o.partition, o.occurred_ms), o.occurred_ms)
                     self.stats.counted += 1
@@ -642,10 +648,11 @@ class Counter:
                     by_key.setdefault((o.campaign_id, window, o.partition), []).append(o)
             if self.committed is not None:
                 self.unsettled.setdefault(event.message.partition, []).append((event.message.offset, stamped))
-        for partition, (ids, offsets) in new_ids.items():
+        for partition, (batch_digests, offsets) in new_ids.items():
             key = f"{partition}|{offsets[0]}"
             with _writing_to(partition):
-                self.counted[key] = {"occurred_ms": latest[partition], "ids": ids, "offsets": offsets}
+                self.counted[key] = pack_batch(latest[partition], batch_digests, offsets)
+            self.index.add(zip(batch_digests, itertools.repeat(partition), offsets))
             heapq.heappush(self.expiring.setdefault(partition, []), (latest[partition], key))
         out = []
         for (campaign_id, window, partition), outcomes_ in by_key.items():
@@ -691,24 +698,14 @@ class Counter:
             value = self.counted.get(key)
             if value is None:
                 continue
-            stored_ms, ids, offsets = dedup_entry(value, occurred_ms)
+            stored_ms, digests, offsets = unpack_batch(value, occurred_ms)
             if stored_ms > occurred_ms:  # written again since with later outcomes: not yet
                 heapq.heappush(heap, (stored_ms, key))
                 continue
-            for outcome_id, offset in zip(ids, offsets, strict=True):
-                if self.index.get(outcome_id) == (partition, int(offset)):
-                    del self.index[outcome_id]
+            self.index.remove(zip(digests, itertools.repeat(partition), offsets))
             with _writing_to(partition):
                 del self.counted[key]
-            self.stats.forgotten += len(ids)
-
-
-def dedup_entry(value: Any, unknown_ms: int) -> tuple[int, list[str], list[int]]:
-    """(latest occurred_at, outcome ids, offsets) of a ``batch_to_counted`` value; a value written before
-    allowed lateness (``[[outcome id, offset], ...]``, no time) is taken as occurring at ``unknown_ms``."""
-    if isinstance(value, dict):
-        return int(value["occurred_ms"]), value["ids"], value["offsets"]
-    return unknown_ms, [outcome_id for outcome_id, _ in value], [int(offset) for _, offset in value]
+            self.stats.forgotten += len(digests)
 
 
 class Merger:
@@ -858,9 +855,10 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     parts_topic = app.topic(kafka.topic(ANALYTICS_PARTS), key_serializer="raw", value_serializer="json",
                             partitions=kafka.partitions)
     results = app.topic(kafka.topic(ANALYTICS), key_serializer="raw", value_serializer="raw")
-    counted = app.Table(DEDUP_TABLE, default=None, partitions=kafka.partitions,
-                        help="partition|first offset -> the outcome ids first counted in that batch, their offsets "
-                             "and when the latest occurred (deleted once no copy of them can count)")
+    counted = app.Table(DEDUP_TABLE, default=None, partitions=kafka.partitions, value_type=bytes,
+                        help="partition|first offset -> the digests of the outcome ids first counted in that batch, "
+                             "their offsets and when the latest occurred, packed (streams.dedup; deleted once no "
+                             "copy of them can count)")
     parts = app.Table(PARTS_TABLE, default=None, partitions=kafka.partitions,
                       help="campaign|window|partition -> that source partition's absolute counts")
     windows = app.Table(WINDOWS_TABLE, default=dict, partitions=kafka.partitions,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from intervaltree import IntervalTree
 
 from campaigns.codec import get_codec
 from campaigns.core.tally import COPY_SPREAD_MS, DISORDER_MS, TOTALS, part_key
+from streams.dedup import outcome_digest, pack_batch, unpack_batch
 from streams.tally import Counter, TallyStats
 
 READ_LOOP_SHA = "44a2500309e83c63"  # faust-streaming 0.15.3's Consumer._drain_messages
@@ -110,7 +112,7 @@ def test_one_dedup_write_per_partition_per_batch_and_duplicates_dropped():
     counted, parts = FakeTable(), FakeTable()
     counter = _counter(counted, parts)
     sent = _apply(counter, [_event(0, i, f"o{i}") for i in range(5)] + [_event(1, 0, "p0"), _event(0, 5, "o1")])
-    assert sorted(counted) == ["0|0", "1|0"] and len(counted["0|0"]["ids"]) == 5
+    assert sorted(counted) == ["0|0", "1|0"] and len(unpack_batch(counted["0|0"], 0)[1]) == 5
     assert _sent(parts, 0) == 5 and _sent(parts, 1) == 1
     assert counter.stats.duplicates == 1
     window = int(datetime(2026, 11, 30, 6, 0, tzinfo=UTC).timestamp() * 1000)
@@ -146,8 +148,8 @@ def test_outcomes_of_a_batch_count_at_their_source_offsets_and_a_batch_forwarded
     first = [(100 + i, _outcome(f"o{i}")) for i in range(6)]
     _apply(counter, [_forwarded(0, 0, first)])
     assert _sent(parts, 0) == 6 and parts[part_key(CAMPAIGN, TOTALS, 0)]["src"] == 105
-    assert counted["0|100"] == {"occurred_ms": OCCURRED_MS, "ids": [f"o{i}" for i in range(6)],
-                                "offsets": [100 + i for i in range(6)]}  # each id at its source offset
+    assert counted["0|100"] == pack_batch(OCCURRED_MS, [outcome_digest(f"o{i}") for i in range(6)],
+                                          [100 + i for i in range(6)])  # each id at its source offset
     # The forwarder crashed before its commit and forwarded from source offset 103 again, then went on.
     again = [(100 + i, _outcome(f"o{i}")) for i in range(3, 9)]
     _apply(counter, [_forwarded(0, 1, again)])
@@ -700,7 +702,7 @@ def test_a_copy_forwarded_again_after_its_id_was_forgotten_counts_nothing():
 
 def test_dedup_values_written_before_allowed_lateness_are_read_and_forgotten_an_allowed_lateness_after_start():
     counted, parts = FakeTable(), FakeTable()
-    counted["0|0"] = [["old", 0]]  # the format before allowed lateness: no time
+    counted["0|0"] = json.dumps([["old", 0]]).encode()  # the format before allowed lateness: no time
     stream = Stream(counted, parts)  # its clock says OCCURRED_MS: the old ids count as occurring then
     stream.read(1, "old", OCCURRED_MS, OCCURRED_MS)
     assert stream.counter.stats.duplicates == 1
