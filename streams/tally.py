@@ -856,6 +856,9 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
                             partitions=kafka.partitions)
     results = app.topic(kafka.topic(ANALYTICS), key_serializer="raw", value_serializer="raw")
     counted = app.Table(DEDUP_TABLE, default=None, partitions=kafka.partitions, value_type=bytes,
+                        # A host, not just a scheme: Faust ignores a table's store URL that is falsy (yarl's
+                        # URL("sqlite://") is) and falls back to the app's.
+                        store="sqlite://temporary",
                         help="partition|first offset -> the digests of the outcome ids first counted in that batch, "
                              "their offsets and when the latest occurred, packed (streams.dedup; deleted once no "
                              "copy of them can count)")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.dedup import DIGEST_SIZE, DedupIndex, outcome_digest, pack_batch, unpack_batch
+from streams.dedup import DIGEST_SIZE, DedupIndex, SqliteMapping, SqliteStore, outcome_digest, pack_batch, unpack_batch
 
 offsets_ = st.lists(st.integers(0, 2**62), min_size=1, max_size=50, unique=True).map(sorted)
 
@@ -63,7 +67,8 @@ def test_the_index_looks_up_more_digests_than_one_query_takes():
 
 
 def test_the_index_lives_on_disk_its_memory_bounded_by_its_page_cache():
-    """500,000 ids (~0.24 kB each as Python objects: ~120 MB; ~15 MB as SQLite rows) grow the process by about the page cache (1 MB)."""
+    """500,000 ids (~0.24 kB each as Python objects: ~120 MB; ~15 MB as SQLite rows) grow the process by about
+    the page cache (1 MB)."""
     def rss_kib() -> int:  # now, not the peak: earlier tests of this process may have peaked higher
         with open(f"/proc/{os.getpid()}/status") as status:
             return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
@@ -77,3 +82,42 @@ def test_the_index_lives_on_disk_its_memory_bounded_by_its_page_cache():
     assert len(index) == 500_001
     grown = rss_kib() - before
     assert grown < 4 * 1024, f"grew {grown} KiB"
+
+
+def test_the_mapping_is_a_mapping_of_str_to_bytes_or_none():
+    mapping = SqliteMapping()
+    mapping["a"] = b"1"
+    mapping.update({"b": None, "c": b"3"})
+    assert dict(mapping.items()) == {"a": b"1", "b": None, "c": b"3"} and len(mapping) == 3
+    assert "a" in mapping and "z" not in mapping and mapping.get("z") is None
+    assert mapping.pop("a") == b"1" and sorted(mapping) == ["b", "c"]
+    del mapping["b"]
+    with pytest.raises(KeyError):
+        del mapping["b"]
+    with pytest.raises(TypeError):
+        mapping["d"] = "not bytes"  # type: ignore[assignment]
+    mapping.clear()
+    assert not mapping
+
+
+def test_the_dedup_table_keeps_its_values_on_disk_and_recovers_them_as_faust_s_memory_store_does():
+    """The analytics app's ``batch_to_counted`` is a SqliteStore; Faust's changelog batches (a value, then a
+    tombstone for another key written before) leave the same entries as in the in-memory store."""
+    from campaigns.settings import KafkaSettings, Settings
+    from streams.tally import DEDUP_TABLE, build_app
+
+    async def main() -> None:
+        tally = build_app(Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="unit.")))
+        store = tally.app.tables[DEDUP_TABLE].data
+        assert isinstance(store, SqliteStore) and isinstance(store.data, SqliteMapping)
+        kept, gone = pack_batch(1, [outcome_digest("a")], [7]), pack_batch(2, [outcome_digest("b")], [9])
+        store["0|9"] = gone
+
+        def event(key: str, value: bytes | None, offset: int) -> Any:
+            return SimpleNamespace(key=key, value=value, message=SimpleNamespace(partition=0, value=value,
+                                                                                 offset=offset))
+
+        store.apply_changelog_batch([event("0|7", kept, 0), event("0|9", None, 1)], lambda k: k, lambda v: v)
+        assert dict(store.items()) == {"0|7": kept}
+
+    asyncio.run(main())
