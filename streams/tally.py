@@ -60,7 +60,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence, Set
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -110,6 +110,7 @@ PARTS_TABLE = "part_to_counts"
 WINDOWS_TABLE = "campaign_to_window_parts"
 TOTALS_TABLE = "campaign_to_total_parts"
 OUTCOME_ID_MAX = 128
+REINDEX_STEP = 10_000  # outcome ids indexed between two yields of a rebuild to the event loop (~50 ms)
 BATCHES_PER_STEP = 20  # OutcomeBatch events per count_outcomes step: a few hundred outcomes each, at most 5,000
 YIELD_EVERY = 64  # records handed to the streams between two yields of the read loop to the event loop
 _MILLISECOND = timedelta(milliseconds=1)
@@ -492,7 +493,8 @@ class Counter:
         self.unsettled: dict[int, list[tuple[int, int]]] = {}  # partition -> (offset, latest record ts) not committed
         self.safe_ms: dict[int, int] = {}  # partition -> the latest record timestamp of its committed events
         self.generation = 0  # bumped on every partition assignment: the index is rebuilt before the next batch
-        self.indexed = -1
+        self.indexed = -1  # the generation the index was last rebuilt for
+        self.announce = False  # log where the first batch after a rebuild starts
         self.parts = parts
         self.window_s = window_s
         self.codec = codec
@@ -560,23 +562,44 @@ class Counter:
         """The recipient-log rows that must back those outcomes (:func:`campaigns.core.tally.backed`)."""
         return {key for outcomes in batches for o in outcomes if o is not None and (key := o.log_key()) is not None}
 
-    def _reindex(self, owned: Set[Any] | None, topic: str) -> None:
+    def _reindex(self, owned: Set[Any] | None, topic: str) -> Iterator[None]:
         """The outcome-id index of the partitions this worker owns and their dedup keys in expiry order, from the
         dedup table (recovered from its changelog by now: Faust resumes the streams only after recovery). What
-        it knew of the partitions' committed timestamps starts over (it only delays forgetting)."""
+        it knew of the partitions' committed timestamps starts over (it only delays forgetting).
+
+        A generator: it yields every ``REINDEX_STEP`` outcome ids, so that :meth:`reindex` can hand the event
+        loop back in between, and marks the index current only if run to the end."""
+        generation = self.generation
         partitions = None if owned is None else {tp.partition for tp in owned if tp.topic == topic}
         self.expiring, self.safe_ms, self.unsettled = {}, {}, {}
         self.index.clear()
         now_ms = round(self.clock() * 1000)
-        for key, value in list(self.counted.data.items()):
+        since_yield = 0
+        for key, value in self.counted.data.items():
             partition = int(str(key).split("|", 1)[0])
             if partitions is None or partition in partitions:
                 occurred_ms, digests, offsets = unpack_batch(value, now_ms)
                 self.index.add(zip(digests, itertools.repeat(partition), offsets))
                 self.expiring.setdefault(partition, []).append((occurred_ms, str(key)))
+                since_yield += len(digests)
+            if since_yield >= REINDEX_STEP:
+                since_yield = 0
+                yield
         for heap in self.expiring.values():
             heapq.heapify(heap)
-        self.indexed = self.generation
+        self.indexed = generation
+        self.announce = True
+
+    async def reindex(self, topic: str) -> None:
+        """Rebuild the index after an assignment (:meth:`_reindex`) without holding the event loop for long: an
+        hour of outcomes is millions of ids, and the loop also runs the consumer's heartbeats. Started again from
+        the top if the partitions are assigned again meanwhile. The agent awaits it last before :meth:`apply`."""
+        while self.indexed != self.generation:
+            generation = self.generation
+            for _ in self._reindex(self.assigned() if self.assigned is not None else None, topic):
+                await asyncio.sleep(0)
+                if self.generation != generation:
+                    break
 
     def apply(self, events: Sequence[EventT[Any]], outcomes: Mapping[tuple[int, int], list[Outcome | None]],
               log_rows: Mapping[LogKey, tuple[str, int]]) -> list[dict[str, Any]]:
@@ -595,8 +618,11 @@ class Counter:
         latest: dict[int, int] = {}  # partition -> the latest occurred_at among the ids counted now
         duplicates: dict[int, set[int]] = {}  # partition -> offsets of this batch's duplicates
         # Only events of owned partitions come here (InOrder.admit, in the same step: no await in between).
-        if events and self.indexed != self.generation:
-            self._reindex(self.assigned() if self.assigned is not None else None, events[0].message.topic)
+        if events and self.indexed != self.generation:  # not rebuilt by reindex(): at once
+            for _ in self._reindex(self.assigned() if self.assigned is not None else None, events[0].message.topic):
+                pass
+        if events and self.announce:
+            self.announce = False
             firsts: dict[int, int] = {}
             for event in events:
                 firsts.setdefault(event.message.partition, event.message.offset)
@@ -899,6 +925,8 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
             await in_order.resolve(events)
             outcomes = counter.decode_batch(events)
             rows = await recipient_log.rows_of(counter.log_keys(outcomes.values()))
+            if events:
+                await counter.reindex(events[0].message.topic)  # after an assignment; the last await before apply
             # No await between admit and apply: the assignment cannot change in between (InOrder.admit).
             for part in counter.apply(in_order.admit(events), outcomes, rows):
                 await parts_topic.send(key=part["campaign_id"].encode(), value=part)

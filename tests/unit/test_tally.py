@@ -142,6 +142,41 @@ def test_an_assignment_rebuilds_the_index_from_what_another_owner_wrote():
     assert _sent(parts, 0) == 2
 
 
+def test_a_rebuild_hands_the_event_loop_back_and_starts_again_if_the_partitions_move_meanwhile(monkeypatch):
+    """Millions of ids after an hour: the rebuild must not hold the loop (it runs the consumer's heartbeats)."""
+    import streams.tally
+
+    monkeypatch.setattr(streams.tally, "REINDEX_STEP", 25)
+    counted, parts = FakeTable(), FakeTable()
+    first = _counter(counted, parts)
+    for i in range(50):  # 50 dedup entries of 10 ids each
+        _apply(first, [_forwarded(0, i, [(i * 10 + j, _outcome(f"o{i}-{j}")) for j in range(10)])])
+    restarted = _counter(counted, parts)
+    another_owner = _counter(counted, parts)
+
+    async def rebuild() -> int:
+        turns = 0
+
+        async def meanwhile() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                if turns == 3:  # the partitions move, and another owner's write is recovered
+                    _apply(another_owner, [_forwarded(0, 50, [(1000, _outcome("theirs"))])])
+                    restarted.generation += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(meanwhile())
+        await restarted.reindex(TOPIC)
+        task.cancel()
+        return turns
+
+    assert asyncio.run(rebuild()) >= 15  # 501 ids, a yield every third entry (30 ids): the loop ran in between
+    assert restarted.indexed == restarted.generation and len(restarted.index) == 501 and "theirs" in restarted.index
+    _apply(restarted, [_forwarded(0, 51, [(1001, _outcome("theirs")), (1002, _outcome("o3-3"))])])
+    assert restarted.stats.duplicates == 2 and _sent(parts, 0) == 501
+
+
 def test_outcomes_of_a_batch_count_at_their_source_offsets_and_a_batch_forwarded_again_counts_nothing():
     counted, parts = FakeTable(), FakeTable()
     counter = _counter(counted, parts)
