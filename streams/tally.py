@@ -575,9 +575,12 @@ class Counter:
         self.index.clear()
         now_ms = round(self.clock() * 1000)
         since_yield = 0
-        for key, value in self.counted.data.items():
+        # The keys first, the values one by one: no iteration of the store stays open across a yield, while
+        # Faust may apply standby partitions' changelogs to it.
+        for key in list(self.counted.data.keys()):
             partition = int(str(key).split("|", 1)[0])
-            if partitions is None or partition in partitions:
+            value = self.counted.data.get(key) if partitions is None or partition in partitions else None
+            if value is not None:
                 occurred_ms, digests, offsets = unpack_batch(value, now_ms)
                 self.index.add(zip(digests, itertools.repeat(partition), offsets))
                 self.expiring.setdefault(partition, []).append((occurred_ms, str(key)))
