@@ -20,6 +20,7 @@ from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
+    from campaigns.collector import tune_collector
     from campaigns.logs import configure_logging
     from campaigns.settings import load_settings
     from streams.worker import STAGES, Worker
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         __import__(module.strip())
     settings = load_settings()
     configure_logging(settings.log_level)
+    tune_collector(settings.gc_young_threshold)  # as streams.worker.main does
     channels = args.channels.split(",")
     transports = {c: CountingTransport(c, first_id=args.first_id, count=args.count) for c in channels}
     worker = Worker(

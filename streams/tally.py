@@ -77,6 +77,7 @@ from mode import want_seconds
 from pydantic import BaseModel, SecretStr
 
 from campaigns.codec import Codec, get_codec
+from campaigns.collector import tune_collector
 from campaigns.core.tally import (
     STATUS_TO_COUNTER,
     TOTALS,
@@ -1094,6 +1095,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.append("--without-web")  # no view here; Faust's command line would start one on port 6066
         ensure_topics(tally.settings.kafka, [*pipeline_topic_specs(tally.settings), *tally_topic_specs(tally)])
         atexit.register(start_forwarder(tally.settings))  # delivery.outcomes -> the batches count_outcomes reads
+        tune_collector(tally.settings.gc_young_threshold)
     sys.argv = [sys.argv[0], *args]
     tally.app.main()
 

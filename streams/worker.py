@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import sys
 
+    from campaigns.collector import tune_collector
     from campaigns.logs import configure_logging
     from campaigns.settings import load_settings
 
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             update["metrics_port"] = args.metrics_port
         settings = settings.model_copy(update=update)
     configure_logging(settings.log_level)
+    tune_collector(settings.gc_young_threshold)
     worker = Worker(settings, stages=args.stages.split(","), channels=args.channels.split(","),
                     rate_limits=not args.no_rate_limits)
     stop = threading.Event()

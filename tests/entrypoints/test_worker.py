@@ -128,6 +128,8 @@ def test_worker_with_default_stages_runs_campaigns_end_to_end(entry: EntryPoints
     assert all(value == 0 for value in restarts.values()), f"stages restarted: {restarts}"
     assert entry.crashed_stages() == []
     assert "crashed" not in worker.log_text()
+    # Its garbage collector is set up for batches (campaigns/collector.py), as the benchmark's worker's is.
+    assert "a young collection every 50000 allocations" in worker.log_text()
 
     # SIGTERM stops it cleanly (exit 0) well before the SIGKILL fallback.
     started = time.monotonic()
