@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from campaigns.collector import tune_collector
 from campaigns.errors import ValidationError
 from campaigns.settings import load_settings
 
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         # aiosmtpd traces every SMTP command and reply at INFO (five lines per email): a protocol trace, shown only
         # with --log-level debug. It was a fifth of the simulator's CPU per email and most of its log.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # Its requests are short-lived containers too: collected as the worker's are (campaigns/collector.py).
+    tune_collector(load_settings().gc_young_threshold)
     try:
         asyncio.run(_serve(args))
     except ValueError as exc:
