@@ -27,9 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from campaigns.collector import tune_collector
-from campaigns.settings import load_settings
-
 from . import report
 from .env import RESULTS_DIR, BenchEnv, machine_description
 from .probe import cpu_probe_us
@@ -300,9 +297,6 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        # The expansion and cron scenarios run in this process: its collector is set up as the worker's, so the
-        # expander is measured as it runs there and the cron loop gets what the pipeline gets.
-        tune_collector(load_settings().gc_young_threshold)
         meta, failures = _run(args, runs, started, command, results, cases)
     for path in args.merge:
         earlier = json.loads(path.read_text())
