@@ -58,6 +58,16 @@ def _broker_version() -> str:
     return "unknown"
 
 
+@pytest.fixture(autouse=True)
+def _collector_untouched() -> Iterator[None]:
+    """No test may leave this process's garbage collector tuned: ``campaigns.collector.tune_collector`` is for
+    process entry points (frozen objects are invisible to ``gc.get_referrers``, which libraries rely on)."""
+    yield
+    import gc
+
+    assert gc.get_freeze_count() == 0, "a test ran a process entry point's collector set-up in the test process"
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     bootstrap = os.environ.get("CAMPAIGNS_KAFKA__BOOTSTRAP_SERVERS", KafkaSettings().bootstrap_servers)
     return [f"kafka broker: Apache Kafka {_broker_version()} at {bootstrap}; CI={CI}"]
