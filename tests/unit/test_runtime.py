@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message, TopicPartition
 
+import streams.runtime
 from campaigns.errors import DeliveryFailed, ServiceUnavailable
+from campaigns.settings import KafkaSettings
 from producers.kafka import MemoryProducer
 from streams.memory import MemoryConsumer
-from streams.runtime import StageRuntime, Unfinished, decoded, offsets_after
+from streams.runtime import StageRuntime, Unfinished, build_consumer, decoded, offsets_after, report_commit
 
 TOPIC = "in"
 
@@ -175,3 +177,19 @@ def test_offsets_after_skips_errors_and_takes_each_partitions_highest() -> None:
         consumer.add(TOPIC, b"x", partition=p)
     consumer.subscribe([TOPIC])
     assert offsets_after(consumer.consume(10)) == {(TOPIC, 0): 3, (TOPIC, 1): 1}
+
+
+def test_a_commit_that_fails_later_is_logged_by_the_consumers_on_commit(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits are asynchronous: a failure the broker answers later reaches ``report_commit``, which every stage
+    consumer gets as its ``on_commit``."""
+    configs: list[dict[str, Any]] = []
+    monkeypatch.setattr(streams.runtime, "Consumer", lambda conf: configs.append(conf))
+    build_consumer(KafkaSettings(), "a-group")
+    assert configs[0]["on_commit"] is report_commit and configs[0]["group.id"] == "a-group"
+
+    report_commit(None, [TopicPartition(TOPIC, 0, 5)])
+    assert "offset commit failed" not in caplog.text
+    report_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [TopicPartition(TOPIC, 0, 5)])
+    assert "offset commit failed" in caplog.text
