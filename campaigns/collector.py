@@ -18,9 +18,9 @@ worker (100,000 recipients, ``time.thread_time`` around each collection): 2.9 CP
   generations keep CPython's ratios. Garbage in reference cycles still goes, a little later: at most
   ``young_threshold`` more container objects (a few MB) wait for the next young collection.
 
-Only process entry points call it (the worker, the analytics process, the benchmark's worker): a library
-must not change the collector of the process that imports it (the test suite runs workers in its own
-process).
+Only process entry points call it (the worker, its analytics process, the provider simulator, the benchmark
+harness and its worker): a library must not change the collector of the process that imports it (the test
+suite runs workers in its own process, and frozen objects are invisible to ``gc.get_referrers``).
 """
 
 from __future__ import annotations

@@ -394,8 +394,9 @@ class Settings(BaseSettings):
     metrics_port: int = 9108  # 0 picks a free port (tests); PipelineMetrics.port tells which
     scheduler_interval_s: float = 0.2
     log_level: str = "info"
-    # The young generation of the worker's and analytics' garbage collector (campaigns/collector.py): above
-    # what a batch keeps alive at once. 700 or less leaves CPython's collector as it is.
+    # The young generation of the garbage collector of the worker, its analytics process, the simulator and the
+    # benchmark harness (campaigns/collector.py): above what a batch keeps alive at once. 700 or less leaves
+    # CPython's collector as it is.
     gc_young_threshold: int = Field(default=50_000, ge=0)
 
 
