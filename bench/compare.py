@@ -1,6 +1,6 @@
-"""``python -m bench.compare REV [REV ...] [--rounds 3] [--size 100000] [--scenario e2e|simulator]``: the e2e (or
-over-HTTP ``simulator``) figure of several versions of the code, side by side, interleaved round by round (REV1,
-REV2, ..., then again), on the same broker and database.
+"""``python -m bench.compare REV [REV ...] [--rounds 3] [--size 100000] [--scenario e2e|simulator|expansion]``: the
+e2e (or over-HTTP ``simulator``, or ``expansion`` alone at batch 1,000) figure of several versions of the code, side
+by side, interleaved round by round (REV1, REV2, ..., then again), on the same broker and database.
 
 A REV may carry settings for its run: ``HEAD+CAMPAIGNS_SENDER__CONSUMERS=2`` (``+NAME=VALUE``, repeatable) runs
 HEAD's tree with that environment, so one version can be compared with itself under another configuration.
@@ -49,13 +49,26 @@ def _argv(scenario: str, size: int, out: Path) -> list[str]:
     if scenario == "simulator":  # the production worker entry point over real HTTP to the provider simulator
         return [sys.executable, "-m", "bench", "simulator", "--sim-n", str(size), "--runs", "1", "--no-markdown",
                 "--json", str(out)]
+    if scenario == "expansion":  # the harness's expansion grid: 100,000 recipients at each batch size
+        return [sys.executable, "-m", "bench", "expansion", "--runs", "1", "--no-markdown", "--json", str(out)]
     return [sys.executable, "-m", "bench", "e2e", "--sizes", str(size), "--batch-sizes", "1000", "--runs", "1",
             "--no-markdown", "--json", str(out)]
+
+
+def _case(scenario: str, cases: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The run compared: expansion's at batch 1,000 (its target's), else the scenario's one case."""
+    if scenario == "expansion":
+        return next(runs[0] for key, runs in cases.items() if key.endswith("x1000"))
+    return next(iter(cases.values()))[0]
 
 
 def _figures(scenario: str, result: dict[str, Any]) -> dict[str, float]:
     """``per_s`` (recipients/s end to end, messages/s over HTTP), the CPU seconds per 1,000 recipients, and the
     peak RSS in MB of the worker and of its analytics process (0 if the tree's harness does not measure it)."""
+    if scenario == "expansion":  # one thread of this process: no worker, no PostgreSQL figure
+        return {"per_s": result["recipients_per_s"],
+                "worker_cpu_s_per_1k": result["expander_cpu_s"] * 1000 / result["n"], "postgres_cpu_s_per_1k": 0.0,
+                "peak_rss_mb": 0.0, "analytics_peak_rss_mb": 0.0}
     if scenario == "simulator":
         per_1k = 1000 / result["total_recipients"]
         return {"per_s": result["messages_per_s"], "worker_cpu_s_per_1k": result["worker_cpu_s"] * per_1k,
@@ -74,7 +87,7 @@ def _run(tree: Path, scenario: str, size: int, out: Path, as_owner: bool, extra:
         env["CAMPAIGNS_DATABASE__USER"] = env["CAMPAIGNS_DATABASE__PASSWORD"] = os.environ.get(
             "CAMPAIGNS_PG_OWNER", "campaigns_owner")
     subprocess.run(_argv(scenario, size, out), cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
-    return _figures(scenario, next(iter(json.loads(out.read_text())["results"][scenario].values()))[0])
+    return _figures(scenario, _case(scenario, json.loads(out.read_text())["results"][scenario]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("revs", nargs="+", help="git revisions (e.g. a53f88b HEAD), each optionally +NAME=VALUE settings")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--size", type=int, default=100_000, help="recipients per run")
-    p.add_argument("--scenario", choices=("e2e", "simulator"), default="e2e",
-                   help="e2e (in-worker counting transport) or simulator (real HTTP, messages/s)")
+    p.add_argument("--scenario", choices=("e2e", "simulator", "expansion"), default="e2e",
+                   help="e2e (in-worker counting transport), simulator (real HTTP, messages/s) or expansion (alone, "
+                        "100,000 recipients at batch 1,000 whatever --size; 'worker' is the expander's CPU)")
     args = p.parse_args(argv)
     results: dict[str, list[dict[str, float]]] = {rev: [] for rev in args.revs}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp, durability("durable"):

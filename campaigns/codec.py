@@ -125,12 +125,15 @@ class _Record:
     """Returns header + body, raises anything to hand the value to the checked path."""
     fast_decode: Callable[[bytes], dict[str, Any]] | None
     """Decodes a value written with the current schema (header already checked)."""
+    plans: list[tuple[str, _Plan, bool, Any]] | None
+    """(name, plan, has default, default) per field when the record is compiled (:meth:`Codec.encoder` uses them)."""
 
 
 class Codec:
     """Encodes and decodes the project's Avro records with a single-object-encoding header.
 
-    Thread-safe once constructed (all state is read-only). Construction parses every schema once and
+    Thread-safe once constructed (its state is read-only but for caches of compiled encoders). Construction
+    parses every schema once and
     raises :class:`SchemaError` if a schema file is missing, malformed or inconsistent with its history.
 
     Args:
@@ -163,6 +166,10 @@ class Codec:
             for fp in record.writers:
                 self._owners.setdefault(fp, record.name)
         self._names = tuple(sorted(record.name for record in records))
+        # Compiled on demand by encoder(), then reused: filled idempotently, so threads sharing the codec at most
+        # compile one twice.
+        self._partials: dict[tuple[str, tuple[str, ...]], Callable[[tuple[bytes, ...]], Callable[[Any], bytes]]] = {}
+        self._field_writers: dict[tuple[str, str], Callable[[Any], bytes]] = {}
 
     # -- introspection -----------------------------------------------------------------------------
 
@@ -219,6 +226,64 @@ class Codec:
                 f"{self.max_encoded_size} bytes; shorten the largest fields"
             )
         return data
+
+    def encoder(self, record_name: str, constants: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bytes]:
+        """An encoder of ``record_name`` values whose fields in ``constants`` always take those values.
+
+        Called with the other fields, it returns exactly what ``encode(record_name, {**constants, **value})``
+        returns - the same bytes, or the same :class:`SchemaError` - but the constant fields were encoded once,
+        here, not on every call (a page of the expansion's messages differ in three fields of fourteen). A value
+        that is not exactly the other fields (one left to its default, an extra key) or that the compiled path
+        declines takes the full :meth:`encode`. Raises :class:`SchemaError` for a constant that is not a field.
+        """
+        record = self._record(record_name)
+        unknown = constants.keys() - record.field_names
+        if unknown:
+            raise SchemaError(f"{record.name} has no field {', '.join(sorted(map(str, unknown)))}")
+        constants = dict(constants)
+
+        def checked(value: Mapping[str, Any]) -> bytes:
+            return self.encode(record_name, {**constants, **value})
+
+        blocks = self._constant_blocks(record, constants)
+        if blocks is None:  # not compiled, or a constant the compiled path declines: encode checks it every call
+            return checked
+        variable = tuple(name for name, *_ in record.plans or () if name not in constants)
+        key = (record.name, variable)
+        make = self._partials.get(key)
+        if make is None:  # once per record and set of fields, whatever the constants
+            make = self._partials[key] = _compile_partial(record.current, record.plans or [], variable)
+        fast, limit = make(blocks), self.max_encoded_size
+
+        def encode(value: Mapping[str, Any]) -> bytes:
+            try:
+                data = fast(value)
+            except Exception:
+                return checked(value)  # explains what is wrong, or encodes what the fast path declined
+            return data if len(data) <= limit else checked(value)  # over the limit: encode's error
+
+        return encode
+
+    def _constant_blocks(self, record: _Record, constants: dict[str, Any]) -> tuple[bytes, ...] | None:
+        """The header and the constant fields' bytes, one block before the first other field and one after each
+        (see :func:`_compile_partial`); None if there is no compiled path for them."""
+        if record.plans is None:
+            return None
+        blocks, current = [], [record.current.header]
+        for name, plan, _, _ in record.plans:
+            if name not in constants:
+                blocks.append(b"".join(current))
+                current = []
+                continue
+            writer = self._field_writers.get((record.name, name))
+            if writer is None:
+                writer = self._field_writers[(record.name, name)] = _compile_field_writer(record.name, name, plan)
+            try:
+                current.append(writer(constants[name]))
+            except Exception:
+                return None
+        blocks.append(b"".join(current))
+        return tuple(blocks)
 
     def _encode_checked(self, record: _Record, value: Any) -> bytes:
         problems = _problems(record, value)
@@ -409,11 +474,10 @@ def _build_record(
     fields = tuple(current.parsed["fields"])
     timestamp_fields = frozenset(f["name"] for f in fields if _is_timestamp_millis(f["type"]))
     fast_encode = fast_decode = None
-    if compiled:
-        plans = _plan_record(current.parsed)
-        if plans is not None:
-            fast_encode = _compile_encoder(current, plans)
-            fast_decode = _compile_decoder(current, plans)
+    plans = _plan_record(current.parsed) if compiled else None
+    if plans is not None:
+        fast_encode = _compile_encoder(current, plans)
+        fast_decode = _compile_decoder(current, plans)
     return _Record(
         name=current.record_name,
         stem=stem,
@@ -424,6 +488,7 @@ def _build_record(
         timestamp_fields=timestamp_fields,
         fast_encode=fast_encode,
         fast_decode=fast_decode,
+        plans=plans,
     )
 
 
@@ -670,7 +735,6 @@ class _Source:
 def _compile_encoder(
     current: SchemaVersion, plans: list[tuple[str, _Plan, bool, Any]]
 ) -> Callable[[Any], bytes]:
-    varint, _ = _varint_tables()
     src = _Source()
     fields = src.const(frozenset(name for name, *_ in plans))
     header = src.const(current.header)
@@ -686,7 +750,16 @@ def _compile_encoder(
             src.emit(1, f"x = v[{name!r}]")
         _emit_write(src, 1, plan)
     src.emit(1, "return b''.join(o)")
-    namespace = {
+    encoder: Callable[[Any], bytes] = src.compile(
+        "encode", _writer_namespace(), f"<codec encode {current.record_name}>"
+    )
+    return encoder
+
+
+def _writer_namespace() -> dict[str, Any]:
+    """What the code of :func:`_emit_write` refers to."""
+    varint, _ = _varint_tables()
+    return {
         "_Decline": _Decline,
         "_V": varint,
         "_VL": _VARINT_LIMIT,
@@ -696,10 +769,48 @@ def _compile_encoder(
         "_pack_d": struct.Struct("<d").pack,
         "_pack_f": struct.Struct("<f").pack,
     }
-    encoder: Callable[[Any], bytes] = src.compile(
-        "encode", namespace, f"<codec encode {current.record_name}>"
+
+
+def _compile_field_writer(record_name: str, name: str, plan: _Plan) -> Callable[[Any], bytes]:
+    """The body bytes of one field's value (raises for a value the compiled encoder would decline)."""
+    src = _Source()
+    src.emit(0, "def write(x):")
+    src.emit(1, "o = []")
+    src.emit(1, "a = o.append")
+    _emit_write(src, 1, plan)
+    src.emit(1, "return b''.join(o)")
+    writer: Callable[[Any], bytes] = src.compile("write", _writer_namespace(),
+                                                 f"<codec write {record_name}.{name}>")
+    return writer
+
+
+def _compile_partial(
+    current: SchemaVersion, plans: list[tuple[str, _Plan, bool, Any]], variable: tuple[str, ...]
+) -> Callable[[tuple[bytes, ...]], Callable[[Any], bytes]]:
+    """``make(blocks)``: an encoder of values with exactly the ``variable`` fields, which writes each of them as
+    the full encoder does and ``blocks[i]`` (the bytes of the constant fields, header first) around them: block 0
+    before the first variable field, block i after the i-th."""
+    src = _Source()
+    fields = src.const(frozenset(variable))
+    src.emit(0, "def make(k):")
+    src.emit(1, "def encode(v):")
+    src.emit(2, f"if type(v) is not dict or v.keys() != {fields}:")
+    src.emit(3, "raise _Decline")
+    src.emit(2, "o = [k[0]]")
+    src.emit(2, "a = o.append")
+    block = 1
+    for name, plan, _, _ in plans:
+        if name in variable:
+            src.emit(2, f"x = v[{name!r}]")
+            _emit_write(src, 2, plan)
+            src.emit(2, f"a(k[{block}])")
+            block += 1
+    src.emit(2, "return b''.join(o)")
+    src.emit(1, "return encode")
+    make: Callable[[tuple[bytes, ...]], Callable[[Any], bytes]] = src.compile(
+        "make", _writer_namespace(), f"<codec partial encode {current.record_name}>"
     )
-    return encoder
+    return make
 
 
 class _Decline(Exception):
@@ -753,7 +864,8 @@ def _emit_write(src: _Source, indent: int, plan: _Plan) -> None:
         emit(indent, "if x is not None:")
         emit(indent + 1, "raise _Decline")
     elif kind == "enum":
-        table = src.const({symbol: _VARINT[i << 1] for i, symbol in enumerate(plan[1])})
+        varint, _ = _varint_tables()
+        table = src.const({symbol: varint[i << 1] for i, symbol in enumerate(plan[1])})
         emit(indent, f"a({table}[x])")  # KeyError (or TypeError) declines
     elif kind == "union":
         _, null_index, inner = plan

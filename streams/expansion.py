@@ -243,20 +243,24 @@ class Expander:
     def _produce_messages(self, plan: CampaignPlan, recipients: list[Recipient]) -> None:
         topic = self._settings.kafka.topic(messages_topic(plan.channel))
         now_ms = _millis(self._clock())
-        encode = self._codec.encode
         campaign = str(plan.id)
+        produce = self._producer.produce
+        # The page's messages differ in three fields: the rest is encoded once per content locale.
+        encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         for r in recipients:
             content = plan.content.get(r.locale) or plan.content[plan.default_locale]
+            encode = encoders.get(content.locale)
+            if encode is None:
+                # ``locale`` is the content's (what the body was rendered in, and the language of a provider
+                # template), not the recipient's: a recipient whose locale has no content gets the default.
+                encode = encoders[content.locale] = self._codec.encoder("RecipientMessage", {
+                    "campaign_id": campaign, "channel": plan.channel, "subject": content.subject, "body": content.body,
+                    "template_name": content.template_name, "template_parameters": content.template_parameters,
+                    "locale": content.locale, "attempt": 0, "not_before": 0, "created_at": now_ms, "last_error": None,
+                })
             recipient = str(r.customer_id)
-            # ``locale`` is the content's (what the body was rendered in, and the language of a provider
-            # template), not the recipient's: a recipient whose locale has no content gets the default.
-            record = {
-                "message_id": message_id(campaign, recipient), "campaign_id": campaign, "recipient_id": recipient,
-                "channel": plan.channel, "address": r.address, "subject": content.subject, "body": content.body,
-                "template_name": content.template_name, "template_parameters": content.template_parameters,
-                "locale": content.locale, "attempt": 0, "not_before": 0, "created_at": now_ms, "last_error": None,
-            }
-            self._producer.produce(topic, recipient, encode("RecipientMessage", record))
+            produce(topic, recipient, encode({"message_id": message_id(campaign, recipient), "recipient_id": recipient,
+                                              "address": r.address}))
         self.expanded += len(recipients)
         if self._metrics is not None:  # once per page
             self._metrics.expansion_page(plan.channel, len(recipients))

@@ -42,6 +42,12 @@ def test_durability_switches_and_compare_restores_it(settings):
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         assert result.stdout.startswith("broker warm-up skipped (BENCH_WARM_UP=0)"), result.stdout
         assert "round 1 HEAD: " in result.stdout and "\nHEAD: median " in result.stdout, result.stdout
+        # The expansion alone (the harness's grid, 100,000 recipients; the figure at batch 1,000).
+        result = subprocess.run([sys.executable, "-m", "bench.compare", "HEAD", "--scenario", "expansion",
+                                 "--rounds", "1"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=900, env=dict(os.environ, BENCH_WARM_UP="0"))
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        assert "round 1 HEAD: " in result.stdout and "\nHEAD: median " in result.stdout, result.stdout
         assert _durability() == "fsync=off full_page_writes=off synchronous_commit=off"  # put back as found
         worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
         assert "bench-compare-" not in worktrees  # its worktree is gone

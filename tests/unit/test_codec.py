@@ -752,6 +752,58 @@ def test_compiled_paths_match_fastavro(compiled: Codec, reference: Codec, name: 
     check()
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_an_encoder_with_constant_fields_encodes_exactly_as_encode(codec: Codec, name: str) -> None:
+    """Codec.encoder: for any value and any of its fields held constant, the same bytes as encode - or, for a value
+    encode refuses, a SchemaError too."""
+    schema = codec.schema(name)
+
+    @HYPOTHESIS
+    @given(value=_record_strategy(schema), data=st.data())
+    def check(value: dict[str, Any], data: st.DataObject) -> None:
+        held = data.draw(st.sets(st.sampled_from(sorted(value))) if value else st.just(set()))
+        constants = {k: v for k, v in value.items() if k in held}
+        rest = {k: v for k, v in value.items() if k not in held}
+        encode = codec.encoder(name, constants)
+        try:
+            expected_bytes = codec.encode(name, value)
+        except SchemaError:
+            with pytest.raises(SchemaError):
+                encode(rest)
+            return
+        assert encode(rest) == expected_bytes
+        assert encode(rest) == expected_bytes  # and again: nothing of a call stays for the next
+
+    check()
+
+
+def test_an_encoder_of_valid_values_takes_its_compiled_path(compiled: Codec, monkeypatch: pytest.MonkeyPatch) -> None:
+    value = SAMPLES["RecipientMessage"]
+    variable = ("message_id", "recipient_id", "address")
+    encode = compiled.encoder("RecipientMessage", {k: v for k, v in value.items() if k not in variable})
+    expected_bytes = compiled.encode("RecipientMessage", value)
+
+    def full_encode(*args: Any) -> bytes:
+        raise AssertionError("the full encode was called")
+
+    monkeypatch.setattr(compiled, "encode", full_encode)
+    assert encode({k: value[k] for k in variable}) == expected_bytes
+
+
+def test_an_encoder_s_constants_must_be_fields(compiled: Codec) -> None:
+    with pytest.raises(SchemaError, match="no field colour"):
+        compiled.encoder("RecipientMessage", {"colour": "red"})
+
+
+def test_an_encoder_over_the_size_limit_raises_as_encode_does() -> None:
+    small = Codec(max_encoded_size=300)
+    value = dict(SAMPLES["RecipientMessage"])
+    encode = small.encoder("RecipientMessage", {k: v for k, v in value.items() if k != "body"})
+    assert encode({"body": "short"}) == small.encode("RecipientMessage", dict(value, body="short"))
+    with pytest.raises(SchemaError, match="exceeds the limit"):
+        encode({"body": "x" * 400})
+
+
 KITCHEN_SINK = {
     "type": "record",
     "name": "KitchenSink",
