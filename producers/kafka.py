@@ -12,10 +12,6 @@ Guarantees of :class:`KafkaProducer`:
 * Two ways to produce: :meth:`~KafkaProducer.produce` for the hot path (no per-record bookkeeping), and
   :meth:`~KafkaProducer.produce_tracked`, which returns a :class:`Delivery` handle, for a caller that must
   know *which* records made it (the outbox relay marks exactly those).
-* :meth:`~KafkaProducer.mark` and :meth:`~KafkaProducer.wait_for`: a flush of only the hot-path records produced
-  before the mark, while those produced after it stay in flight. A stage that checkpoints page after page (the
-  expansion) commits page N once N is acknowledged while page N+1 is already on its way, instead of waiting a
-  broker round trip per page with nothing to do.
 * A full local queue makes ``produce`` serve delivery reports until there is room (never drops a record).
 * Nothing is sent or connected at import; a producer is built where the process (or stage) starts. One
   producer belongs to one thread.
@@ -26,7 +22,6 @@ still fails tests) and can be told to fail deliveries to given topics.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -70,10 +65,6 @@ class Publisher(Protocol):
 
     def poll(self, timeout: float = 0.0) -> None: ...
 
-    def mark(self) -> int: ...
-
-    def wait_for(self, mark: int, timeout: float = 30.0) -> None: ...
-
     def flush(self, timeout: float = 30.0) -> None: ...
 
     def close(self, timeout: float = 10.0) -> None: ...
@@ -114,57 +105,16 @@ class KafkaProducer:
         self._failures: list[str] = []  # hot-path records whose delivery failed since the last flush
         self._tracked: list[Delivery] = []
         self.produced = 0
-        # Hot-path records not reported yet, by epoch (the marks taken so far): deliveries complete out of order
-        # across partitions, so a mark is waited for by its own count, not by the total in flight.
-        self._epoch = 0
-        self._unreported: dict[int, int] = {0: 0}
-        self._on_delivery = self._reporter(0)
 
-    def _reporter(self, epoch: int) -> Any:
-        """The delivery report of the hot-path records produced in ``epoch``."""
-        unreported, failures = self._unreported, self._failures
-
-        def report(error: KafkaError | None, message: Message) -> None:
-            unreported[epoch] -= 1
-            if error is not None:
-                failures.append(f"{message.topic()}: {error.str()}")
-
-        return report
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failures.append(f"{message.topic()}: {error.str()}")
 
     def produce(self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None,
                 partition: int | None = None) -> None:
-        """Queue one record (the hot path): its failure, if any, is reported by the next :meth:`flush` (or
-        :meth:`wait_for`). ``partition``: written there, not where the key's hash puts it."""
+        """Queue one record (the hot path): its failure, if any, is reported by the next :meth:`flush`.
+        ``partition``: written there, not where the key's hash puts it."""
         self._produce(topic, _key_bytes(key), value, _header_list(headers), self._on_delivery, partition)
-        self._unreported[self._epoch] += 1
-
-    def mark(self) -> int:
-        """A mark after every hot-path record produced so far, for :meth:`wait_for`."""
-        mark, self._epoch = self._epoch, self._epoch + 1
-        self._unreported[self._epoch] = 0
-        self._on_delivery = self._reporter(self._epoch)
-        return mark
-
-    def wait_for(self, mark: int, timeout: float = 30.0) -> None:
-        """Wait until every hot-path record produced before ``mark`` is acknowledged, serving delivery reports;
-        records produced after it may still be in flight. :class:`DeliveryFailed` if a hot-path record failed
-        (before the mark or not: the caller does the work again either way), or at the timeout."""
-        deadline = time.monotonic() + timeout
-        while any(n for epoch, n in self._unreported.items() if epoch <= mark):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeliveryFailed(f"records not acknowledged by Kafka within {timeout}s; is the broker reachable? "
-                                     "they will be retried")
-            self._producer.poll(min(left, 0.1))
-        for epoch in [e for e in self._unreported if e <= mark]:
-            del self._unreported[epoch]
-        self._raise_failures()
-
-    def _raise_failures(self) -> None:
-        if self._failures:
-            failures = self._failures[:]
-            self._failures.clear()  # in place: the reporters append to this list
-            raise DeliveryFailed(f"{len(failures)} records failed delivery: {'; '.join(failures[:3])}")
 
     def produce_tracked(
         self, topic: str, key: str | bytes | None, value: bytes, headers: Headers | None = None
@@ -205,11 +155,7 @@ class KafkaProducer:
         """Wait for every record produced since the last flush; :class:`DeliveryFailed` if any was not
         acknowledged (failed, or still queued at the timeout)."""
         remaining = self._producer.flush(timeout)
-        failures = self._failures[:]
-        self._failures.clear()  # in place: the reporters append to this list
-        if not remaining:  # every report was served: no record of any epoch is in flight
-            self._unreported.clear()  # in place: the reporters count in this dict
-            self._unreported[self._epoch] = 0
+        failures, self._failures = self._failures, []
         tracked, self._tracked = self._tracked, []
         failures += [f"{d.topic}: {d.error}" for d in tracked if d.done and d.error is not None]
         if remaining or any(not d.done for d in tracked):
@@ -255,13 +201,6 @@ class MemoryProducer:
 
     def poll(self, timeout: float = 0.0) -> None:
         pass
-
-    def mark(self) -> int:
-        return len(self.records)
-
-    def wait_for(self, mark: int, timeout: float = 30.0) -> None:
-        """Everything is delivered at once here: waiting for a mark is a flush."""
-        self.flush(timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
         pending, self._pending = self._pending, []

@@ -209,36 +209,25 @@ class Expander:
             return False
         sweeping = plan.status in ("cancelled", "failed")
         ahead = self._pages.read(plan, plan.cursor)
-        unchecked: tuple[int, int, int] | None = None  # the page worked on before: (its mark, last id, size)
         while True:
             page = ahead.result()
-            if page:
-                ahead = self._pages.read(plan, page[-1].customer_id)  # read while this page is worked on
-                if sweeping:
-                    self._record(plan, page, status="cancelled", reason=f"campaign_{plan.status}")
-                else:
-                    self._record(plan, [r for r in page if r.skip_reason], status="skipped", reason=None)
-                    self._produce_messages(plan, [r for r in page if r.skip_reason is None])
-            # The page before's records were in flight while this one was worked on. They must be on the broker
-            # before the checkpoint says they are; this page's stay in flight meanwhile.
-            if unchecked is not None and not self._checkpoint_delivered(plan, *unchecked):
-                return True  # the campaign changed (pause, cancel, resume): start over from its new state
             if not page:
                 if sweeping and not self._settle_in_flight(plan):
                     return False  # live claims of a sender: they end (recorded or expired); a later pass settles
                 self._finish(plan)
                 return True
-            unchecked = (self._producer.mark(), page[-1].customer_id, len(page))
-
-    def _checkpoint_delivered(self, plan: CampaignPlan, mark: int, last_id: int, page_size: int) -> bool:
-        """Checkpoint a page once its records (messages and outcomes, produced before ``mark``) are acknowledged;
-        False if the campaign changed meanwhile."""
-        self._producer.wait_for(mark)
-        if not self._checkpoint(plan, last_id, page_size):
-            return False
-        if self.on_page is not None:
-            self.on_page(plan.id, page_size)
-        return True
+            ahead = self._pages.read(plan, page[-1].customer_id)  # read while this page is worked on
+            if sweeping:
+                self._record(plan, page, status="cancelled", reason=f"campaign_{plan.status}")
+            else:
+                self._record(plan, [r for r in page if r.skip_reason], status="skipped", reason=None)
+                self._produce_messages(plan, [r for r in page if r.skip_reason is None])
+            # Messages and outcomes must be on the broker before the checkpoint says they are.
+            self._producer.flush()
+            if not self._checkpoint(plan, page[-1].customer_id, len(page)):
+                return True  # the campaign changed (pause, cancel, resume): start over from its new state
+            if self.on_page is not None:
+                self.on_page(plan.id, len(page))
 
     def _produce_messages(self, plan: CampaignPlan, recipients: list[Recipient]) -> None:
         topic = self._settings.kafka.topic(messages_topic(plan.channel))
