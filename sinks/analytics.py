@@ -183,7 +183,7 @@ class PostgresAnalyticsStore:
     def log_rows(self, keys: Sequence[Key]) -> dict[Key, tuple[str, int]]:
         with self._conn.transaction() as cur:
             cur.execute(KEY_LOOKUPS_HERE)  # a batch of key lookups: never planned as a scan of the log
-            return {(r[0], r[1]): (r[2], r[3]) for r in recipient_log.rows(cur, sorted(keys))}
+            return {(c, r): (status, attempts) for c, r, status, attempts in recipient_log.statuses(cur, keys)}
 
     def active_expanded(self) -> set[str]:
         with self._conn.transaction() as cur:

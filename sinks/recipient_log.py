@@ -54,6 +54,10 @@ ROWS_SQL = (
     "l.provider_message_id, l.lease_until, l.updated_at FROM campaign_recipient_log AS l "
     "JOIN unnest(%s::uuid[], %s::bigint[]) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r"
 )
+STATUSES_SQL = (
+    "SELECT l.campaign_id::text, l.recipient_id, l.status, l.attempts FROM campaign_recipient_log AS l "
+    "JOIN unnest(%s::uuid[], %s::bigint[]) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r"
+)
 RECORD_RESULTS_SQL = (
     "UPDATE campaign_recipient_log AS l SET status = v.s, attempts = v.a, failure_reason = v.f, "
     "provider_message_id = v.p, sent_at = v.t, updated_at = now(), lease_until = NULL "
@@ -143,6 +147,15 @@ def rows(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str, int, str | 
     if not keys:
         return []
     cur.execute(ROWS_SQL, _columns(keys, *_KEYS))
+    return cur.fetchall()
+
+
+def statuses(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str, int]]:
+    """``(campaign, recipient, status, attempts)`` of the pairs that have a row: what the analytics check an outcome
+    against, and only that (no timestamps to read, convert and send, once per outcome)."""
+    if not keys:
+        return []
+    cur.execute(STATUSES_SQL, _columns(keys, *_KEYS))
     return cur.fetchall()
 
 

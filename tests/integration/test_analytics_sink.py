@@ -109,3 +109,23 @@ def test_a_flush_that_changes_totals_wakes_a_listening_store(settings, service, 
         assert not store.wait_for_totals(0.2)  # one notification, consumed
     finally:
         store.close()
+
+
+def test_the_log_check_reads_status_and_attempts_of_the_rows_that_exist(settings, service, audience):  # noqa: F811
+    _plan, segments = audience(5)
+    campaign_id = str(service.create_campaign("marketer-1", {
+        "name": "log check", "channel": "email", "content": {"subject": "Hi", "body": "<p>Hello</p>"},
+        "segments": segments[:1]}))
+    now = datetime.now(UTC)
+    with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
+                    "attempts, created_at, updated_at) VALUES (%s, 1, gen_random_uuid(), 'email', 'sent', 1, %s, %s), "
+                    "(%s, 2, gen_random_uuid(), 'email', 'retrying', 2, %s, %s)",
+                    (campaign_id, now, now, campaign_id, now, now))
+    conn.close()
+    store = sink.PostgresAnalyticsStore(settings.database.dsn())
+    try:
+        assert store.log_rows([(campaign_id, 2), (campaign_id, 1), (campaign_id, 3)]) == {
+            (campaign_id, 1): ("sent", 1), (campaign_id, 2): ("retrying", 2)}
+    finally:
+        store.close()
