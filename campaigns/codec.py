@@ -133,8 +133,8 @@ class Codec:
     """Encodes and decodes the project's Avro records with a single-object-encoding header.
 
     Thread-safe once constructed (its state is read-only but for caches of compiled encoders). Construction
-    parses every schema once and
-    raises :class:`SchemaError` if a schema file is missing, malformed or inconsistent with its history.
+    parses every schema once and raises :class:`SchemaError` if a schema file is missing, malformed or
+    inconsistent with its history.
 
     Args:
         schema_dir: folder holding ``*.avsc`` and ``history/<stem>/v<n>.avsc``; defaults to the
