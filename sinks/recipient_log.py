@@ -16,7 +16,8 @@ workers, redeliveries and replays):
 * :func:`record_results` writes results only for claims still held by the caller (same ``claimed_at``): a
   claim taken over meanwhile keeps the other worker's result.
 * :func:`record_terminal` never overwrites a terminal row; a ``cancelled`` write also ends a ``retrying``
-  row. :func:`terminal_rows` then lists the rows in that status, so their outcomes can be (re-)emitted with
+  row. It returns the rows it wrote; when that is fewer than it was given (some had a row already: a page done
+  again), :func:`terminal_rows` lists every row in that status, so their outcomes can be (re-)emitted with
   the same ids whatever happened before. The reads that feed a re-emission give the row's ``updated_at``: a
   re-emitted outcome occurred when its row took that status, not when it was emitted again (the analytics'
   allowed lateness relies on it: ``campaigns.core.tally``).
@@ -88,11 +89,13 @@ _INSERT_TERMINAL = (
     "%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
     "ON CONFLICT (campaign_id, recipient_id) "
 )
-RECORD_SKIPPED_SQL = _INSERT_TERMINAL + "DO NOTHING"
+# The rows written, as terminal_rows reads them.
+_RETURNING_TERMINAL = " RETURNING recipient_id, message_id, failure_reason, updated_at"
+RECORD_SKIPPED_SQL = _INSERT_TERMINAL + "DO NOTHING" + _RETURNING_TERMINAL
 RECORD_CANCELLED_SQL = _INSERT_TERMINAL + (
     "DO UPDATE SET status = 'cancelled', failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at "
     "WHERE campaign_recipient_log.status = 'retrying'"
-)
+) + _RETURNING_TERMINAL
 TERMINAL_ROWS_SQL = (
     "SELECT recipient_id, message_id, failure_reason, updated_at FROM campaign_recipient_log "
     "WHERE campaign_id = %s AND recipient_id = ANY(%s) AND status = %s"
@@ -185,12 +188,16 @@ def cancelled_rows(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str | 
     return cur.fetchall()
 
 
-def record_terminal(cur: Any, status: str, rows_: Sequence[tuple[Any, ...]]) -> None:
+def record_terminal(cur: Any, status: str, rows_: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """``skipped`` or ``cancelled`` rows ``(campaign, recipient, message id, channel, status, reason, created,
-    updated)`` for recipients without a terminal row."""
-    if rows_:
-        sql = RECORD_CANCELLED_SQL if status == "cancelled" else RECORD_SKIPPED_SQL
-        cur.execute(sql, _columns(rows_, KEY, KEY, KEY, *[VALUE] * 5))
+    updated)`` for recipients without a terminal row; returns the rows written, ``(recipient, message id, failure
+    reason, updated at)`` as :func:`terminal_rows` gives them. All of ``rows_`` written: those are all the rows
+    of these recipients in ``status``."""
+    if not rows_:
+        return []
+    sql = RECORD_CANCELLED_SQL if status == "cancelled" else RECORD_SKIPPED_SQL
+    cur.execute(sql, _columns(rows_, KEY, KEY, KEY, *[VALUE] * 5))
+    return cur.fetchall()
 
 
 def terminal_rows(cur: Any, campaign: str, recipients: Sequence[int], status: str) -> list[tuple[Any, ...]]:

@@ -273,10 +273,11 @@ class Expander:
             for r in recipients
         ]
         with self._conn.cursor() as cur:
-            recipient_log.record_terminal(cur, status, rows)
+            written = recipient_log.record_terminal(cur, status, rows)
             self._conn.commit()
-            self._emit(plan, status, recipient_log.terminal_rows(cur, campaign, [r.customer_id for r in recipients],
-                                                                 status))
+            if len(written) < len(rows):  # some had a row already (a page done again): every row in that status
+                written = recipient_log.terminal_rows(cur, campaign, [r.customer_id for r in recipients], status)
+            self._emit(plan, status, written)
 
     def _settle_in_flight(self, plan: CampaignPlan) -> bool:
         """After a sweep: end the rows no sender will end (``retrying``, and claims whose lease ran out, left

@@ -133,6 +133,31 @@ def test_expansion_killed_at_a_commit_then_cancelled_emits_outcomes_only_for_com
     assert set(outcomes) == set(log_rows), "every logged recipient has its outcome"
 
 
+def test_expansion_killed_before_its_flush_re_emits_the_skipped_outcomes_of_rows_it_committed(
+    settings, service, audience
+):
+    """A page's skipped rows committed, their outcomes lost with the process (killed before its flush, so before
+    the page's checkpoint): the page done again writes none of those rows (they exist), and must still emit their
+    outcomes. (The expander takes the rows its insert returns as the page's skipped rows only when it wrote all
+    of them; otherwise it reads them.)"""
+    _, segments = audience(300, opted_out_every=5)
+    campaign_id = _active_campaign(settings, service, segments, batch_size=100)
+
+    crashing = Expander(settings, LostProducer(settings.kafka))
+    with pytest.raises(_Crash):
+        crashing.run_once()
+    crashing.close()
+    committed = {r for r, status in _log(settings, campaign_id).items() if status == "skipped"}
+    assert committed, "the first page's skipped rows committed before the kill (their outcomes never left it)"
+
+    _expand(settings, service, campaign_id).close()
+    log_rows, outcomes = _log(settings, campaign_id), _outcomes(settings, campaign_id)
+    skipped = {r for r, status in log_rows.items() if status == "skipped"}
+    assert committed < skipped and len(log_rows) == len(skipped), "the other pages' skipped rows, nothing else"
+    assert set(outcomes) == skipped, "every skipped row has its outcome, the first page's included"
+    assert all(statuses == {"skipped"} for statuses in outcomes.values())
+
+
 def test_sender_killed_before_its_flush_re_emits_the_outcomes_of_rows_it_committed(settings, service, audience):
     """Bug 1: a sender committed ``cancelled`` rows and died before its producer flush; the redelivered
     messages found the rows already terminal and nothing re-emitted their outcomes (log 152, analytics 52)."""
