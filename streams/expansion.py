@@ -5,7 +5,7 @@ Runs as a loop in the worker (``run_forever``) over the campaigns that need it:
 * ``active`` and not yet expanded: page through the audience (``sinks.audience``), produce a
   RecipientMessage per eligible recipient with a deterministic message id (uuid5 of campaign and
   recipient), record ineligible ones as ``skipped`` rows with the reason (and a SKIPPED outcome), then
-  checkpoint the page's last customer id. A crash re-produces at most the pages after the last checkpoint,
+  checkpoint the page's last customer id (in the next page's transaction: one commit a page). A crash re-produces at most the pages after the last checkpoint,
   which is harmless: senders claim (campaign, recipient) before sending.
 * ``cancelled`` or ``failed`` (after activation): the sweep pages through the audience and records every
   recipient who has no row yet as ``cancelled``, so every recipient still ends with one terminal row.
@@ -203,31 +203,51 @@ class Expander:
         )
 
     def _process(self, campaign_id: uuid.UUID) -> bool:
-        """Expand or sweep the campaign; False if there was nothing to do yet (the loop may idle)."""
+        """Expand or sweep the campaign; False if there was nothing to do yet (the loop may idle).
+
+        Per page: one transaction checkpoints the page before it (its records are acknowledged) and writes this
+        page's terminal rows (``skipped``, or ``cancelled`` in a sweep); committed, then this page's outcomes
+        and messages are produced and flushed; the next page's transaction checkpoints it. One commit a page,
+        and the order that matters holds: an outcome is produced only once its row has committed, a cursor
+        moves past a page only once its records are acknowledged. A crash redoes at most the page after the
+        cursor: its rows exist (no row is written twice) and its outcomes and messages are produced again with
+        the same ids."""
         plan = self._load(campaign_id)
         if plan is None:
             return False
         sweeping = plan.status in ("cancelled", "failed")
         ahead = self._pages.read(plan, plan.cursor)
+        done: list[Recipient] = []  # the page whose records are acknowledged, not checkpointed yet
         while True:
             page = ahead.result()
+            if page:
+                ahead = self._pages.read(plan, page[-1].customer_id)  # read while this page is worked on
+            if sweeping:
+                terminal, status, reason = page, "cancelled", f"campaign_{plan.status}"
+            else:
+                terminal, status, reason = [r for r in page if r.skip_reason], "skipped", None
+            with self._conn.cursor() as cur:
+                if done and not campaign_progress.checkpoint(cur, plan.id, plan.version, done[-1].customer_id,
+                                                             len(done)):
+                    self._conn.rollback()
+                    return True  # the campaign changed (pause, cancel, resume): start over from its new state
+                written = self._write_terminal(cur, plan, terminal, status, reason)
+            self._conn.commit()
+            if done:
+                plan.cursor = done[-1].customer_id
+                if self.on_page is not None:
+                    self.on_page(plan.id, len(done))
             if not page:
                 if sweeping and not self._settle_in_flight(plan):
                     return False  # live claims of a sender: they end (recorded or expired); a later pass settles
                 self._finish(plan)
                 return True
-            ahead = self._pages.read(plan, page[-1].customer_id)  # read while this page is worked on
-            if sweeping:
-                self._record(plan, page, status="cancelled", reason=f"campaign_{plan.status}")
-            else:
-                self._record(plan, [r for r in page if r.skip_reason], status="skipped", reason=None)
+            self._emit_terminal(plan, terminal, status, written)
+            if not sweeping:
                 self._produce_messages(plan, [r for r in page if r.skip_reason is None])
             # Messages and outcomes must be on the broker before the checkpoint says they are.
             self._producer.flush()
-            if not self._checkpoint(plan, page[-1].customer_id, len(page)):
-                return True  # the campaign changed (pause, cancel, resume): start over from its new state
-            if self.on_page is not None:
-                self.on_page(plan.id, len(page))
+            done = page
 
     def _produce_messages(self, plan: CampaignPlan, recipients: list[Recipient]) -> None:
         topic = self._settings.kafka.topic(messages_topic(plan.channel))
@@ -254,30 +274,33 @@ class Expander:
         if self._metrics is not None:  # once per page
             self._metrics.expansion_page(plan.channel, len(recipients))
 
-    def _record(self, plan: CampaignPlan, recipients: list[Recipient], *, status: str, reason: str | None) -> None:
-        """Give the recipients not logged yet a terminal ``status`` row, commit, then emit one outcome for
-        every row of these recipients that is in that status.
-
-        The outcome exists only once its row has committed, and a page done again (after a crash before the
-        checkpoint, or a sweep after a cancel) emits it again with the same outcome id: analytics count it
-        once, and an outcome lost with a crashed producer is never lost for good. A sweep (``cancelled``)
-        also ends rows left ``retrying``: their retries will find the campaign over.
-        """
+    def _write_terminal(self, cur: Any, plan: CampaignPlan, recipients: list[Recipient], status: str,
+                        reason: str | None) -> list[tuple[Any, ...]]:
+        """Give the recipients not logged yet a terminal ``status`` row (in the caller's transaction); the rows
+        written, ``(recipient, message id, failure reason, updated at)``. A sweep (``cancelled``) also ends rows
+        left ``retrying``: their retries will find the campaign over."""
         if not recipients:
-            return
+            return []
         now = self._clock()
         campaign = str(plan.id)
-        rows = [
+        return recipient_log.record_terminal(cur, status, [
             (campaign, r.customer_id, message_id(campaign, str(r.customer_id)), plan.channel, status,
              reason or r.skip_reason, now, now)
             for r in recipients
-        ]
-        with self._conn.cursor() as cur:
-            written = recipient_log.record_terminal(cur, status, rows)
-            self._conn.commit()
-            if len(written) < len(rows):  # some had a row already (a page done again): every row in that status
-                written = recipient_log.terminal_rows(cur, campaign, [r.customer_id for r in recipients], status)
-            self._emit(plan, status, written)
+        ])
+
+    def _emit_terminal(self, plan: CampaignPlan, recipients: list[Recipient], status: str,
+                       written: list[tuple[Any, ...]]) -> None:
+        """Once :meth:`_write_terminal`'s transaction has committed: one outcome for every row of these
+        recipients in ``status``. The rows written, when that is all of them; else (a page done again after a
+        crash before its checkpoint, or a sweep after a cancel) the rows read back, so an outcome lost with a
+        crashed producer is never lost for good. Either way the same outcome ids: analytics count each once."""
+        if len(written) < len(recipients):
+            with self._conn.cursor() as cur:
+                written = recipient_log.terminal_rows(cur, str(plan.id), [r.customer_id for r in recipients],
+                                                      status)
+            self._conn.rollback()  # a read: no snapshot held open while producing
+        self._emit(plan, status, written)
 
     def _settle_in_flight(self, plan: CampaignPlan) -> bool:
         """After a sweep: end the rows no sender will end (``retrying``, and claims whose lease ran out, left
@@ -311,17 +334,6 @@ class Expander:
                     },
                 ),
             )
-
-    def _checkpoint(self, plan: CampaignPlan, last_id: int, page_size: int) -> bool:
-        """Advance the cursor past the page (its rows are committed and its records acknowledged), only if
-        the campaign did not change meanwhile (pause, resume, cancel): then the page is done again."""
-        with self._conn.cursor() as cur:
-            advanced = campaign_progress.checkpoint(cur, plan.id, plan.version, last_id, page_size)
-        self._conn.commit()
-        if not advanced:
-            return False
-        plan.cursor = last_id
-        return True
 
     def _finish(self, plan: CampaignPlan) -> None:
         """The pass is over: the total is what it expanded (accumulated page by page in the checkpoints), so

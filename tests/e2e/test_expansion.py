@@ -75,18 +75,19 @@ def test_union_of_segments_and_manual_list_one_message_per_person(settings, serv
     assert {"opted_out", "no_address", "customer_inactive"} <= set(skip.values())
 
 
-class CrashAfter(Expander):
-    """Dies (like a killed worker) after producing a page and before checkpointing it."""
+class CrashAfterFlush(KafkaProducer):
+    """The producer of an expander that dies (like a killed worker) right after its ``crash_on``-th flush: that
+    page's records are on the broker, its checkpoint (in the next page's transaction) never commits."""
 
-    def __init__(self, *args, crash_on: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.crash_on, self.checkpoints = crash_on, 0
+    def __init__(self, kafka, *, crash_on: int):
+        super().__init__(kafka)
+        self.crash_on, self.flushes = crash_on, 0
 
-    def _checkpoint(self, plan, last_id, page_size):
-        self.checkpoints += 1
-        if self.checkpoints == self.crash_on:
+    def flush(self, timeout: float = 30.0) -> None:
+        super().flush(timeout)
+        self.flushes += 1
+        if self.flushes == self.crash_on:
             raise KeyboardInterrupt("simulated crash")
-        return super()._checkpoint(plan, last_id, page_size)
 
 
 def test_expansion_killed_mid_way_resumes_and_loses_nobody(settings, service, audience):
@@ -99,7 +100,7 @@ def test_expansion_killed_mid_way_resumes_and_loses_nobody(settings, service, au
     assert service.activate_due() == [campaign_id]
     send, _ = eligible(plan, plan.ids(), "sms")
 
-    crashing = CrashAfter(settings, KafkaProducer(settings.kafka), crash_on=4)
+    crashing = Expander(settings, CrashAfterFlush(settings.kafka, crash_on=4))
     with pytest.raises(KeyboardInterrupt):
         crashing.run_once()
     crashing.close()
