@@ -5,8 +5,9 @@ Runs as a loop in the worker (``run_forever``) over the campaigns that need it:
 * ``active`` and not yet expanded: page through the audience (``sinks.audience``), produce a
   RecipientMessage per eligible recipient with a deterministic message id (uuid5 of campaign and
   recipient), record ineligible ones as ``skipped`` rows with the reason (and a SKIPPED outcome), then
-  checkpoint the page's last customer id (in the next page's transaction: one commit a page). A crash re-produces at most the pages after the last checkpoint,
-  which is harmless: senders claim (campaign, recipient) before sending.
+  checkpoint the page's last customer id (in the next page's transaction: one commit a page). A crash
+  re-produces at most the page after the last checkpoint, which is harmless: senders claim (campaign,
+  recipient) before sending.
 * ``cancelled`` or ``failed`` (after activation): the sweep pages through the audience and records every
   recipient who has no row yet as ``cancelled``, so every recipient still ends with one terminal row.
 
