@@ -11,9 +11,9 @@ before the least-privilege roles (migration 0006) expect one database role for e
 schema owner (``CAMPAIGNS_DATABASE__USER``/``__PASSWORD`` from ``CAMPAIGNS_PG_OWNER``, default
 ``campaigns_owner``). PostgreSQL is made durable for the whole comparison and restored afterwards. The broker is
 warmed up once first (``bench.warmup``; not with ``BENCH_WARM_UP=0``, for a caller that just did), and the rounds
-run with ``BENCH_WARM_UP=0``. Prints one
-line per run and a summary (median recipients/s, or messages/s over HTTP, and worker and PostgreSQL CPU seconds
-per 1,000).
+run with ``BENCH_WARM_UP=0``. Prints one line per run (with the host's speed before it: its harness's CPU probe,
+``bench.probe``, so a round taken while the host sped up or slowed down shows as such) and a summary (median
+recipients/s, or messages/s over HTTP, and worker and PostgreSQL CPU seconds per 1,000).
 """
 
 from __future__ import annotations
@@ -79,7 +79,10 @@ def _figures(scenario: str, result: dict[str, Any]) -> dict[str, float]:
             "analytics_peak_rss_mb": result.get("analytics_peak_rss_mb") or 0.0}
 
 
-def _run(tree: Path, scenario: str, size: int, out: Path, as_owner: bool, extra: dict[str, str]) -> dict[str, float]:
+def _run(tree: Path, scenario: str, size: int, out: Path, as_owner: bool,
+         extra: dict[str, str]) -> tuple[dict[str, float], float | None]:
+    """The run's figures, and the host's speed before it (its harness's CPU probe, µs; None if that tree's harness
+    has no probe)."""
     # The services are this checkout's (its .state): a newer tree's harness reads the cluster's state from there.
     env = dict(os.environ, PYTHONPATH=str(tree), CAMPAIGNS_STATE_DIR=str(REPO_ROOT / ".state"), BENCH_WARM_UP="0",
                **extra)
@@ -87,7 +90,9 @@ def _run(tree: Path, scenario: str, size: int, out: Path, as_owner: bool, extra:
         env["CAMPAIGNS_DATABASE__USER"] = env["CAMPAIGNS_DATABASE__PASSWORD"] = os.environ.get(
             "CAMPAIGNS_PG_OWNER", "campaigns_owner")
     subprocess.run(_argv(scenario, size, out), cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
-    return _figures(scenario, _case(scenario, json.loads(out.read_text())["results"][scenario]))
+    document = json.loads(out.read_text())
+    probe = (document["meta"].get("cpu_probe_us") or {}).get("start")
+    return _figures(scenario, _case(scenario, document["results"][scenario])), probe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
                     roles = tree / "migrations" / "versions" / "0006_api_tokens_and_least_privilege.py"
                     as_owner = not roles.exists()
                     out = Path(tmp) / f"run-{n}-{round_no}.json"
-                    figures = _run(tree, args.scenario, args.size, out, as_owner, extra)
+                    figures, probe = _run(tree, args.scenario, args.size, out, as_owner, extra)
                     results[spec].append(figures)
+                    host = "" if probe is None else f", CPU probe {probe:.2f} µs before it"
                     print(f"round {round_no} {spec}: {figures['per_s']:,.0f}/s, worker "
                           f"{figures['worker_cpu_s_per_1k']:.3f}, PostgreSQL {figures['postgres_cpu_s_per_1k']:.3f} "
                           f"CPU s /1k, peak RSS {figures['peak_rss_mb']:.0f} MB, analytics "
-                          f"{figures['analytics_peak_rss_mb']:.0f} MB (load {os.getloadavg()[0]:.2f})",
+                          f"{figures['analytics_peak_rss_mb']:.0f} MB (load {os.getloadavg()[0]:.2f}{host})",
                           flush=True)
         finally:
             for tree in trees.values():

@@ -33,6 +33,7 @@ def test_durability_switches_and_compare_restores_it(settings):
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         assert "broker warmed up: " in result.stdout.splitlines()[0], result.stdout  # once, before any round
         assert "round 1 HEAD: " in result.stdout and "\nHEAD: median " in result.stdout, result.stdout
+        assert "µs before it)" in result.stdout.split("round 1 HEAD: ")[1].splitlines()[0], "each round's CPU probe"
         assert f"round 1 {variant}: " in result.stdout and f"\n{variant}: median " in result.stdout, result.stdout
         # Over real HTTP: the production worker entry point against the provider simulator, messages/s. The broker
         # was just warmed up above (up to 8 passes of 200,000 records on a host whose rate does not settle).
