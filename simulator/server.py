@@ -2,7 +2,8 @@
 
 One :class:`ProviderSimulator` serves, on one event loop:
 
-* HTTP (aiohttp) ``POST /whatsapp/{version}/{phone_number_id}/messages`` (bearer token) and
+* HTTP (``simulator/http.py``, a lean HTTP/1.1 server) ``POST /whatsapp/{version}/{phone_number_id}/messages``
+  (bearer token) and
   ``POST /sms/2010-04-01/Accounts/{sid}/Messages.json`` (form fields, basic auth ``sid:token``);
 * SMTP (aiosmtpd) on its own port; optional AUTH (PLAIN/LOGIN) and STARTTLS;
 * control endpoints: ``GET /_control/messages?channel=&since=&message_id=&to=`` (accepted requests),
@@ -118,7 +119,7 @@ import time
 import warnings
 import weakref
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from email import policy as email_policy
 from email.header import decode_header, make_header
@@ -127,7 +128,6 @@ from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
-from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from campaigns.core.templates import template_parameters_in_order
@@ -137,6 +137,7 @@ from campaigns.transports.http_api import cloud_api_language
 from .callbacks import CallbackSender, check_ratios
 from .callbacks import Secrets as CallbackSecrets
 from .callbacks import plan as plan_callbacks
+from .http import HttpServer, Request, Response, json_response
 
 log = logging.getLogger(__name__)
 
@@ -721,9 +722,9 @@ class ProviderSimulator:
         self._run_tag = os.urandom(8).hex()
         self._seq = itertools.count(1)
         self._waiters: list[asyncio.Future[None]] = []
-        self._control_routes: dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[web.Response]]] = {}
+        self._control_routes: dict[tuple[str, str], Callable[[Request], Response]] = {}
 
-        self._runner: web.ServerRunner | None = None
+        self._http: HttpServer | None = None
         self._smtp_server: asyncio.Server | None = None
         self._smtp_protocols: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self.smtp_connections_opened = 0  # lets tests check that the email transport reuses connections
@@ -739,13 +740,13 @@ class ProviderSimulator:
 
     async def start(self) -> None:
         """Bind and serve HTTP and SMTP. Raises ``OSError`` if a port is taken."""
-        if self._runner is not None:
+        if self._http is not None:
             raise RuntimeError("simulator already started")
         http_sock = _bind(self.host, self._requested_ports[0])
         smtp_sock = _bind(self.host, self._requested_ports[1])
         try:
-            # The low-level server with a hand-written dispatch: a few fixed routes do not need the
-            # Application/router layers on every request.
+            # A few fixed routes and a hand-written dispatch on the project's own lean server (simulator/http.py):
+            # the simulator shares the benchmark's cores with the worker it answers.
             self._control_routes = {
                 ("GET", "/_control/messages"): self._handle_messages,
                 ("GET", "/_control/stats"): self._handle_stats,
@@ -759,11 +760,8 @@ class ProviderSimulator:
                 ("POST", "/_control/inbound"): self._handle_inbound,
                 ("GET", "/_control/callbacks"): self._handle_callbacks,
             }
-            server = web.Server(self._dispatch, access_log=None)
-            runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
-            await runner.setup()
-            self._runner = runner
-            await web.SockSite(runner, http_sock, backlog=1024).start()
+            self._http = HttpServer(self._dispatch)
+            await self._http.start(http_sock, backlog=1024)
             self.http_port = http_sock.getsockname()[1]
 
             loop = asyncio.get_running_loop()
@@ -791,9 +789,9 @@ class ProviderSimulator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._smtp_server.wait_closed(), timeout=2.0)
             self._smtp_server = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         self._notify()  # waiters re-check their condition and time out as usual
 
     async def __aenter__(self) -> ProviderSimulator:
@@ -1088,50 +1086,48 @@ class ProviderSimulator:
             return low / 1000.0
         return self._latency_rng.uniform(low, high) / 1000.0
 
-    async def _reply(
+    def _reply(
         self, status: int, body: bytes, headers: Mapping[str, str] | None = None
-    ) -> web.Response:
+    ) -> Response:
         if self._waiters:  # every outcome has been counted by now
             self._notify()
-        delay = self._delay_s()
-        if delay > 0.0:
-            await asyncio.sleep(delay)
-        return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+        # The configured latency is waited by the server, which writes the answer that much later.
+        return Response(status, body, headers=dict(headers) if headers else None, delay_s=self._delay_s())
 
     # ---------------------------------------------------------------- routing
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _dispatch(self, request: Request) -> Response:
         path = request.path
         if request.method == "POST":
             if path.startswith(_SMS_PREFIX) and path.endswith(_SMS_SUFFIX):
                 sid = path[len(_SMS_PREFIX) : -len(_SMS_SUFFIX)]
                 if sid and "/" not in sid:
-                    return await self._handle_sms(request, sid)
+                    return self._handle_sms(request, sid)
             elif path.startswith("/whatsapp/"):
                 parts = path.split("/")  # "", "whatsapp", version, phone_number_id, "messages"
                 if len(parts) == 5 and parts[4] == "messages" and parts[2] and parts[3]:
-                    return await self._handle_whatsapp(request, parts[3])
+                    return self._handle_whatsapp(request, parts[3])
         handler = self._control_routes.get((request.method, path))
         if handler is not None:
-            return await handler(request)
+            return handler(request)
         if any(p == path for _, p in self._control_routes):
-            return web.json_response({"error": "method not allowed"}, status=405)
-        return web.json_response({"error": f"no such endpoint: {request.method} {path}"}, status=404)
+            return json_response({"error": "method not allowed"}, status=405)
+        return json_response({"error": f"no such endpoint: {request.method} {path}"}, status=404)
 
     # ---------------------------------------------------------------- WhatsApp
 
-    async def _handle_whatsapp(self, request: web.BaseRequest, phone_number_id: str) -> web.Response:
+    def _handle_whatsapp(self, request: Request, phone_number_id: str) -> Response:
         stats = self._stats["whatsapp"]
-        raw = await request.read()
+        raw = request.body
         try:
             payload = json.loads(raw)
         except ValueError:
             payload = None
-        if not _same(request.headers.get("Authorization"), self._wa_auth):
+        if not _same(request.header("Authorization"), self._wa_auth):
             stats.unauthorized += 1
             to, message_id = _wa_peek(payload)
             self._refuse("whatsapp", to, "unauthorized", 401, 190, "invalid OAuth access token", message_id)
-            return await self._reply(401, _WA_UNAUTHORIZED)
+            return self._reply(401, _WA_UNAUTHORIZED)
         parsed = _parse_whatsapp(payload)
         if isinstance(parsed, _WaMessage):
             if parsed.kind == "template":
@@ -1146,27 +1142,27 @@ class ProviderSimulator:
             else:
                 refusal = None
             if refusal is None:
-                return await self._whatsapp_decide(parsed, phone_number_id)
+                return self._whatsapp_decide(parsed, phone_number_id)
         else:
             refusal = parsed
         stats.permanent_errors += 1
         to, message_id = _wa_peek(payload)
         self._refuse("whatsapp", to, "invalid", 400, refusal.code, f"{refusal.title}: {refusal.details}", message_id)
-        return await self._reply(400, refusal.body())
+        return self._reply(400, refusal.body())
 
-    async def _whatsapp_decide(self, message: _WaMessage, phone_number_id: str) -> web.Response:
+    def _whatsapp_decide(self, message: _WaMessage, phone_number_id: str) -> Response:
         to, message_id = message.to, message.message_id
         verdict, wait_s = self._decide("whatsapp", to)
         if verdict == _THROTTLED:
             self._refuse("whatsapp", to, "throttled", 429, 130429, "rate limit hit", message_id)
-            return await self._reply(429, _WA_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait_s)))})
+            return self._reply(429, _WA_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait_s)))})
         if verdict == _TRANSIENT:
             status = self._config.transient_status
             self._refuse("whatsapp", to, "transient", status, 131016, "service unavailable (injected)", message_id)
-            return await self._reply(status, _WA_TRANSIENT)
+            return self._reply(status, _WA_TRANSIENT)
         if verdict == _PERMANENT:
             self._refuse("whatsapp", to, "rejected", 400, 131026, "message undeliverable", message_id)
-            return await self._reply(400, _WA_INVALID_NUMBER)
+            return self._reply(400, _WA_INVALID_NUMBER)
         wamid = f"wamid.SIM{self._run_tag}{next(self._seq):012d}"
         self._accept(
             "whatsapp",
@@ -1188,25 +1184,25 @@ class ProviderSimulator:
                 "messages": [{"id": wamid, "message_status": "accepted"}],
             }
         )
-        return await self._reply(200, answer)
+        return self._reply(200, answer)
 
     # ---------------------------------------------------------------- SMS
 
-    async def _handle_sms(self, request: web.BaseRequest, sid: str) -> web.Response:
+    def _handle_sms(self, request: Request, sid: str) -> Response:
         stats = self._stats["sms"]
-        form = await request.post()
-        key = request.headers.get("Idempotency-Key")
+        form = request.form()
+        key = request.header("Idempotency-Key")
         to, sender, body = form.get("To"), form.get("From"), form.get("Body")
         shown_to = to if isinstance(to, str) and to else None
-        if sid != self._sms_sid or not _same(request.headers.get("Authorization"), self._sms_auth):
+        if sid != self._sms_sid or not _same(request.header("Authorization"), self._sms_auth):
             stats.unauthorized += 1
             self._refuse("sms", shown_to, "unauthorized", 401, 20003, "authenticate", key)
-            return await self._reply(401, _SMS_UNAUTHORIZED)
+            return self._reply(401, _SMS_UNAUTHORIZED)
         if key is not None:
             previous = self._idempotency.get(key)
             if previous is not None:
                 stats.idempotent_replays += 1
-                return await self._reply(201, previous)
+                return self._reply(201, previous)
         if not isinstance(sender, str) or not sender:
             service = form.get("MessagingServiceSid")
             sender = service if isinstance(service, str) and service else None
@@ -1224,19 +1220,19 @@ class ProviderSimulator:
         if problem is not None:
             stats.permanent_errors += 1
             self._refuse("sms", shown_to, "invalid", 400, problem[0], problem[1], key)
-            return await self._reply(400, _sms_error(problem[0], problem[1], 400))
+            return self._reply(400, _sms_error(problem[0], problem[1], 400))
         assert isinstance(to, str) and isinstance(body, str) and isinstance(sender, str)
         verdict, wait_s = self._decide("sms", to)
         if verdict == _THROTTLED:
             self._refuse("sms", to, "throttled", 429, 20429, "too many requests", key)
-            return await self._reply(429, _SMS_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait_s)))})
+            return self._reply(429, _SMS_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait_s)))})
         if verdict == _TRANSIENT:
             status = self._config.transient_status
             self._refuse("sms", to, "transient", status, 20503, "service unavailable (injected)", key)
-            return await self._reply(status, _sms_error(20503, "Service Unavailable", status))
+            return self._reply(status, _sms_error(20503, "Service Unavailable", status))
         if verdict == _PERMANENT:
             self._refuse("sms", to, "rejected", 400, 21211, "the 'To' number is not a valid phone number", key)
-            return await self._reply(400, _SMS_INVALID_NUMBER)
+            return self._reply(400, _SMS_INVALID_NUMBER)
         sid = f"SM{self._run_tag}{next(self._seq):016x}"
         callback = form.get("StatusCallback")
         self._accept("sms", to, body, key, sid, sender=sender,
@@ -1259,7 +1255,7 @@ class ProviderSimulator:
         )
         if key is not None:
             self._idempotency[key] = answer
-        return await self._reply(201, answer)
+        return self._reply(201, answer)
 
     # ---------------------------------------------------------------- SMTP
 
@@ -1363,52 +1359,52 @@ class ProviderSimulator:
 
     # ---------------------------------------------------------------- control API
 
-    async def _handle_messages(self, request: web.BaseRequest) -> web.Response:
+    def _handle_messages(self, request: Request) -> Response:
         q = request.query
         try:
             since = float(q["since"]) if "since" in q else None
         except ValueError:
-            return web.json_response({"error": "since must be epoch seconds"}, status=400)
+            return json_response({"error": "since must be epoch seconds"}, status=400)
         channel = q.get("channel")
         if channel is not None and channel not in CHANNELS:
-            return web.json_response({"error": f"unknown channel {channel!r}"}, status=400)
+            return json_response({"error": f"unknown channel {channel!r}"}, status=400)
         found = self.query(channel=channel, since=since, message_id=q.get("message_id"), to=q.get("to"))
-        return web.Response(
+        return Response(
             body=_dumps({"count": len(found), "messages": [m.as_dict() for m in found]}), content_type=_JSON
         )
 
-    async def _handle_refused(self, request: web.BaseRequest) -> web.Response:
+    def _handle_refused(self, request: Request) -> Response:
         q = request.query
         try:
             since = float(q["since"]) if "since" in q else None
         except ValueError:
-            return web.json_response({"error": "since must be epoch seconds"}, status=400)
+            return json_response({"error": "since must be epoch seconds"}, status=400)
         channel = q.get("channel")
         if channel is not None and channel not in CHANNELS:
-            return web.json_response({"error": f"unknown channel {channel!r}"}, status=400)
+            return json_response({"error": f"unknown channel {channel!r}"}, status=400)
         found = self.query_refused(channel=channel, since=since, message_id=q.get("message_id"), to=q.get("to"))
-        return web.Response(
+        return Response(
             body=_dumps({"count": len(found), "refused": [r.as_dict() for r in found]}), content_type=_JSON
         )
 
-    async def _handle_get_templates(self, request: web.BaseRequest) -> web.Response:
-        return web.json_response({"templates": self.templates()})
+    def _handle_get_templates(self, request: Request) -> Response:
+        return json_response({"templates": self.templates()})
 
-    async def _handle_register_templates(self, request: web.BaseRequest) -> web.Response:
+    def _handle_register_templates(self, request: Request) -> Response:
         """``{"name", "language", "parameters"}`` or a list of them; all or none are registered."""
         try:
-            body = json.loads(await request.read() or b"null")
+            body = json.loads(request.body or b"null")
             specs = [_check_template_spec(spec) for spec in (body if isinstance(body, list) else [body])]
         except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+            return json_response({"error": str(exc)}, status=400)
         for name, language, count, header in specs:
             self.register_template(name, language, count, header)
-        return web.json_response({"templates": self.templates()})
+        return json_response({"templates": self.templates()})
 
-    async def _handle_inbound(self, request: web.BaseRequest) -> web.Response:
+    def _handle_inbound(self, request: Request) -> Response:
         """``{"from": number or [numbers], "at": epoch s (default now)}``: these customers wrote in."""
         try:
-            body = json.loads(await request.read() or b"null")
+            body = json.loads(request.body or b"null")
             if not isinstance(body, dict) or "from" not in body or set(body) - {"from", "at"}:
                 raise ValueError('expected {"from": number or [numbers], "at": epoch seconds (optional)}')
             numbers = body["from"] if isinstance(body["from"], list) else [body["from"]]
@@ -1419,38 +1415,38 @@ class ProviderSimulator:
             for number in numbers:
                 self.record_inbound(number, at)
         except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"ok": True, "recorded": len(numbers)})
+            return json_response({"error": str(exc)}, status=400)
+        return json_response({"ok": True, "recorded": len(numbers)})
 
-    async def _handle_callbacks(self, request: web.BaseRequest) -> web.Response:
+    def _handle_callbacks(self, request: Request) -> Response:
         """The delivery callbacks acknowledged (2xx) by the webhook receiver, per channel and status."""
-        return web.json_response(self._callbacks.counts())
+        return json_response(self._callbacks.counts())
 
     def callbacks(self) -> dict[str, Any]:
         return self._callbacks.counts()
 
-    async def _handle_stats(self, request: web.BaseRequest) -> web.Response:
-        return web.json_response(self.stats())
+    def _handle_stats(self, request: Request) -> Response:
+        return json_response(self.stats())
 
-    async def _handle_get_config(self, request: web.BaseRequest) -> web.Response:
-        return web.json_response(self._config_view())
+    def _handle_get_config(self, request: Request) -> Response:
+        return json_response(self._config_view())
 
-    async def _handle_set_config(self, request: web.BaseRequest) -> web.Response:
+    def _handle_set_config(self, request: Request) -> Response:
         try:
-            changes = json.loads(await request.read() or b"{}")
+            changes = json.loads(request.body or b"{}")
             if not isinstance(changes, dict):
                 raise ValueError("expected a JSON object of settings")
             self.configure(**changes)
         except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response(self._config_view())
+            return json_response({"error": str(exc)}, status=400)
+        return json_response(self._config_view())
 
-    async def _handle_reset(self, request: web.BaseRequest) -> web.Response:
+    def _handle_reset(self, request: Request) -> Response:
         self.reset()
-        return web.json_response({"ok": True})
+        return json_response({"ok": True})
 
-    async def _handle_health(self, request: web.BaseRequest) -> web.Response:
-        return web.json_response({"ok": True, "http_port": self.http_port, "smtp_port": self.smtp_port})
+    def _handle_health(self, request: Request) -> Response:
+        return json_response({"ok": True, "http_port": self.http_port, "smtp_port": self.smtp_port})
 
     def _config_view(self) -> dict[str, Any]:
         view = self._config.as_dict()
