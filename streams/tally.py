@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import ctypes
 import heapq
 import itertools
@@ -99,6 +100,7 @@ from producers.topics import TopicSpec, ensure_topics
 from producers.topics import topic_specs as pipeline_topic_specs
 from sinks import analytics as sink
 from sinks.analytics import PostgresAnalyticsStore
+from sinks.connection import StoreConnection
 from streams.dedup import DedupIndex, outcome_digest, pack_batch, unpack_batch
 from streams.live import SourcePartitionedTable, _writing_to
 from streams.outcome_batches import start_forwarder
@@ -828,21 +830,37 @@ class LogReader:
                 backoff = min(backoff * 2, 5.0)
 
 
-def write(dsn: str, rows: list[tuple[Any, ...]], unknown: set[str]) -> list[dict[str, Any]]:
-    """One transaction: drop parts of campaigns that do not exist (logged once each), write the rest."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            known = sink.known_campaigns(cur, {r[0] for r in rows})
-            missing = {r[0] for r in rows} - known - unknown
-            if missing:
-                unknown.update(missing)
-                log.warning("analytics: skipping outcomes of %d unknown campaigns: %s", len(missing), sorted(missing))
-            updated = sink.write_parts(cur, [r for r in rows if r[0] in known], datetime.now(UTC))
-        conn.commit()
-        return updated
-    finally:
-        conn.close()
+class PartsWriter:
+    """Writes the flushed parts in the default executor on one connection, opened on first use and reopened after a
+    failure (a connection per flush cost PostgreSQL a backend start twice a second). Flushes never overlap: the
+    flush timer awaits each one."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: StoreConnection | None = None
+
+    def write(self, rows: list[tuple[Any, ...]], unknown: set[str]) -> list[dict[str, Any]]:
+        """One transaction: drop parts of campaigns that do not exist (logged once each), write the rest."""
+        if self._conn is None:
+            self._conn = StoreConnection(self._dsn)
+        try:
+            with self._conn.transaction() as cur:
+                known = sink.known_campaigns(cur, {r[0] for r in rows})
+                missing = {r[0] for r in rows} - known - unknown
+                if missing:
+                    unknown.update(missing)
+                    log.warning("analytics: skipping outcomes of %d unknown campaigns: %s", len(missing),
+                                sorted(missing))
+                return sink.write_parts(cur, [r for r in rows if r[0] in known], datetime.now(UTC))
+        except psycopg2.Error:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
 
 
 @dataclass
@@ -921,6 +939,7 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
     codec = get_codec()
     dsn = settings.database.dsn()
     recipient_log = LogReader(dsn)
+    parts_writer = PartsWriter(dsn)
 
     @app.agent(source, name="count_outcomes")
     async def count_outcomes(stream: faust.StreamT[Any]) -> None:
@@ -970,7 +989,7 @@ def build_app(settings: Settings, *, full_flush_every: int = 10) -> TallyApp:
             return
         try:
             updated = await asyncio.get_running_loop().run_in_executor(
-                None, write, dsn, merger.rows(batch), merger.unknown)
+                None, parts_writer.write, merger.rows(batch), merger.unknown)
         except psycopg2.Error as exc:
             stats.flush_errors += 1
             log.warning("analytics: flush failed (%s); retrying on the next tick", exc)

@@ -7,6 +7,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
+import pytest
 
 from campaigns.core.tally import empty_part
 from sinks import analytics as sink
@@ -129,3 +130,38 @@ def test_the_log_check_reads_status_and_attempts_of_the_rows_that_exist(settings
             (campaign_id, 1): ("sent", 1), (campaign_id, 2): ("retrying", 2)}
     finally:
         store.close()
+
+
+def test_the_tally_writes_every_flush_on_one_connection_and_reopens_it_after_a_failure(
+    settings, service, audience  # noqa: F811
+):
+    from streams.tally import PartsWriter
+
+    _plan, segments = audience(5)
+    campaign_id = str(service.create_campaign("marketer-1", {
+        "name": "writer", "channel": "email", "content": {"subject": "Hi", "body": "<p>Hello</p>"},
+        "segments": segments[:1]}))
+    stranger = "00000000-0000-0000-0000-0000000000aa"
+    dsn = settings.database.dsn()
+    writer, unknown = PartsWriter(dsn), set()
+
+    def backend() -> int:
+        assert writer._conn is not None
+        return writer._conn.raw.get_backend_pid()
+
+    written = writer.write([(campaign_id, None, None, 0, _part(1, 1)), (stranger, None, None, 0, _part(1, 1))],
+                           unknown)
+    assert [r["sent"] for r in written] == [1] and unknown == {stranger}  # a campaign that does not exist: skipped
+    first = backend()
+    writer.write([(campaign_id, None, None, 0, _part(2, 2))], unknown)
+    assert backend() == first  # the same connection: no backend started per flush
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (first,))
+    conn.close()
+    with pytest.raises(psycopg2.Error):  # the flush fails; the tally retries it on the next tick
+        writer.write([(campaign_id, None, None, 0, _part(3, 3))], unknown)
+    assert [r["sent"] for r in writer.write([(campaign_id, None, None, 0, _part(3, 3))], unknown)] == [3]
+    assert backend() != first  # reopened
+    assert [row[2] for row in _rows(dsn, campaign_id)] == [3]
+    writer.close()
