@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -79,7 +79,7 @@ class Response:
 
     def __init__(
         self, status: int = 200, body: bytes = b"", *, content_type: str = _JSON,
-        headers: dict[str, str] | None = None, delay_s: float = 0.0,
+        headers: Mapping[str, str] | None = None, delay_s: float = 0.0,
     ) -> None:
         self.status, self.body, self.content_type, self.headers, self.delay_s = (
             status, body, content_type, headers, delay_s)
@@ -195,14 +195,13 @@ class _Connection(asyncio.Protocol):
         """Answer every complete request in the buffer, in order, until one has to wait for its delay."""
         while not self.busy and not self.closing:
             try:
-                request = self._next_request()
+                ready = self._next_request()
             except _BadRequest as exc:
                 self._write(Response(exc.status, json.dumps({"error": str(exc)}).encode()), keep_alive=False)
                 return
-            if request is None:
+            if ready is None:
                 return
-            keep_alive = self.head.keep_alive if self.head is not None else False
-            self.head = None
+            request, keep_alive = ready
             response = self.server.call(request)
             if response.delay_s > 0.0:
                 self.busy = True
@@ -223,8 +222,9 @@ class _Connection(asyncio.Protocol):
         if not keep_alive:
             self.close()
 
-    def _next_request(self) -> Request | None:
-        """The next complete request (its head kept in ``self.head``), or None if more bytes are needed."""
+    def _next_request(self) -> tuple[Request, bool] | None:
+        """The next complete request and whether to keep the connection after it, or None if more bytes are needed
+        (a head already parsed waits in ``self.head`` for its body)."""
         buffer = self.buffer
         if self.head is None:
             end = buffer.find(b"\r\n\r\n")
@@ -251,7 +251,8 @@ class _Connection(asyncio.Protocol):
         path, _, query = head.target.partition("?")
         if "%" in path:
             path = unquote(path)
-        return Request(head.method, path, query, head.headers, body)
+        self.head = None
+        return Request(head.method, path, query, head.headers, body), head.keep_alive
 
     def _continue(self, head: _Head) -> None:
         if not head.continued and head.headers.get("expect", "").lower() == "100-continue":
@@ -261,7 +262,8 @@ class _Connection(asyncio.Protocol):
 
     def _chunked_body(self) -> bytes | None:
         """The whole chunked body, consumed from the buffer; None (nothing consumed) until all of it is there."""
-        buffer, position, chunks, total = self.buffer, 0, [], 0
+        buffer, position, total = self.buffer, 0, 0
+        chunks: list[bytes] = []
         while True:
             line_end = buffer.find(b"\r\n", position)
             if line_end < 0:

@@ -418,7 +418,6 @@ _WA_INVALID_NUMBER = _wa_error(
 _SMS_UNAUTHORIZED = _sms_error(20003, "Authenticate", 401)
 _SMS_THROTTLED = _sms_error(20429, "Too Many Requests", 429)
 _SMS_INVALID_NUMBER = _sms_error(21211, "The 'To' number is not a valid phone number.", 400)
-_JSON = "application/json"
 _SMS_PREFIX = "/sms/2010-04-01/Accounts/"
 _SMS_SUFFIX = "/Messages.json"
 
@@ -1092,7 +1091,7 @@ class ProviderSimulator:
         if self._waiters:  # every outcome has been counted by now
             self._notify()
         # The configured latency is waited by the server, which writes the answer that much later.
-        return Response(status, body, headers=dict(headers) if headers else None, delay_s=self._delay_s())
+        return Response(status, body, headers=headers, delay_s=self._delay_s())
 
     # ---------------------------------------------------------------- routing
 
@@ -1370,7 +1369,7 @@ class ProviderSimulator:
             return json_response({"error": f"unknown channel {channel!r}"}, status=400)
         found = self.query(channel=channel, since=since, message_id=q.get("message_id"), to=q.get("to"))
         return Response(
-            body=_dumps({"count": len(found), "messages": [m.as_dict() for m in found]}), content_type=_JSON
+            body=_dumps({"count": len(found), "messages": [m.as_dict() for m in found]})
         )
 
     def _handle_refused(self, request: Request) -> Response:
@@ -1384,7 +1383,7 @@ class ProviderSimulator:
             return json_response({"error": f"unknown channel {channel!r}"}, status=400)
         found = self.query_refused(channel=channel, since=since, message_id=q.get("message_id"), to=q.get("to"))
         return Response(
-            body=_dumps({"count": len(found), "refused": [r.as_dict() for r in found]}), content_type=_JSON
+            body=_dumps({"count": len(found), "refused": [r.as_dict() for r in found]})
         )
 
     def _handle_get_templates(self, request: Request) -> Response:
