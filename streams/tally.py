@@ -117,6 +117,8 @@ REINDEX_STEP = 10_000  # outcome ids indexed between two yields of a rebuild to 
 BATCHES_PER_STEP = 20  # OutcomeBatch events per count_outcomes step: a few hundred outcomes each, at most 5,000
 YIELD_EVERY = 64  # records handed to the streams between two yields of the read loop to the event loop
 _MILLISECOND = timedelta(milliseconds=1)
+# The fields of a DeliveryOutcome the analytics count by (Counter.decode), occurred_at in epoch milliseconds.
+_OUTCOME_FIELDS = ("outcome_id", "campaign_id", "recipient_id", "status", "attempt", "latency_ms", "occurred_at")
 LogKey = tuple[str, int]  # (campaign, recipient) of a recipient-log row
 
 
@@ -501,6 +503,7 @@ class Counter:
         self.parts = parts
         self.window_s = window_s
         self.codec = codec
+        self._read = codec.projection("DeliveryOutcome", _OUTCOME_FIELDS)  # what decode keeps of an outcome
         self.stats = stats
         self._campaign_ids: dict[str, str] = {}  # as written -> canonical
         self._last_window: int | None = None  # the last window start checked to be representable
@@ -509,28 +512,27 @@ class Counter:
         """One outcome, read at ``offset`` of ``topic[partition]`` (its source position) with its record's
         timestamp; None if undecodable or invalid (counted as skipped, with a warning)."""
         try:
-            o = self.codec.decode(value, "DeliveryOutcome")
-            campaign_id = self._campaign_ids.get(o["campaign_id"])
+            outcome_id, written_campaign_id, recipient_id, status, attempt, latency_ms, occurred_ms = (
+                self._read(value))
+            campaign_id = self._campaign_ids.get(written_campaign_id)
             if campaign_id is None:  # a few campaigns, many outcomes each: parse each id once
                 if len(self._campaign_ids) >= 10_000:
                     self._campaign_ids.clear()
-                campaign_id = self._campaign_ids[o["campaign_id"]] = str(uuid.UUID(o["campaign_id"]))
-            occurred = o["occurred_at"]
-            occurred_ms = ((occurred - EPOCH) // _MILLISECOND if isinstance(occurred, datetime) else int(occurred))
+                campaign_id = self._campaign_ids[written_campaign_id] = str(uuid.UUID(written_campaign_id))
             start_ms = window_start_ms(occurred_ms, self.window_s)
             if start_ms != self._last_window:
                 # Representable as a timestamptz window (not past year 9999).
                 datetime.fromtimestamp((start_ms + self.window_s * 1000) / 1000, UTC)
                 self._last_window = start_ms
             # A known status, a sane id and attempt.
-            if o["status"] not in STATUS_TO_COUNTER or o["attempt"] < 0 or len(o["outcome_id"]) > OUTCOME_ID_MAX:
+            if status not in STATUS_TO_COUNTER or attempt < 0 or len(outcome_id) > OUTCOME_ID_MAX:
                 raise ValueError("invalid status, attempt or outcome id")
         except (SchemaError, ValueError, OverflowError, OSError, TypeError, KeyError) as exc:
             self.stats.skipped += 1
             log.warning("analytics: skipping outcome at %s[%d]@%d: %s", topic, partition, offset, exc)
             return None
-        return Outcome(o["outcome_id"], campaign_id, o["status"], o["attempt"], o["latency_ms"], start_ms,
-                       partition, offset, o["recipient_id"], occurred_ms, timestamp_ms)
+        return Outcome(outcome_id, campaign_id, status, attempt, latency_ms, start_ms, partition, offset, recipient_id,
+                       occurred_ms, timestamp_ms)
 
     def decode_event(self, event: EventT[Any]) -> list[Outcome | None]:
         """The outcomes an OutcomeBatch event forwards, in source-offset order (None: skipped). Positions are the
