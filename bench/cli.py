@@ -298,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         meta, failures = _run(args, runs, started, command, results, cases)
+    invocations = [] if args.report_only else [report.invocation(meta)]
     for path in args.merge:
         earlier = json.loads(path.read_text())
+        invocations += earlier["meta"].get("invocations") or [report.invocation(earlier["meta"])]
         meta = meta or dict(earlier["meta"], commands=[])
         meta.setdefault("commands", []).extend(
             c for c in earlier["meta"].get("commands") or [earlier["meta"]["command"]] if c not in meta["commands"]
@@ -313,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         failures += earlier.get("failures", [])
     if not args.report_only:
         meta.setdefault("commands", []).append(command)
+    meta["invocations"] = sorted(invocations, key=lambda i: i["started_at"])
     meta["finished_at"] = datetime.now(UTC).isoformat()
     summary = report.summarise(results)
     document = {

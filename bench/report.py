@@ -7,6 +7,7 @@ the profile findings) is kept as it is when the tables are regenerated.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,24 @@ def _probe_line(probe: dict[str, float] | None) -> str:
     return f"Avro encode + decode of a RecipientMessage: {probe['start']:.2f} µs before the first round{end}"
 
 
+def invocation(meta: dict[str, Any]) -> dict[str, Any]:
+    """What the machine was like for one ``python -m bench`` invocation: a merged report shows each one's."""
+    return {"started_at": meta["started_at"], "load_average_at_start": meta["machine"].get("load_average_at_start"),
+            "broker_warmup": meta.get("broker_warmup"), "cpu_probe_us": meta.get("cpu_probe_us")}
+
+
+def _per_invocation(meta: dict[str, Any], line: Callable[[dict[str, Any]], str]) -> str:
+    """``line`` of the run, or of each merged invocation after its start time."""
+    invocations = meta.get("invocations") or [invocation(meta)]
+    if len(invocations) == 1:
+        return line(invocations[0])
+    return "; ".join(f"{i['started_at'][11:16]}: {line(i)}" for i in invocations)
+
+
+def _load_line(i: dict[str, Any]) -> str:
+    return ", ".join(f"{x:.1f}" for x in i.get("load_average_at_start") or [])
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -195,9 +214,13 @@ def render_tables(doc: dict[str, Any]) -> str:
     m = meta["machine"]
     v = m["versions"]
     commands = meta.get("commands") or [meta["command"]]
+    invocations = meta.get("invocations") or [invocation(meta)]
+    rounds = max((len(runs) for cases in doc["results"].values() for runs in cases.values()), default=meta["runs"])
+    started = (f"Run {meta['started_at'][:19]}Z" if len(invocations) == 1 else
+               f"{len(invocations)} runs merged, started " + ", ".join(f"{i['started_at'][:19]}Z" for i in invocations))
     out.append(
-        f"Run {meta['started_at'][:19]}Z, up to {meta['runs']} round(s) per figure (median; rounds interleaved "
-        "across scenarios). Command(s):\n\n" + "\n".join(f"    {c}" for c in commands) + "\n"
+        f"{started}, up to {rounds} round(s) per figure (median; rounds interleaved across scenarios). "
+        "Command(s):\n\n" + "\n".join(f"    {c}" for c in commands) + "\n"
     )
     out.append(
         _table(
@@ -223,9 +246,9 @@ def render_tables(doc: dict[str, Any]) -> str:
                     f"bullmq {v.get('bullmq', '-')}, redis-py {v.get('redis', '-')}, hiredis "
                     f"{v.get('hiredis', '-')}, redis-server {v.get('redis_server', '-')}",
                 ],
-                ["load average at start", ", ".join(f"{x:.1f}" for x in m.get("load_average_at_start", []))],
-                ["broker warm-up", _warm_up_line(meta.get("broker_warmup"))],
-                ["CPU probe (bench.probe)", _probe_line(meta.get("cpu_probe_us"))],
+                ["load average at start", _per_invocation(meta, _load_line)],
+                ["broker warm-up", _per_invocation(meta, lambda i: _warm_up_line(i.get("broker_warmup")))],
+                ["CPU probe (bench.probe)", _per_invocation(meta, lambda i: _probe_line(i.get("cpu_probe_us")))],
             ],
         )
     )
