@@ -116,7 +116,6 @@ OUTCOME_ID_MAX = 128
 REINDEX_STEP = 10_000  # outcome ids indexed between two yields of a rebuild to the event loop (~50 ms)
 BATCHES_PER_STEP = 20  # OutcomeBatch events per count_outcomes step: a few hundred outcomes each, at most 5,000
 YIELD_EVERY = 64  # records handed to the streams between two yields of the read loop to the event loop
-_MILLISECOND = timedelta(milliseconds=1)
 # The fields of a DeliveryOutcome the analytics count by (Counter.decode), occurred_at in epoch milliseconds.
 _OUTCOME_FIELDS = ("outcome_id", "campaign_id", "recipient_id", "status", "attempt", "latency_ms", "occurred_at")
 LogKey = tuple[str, int]  # (campaign, recipient) of a recipient-log row
