@@ -189,9 +189,8 @@ def invocation(meta: dict[str, Any]) -> dict[str, Any]:
             "broker_warmup": meta.get("broker_warmup"), "cpu_probe_us": meta.get("cpu_probe_us")}
 
 
-def _per_invocation(meta: dict[str, Any], line: Callable[[dict[str, Any]], str]) -> str:
+def _per_invocation(invocations: list[dict[str, Any]], line: Callable[[dict[str, Any]], str]) -> str:
     """``line`` of the run, or of each merged invocation after its start time."""
-    invocations = meta.get("invocations") or [invocation(meta)]
     if len(invocations) == 1:
         return line(invocations[0])
     return "; ".join(f"{i['started_at'][11:16]}: {line(i)}" for i in invocations)
@@ -246,9 +245,9 @@ def render_tables(doc: dict[str, Any]) -> str:
                     f"bullmq {v.get('bullmq', '-')}, redis-py {v.get('redis', '-')}, hiredis "
                     f"{v.get('hiredis', '-')}, redis-server {v.get('redis_server', '-')}",
                 ],
-                ["load average at start", _per_invocation(meta, _load_line)],
-                ["broker warm-up", _per_invocation(meta, lambda i: _warm_up_line(i.get("broker_warmup")))],
-                ["CPU probe (bench.probe)", _per_invocation(meta, lambda i: _probe_line(i.get("cpu_probe_us")))],
+                ["load average at start", _per_invocation(invocations, _load_line)],
+                ["broker warm-up", _per_invocation(invocations, lambda i: _warm_up_line(i.get("broker_warmup")))],
+                ["CPU probe (bench.probe)", _per_invocation(invocations, lambda i: _probe_line(i.get("cpu_probe_us")))],
             ],
         )
     )

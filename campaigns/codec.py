@@ -928,17 +928,21 @@ def _compile_decoder(
     src.emit(1, "if p != n_:")
     src.emit(2, "raise _Malformed(f'{n_ - p} trailing bytes after the body')")
     src.emit(1, "return r")
-    namespace = {
+    decoder: Callable[[bytes], dict[str, Any]] = src.compile(
+        "decode", _reader_namespace(), f"<codec decode {current.record_name}>"
+    )
+    return decoder
+
+
+def _reader_namespace() -> dict[str, Any]:
+    """What the code of :func:`_emit_read` refers to."""
+    return {
         "_Malformed": _Malformed,
         "_EPOCH": _EPOCH,
         "_td": timedelta,
         "_unpack_d": struct.Struct("<d").unpack_from,
         "_unpack_f": struct.Struct("<f").unpack_from,
     }
-    decoder: Callable[[bytes], dict[str, Any]] = src.compile(
-        "decode", namespace, f"<codec decode {current.record_name}>"
-    )
-    return decoder
 
 
 def _compile_projection(
@@ -954,10 +958,8 @@ def _compile_projection(
     src.emit(1, "if p != n_:")
     src.emit(2, "raise _Malformed(f'{n_ - p} trailing bytes after the body')")
     src.emit(1, f"return ({''.join(f'v{i}, ' for i in range(len(wanted)))})")
-    namespace = {"_Malformed": _Malformed, "_EPOCH": _EPOCH, "_td": timedelta,
-                 "_unpack_d": struct.Struct("<d").unpack_from, "_unpack_f": struct.Struct("<f").unpack_from}
     projection: Callable[[bytes], tuple[Any, ...]] = src.compile(
-        "project", namespace, f"<codec projection {current.record_name}>"
+        "project", _reader_namespace(), f"<codec projection {current.record_name}>"
     )
     return projection
 

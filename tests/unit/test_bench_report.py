@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from bench.cli import main
 from bench.report import targets
 
 
@@ -34,8 +37,6 @@ def test_a_run_that_did_not_measure_the_analytics_process_does_not_meet_it():
 
 
 def _results_file(path, started_at: str, load: float, probe: tuple[float, float], per_s: float):
-    import json
-
     meta = {"started_at": started_at, "command": "python -m bench e2e --runs 1", "runs": 1, "quick": False,
             "postgres_mode": "durable", "settings": {"partitions": 6},
             "machine": {"cpu_model": "CPU", "cores": 2, "ram_gib": 1, "os": "OS", "kernel": "k", "versions": {},
@@ -50,8 +51,6 @@ def _results_file(path, started_at: str, load: float, probe: tuple[float, float]
 def test_a_merged_report_gives_each_run_s_machine_facts_and_counts_its_rounds(tmp_path):
     """Runs merged into one report (--merge) were taken at different times on a host whose speed drifts: the
     load, the broker warm-up and the CPU probe of each are shown, not the first one's alone."""
-    from bench.cli import main
-
     first = _results_file(tmp_path / "a.json", "2026-12-02T16:37:38+00:00", 0.1, (8.25, 5.45), 9_559)
     second = _results_file(tmp_path / "b.json", "2026-12-02T16:49:15+00:00", 0.4, (5.53, 8.10), 8_627)
     doc = tmp_path / "report.md"
