@@ -25,7 +25,8 @@ SUPPRESSED_COLUMN = """EXISTS (SELECT 1 FROM suppressions AS sup WHERE sup.chann
                    WHEN 'sms' THEN '+' || regexp_replace({customer}.phone, '[^0-9]', '', 'g')
                    ELSE '+' || regexp_replace({customer}.whatsapp, '[^0-9]', '', 'g') END) AS suppressed"""
 
-PAGE_SQL = """
+# The next ``limit`` audience ids after the cursor (see the module docstring): the CTE both page queries share.
+_PAGE_IDS = """
 WITH ids AS (
     SELECT DISTINCT id FROM (
         SELECT m.customer_id AS id
@@ -42,7 +43,12 @@ WITH ids AS (
     ) AS candidates
     ORDER BY id LIMIT %(limit)s
 )
-SELECT c.id, c.status, c.opted_out_channels, c.locale, c.email, c.phone, c.whatsapp,
+"""
+# The ids alone: the segments' and the manual list's keys, not a row of ``customers`` (expansion: who the campaign
+# goes to is decided here, whether and where each message goes at the sender's claim, ``resolve``).
+PAGE_IDS_SQL = _PAGE_IDS + "SELECT id FROM ids ORDER BY id"
+# The ids with what a loop that sends what it reads needs of each customer (the benchmark's baselines).
+PAGE_SQL = _PAGE_IDS + """SELECT c.id, c.status, c.opted_out_channels, c.locale, c.email, c.phone, c.whatsapp,
     """ + SUPPRESSED_COLUMN.format(channel="%(channel)s::text", customer="c") + """
 FROM ids JOIN customers AS c ON c.id = ids.id
 ORDER BY c.id
@@ -58,7 +64,7 @@ class Recipient:
     address: str | None
     skip_reason: str | None  # None: send; else why not (inactive, opted_out, no_address)
     # The profile a message is rendered with (campaigns.core.templates.PROFILE_FIELDS and ``attributes``);
-    # filled by resolve (the sender's claim), empty from fetch_page (expansion renders nothing).
+    # filled by resolve (the sender's claim), empty from fetch_page.
     profile: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,10 +126,19 @@ def _column(cur: Cursor, name: str) -> int:
     return [d.name for d in cur.description].index(name)
 
 
+def page_ids(cur: Cursor, campaign_id: uuid.UUID, segments: list[int], after: int, limit: int) -> list[int]:
+    """The next page of the audience: its customer ids above ``after``, ascending; empty when it is exhausted."""
+    cur.execute(PAGE_IDS_SQL, {"segments": segments, "after": after, "limit": limit,
+                               "campaign_id": str(campaign_id)})
+    return [row[0] for row in cur.fetchall()]
+
+
 def fetch_page(
     cur: Cursor, campaign_id: uuid.UUID, segments: list[int], channel: str, after: int, limit: int
 ) -> list[Recipient]:
-    """The next page of recipients with id > ``after``; empty when the audience is exhausted."""
+    """The next page of recipients with id > ``after``, each with its address and skip reason on ``channel``;
+    empty when the audience is exhausted. For a loop that sends what it reads (the benchmark's baselines); the
+    pipeline's expansion reads :func:`page_ids` and its senders :func:`resolve`."""
     cur.execute(PAGE_SQL, {"segments": segments, "after": after, "limit": limit, "campaign_id": str(campaign_id),
                            "channel": channel})
     column = ADDRESS_COLUMN[channel]

@@ -2,12 +2,14 @@
 
 Runs as a loop in the worker (``run_forever``) over the campaigns that need it:
 
-* ``active`` and not yet expanded: page through the audience (``sinks.audience``), produce a
-  RecipientMessage per eligible recipient with a deterministic message id (uuid5 of campaign and
-  recipient), record ineligible ones as ``skipped`` rows with the reason (and a SKIPPED outcome), then
+* ``active`` and not yet expanded: page through the audience's ids (``sinks.audience.page_ids``), produce a
+  RecipientMessage per recipient with a deterministic message id (uuid5 of campaign and recipient), then
   checkpoint the page's last customer id (in the next page's transaction: one commit a page). A crash
   re-produces at most the page after the last checkpoint, which is harmless: senders claim (campaign,
-  recipient) before sending.
+  recipient) before sending. A message only names the pair: the sender's claim reads the customer as they
+  are then (``sinks.audience.resolve``), gives a ``skipped`` row to who may not be sent to (inactive, opted
+  out, no address, suppressed), and renders the rest for their locale and profile. So the expansion reads no
+  ``customers`` row: each customer is read once, by the claim, which had to read it anyway.
 * ``cancelled`` or ``failed`` (after activation): the sweep pages through the audience and records every
   recipient who has no row yet as ``cancelled``, so every recipient still ends with one terminal row.
 
@@ -36,13 +38,13 @@ from campaigns.settings import Settings
 from campaigns.topics import OUTCOMES, messages_topic
 from producers.kafka import KafkaProducer
 from sinks import campaign_progress, recipient_log
-from sinks.audience import Recipient, fetch_page
+from sinks.audience import page_ids
 
 log = logging.getLogger(__name__)
 
 
 class PageReader:
-    """Audience pages (``sinks.audience.fetch_page``) read one ahead, on a connection and a thread of their own.
+    """Audience pages (``sinks.audience.page_ids``) read one ahead, on a connection and a thread of their own.
 
     The next page's query runs while the expander produces, flushes and checkpoints the current one, instead of
     after it: measured alone, a page of 1,000 was ~10 ms of query, ~8 ms of encoding and producing, ~4 ms of
@@ -58,18 +60,17 @@ class PageReader:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="expansion-pages")
         self.cpu_s = 0.0  # CPU time of the reads (their thread's), for the benchmark
 
-    def read(self, plan: CampaignPlan, after: int) -> Future[list[Recipient]]:
-        """The page of ``plan``'s audience after customer id ``after``, being read."""
-        return self._thread.submit(self._read, plan.id, list(plan.segments), plan.channel, after, plan.batch_size)
+    def read(self, plan: CampaignPlan, after: int) -> Future[list[int]]:
+        """The page of ``plan``'s audience (customer ids) after customer id ``after``, being read."""
+        return self._thread.submit(self._read, plan.id, list(plan.segments), after, plan.batch_size)
 
-    def _read(self, campaign_id: uuid.UUID, segments: list[int], channel: str, after: int,
-              limit: int) -> list[Recipient]:
+    def _read(self, campaign_id: uuid.UUID, segments: list[int], after: int, limit: int) -> list[int]:
         started = time.thread_time()
         if self._conn is None:
             self._conn = psycopg2.connect(self._dsn)
         try:
             with self._conn.cursor() as cur:
-                page = fetch_page(cur, campaign_id, segments, channel, after, limit)
+                page = page_ids(cur, campaign_id, segments, after, limit)
             self._conn.rollback()  # no snapshot held open between pages
             return page
         except psycopg2.Error:
@@ -206,36 +207,30 @@ class Expander:
     def _process(self, campaign_id: uuid.UUID) -> bool:
         """Expand or sweep the campaign; False if there was nothing to do yet (the loop may idle).
 
-        Per page: one transaction checkpoints the page before it (its records are acknowledged) and writes this
-        page's terminal rows (``skipped``, or ``cancelled`` in a sweep); committed, then this page's outcomes
-        and messages are produced and flushed; the next page's transaction checkpoints it. One commit a page,
-        and the order that matters holds: an outcome is produced only once its row has committed, a cursor
-        moves past a page only once its records are acknowledged. A crash redoes at most the page after the
-        cursor: its rows exist (no row is written twice) and its outcomes and messages are produced again with
-        the same ids."""
+        Per page: one transaction checkpoints the page before it (its records are acknowledged) and, in a sweep,
+        writes this page's ``cancelled`` rows; committed, then this page's messages (or the sweep's outcomes) are
+        produced and flushed; the next page's transaction checkpoints it. One commit a page, and the order that
+        matters holds: an outcome is produced only once its row has committed, a cursor moves past a page only
+        once its records are acknowledged. A crash redoes at most the page after the cursor: its rows exist (no
+        row is written twice) and its outcomes and messages are produced again with the same ids."""
         plan = self._load(campaign_id)
         if plan is None:
             return False
         sweeping = plan.status in ("cancelled", "failed")
         ahead = self._pages.read(plan, plan.cursor)
-        done: list[Recipient] = []  # the page whose records are acknowledged, not checkpointed yet
+        done: list[int] = []  # the page whose records are acknowledged, not checkpointed yet
         while True:
             page = ahead.result()
             if page:
-                ahead = self._pages.read(plan, page[-1].customer_id)  # read while this page is worked on
-            if sweeping:
-                terminal, status, reason = page, "cancelled", f"campaign_{plan.status}"
-            else:
-                terminal, status, reason = [r for r in page if r.skip_reason], "skipped", None
+                ahead = self._pages.read(plan, page[-1])  # read while this page is worked on
             with self._conn.cursor() as cur:
-                if done and not campaign_progress.checkpoint(cur, plan.id, plan.version, done[-1].customer_id,
-                                                             len(done)):
+                if done and not campaign_progress.checkpoint(cur, plan.id, plan.version, done[-1], len(done)):
                     self._conn.rollback()
                     return True  # the campaign changed (pause, cancel, resume): start over from its new state
-                written = self._write_terminal(cur, plan, terminal, status, reason)
+                cancelled = self._write_cancelled(cur, plan, page) if sweeping else []
             self._conn.commit()
             if done:
-                plan.cursor = done[-1].customer_id
+                plan.cursor = done[-1]
                 if self.on_page is not None:
                     self.on_page(plan.id, len(done))
             if not page:
@@ -243,65 +238,60 @@ class Expander:
                     return False  # live claims of a sender: they end (recorded or expired); a later pass settles
                 self._finish(plan)
                 return True
-            self._emit_terminal(plan, terminal, status, written)
-            if not sweeping:
-                self._produce_messages(plan, [r for r in page if r.skip_reason is None])
+            if sweeping:
+                self._emit_cancelled(plan, page, cancelled)
+            else:
+                self._produce_messages(plan, page)
             # Messages and outcomes must be on the broker before the checkpoint says they are.
             self._producer.flush()
             done = page
 
-    def _produce_messages(self, plan: CampaignPlan, recipients: list[Recipient]) -> None:
+    def _produce_messages(self, plan: CampaignPlan, recipients: list[int]) -> None:
+        """One RecipientMessage per recipient. What the page's messages share (the campaign, its default content)
+        is encoded once; the sender replaces the address and the content with the recipient's own at the claim,
+        so the expansion leaves the address empty (it reads no customer)."""
         topic = self._settings.kafka.topic(messages_topic(plan.channel))
-        now_ms = _millis(self._clock())
         campaign = str(plan.id)
         produce = self._producer.produce
-        # The page's messages differ in three fields: the rest is encoded once per content locale.
-        encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
-        for r in recipients:
-            content = plan.content.get(r.locale) or plan.content[plan.default_locale]
-            encode = encoders.get(content.locale)
-            if encode is None:
-                # ``locale`` is the content's (what the body was rendered in, and the language of a provider
-                # template), not the recipient's: a recipient whose locale has no content gets the default.
-                encode = encoders[content.locale] = self._codec.encoder("RecipientMessage", {
-                    "campaign_id": campaign, "channel": plan.channel, "subject": content.subject, "body": content.body,
-                    "template_name": content.template_name, "template_parameters": content.template_parameters,
-                    "locale": content.locale, "attempt": 0, "not_before": 0, "created_at": now_ms, "last_error": None,
-                })
-            recipient = str(r.customer_id)
-            produce(topic, recipient, encode({"message_id": message_id(campaign, recipient), "recipient_id": recipient,
-                                              "address": r.address}))
+        content = plan.content[plan.default_locale]
+        encode = self._codec.encoder("RecipientMessage", {
+            "campaign_id": campaign, "channel": plan.channel, "subject": content.subject, "body": content.body,
+            "template_name": content.template_name, "template_parameters": content.template_parameters,
+            "locale": content.locale, "attempt": 0, "not_before": 0, "created_at": _millis(self._clock()),
+            "last_error": None, "address": "",
+        })
+        for customer_id in recipients:
+            recipient = str(customer_id)
+            produce(topic, recipient, encode({"message_id": message_id(campaign, recipient),
+                                              "recipient_id": recipient}))
         self.expanded += len(recipients)
         if self._metrics is not None:  # once per page
             self._metrics.expansion_page(plan.channel, len(recipients))
 
-    def _write_terminal(self, cur: Any, plan: CampaignPlan, recipients: list[Recipient], status: str,
-                        reason: str | None) -> list[tuple[Any, ...]]:
-        """Give the recipients not logged yet a terminal ``status`` row (in the caller's transaction); the rows
-        written, ``(recipient, message id, failure reason, updated at)``. A sweep (``cancelled``) also ends rows
-        left ``retrying``: their retries will find the campaign over."""
+    def _write_cancelled(self, cur: Any, plan: CampaignPlan, recipients: list[int]) -> list[tuple[Any, ...]]:
+        """A sweep: give the recipients not logged yet a ``cancelled`` row (in the caller's transaction), and end
+        rows left ``retrying`` (their retries will find the campaign over); the rows written, ``(recipient,
+        message id, failure reason, updated at)``."""
         if not recipients:
             return []
         now = self._clock()
         campaign = str(plan.id)
-        return recipient_log.record_terminal(cur, status, [
-            (campaign, r.customer_id, message_id(campaign, str(r.customer_id)), plan.channel, status,
-             reason or r.skip_reason, now, now)
+        reason = f"campaign_{plan.status}"
+        return recipient_log.record_terminal(cur, "cancelled", [
+            (campaign, r, message_id(campaign, str(r)), plan.channel, "cancelled", reason, now, now)
             for r in recipients
         ])
 
-    def _emit_terminal(self, plan: CampaignPlan, recipients: list[Recipient], status: str,
-                       written: list[tuple[Any, ...]]) -> None:
-        """Once :meth:`_write_terminal`'s transaction has committed: one outcome for every row of these
-        recipients in ``status``. The rows written, when that is all of them; else (a page done again after a
-        crash before its checkpoint, or a sweep after a cancel) the rows read back, so an outcome lost with a
-        crashed producer is never lost for good. Either way the same outcome ids: analytics count each once."""
+    def _emit_cancelled(self, plan: CampaignPlan, recipients: list[int], written: list[tuple[Any, ...]]) -> None:
+        """Once :meth:`_write_cancelled`'s transaction has committed: one outcome for every ``cancelled`` row of
+        these recipients. The rows written, when that is all of them; else (a page done again after a crash
+        before its checkpoint, or rows a sender cancelled) the rows read back, so an outcome lost with a crashed
+        producer is never lost for good. Either way the same outcome ids: analytics count each once."""
         if len(written) < len(recipients):
             with self._conn.cursor() as cur:
-                written = recipient_log.terminal_rows(cur, str(plan.id), [r.customer_id for r in recipients],
-                                                      status)
+                written = recipient_log.terminal_rows(cur, str(plan.id), recipients, "cancelled")
             self._conn.rollback()  # a read: no snapshot held open while producing
-        self._emit(plan, status, written)
+        self._emit(plan, "cancelled", written)
 
     def _settle_in_flight(self, plan: CampaignPlan) -> bool:
         """After a sweep: end the rows no sender will end (``retrying``, and claims whose lease ran out, left
