@@ -531,7 +531,7 @@ class ChannelSender:
 
         Returns (claimed: this worker may send them now, inactive: their campaign is no longer active,
         outsiders: their recipient is not in the campaign's audience, skipped: their recipient may no longer be
-        sent to: opted out, inactive or without an address since expansion; they got a ``skipped`` row).
+        sent to: opted out, inactive, without an address on the channel or suppressed; they got a ``skipped`` row).
 
         The record only names the pair: whether it belongs to the campaign, the address and the content come
         from PostgreSQL (``sinks.audience.resolve``, the campaign's content), so a forged or altered record

@@ -355,7 +355,8 @@ def test_stage_applies_receipts_once_whatever_the_order_duplicates_or_replays(
     finally:
         stage.close()
 
-    # Suppression is honoured by expansion (PAGE_SQL) and by the sender's claim (RESOLVE_SQL).
+    # Suppression is honoured by the sender's claim (RESOLVE_SQL) and by the page the benchmark's baselines read
+    # (PAGE_SQL).
     segment = _query(settings, "SELECT segment_id FROM campaign_segments WHERE campaign_id = %s", campaign_id)[0][0]
     conn = psycopg2.connect(settings.database.dsn())
     try:
