@@ -99,6 +99,32 @@ def _expand(settings, service, campaign_id: str) -> Expander:
     return expander
 
 
+def _sms_sender(settings, service, campaign_id: str, producer: KafkaProducer) -> ChannelSender:
+    built = ChannelSender(settings, "sms", FakeTransport("sms"), producer, campaigns=service,
+                          group_id=f"crash-{campaign_id}")
+    built.start()
+    return built
+
+
+def _killed_before_its_flush(settings, service, campaign_id: str) -> None:
+    """A sender that commits its first batch's rows and dies before its producer flushes anything."""
+    doomed = _sms_sender(settings, service, campaign_id, LostProducer(settings.kafka))
+    with pytest.raises(_Crash):
+        wait_for(lambda: doomed.run_once() and False, timeout=60, what="the doomed sender to die")
+    doomed.close()
+
+
+def _restarted_until_outcomes(settings, service, campaign_id: str, messages: int, what: str) -> None:
+    """A sender on the same group, run until ``messages`` recipients have an outcome."""
+    restarted = _sms_sender(settings, service, campaign_id, KafkaProducer(settings.kafka))
+    try:
+        wait_for(lambda: (restarted.run_once() or True)
+                 and len(_outcomes(settings, campaign_id)) == messages,
+                 timeout=60, interval=0.2, what=what)
+    finally:
+        restarted.close()
+
+
 @pytest.mark.parametrize("crash_on", range(1, 8))
 def test_expansion_killed_at_a_commit_then_cancelled_emits_outcomes_only_for_committed_rows(
     settings, service, audience, crash_on
@@ -145,27 +171,12 @@ def test_sender_killed_before_its_flush_re_emits_the_skipped_outcomes_of_rows_it
     _expand(settings, service, campaign_id).close()
     messages = len(consume_to_end(settings.kafka.bootstrap_servers, settings.kafka.topic(messages_topic("sms"))))
 
-    def sender(producer: KafkaProducer) -> ChannelSender:
-        built = ChannelSender(settings, "sms", FakeTransport("sms"), producer, campaigns=service,
-                              group_id=f"crash-{campaign_id}")
-        built.start()
-        return built
-
-    doomed = sender(LostProducer(settings.kafka))
-    with pytest.raises(_Crash):
-        wait_for(lambda: doomed.run_once() and False, timeout=60, what="the doomed sender to die")
-    doomed.close()
+    _killed_before_its_flush(settings, service, campaign_id)
     committed = {r for r, status in _log(settings, campaign_id).items() if status == "skipped"}
     assert committed, "the doomed sender committed skipped rows (their outcomes never left it)"
     assert not _outcomes(settings, campaign_id)
 
-    restarted = sender(KafkaProducer(settings.kafka))
-    try:
-        wait_for(lambda: (restarted.run_once() or True)
-                 and len(_outcomes(settings, campaign_id)) == messages,
-                 timeout=60, interval=0.2, what=f"{messages} outcomes")
-    finally:
-        restarted.close()
+    _restarted_until_outcomes(settings, service, campaign_id, messages, f"{messages} outcomes")
     log_rows, outcomes = _log(settings, campaign_id), _outcomes(settings, campaign_id)
     assert len(log_rows) == messages and set(log_rows.values()) == {"sent", "skipped"}
     assert committed <= {r for r, status in log_rows.items() if status == "skipped"}
@@ -181,25 +192,10 @@ def test_sender_killed_before_its_flush_re_emits_the_outcomes_of_rows_it_committ
     messages = len(consume_to_end(settings.kafka.bootstrap_servers, settings.kafka.topic(messages_topic("sms"))))
     service.cancel_campaign("marketer-1", campaign_id)  # before any sender: every message becomes a cancel
 
-    def sender(producer: KafkaProducer) -> ChannelSender:
-        built = ChannelSender(settings, "sms", FakeTransport("sms"), producer, campaigns=service,
-                              group_id=f"crash-{campaign_id}")
-        built.start()
-        return built
-
-    doomed = sender(LostProducer(settings.kafka))
-    with pytest.raises(_Crash):
-        wait_for(lambda: doomed.run_once() and False, timeout=60, what="the doomed sender to die")
-    doomed.close()
+    _killed_before_its_flush(settings, service, campaign_id)
     assert "cancelled" in _log(settings, campaign_id).values(), "the doomed sender committed cancelled rows"
 
-    restarted = sender(KafkaProducer(settings.kafka))
-    try:
-        wait_for(lambda: (restarted.run_once() or True)
-                 and len(_outcomes(settings, campaign_id)) == messages,
-                 timeout=60, interval=0.2, what=f"{messages} CANCELLED outcomes")
-    finally:
-        restarted.close()
+    _restarted_until_outcomes(settings, service, campaign_id, messages, f"{messages} CANCELLED outcomes")
     log_rows, outcomes = _log(settings, campaign_id), _outcomes(settings, campaign_id)
     assert set(log_rows.values()) == {"cancelled"} and len(log_rows) == messages
     assert all(statuses == {"cancelled"} for statuses in outcomes.values())
