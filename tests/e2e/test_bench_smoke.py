@@ -57,3 +57,17 @@ def test_a_full_run_warms_the_broker_up_first_and_says_so(settings, tmp_path):
     assert "| broker warm-up | " in doc.read_text()
     probe = result["meta"]["cpu_probe_us"]
     assert probe["start"] > 0 and probe["end"] > 0 and "| CPU probe (bench.probe) | Avro encode" in doc.read_text()
+
+
+def test_the_seeded_audience_is_vacuumed_and_analyzed_before_any_design_reads_it(settings):
+    """Every design reads a steady-state audience (statistics, all-visible pages), not the first reader after a
+    bulk import paying for it alone; the harness's ANALYZE as the application role was skipped with a WARNING."""
+    with BenchEnv(settings) as env:
+        env.audience(500)
+        with env.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT relname, last_vacuum IS NOT NULL, last_analyze IS NOT NULL FROM pg_stat_user_tables"
+                        " WHERE relname IN ('customers', 'segment_members') ORDER BY relname")
+            assert cur.fetchall() == [("customers", True, True), ("segment_members", True, True)]
+            cur.execute("SELECT relname, relallvisible = relpages AND relpages > 0 FROM pg_class"
+                        " WHERE relname IN ('customers', 'segment_members') ORDER BY relname")
+            assert cur.fetchall() == [("customers", True), ("segment_members", True)]
