@@ -8,7 +8,9 @@ the index on (segment_id, customer_id) yields the next ``limit`` ids after the c
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,11 +70,41 @@ class Recipient:
     profile: dict[str, Any] = field(default_factory=dict)
 
 
+class Attributes(Mapping[str, Any]):
+    """A customer's free ``attributes`` as PostgreSQL sent them (JSON text), parsed on first use: most campaigns'
+    templates read none, and parsing every claimed row's cost ~3 % of a sender's CPU. Anything but a JSON object
+    reads as empty, as a row's attributes always did."""
+
+    __slots__ = ("_parsed", "_text")
+
+    def __init__(self, text: str | None) -> None:
+        self._text = text
+        self._parsed: dict[str, Any] | None = None
+
+    def _dict(self) -> dict[str, Any]:
+        if self._parsed is None:
+            value = json.loads(self._text) if self._text else None
+            self._parsed = value if isinstance(value, dict) else {}
+        return self._parsed
+
+    def __getitem__(self, key: str) -> Any:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return f"Attributes({self._dict()!r})"
+
+
 # The audience members among (campaign, recipient) pairs, with what a send needs of them now: a record on a
 # message topic names the pair, PostgreSQL says whether it belongs to the campaign and where it goes.
 RESOLVE_SQL = """
 SELECT v.c::text, v.r, cu.status, cu.opted_out_channels, cu.locale, cu.email, cu.phone, cu.whatsapp,
-       cu.first_name, cu.last_name, cu.timezone, cu.attributes,
+       cu.first_name, cu.last_name, cu.timezone, cu.attributes::text,
     """ + SUPPRESSED_COLUMN.format(channel="%(channel)s::text", customer="cu") + """
 FROM unnest(%(campaigns)s::uuid[], %(recipients)s::bigint[]) AS v(c, r) JOIN customers AS cu ON cu.id = v.r
 WHERE EXISTS (SELECT 1 FROM campaign_segments AS cs JOIN segment_members AS sm
@@ -114,7 +146,7 @@ def resolve(cur: Cursor, channel: str, keys: list[tuple[str, int]]) -> dict[tupl
         address = row[column]
         profile = {"customer_id": str(row[1]), "locale": row[4], "email": row[5], "phone": row[6],
                    "whatsapp": row[7], "first_name": row[8], "last_name": row[9], "timezone": row[10],
-                   "attributes": row[11] if isinstance(row[11], dict) else {}}
+                   "attributes": Attributes(row[11])}
         found[(row[0], row[1])] = Recipient(customer_id=row[1], locale=row[4], address=address,
                                             skip_reason=skip_reason(row[2], row[3], channel, address, row[suppressed]),
                                             profile=profile)
