@@ -273,13 +273,13 @@ class CampaignMessage(Base):
 class CampaignRecipientLog(Base):
     """One row per (campaign, recipient): the claim that makes sends idempotent, then the outcome.
 
-    The UNIQUE (campaign_id, recipient_id) constraint is what guarantees a recipient is sent to at most
-    once: a sender must insert (claim) the row before calling the provider.
+    The primary key (campaign_id, recipient_id) is what guarantees a recipient is sent to at most once: a
+    sender must insert (claim) the row before calling the provider. No surrogate id (migration 0016): nothing
+    finds a row but by that pair, and each index costs every claim and every result.
     """
 
     __tablename__ = "campaign_recipient_log"
     __table_args__ = (
-        UniqueConstraint("campaign_id", "recipient_id", name="uq_recipient_log_campaign_recipient"),
         CheckConstraint(_in("status", RECIPIENT_STATUSES), name="ck_recipient_log_status"),
         CheckConstraint("attempts >= 0", name="ck_recipient_log_attempts"),
         # Rows past their claim only (migration 0013): claimed rows are found by (campaign, recipient).
@@ -293,9 +293,8 @@ class CampaignRecipientLog(Base):
         ),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
-    recipient_id: Mapped[int] = mapped_column(BigInteger)
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    recipient_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     channel_kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
