@@ -31,7 +31,7 @@ ORDER BY activated_at LIMIT 20
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended(%s, 7))"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended(%s, 7))"
 PLAN_SQL = (
-    "SELECT status, version, channel_kind, batch_size, coalesce(expansion_cursor, 0), locale, expansion_done "
+    "SELECT status, version, channel_kind, batch_size, coalesce(expansion_cursor, 0), expansion_done "
     "FROM campaigns WHERE id = %s"
 )
 SEGMENTS_SQL = "SELECT segment_id FROM campaign_segments WHERE campaign_id = %s"
@@ -92,9 +92,7 @@ class PlanRow:
     channel: str
     batch_size: int
     cursor: int
-    default_locale: str
     segments: list[int]
-    content: list[tuple[str, str | None, str, str | None, list[str]]]  # locale, subject, body, template, params
 
 
 def candidates(cur: Any) -> list[uuid.UUID]:
@@ -113,16 +111,15 @@ def unlock(cur: Any, campaign_id: uuid.UUID) -> None:
 
 
 def plan(cur: Any, campaign_id: uuid.UUID) -> PlanRow | None:
-    """What expansion needs of a campaign, or None if it is gone or already expanded."""
+    """What expansion needs of a campaign (not its content: the senders render it), or None if it is gone or
+    already expanded."""
     cur.execute(PLAN_SQL, (str(campaign_id),))
     row = cur.fetchone()
-    if row is None or row[6]:
+    if row is None or row[5]:
         return None
     cur.execute(SEGMENTS_SQL, (str(campaign_id),))
     segments = [r[0] for r in cur.fetchall()]
-    cur.execute(CONTENT_SQL, (str(campaign_id),))
-    content = [(r[0], r[1], r[2], r[3], list(r[4] or ())) for r in cur.fetchall()]
-    return PlanRow(row[0], row[1], row[2], row[3], row[4], row[5], segments, content)
+    return PlanRow(row[0], row[1], row[2], row[3], row[4], segments)
 
 
 def content(

@@ -8,8 +8,9 @@ Runs as a loop in the worker (``run_forever``) over the campaigns that need it:
   re-produces at most the page after the last checkpoint, which is harmless: senders claim (campaign,
   recipient) before sending. A message only names the pair: the sender's claim reads the customer as they
   are then (``sinks.audience.resolve``), gives a ``skipped`` row to who may not be sent to (inactive, opted
-  out, no address, suppressed), and renders the rest for their locale and profile. So the expansion reads no
-  ``customers`` row: each customer is read once, by the claim, which had to read it anyway.
+  out, no address, suppressed), and renders the campaign's content for the rest, for their locale and profile.
+  So the expansion reads no ``customers`` row (each customer is read once, by the claim, which had to read it
+  anyway) and no content (a record's address and content fields are empty).
 * ``cancelled`` or ``failed`` (after activation): the sweep pages through the audience and records every
   recipient who has no row yet as ``cancelled``, so every recipient still ends with one terminal row.
 
@@ -86,17 +87,6 @@ class PageReader:
             self._conn.close()
 
 
-@dataclass(frozen=True, slots=True)
-class Content:
-    """A campaign's rendered content for one locale (a ``campaign_messages`` row)."""
-
-    locale: str
-    subject: str | None
-    body: str
-    template_name: str | None
-    template_parameters: list[str]
-
-
 @dataclass
 class CampaignPlan:
     id: uuid.UUID
@@ -106,8 +96,6 @@ class CampaignPlan:
     batch_size: int
     cursor: int
     segments: list[int]
-    content: dict[str, Content]  # locale -> what is sent to recipients of that locale
-    default_locale: str
 
 
 def _millis(moment: datetime) -> int:
@@ -200,8 +188,7 @@ class Expander:
             return None
         return CampaignPlan(
             id=campaign_id, status=row.status, version=row.version, channel=row.channel, batch_size=row.batch_size,
-            cursor=row.cursor, segments=row.segments, content={c[0]: Content(*c) for c in row.content},
-            default_locale=row.default_locale,
+            cursor=row.cursor, segments=row.segments,
         )
 
     def _process(self, campaign_id: uuid.UUID) -> bool:
@@ -247,18 +234,17 @@ class Expander:
             done = page
 
     def _produce_messages(self, plan: CampaignPlan, recipients: list[int]) -> None:
-        """One RecipientMessage per recipient. What the page's messages share (the campaign, its default content)
-        is encoded once; the sender replaces the address and the content with the recipient's own at the claim,
-        so the expansion leaves the address empty (it reads no customer)."""
+        """One RecipientMessage per recipient, naming the (campaign, recipient) pair and nothing more: the sender
+        takes the address and the content, rendered for the recipient, from PostgreSQL at the claim, so the
+        record's address and content fields are empty (the expansion reads no customer and no content; an
+        email's HTML body is not copied into a million records). What the page's messages share is encoded once."""
         topic = self._settings.kafka.topic(messages_topic(plan.channel))
         campaign = str(plan.id)
         produce = self._producer.produce
-        content = plan.content[plan.default_locale]
         encode = self._codec.encoder("RecipientMessage", {
-            "campaign_id": campaign, "channel": plan.channel, "subject": content.subject, "body": content.body,
-            "template_name": content.template_name, "template_parameters": content.template_parameters,
-            "locale": content.locale, "attempt": 0, "not_before": 0, "created_at": _millis(self._clock()),
-            "last_error": None, "address": "",
+            "campaign_id": campaign, "channel": plan.channel, "address": "", "subject": None, "body": "",
+            "template_name": None, "template_parameters": [], "locale": "", "attempt": 0, "not_before": 0,
+            "created_at": _millis(self._clock()), "last_error": None,
         })
         for customer_id in recipients:
             recipient = str(customer_id)

@@ -600,8 +600,8 @@ class ChannelSender:
         cid = record["campaign_id"]
         default, by_locale = self._contents[cid]
         locale = pick_locale(list(by_locale), member.locale, default)
-        if locale is None:
-            p.record = dict(record, address=member.address)
+        if locale is None:  # the campaign has no content (its rows deleted): nothing of the record's is sent
+            p.record, p.refusal = dict(record, address=member.address), "no_content"
             return
         content = by_locale[locale]
         if isinstance(content, Refusal):

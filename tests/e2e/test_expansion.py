@@ -50,6 +50,15 @@ def messages_by_recipient(settings, channel: str, campaign_id) -> collections.Co
     return counts
 
 
+def what_records_carry(settings, channel: str, campaign_id) -> set[tuple]:
+    """The campaign's records' address and content fields, as a set of distinct tuples."""
+    records = consume_to_end(settings.kafka.bootstrap_servers, settings.kafka.topic(f"campaign.messages.{channel}"))
+    codec = get_codec()
+    return {(v["address"], v["subject"], v["body"], v["template_name"], tuple(v["template_parameters"]), v["locale"])
+            for v in (codec.decode(r.value(), "RecipientMessage") for r in records)
+            if v["campaign_id"] == str(campaign_id)}
+
+
 def test_union_of_segments_and_manual_list_one_message_per_person(settings, service, audience):
     plan, segments = audience(2000)
     manual = [plan.first_id + i for i in range(0, 300, 3)]  # overlaps the segments and adds nobody new
@@ -72,6 +81,8 @@ def test_union_of_segments_and_manual_list_one_message_per_person(settings, serv
     assert set(counts) == target, "a message per audience member: whether it goes out is the claim's to decide"
     assert set(counts.values()) == {1}
     assert skipped_rows(settings.database.dsn(), campaign_id) == {}, "the expansion reads no customer"
+    assert what_records_carry(settings, "whatsapp", campaign_id) == {("", None, "", None, (), "")}, \
+        "a record names the pair: no address, no content"
 
     transport = FakeTransport("whatsapp")
     with Worker(settings, stages=("senders",), channels=("whatsapp",), rate_limits=False,
@@ -81,6 +92,8 @@ def test_union_of_segments_and_manual_list_one_message_per_person(settings, serv
     assert skipped_rows(settings.database.dsn(), campaign_id) == skip
     assert {"opted_out", "no_address", "customer_inactive"} <= set(skip.values())
     assert collections.Counter(int(m.recipient_id) for m in transport.sent) == dict.fromkeys(send, 1)
+    assert {m.body for m in transport.sent} == {"hi"} and all(m.address for m in transport.sent), \
+        "the sender's claim gave each message its address and the campaign's content"
 
 
 class CrashAfterFlush(KafkaProducer):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+import psycopg2
+
 from campaigns.codec import get_codec
 from campaigns.core.ids import message_id
 from campaigns.transports.fake import FakeTransport
@@ -66,6 +68,51 @@ def test_forged_records_send_nothing_of_the_forger_and_every_member_gets_the_rea
         settings.kafka.bootstrap_servers, settings.kafka.topic("campaign.messages.dlq"))]
     assert [(d["reason"], d["recipient_id"]) for d in dlq if d["campaign_id"] == campaign] == [
         ("not_in_audience", str(outsider))]
+
+
+def test_a_campaign_without_content_sends_nothing_a_record_carries(settings, service, audience):
+    """The sender sends only the campaign's stored content, rendered at the claim (the expansion's records carry
+    none): with none left (its rows deleted behind the service's back), every message fails as ``no_content``,
+    and a forged record's content and address go nowhere."""
+    plan, segments = audience(30)
+    campaign_id = service.create_campaign("marketer-1", {
+        "name": "no content", "channel": "email", "content": {"subject": "s", "body": "b"},
+        "segments": segments[:1], "batch_size": 100,
+    })
+    campaign = str(campaign_id)
+    members = [cid for cid in plan.ids() if 0 in plan.segment_of(cid)]
+    with psycopg2.connect(settings.database.for_migrations().dsn()) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM campaign_messages WHERE campaign_id = %s", (campaign,))
+        assert cur.rowcount == 1
+    from producers.topics import ensure_topics, topic_specs
+
+    ensure_topics(settings.kafka, topic_specs(settings))
+    producer = KafkaProducer(settings.kafka)
+    codec = get_codec()
+    producer.produce(settings.kafka.topic("campaign.messages.email"), str(members[0]), codec.encode(
+        "RecipientMessage", {"message_id": message_id(campaign, str(members[0])), "campaign_id": campaign,
+                             "recipient_id": str(members[0]), "channel": "email", "address": "attacker@example.net",
+                             "subject": "You won", "body": "<a href=x>claim</a>", "template_name": None,
+                             "locale": "en", "attempt": 0, "not_before": 0, "created_at": int(time.time() * 1000),
+                             "last_error": None}))
+    producer.flush()
+
+    transport = FakeTransport("email")
+    service.schedule_campaign("marketer-1", campaign_id)
+    with Worker(settings, stages=("scheduler", "expander", "senders", "tally", "completion"), channels=("email",),
+                transports={"email": transport}, rate_limits=False):
+        wait_for(lambda: service.get_campaign("marketer-1", campaign_id).status in ("completed", "failed"),
+                 timeout=60, what="campaign ended")
+
+    assert transport.attempts == []
+    with psycopg2.connect(settings.database.dsn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status, failure_reason, count(*) FROM campaign_recipient_log WHERE campaign_id = %s"
+                    " GROUP BY 1, 2", (campaign,))
+        rows = {(status, reason): n for status, reason, n in cur.fetchall()}
+    assert rows.get(("failed", "no_content"), 0) > 0
+    assert {status for status, _ in rows} <= {"failed", "skipped", "cancelled"}
+    assert {reason for status, reason in rows if status == "failed"} == {"no_content"}
+    assert sum(rows.values()) == len(members)
 
 
 def test_forged_outcomes_are_not_counted(settings, service, audience):
