@@ -13,6 +13,7 @@ from campaigns.codec import get_codec
 from campaigns.core.ids import message_id
 from campaigns.transports.fake import FakeTransport
 from producers.kafka import KafkaProducer
+from producers.topics import ensure_topics, topic_specs
 from streams.worker import Worker
 from tests.e2e.test_pipeline import log_counts
 from tests.helpers import consume_to_end, wait_for
@@ -36,8 +37,6 @@ def test_forged_records_send_nothing_of_the_forger_and_every_member_gets_the_rea
     producer = KafkaProducer(settings.kafka)
     topic = settings.kafka.topic("campaign.messages.email")
     codec = get_codec()
-    from producers.topics import ensure_topics, topic_specs
-
     ensure_topics(settings.kafka, topic_specs(settings))
     # Before the campaign starts: one forged record for a member (its own address and content), one for a
     # customer outside the audience.
@@ -84,8 +83,6 @@ def test_a_campaign_without_content_sends_nothing_a_record_carries(settings, ser
     with psycopg2.connect(settings.database.for_migrations().dsn()) as conn, conn.cursor() as cur:
         cur.execute("DELETE FROM campaign_messages WHERE campaign_id = %s", (campaign,))
         assert cur.rowcount == 1
-    from producers.topics import ensure_topics, topic_specs
-
     ensure_topics(settings.kafka, topic_specs(settings))
     producer = KafkaProducer(settings.kafka)
     codec = get_codec()
@@ -127,8 +124,6 @@ def test_forged_outcomes_are_not_counted(settings, service, audience):
         "segments": segments[:1], "batch_size": 100, "failure_threshold": 0.1, "failure_min_sample": 5,
     })
     campaign = str(campaign_id)
-    from producers.topics import ensure_topics, topic_specs
-
     ensure_topics(settings.kafka, topic_specs(settings))
     producer = KafkaProducer(settings.kafka)
     codec = get_codec()
