@@ -6,7 +6,7 @@ Create Date: 2026-12-03 03:30:00.000000
 
 A row is found by (campaign, recipient) everywhere (the claim's ``ON CONFLICT``, the result's and the receipts'
 updates, the sweeps); nothing ever read ``id``. Its index was one more index entry for every claim and, since a
-result's UPDATE changes indexed columns and so is never HOT, for every result too: ~1.5 µs of PostgreSQL CPU per
+result's UPDATE changes indexed columns and so is never HOT, for every result too: 2-5 µs of PostgreSQL CPU per
 recipient (docs/benchmarks.md, "A record carries no content; the log keyed by what finds it"). The unique
 (campaign_id, recipient_id) index becomes the primary key: the at-most-once claim keeps the same constraint, under
 another name.
