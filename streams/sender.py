@@ -50,7 +50,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from campaigns.codec import get_codec
 from campaigns.core import states
 from campaigns.core.breaker import CampaignBreakers, TransportErrorRun, next_probe_delay_s
-from campaigns.core.content import CompiledContent, Refusal, Rendered, list_unsubscribe, pick_locale
+from campaigns.core.content import UNRENDERED, CompiledContent, Refusal, Rendered, list_unsubscribe, pick_locale
 from campaigns.core.rate import AimdRate, TokenBucket, worker_share
 from campaigns.core.retry import RetryPolicy, decide, tier_for_wait
 from campaigns.core.states import CampaignAction
@@ -105,7 +105,8 @@ class CampaignFailer(Protocol):
 
 @dataclass(slots=True)
 class Pending:
-    """A decoded message on its way through one batch."""
+    """A decoded message on its way through one batch: the record as consumed, and what the claim rendered for
+    its recipient (``address`` to ``unsubscribe``), which only the transport sees."""
 
     msg: Message
     record: dict[str, Any]
@@ -119,6 +120,12 @@ class Pending:
     latency_ms: float | None = None
     retry_after: float | None = None
     refusal: str | None = None  # why this recipient's rendered message may not be sent (a permanent failure)
+    address: str = ""  # the customer's, read at the claim
+    locale: str = ""
+    subject: str | None = None
+    body: str = ""
+    template_name: str | None = None
+    template_parameters: tuple[str, ...] = ()
     text_body: str | None = None  # email: the text/plain alternative
     header_parameters: tuple[str, ...] = ()  # WhatsApp: the template's text header parameter
     unsubscribe: tuple[str, ...] = ()  # email: List-Unsubscribe URIs
@@ -595,17 +602,17 @@ class ChannelSender:
     def _authoritative(self, p: Pending, member: Any) -> None:
         """Give ``p`` the recipient's current address and the campaign's content for its locale, rendered
         for its profile (``campaigns.core.content``: compiled once per campaign, a few microseconds per
-        message); a message that may not go out as rendered gets ``p.refusal``."""
-        record = p.record
-        cid = record["campaign_id"]
+        message); a message that may not go out as rendered gets ``p.refusal``. ``p.record`` is left as consumed."""
+        cid = p.record["campaign_id"]
         default, by_locale = self._contents[cid]
+        p.address = member.address
         locale = pick_locale(list(by_locale), member.locale, default)
         if locale is None:  # the campaign has no content (its rows deleted): nothing of the record's is sent
-            p.record, p.refusal = dict(record, address=member.address), "no_content"
+            p.refusal = "no_content"
             return
-        content = by_locale[locale]
+        p.locale, content = locale, by_locale[locale]
         if isinstance(content, Refusal):
-            p.record, p.refusal = dict(record, address=member.address, locale=locale), content.reason
+            p.refusal = content.reason
             return
         values = member.profile
         if self._channel == "email" and member.customer_id > 0:
@@ -614,12 +621,12 @@ class ChannelSender:
             values["unsubscribe_url"] = p.unsubscribe[0]
         rendered = content.render(values)
         if isinstance(rendered, Refusal):
-            p.record, p.refusal = dict(record, address=member.address, locale=locale), rendered.reason
+            p.refusal = rendered.reason
             return
         assert isinstance(rendered, Rendered)
-        p.text_body, p.header_parameters = rendered.text_body, rendered.header_parameters
-        p.record = dict(record, address=member.address, locale=locale, subject=rendered.subject, body=rendered.body,
-                        template_name=content.template_name, template_parameters=list(rendered.parameters))
+        p.subject, p.body, p.text_body = rendered.subject, rendered.body, rendered.text_body
+        p.template_name, p.template_parameters = content.template_name, rendered.parameters
+        p.header_parameters = rendered.header_parameters
 
     def _skipped_rows(self, skipped: list[Pending], members: dict[Any, Any], now: datetime) -> list[Any]:
         rows = []
@@ -696,9 +703,8 @@ class ChannelSender:
             r = p.record
             message = OutgoingMessage(
                 message_id=r["message_id"], campaign_id=r["campaign_id"], recipient_id=r["recipient_id"],
-                channel=self._channel, address=r["address"], body=r["body"], subject=r["subject"],
-                template_name=r["template_name"], locale=r["locale"],
-                template_parameters=tuple(r.get("template_parameters") or ()),
+                channel=self._channel, address=p.address, body=p.body, subject=p.subject,
+                template_name=p.template_name, locale=p.locale, template_parameters=p.template_parameters,
                 text_body=p.text_body, list_unsubscribe=p.unsubscribe, header_parameters=p.header_parameters,
             )
             # Each call takes its token right before it starts: the provider counts arrivals, and tokens taken
@@ -890,9 +896,13 @@ class ChannelSender:
 
     def _produce_retry(self, record: dict[str, Any], wait_ms: float) -> None:
         """Put ``record`` in the retry tier that fits the ``wait_ms`` it still has to wait."""
-        tier = tier_for_wait(max(wait_ms, 0) / 1000, self._tier_delays)
+        self._produce_to_tier(tier_for_wait(max(wait_ms, 0) / 1000, self._tier_delays), record)
+
+    def _produce_to_tier(self, tier: int, record: dict[str, Any]) -> None:
+        """``record`` without content (``UNRENDERED``, whatever the consumed record carried: the next claim renders
+        the stored content again) to retry tier ``tier``."""
         self._producer.produce(self._retry_topics[tier - 1], record["recipient_id"],
-                               self._codec.encode("RecipientMessage", record))
+                               self._codec.encode("RecipientMessage", {**record, **UNRENDERED}))
 
     def _on_sent(self, p: Pending, attempts: int) -> None:
         self._outcome(p.record, "SENT", attempts, None, p.provider_id, p.latency_ms)
@@ -900,9 +910,8 @@ class ChannelSender:
 
     def _on_retry(self, p: Pending, attempts: int, decision: Any) -> None:
         r = p.record
-        retry = dict(r, attempt=decision.attempt, not_before=decision.not_before_ms, last_error=p.reason)
-        self._producer.produce(self._retry_topics[decision.tier - 1], r["recipient_id"],
-                               self._codec.encode("RecipientMessage", retry))
+        self._produce_to_tier(decision.tier, dict(r, attempt=decision.attempt, not_before=decision.not_before_ms,
+                                                  last_error=p.reason))
         self._outcome(r, "RETRYING", attempts, p.reason, None, p.latency_ms)
         self.stats.retried += 1
 

@@ -1004,9 +1004,11 @@ def test_previous_version_reads_current_values(compiled: Codec, stem: str) -> No
 @pytest.mark.parametrize("compiled_paths", [True, False])
 def test_compatible_change_resolves_old_values(tmp_path: Path, compiled: Codec, compiled_paths: bool) -> None:
     evolved = Codec(_evolved_dir(tmp_path, _PRIORITY), compiled=compiled_paths)
-    assert [v.version for v in evolved.versions("RecipientMessage")] == [
-        "current", *(p.stem for p in reversed(RM_VERSIONS))
-    ]
+    # Newest first, one per wire format: a version that changed only docs (v3) stands for the one before it.
+    forms: dict[str, str] = {}
+    for path in reversed(RM_VERSIONS):
+        forms.setdefault(to_parsing_canonical_form(_load(path)), path.stem)
+    assert [v.version for v in evolved.versions("RecipientMessage")] == ["current", *forms.values()]
     value = SAMPLES["RecipientMessage"]
     old = compiled.encode("RecipientMessage", value)  # written with the latest committed version
     decoded = evolved.decode(old, "RecipientMessage")
