@@ -34,7 +34,7 @@ from typing import Any
 import psycopg2
 
 from campaigns.codec import get_codec
-from campaigns.core.content import UNRENDERED
+from campaigns.core.content import unrendered_fields
 from campaigns.core.ids import message_id
 from campaigns.settings import Settings
 from campaigns.topics import OUTCOMES, messages_topic
@@ -243,7 +243,7 @@ class Expander:
         campaign = str(plan.id)
         produce = self._producer.produce
         encode = self._codec.encoder("RecipientMessage", {
-            "campaign_id": campaign, "channel": plan.channel, **UNRENDERED, "attempt": 0, "not_before": 0,
+            "campaign_id": campaign, "channel": plan.channel, **unrendered_fields(), "attempt": 0, "not_before": 0,
             "created_at": _millis(self._clock()), "last_error": None,
         })
         for customer_id in recipients:

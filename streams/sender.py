@@ -50,7 +50,14 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from campaigns.codec import get_codec
 from campaigns.core import states
 from campaigns.core.breaker import CampaignBreakers, TransportErrorRun, next_probe_delay_s
-from campaigns.core.content import UNRENDERED, CompiledContent, Refusal, Rendered, list_unsubscribe, pick_locale
+from campaigns.core.content import (
+    CompiledContent,
+    Refusal,
+    Rendered,
+    list_unsubscribe,
+    pick_locale,
+    unrendered_fields,
+)
 from campaigns.core.rate import AimdRate, TokenBucket, worker_share
 from campaigns.core.retry import RetryPolicy, decide, tier_for_wait
 from campaigns.core.states import CampaignAction
@@ -899,10 +906,10 @@ class ChannelSender:
         self._produce_to_tier(tier_for_wait(max(wait_ms, 0) / 1000, self._tier_delays), record)
 
     def _produce_to_tier(self, tier: int, record: dict[str, Any]) -> None:
-        """``record`` without content (``UNRENDERED``, whatever the consumed record carried: the next claim renders
-        the stored content again) to retry tier ``tier``."""
+        """``record`` without content (``unrendered_fields()``, whatever the consumed record carried: the next claim
+        renders the stored content again) to retry tier ``tier``."""
         self._producer.produce(self._retry_topics[tier - 1], record["recipient_id"],
-                               self._codec.encode("RecipientMessage", {**record, **UNRENDERED}))
+                               self._codec.encode("RecipientMessage", {**record, **unrendered_fields()}))
 
     def _on_sent(self, p: Pending, attempts: int) -> None:
         self._outcome(p.record, "SENT", attempts, None, p.provider_id, p.latency_ms)

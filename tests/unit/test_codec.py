@@ -10,6 +10,7 @@ import json
 import math
 import shutil
 import struct
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
@@ -26,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaigns.codec import DEFAULT_MAX_ENCODED_SIZE, MAGIC, Codec, default_schema_dir, get_codec
+from campaigns.core.content import unrendered_fields
 from campaigns.errors import SchemaError
 
 SCHEMA_DIR = default_schema_dir()
@@ -819,6 +821,23 @@ def test_an_encoder_of_valid_values_takes_its_compiled_path(compiled: Codec, mon
 
     monkeypatch.setattr(compiled, "encode", full_encode)
     assert encode({k: value[k] for k in variable}) == expected_bytes
+
+
+def test_the_expansions_unrendered_fields_take_the_compiled_path(
+        compiled: Codec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the expansion encodes once per page (``streams.expansion``): a tuple among the constants once sent
+    every message of a page down the full encode (27x the cost, 40 % more worker CPU end to end)."""
+    constants = {"campaign_id": str(uuid.uuid4()), "channel": "email", **unrendered_fields(), "attempt": 0,
+                 "not_before": 0, "created_at": 1_700_000_000_000, "last_error": None}
+    encode = compiled.encoder("RecipientMessage", constants)
+    variable = {"message_id": str(uuid.uuid4()), "recipient_id": "42"}
+    expected_bytes = compiled.encode("RecipientMessage", {**constants, **variable})
+
+    def full_encode(*args: Any) -> bytes:
+        raise AssertionError("the full encode was called")
+
+    monkeypatch.setattr(compiled, "encode", full_encode)
+    assert encode(variable) == expected_bytes
 
 
 def test_an_encoder_s_constants_must_be_fields(compiled: Codec) -> None:

@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from campaigns.codec import get_codec
-from campaigns.core.content import UNRENDERED
+from campaigns.core.content import unrendered_fields
 from campaigns.core.states import CampaignAction
 from campaigns.errors import PermanentDeliveryError, ProviderAccountError, TransientDeliveryError
 from campaigns.settings import Settings
@@ -156,7 +156,7 @@ def test_a_transient_failure_is_retried_through_a_tier_and_a_permanent_one_fails
     assert retry["recipient_id"] == "1" and retry["attempt"] == 1 and retry["last_error"] == "timeout"
     # Neither what was sent nor what the consumed record carried (an older expansion's content): the retry's
     # claim renders the stored content again.
-    assert {k: retry[k] for k in UNRENDERED} == {**UNRENDERED, "template_parameters": []}
+    assert {k: retry[k] for k in unrendered_fields()} == unrendered_fields()
     assert [d["reason"] for d in h.records(MESSAGES_DLQ, "DeadLetter")] == ["permanent_failure"]
     assert sorted(h.outcomes()) == [("1", "RETRYING", 1), ("2", "FAILED", 1)]
 
