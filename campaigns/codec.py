@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import logging
 import reprlib
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +59,8 @@ from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import validate
 
 from campaigns.errors import SchemaError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MAX_ENCODED_SIZE",
@@ -170,6 +173,7 @@ class Codec:
         # compile one twice.
         self._partials: dict[tuple[str, tuple[str, ...]], Callable[[tuple[bytes, ...]], Callable[[Any], bytes]]] = {}
         self._field_writers: dict[tuple[str, str], Callable[[Any], bytes]] = {}
+        self._declined: set[tuple[str, str, str]] = set()  # (record, field, type) of constants already logged
         self._projections: dict[tuple[str, tuple[str, ...]], Callable[[bytes], tuple[Any, ...]]] = {}
 
     # -- introspection -----------------------------------------------------------------------------
@@ -282,6 +286,13 @@ class Codec:
             try:
                 current.append(writer(constants[name]))
             except Exception:
+                # Every value of this encoder now takes the full encode (~25x the compiled one's cost): say so once,
+                # or the only sign is the CPU (a tuple for an array once cost the worker 40 %).
+                declined = (record.name, name, type(constants[name]).__name__)
+                if declined not in self._declined:
+                    self._declined.add(declined)
+                    log.warning("codec: %s's constant %s (a %s) has no compiled path: every value of its encoders "
+                                "takes the full encode", *declined)
                 return None
         blocks.append(b"".join(current))
         return tuple(blocks)

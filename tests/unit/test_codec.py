@@ -840,6 +840,22 @@ def test_the_expansions_unrendered_fields_take_the_compiled_path(
     assert encode(variable) == expected_bytes
 
 
+def test_a_constant_without_a_compiled_path_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Its encoders stay correct (the full encode's bytes), but slow: the log says so, once per field and type."""
+    codec = Codec()
+    value = SAMPLES["RecipientMessage"]
+    constants = {**{k: v for k, v in value.items() if k not in ("message_id", "recipient_id")},
+                 "template_parameters": tuple(value["template_parameters"])}
+    rest = {"message_id": value["message_id"], "recipient_id": value["recipient_id"]}
+    with caplog.at_level("WARNING", logger="campaigns.codec"):
+        for _ in range(3):
+            assert codec.encoder("RecipientMessage", constants)(rest) == codec.encode("RecipientMessage", value)
+        codec.encoder("RecipientMessage", {**constants, "template_parameters": list(value["template_parameters"])})
+    assert [r.getMessage() for r in caplog.records] == [
+        "codec: RecipientMessage's constant template_parameters (a tuple) has no compiled path: every "
+        "value of its encoders takes the full encode"]
+
+
 def test_an_encoder_s_constants_must_be_fields(compiled: Codec) -> None:
     with pytest.raises(SchemaError, match="no field colour"):
         compiled.encoder("RecipientMessage", {"colour": "red"})
