@@ -68,6 +68,8 @@ __all__ = [
 
 # Provider calls take from ~1 ms (a local simulator) to the 10 s transport timeout.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The steps of a stage's batch the runtime times (streams.runtime.StageRuntime.run_once).
+BATCH_STEPS = ("take", "handle", "flush")
 
 # SenderStats fields counted per channel (dead letters are counted per reason, below).
 SENDER_COUNTERS = {
@@ -413,6 +415,11 @@ class PipelineMetrics:
         self.channel_breakers = Gauge("campaigns_channel_breaker_state",
                                       "the channel's breaker as this worker sees it: 0 closed, 1 half-open "
                                       "(probing), 2 open (paused: nothing is sent)", ["channel"], registry=reg)
+        self.stage_batch_seconds = Histogram(
+            "campaigns_stage_batch_seconds",
+            "time a stage's batch with records spent in each step of the runtime: take (from the consumer, the "
+            "wait for its first record included), handle (decode, database writes, provider calls, produces), "
+            "flush (its records acknowledged by Kafka)", ["stage", "step"], buckets=LATENCY_BUCKETS, registry=reg)
         self.stage_restarts = Counter("campaigns_stage_restarts",
                                       "stage crashes the worker recovered from by rebuilding the stage", ["stage"],
                                       registry=reg)
@@ -513,6 +520,11 @@ class PipelineMetrics:
 
     def channel_breaker(self, channel: str, state: str) -> None:
         self.channel_breakers.labels(self._channel(channel)).set(BREAKER_STATES[state])
+
+    def stage_batch(self, stage: str, take_s: float, handle_s: float, flush_s: float) -> None:
+        """One batch of ``stage`` (a :data:`streams.runtime.BatchObserver`): the seconds of each of its steps."""
+        for step, seconds in zip(BATCH_STEPS, (take_s, handle_s, flush_s), strict=True):
+            self.stage_batch_seconds.labels(stage, step).observe(seconds)
 
     def stage_restarted(self, stage: str) -> None:
         self.stage_restarts.labels(stage).inc()

@@ -110,6 +110,7 @@ class CommandConsumer:
         conflict_retries: int = 3,
         clock: Callable[[], datetime] | None = None,
         consumer: ConsumerPort | None = None,
+        metrics: Any = None,
     ) -> None:
         self._settings = settings
         self._service = service
@@ -123,7 +124,7 @@ class CommandConsumer:
         self._consumer = consumer or build_consumer(
             settings.kafka, group_id or command_group_id(settings), **{"isolation.level": "read_committed"})
         self.runtime = StageRuntime("command consumer", self._consumer, self._publisher, self, batch_size=batch_size,
-                                    poll_timeout_s=1.0)
+                                    poll_timeout_s=1.0, observe=metrics.stage_batch if metrics is not None else None)
         self.runtime.subscribe([settings.kafka.topic(COMMANDS)])
         self.applied = 0
         self.duplicates = 0

@@ -112,7 +112,8 @@ class ReceiptsStage:
         self._topic = kafka.topic(RECEIPTS)
         self._analytics_topic = kafka.topic(ANALYTICS)
         self.runtime = StageRuntime("receipts", consumer or build_consumer(kafka, kafka.topic(RECEIPTS_GROUP)),
-                                    producer, self, batch_size=self._config.batch_size)
+                                    producer, self, batch_size=self._config.batch_size,
+                                    observe=metrics.stage_batch if metrics is not None else None)
         self.runtime.subscribe([self._topic], on_revoke=self._on_revoke)
         self._store = store or sink.PostgresReceiptsStore(settings.database.dsn())
         self._held: list[_Held] = []

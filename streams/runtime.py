@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 Partition = tuple[str, int]
 Offsets = Mapping[Partition, int]  # (topic, partition) -> the next offset to read (what a commit stores)
 T = TypeVar("T")
+# Told after every batch with records: (stage name, seconds in take, in handle, in flush): the worker's
+# ``campaigns_stage_batch_seconds`` (campaigns.metrics.PipelineMetrics.stage_batch).
+BatchObserver = Callable[[str, float, float, float], None]
 
 
 class ConsumerPort(Protocol):
@@ -165,7 +169,8 @@ def where(msg: Message) -> str:
 class StageRuntime:
     """Runs one stage's batches in the one order of the module docstring. Not thread-safe: one thread drives it.
 
-    ``take`` replaces the default batch (``consumer.consume(batch_size, poll_timeout_s)``)."""
+    ``take`` replaces the default batch (``consumer.consume(batch_size, poll_timeout_s)``). ``observe`` is told how
+    long each batch with records spent in take (waiting for its first record included), handle and flush."""
 
     name: str
     consumer: ConsumerPort
@@ -174,6 +179,8 @@ class StageRuntime:
     batch_size: int = 1000
     poll_timeout_s: float = 0.2
     take: Callable[[], list[Message]] | None = None
+    observe: BatchObserver | None = None
+    clock: Callable[[], float] = time.perf_counter  # what observe's durations are measured with
     _closed: bool = False
 
     def subscribe(self, topics: Sequence[str], **callbacks: Any) -> None:
@@ -181,14 +188,19 @@ class StageRuntime:
 
     def run_once(self) -> int:
         """One batch: take, handle, flush, commit. Returns how many records it took."""
+        started = self.clock()
         messages = self.take() if self.take is not None else self.consumer.consume(
             num_messages=self.batch_size, timeout=self.poll_timeout_s)
+        taken = self.clock()
         try:
             done = self.stage.handle(messages)
+            handled = self.clock()
             self.producer.flush()
         except BaseException:
             self.rewind(messages)
             raise
+        if messages and self.observe is not None:
+            self.observe(self.name, taken - started, handled - taken, self.clock() - handled)
         if isinstance(done, Unfinished):
             self.commit(done.done)
             raise done.failure

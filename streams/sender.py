@@ -202,7 +202,8 @@ class ChannelSender:
         self._dead_letters = DeadLetters(producer, kafka.topic(MESSAGES_DLQ), clock)
         self._outcomes_topic = kafka.topic(OUTCOMES)
         self._consumer = consumer or build_consumer(kafka, group_id or kafka.topic(sender_group(channel)))
-        self.runtime = StageRuntime(f"{channel} sender", self._consumer, producer, self, take=self._take)
+        self.runtime = StageRuntime(f"{channel} sender", self._consumer, producer, self, take=self._take,
+                                    observe=metrics.stage_batch if metrics is not None else None)
         self._probing = False  # the batch taken is the half-open breaker's probe
         self._store = store or PostgresSenderStore(settings.database.dsn())
         self._campaigns: dict[str, CampaignState] = {}

@@ -160,7 +160,7 @@ class Worker:
             from streams.commands import CommandConsumer
 
             def commands() -> Callable[[], None]:
-                built = self.commands = CommandConsumer(self.settings, service)
+                built = self.commands = CommandConsumer(self.settings, service, metrics=self.metrics)
                 return lambda: built.run_forever(self.stop_event)
 
             self._spawn("commands", commands)

@@ -126,6 +126,11 @@ def test_worker_with_default_stages_runs_campaigns_end_to_end(entry: EntryPoints
 
     restarts = scrape(worker.metrics_port, "campaigns_stage_restarts_total")
     assert all(value == 0 for value in restarts.values()), f"stages restarted: {restarts}"
+    # Every channel's sender batches were timed step by step (the runtime's observer, wired by the worker).
+    batches = scrape(worker.metrics_port, "campaigns_stage_batch_seconds_count")
+    for channel in CHANNELS:
+        counts = [batches.get(f'stage="{channel} sender",step="{step}"', 0) for step in ("take", "handle", "flush")]
+        assert min(counts) > 0, f"{channel}: {batches}"
     assert entry.crashed_stages() == []
     assert "crashed" not in worker.log_text()
     # Its garbage collector is set up for batches (campaigns/collector.py), as the benchmark's worker's is.

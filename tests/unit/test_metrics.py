@@ -133,6 +133,17 @@ def test_latency_is_observed_per_provider_call_in_seconds() -> None:
     assert value(m, "campaigns_send_latency_seconds_bucket", channel="sms", outcome="retry", le="2.5") == 0
 
 
+def test_a_stage_batch_is_observed_per_step_in_seconds() -> None:
+    m = metrics()
+    m.stage_batch("email sender", 0.001, 0.04, 0.003)
+    m.stage_batch("email sender", 0.0, 0.2, 0.002)
+    for step, total, under_50ms in (("take", 0.001, 2), ("handle", 0.24, 1), ("flush", 0.005, 2)):
+        labels = {"stage": "email sender", "step": step}
+        assert value(m, "campaigns_stage_batch_seconds_count", **labels) == 2
+        assert value(m, "campaigns_stage_batch_seconds_sum", **labels) == pytest.approx(total)
+        assert value(m, "campaigns_stage_batch_seconds_bucket", **labels, le="0.05") == under_50ms
+
+
 # --- expansion, analytics, transitions ---------------------------------------------------------------------
 
 

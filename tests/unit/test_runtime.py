@@ -193,3 +193,17 @@ def test_a_commit_that_fails_later_is_logged_by_the_consumers_on_commit(
     assert "offset commit failed" not in caplog.text
     report_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [TopicPartition(TOPIC, 0, 5)])
     assert "offset commit failed" in caplog.text
+
+
+def test_each_batch_with_records_is_observed_step_by_step() -> None:
+    """``observe`` gets the stage's name and the seconds of take, handle and flush, read off the runtime's clock
+    before and after each step; a batch that took nothing is not observed (idle polling is no batch)."""
+    runtime, _, _ = _runtime([b"1", b"2"])
+    ticks = iter([10.0, 11.0, 13.0, 16.0, 20.0, 21.0, 23.0, 26.0])
+    seen: list[tuple[str, float, float, float]] = []
+    runtime.clock = lambda: next(ticks)
+    runtime.observe = lambda *batch: seen.append(batch)
+    assert runtime.run_once() == 2
+    assert seen == [("echo", 1.0, 2.0, 3.0)]
+    assert runtime.run_once() == 0  # nothing left to take
+    assert seen == [("echo", 1.0, 2.0, 3.0)]
