@@ -2,8 +2,10 @@
 
 :class:`PostgresSenderStore` is it on one psycopg2 connection: every method is one transaction of its own (the
 sink functions beneath it never commit), committed before it returns, so the sender produces the records derived
-from rows only once those rows are durable. :class:`sinks.memory.MemorySenderStore` is the in-memory fake the
-sender's unit tests use; the guarantees below are what both keep.
+from rows only once those rows are durable. A method of one statement runs it on its own
+(``StoreConnection.statement``: one round trip, no ``BEGIN``/``COMMIT``), the others in an explicit transaction.
+:class:`sinks.memory.MemorySenderStore` is the in-memory fake the sender's unit tests use; the guarantees below are
+what both keep.
 
 * :meth:`~SenderStore.claim` is atomic with the campaigns being ``active``: it share-locks the rows of the active
   ones among them (``campaign_progress.lock_active``), resolves the pairs against the audience
@@ -102,7 +104,7 @@ class PostgresSenderStore:
         self._conn = StoreConnection(dsn, options=KEY_LOOKUPS)  # every statement a batch of key lookups
 
     def campaign_states(self, campaign_ids: Sequence[str]) -> list[tuple[Any, ...]]:
-        with self._conn.transaction() as cur:
+        with self._conn.statement() as cur:
             return campaign_progress.states(cur, campaign_ids)
 
     def content(self, campaign_id: str) -> tuple[str, int | None, list[tuple[Any, ...]]]:
@@ -125,19 +127,19 @@ class PostgresSenderStore:
         return Claimed(active, members, claimed, taken, existing)
 
     def terminal_rows(self, campaign_id: str, recipients: Sequence[int], status: str) -> list[tuple[Any, ...]]:
-        with self._conn.transaction() as cur:
+        with self._conn.statement() as cur:
             return recipient_log.terminal_rows(cur, campaign_id, recipients, status)
 
     def cancel(self, channel: str, messages: Sequence[tuple[str, int, str]], now: datetime,
                ) -> tuple[int, list[tuple[str, int, str | None, datetime]]]:
         with self._conn.transaction() as cur:
             cancelled = recipient_log.cancel_messages(cur, messages, channel, now)
-        with self._conn.transaction() as cur:  # read after the commit: the rows other writers cancelled count too
+        with self._conn.statement() as cur:  # read after the commit: the rows other writers cancelled count too
             rows = recipient_log.cancelled_rows(cur, [(c, r) for c, r, _ in messages])
         return cancelled, rows
 
     def record_results(self, results: Sequence[tuple[Any, ...]]) -> list[Key]:
-        with self._conn.transaction() as cur:
+        with self._conn.statement() as cur:  # one UPDATE: the rows it returns are committed
             return recipient_log.record_results(cur, results)
 
     def channel_gate(self, channel: str, now: datetime, next_probe_at: Callable[[int], datetime],
