@@ -151,11 +151,11 @@ class MemorySenderStore:
         for c, r, message_id, _, _, reason, _, updated_at in skipped:
             self.log.setdefault((c, r), MemoryLogRow(message_id, "skipped", reason=reason, updated_at=updated_at))
         claimed, taken, existing = [], [], []
-        for c, r, message_id, _, claimed_at, lease_until in claims:
+        for c, r, message_id in claims:
             row = self.log.get((c, r))
             if row is None:
-                self.log[(c, r)] = MemoryLogRow(message_id, "claimed", claimed_at=claimed_at, lease_until=lease_until,
-                                                updated_at=claimed_at)
+                self.log[(c, r)] = MemoryLogRow(message_id, "claimed", claimed_at=now, lease_until=lease,
+                                                updated_at=now)
                 claimed.append((c, r))
             elif row.status == "retrying" or (row.status == "claimed" and row.lease_until is not None
                                               and row.lease_until < now):
@@ -188,10 +188,11 @@ class MemorySenderStore:
                 if (row := self.log[(c, r)]).status == "cancelled"]
         return cancelled, rows
 
-    def record_results(self, results: Sequence[tuple[Any, ...]]) -> list[Key]:
+    def record_results(self, results: Sequence[tuple[Any, ...]], claimed_at: datetime, sent_at: datetime,
+                       ) -> list[Key]:
         self._call("record_results")
         recorded = []
-        for c, r, status, attempts, reason, provider_id, _sent_at, claimed_at in results:
+        for c, r, status, attempts, reason, provider_id in results:
             row = self.log.get((c, r))
             if row is not None and row.status == "claimed" and row.claimed_at == claimed_at:
                 row.status, row.attempts, row.reason, row.provider_id = status, attempts, reason, provider_id

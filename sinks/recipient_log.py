@@ -35,12 +35,13 @@ from sinks.arrays import array_literal, plain_array_literal
 
 Key = tuple[str, int]
 
+# The channel, claim time and lease are the batch's, passed once: PostgreSQL parses a timestamptz array element in
+# ~0.9 µs, two per row when they were arrays (docs/benchmarks.md, "Round trips, unsubscribe tokens ...").
 CLAIM_SQL = (
     "INSERT INTO campaign_recipient_log (campaign_id, recipient_id, message_id, channel_kind, status, "
     "attempts, claimed_at, lease_until, created_at, updated_at) "
-    "SELECT v.c, v.r, v.m, v.k, 'claimed', 0, v.t, v.l, v.t, v.t "
-    "FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
-    "AS v(c, r, m, k, t, l) "
+    "SELECT v.c, v.r, v.m, %(channel)s, 'claimed', 0, %(now)s, %(lease)s, %(now)s, %(now)s "
+    "FROM unnest(%(campaigns)s::uuid[], %(recipients)s::bigint[], %(messages)s::uuid[]) AS v(c, r, m) "
     "ON CONFLICT (campaign_id, recipient_id) DO NOTHING RETURNING campaign_id::text, recipient_id"
 )
 TAKE_OVER_SQL = (
@@ -59,12 +60,14 @@ STATUSES_SQL = (
     "SELECT l.campaign_id::text, l.recipient_id, l.status, l.attempts FROM campaign_recipient_log AS l "
     "JOIN unnest(%s::uuid[], %s::bigint[]) AS v(c, r) ON l.campaign_id = v.c AND l.recipient_id = v.r"
 )
+# The claim time and the send time are the batch's, passed once (as the claim's, above).
 RECORD_RESULTS_SQL = (
     "UPDATE campaign_recipient_log AS l SET status = v.s, attempts = v.a, failure_reason = v.f, "
-    "provider_message_id = v.p, sent_at = v.t, updated_at = now(), lease_until = NULL "
-    "FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::timestamptz[], "
-    "%s::timestamptz[]) AS v(c, r, s, a, f, p, t, ca) "
-    "WHERE l.campaign_id = v.c AND l.recipient_id = v.r AND l.status = 'claimed' AND l.claimed_at = v.ca "
+    "provider_message_id = v.p, sent_at = CASE WHEN v.s = 'sent' THEN %(sent_at)s::timestamptz END, "
+    "updated_at = now(), lease_until = NULL "
+    "FROM unnest(%(campaigns)s::uuid[], %(recipients)s::bigint[], %(statuses)s::text[], %(attempts)s::int[], "
+    "%(reasons)s::text[], %(providers)s::text[]) AS v(c, r, s, a, f, p) "
+    "WHERE l.campaign_id = v.c AND l.recipient_id = v.r AND l.status = 'claimed' AND l.claimed_at = %(claimed_at)s "
     "RETURNING l.campaign_id::text, l.recipient_id"
 )
 # A message of a finished campaign: cancelled (reason from the campaign's status) unless terminal already.
@@ -128,11 +131,14 @@ def _columns(rows_: Sequence[Sequence[Any]], *plain: bool) -> list[str]:
 _KEYS = (KEY, KEY)
 
 
-def claim(cur: Any, rows: Sequence[tuple[str, int, str, str, datetime, datetime]]) -> list[Key]:
-    """Claim ``(campaign, recipient, message id, channel, now, lease until)``; the pairs this call won."""
+def claim(cur: Any, rows: Sequence[tuple[str, int, str]], channel: str, now: datetime, lease: datetime) -> list[Key]:
+    """Claim ``(campaign, recipient, message id)`` on ``channel`` at ``now``, leased until ``lease``; the pairs this
+    call won."""
     if not rows:
         return []
-    cur.execute(CLAIM_SQL, _columns(rows, KEY, KEY, KEY, VALUE, VALUE, VALUE))
+    campaigns, recipients, messages = _columns(rows, KEY, KEY, KEY)
+    cur.execute(CLAIM_SQL, {"campaigns": campaigns, "recipients": recipients, "messages": messages,
+                            "channel": channel, "now": now, "lease": lease})
     return [(c, r) for c, r in cur.fetchall()]
 
 
@@ -162,12 +168,16 @@ def statuses(cur: Any, keys: Sequence[Key]) -> list[tuple[str, int, str, int]]:
     return cur.fetchall()
 
 
-def record_results(cur: Any, results: Sequence[tuple[Any, ...]]) -> list[Key]:
-    """Write ``(campaign, recipient, status, attempts, reason, provider id, sent at, claimed at)``; the pairs
-    whose claim the caller still held (only those were written)."""
+def record_results(cur: Any, results: Sequence[tuple[Any, ...]], claimed_at: datetime, sent_at: datetime,
+                   ) -> list[Key]:
+    """Write ``(campaign, recipient, status, attempts, reason, provider id)`` of claims made at ``claimed_at``, a
+    ``sent`` one sent at ``sent_at``; the pairs whose claim the caller still held (only those were written)."""
     if not results:
         return []
-    cur.execute(RECORD_RESULTS_SQL, _columns(results, KEY, KEY, *[VALUE] * 6))
+    campaigns, recipients, statuses_, attempts, reasons, providers = _columns(results, KEY, KEY, *[VALUE] * 4)
+    cur.execute(RECORD_RESULTS_SQL, {"campaigns": campaigns, "recipients": recipients, "statuses": statuses_,
+                                     "attempts": attempts, "reasons": reasons, "providers": providers,
+                                     "claimed_at": claimed_at, "sent_at": sent_at})
     return [(c, r) for c, r in cur.fetchall()]
 
 

@@ -31,8 +31,8 @@ from sinks.connection import KEY_LOOKUPS, StoreConnection
 Key = tuple[str, int]  # (campaign, recipient)
 # (campaign, recipient, message id, channel, status, reason, created at, updated at): a terminal row to insert
 TerminalRow = tuple[str, int, str, str, str, str | None, datetime, datetime]
-# (campaign, recipient, message id, channel, claimed at, lease until): a claim to make
-ClaimRow = tuple[str, int, str, str, datetime, datetime]
+# (campaign, recipient, message id): a claim to make (on the store call's channel, at its now, until its lease)
+ClaimRow = tuple[str, int, str]
 # (campaign, recipient, status, attempts, failure reason, provider message id, lease until, updated at)
 LogRow = tuple[str, int, str, int, str | None, str | None, datetime | None, datetime]
 Prepare = Callable[[set[str], dict[Key, Recipient]], tuple[list[TerminalRow], list[ClaimRow]]]
@@ -73,9 +73,11 @@ class SenderStore(Protocol):
         of those pairs as (campaign, recipient, reason, updated at))."""
         ...
 
-    def record_results(self, results: Sequence[tuple[Any, ...]]) -> list[Key]:
-        """Write ``(campaign, recipient, status, attempts, reason, provider id, sent at, claimed at)``; the pairs whose
-        claim was still held (the others were taken over meanwhile)."""
+    def record_results(self, results: Sequence[tuple[Any, ...]], claimed_at: datetime, sent_at: datetime,
+                       ) -> list[Key]:
+        """Write ``(campaign, recipient, status, attempts, reason, provider id)`` of the claims made at
+        ``claimed_at`` (a ``sent`` one sent at ``sent_at``); the pairs whose claim was still held (the others were
+        taken over meanwhile)."""
         ...
 
     def channel_gate(self, channel: str, now: datetime, next_probe_at: Callable[[int], datetime],
@@ -117,9 +119,9 @@ class PostgresSenderStore:
             members = audience.resolve(cur, channel, [k for k in keys if k[0] in active])
             skipped, claims = prepare(active, members)
             recipient_log.record_terminal(cur, "skipped", skipped)
-            claimed = recipient_log.claim(cur, claims)
+            claimed = recipient_log.claim(cur, claims, channel, now, lease)
             won = set(claimed)
-            rest = [(c, r) for c, r, *_ in claims if (c, r) not in won]
+            rest = [(c, r) for c, r, _ in claims if (c, r) not in won]
             taken = recipient_log.take_over(cur, rest, now, lease) if rest else []
             taken_keys = {(c, r) for c, r, _ in taken}
             rest = [k for k in rest if k not in taken_keys]
@@ -138,9 +140,10 @@ class PostgresSenderStore:
             rows = recipient_log.cancelled_rows(cur, [(c, r) for c, r, _ in messages])
         return cancelled, rows
 
-    def record_results(self, results: Sequence[tuple[Any, ...]]) -> list[Key]:
+    def record_results(self, results: Sequence[tuple[Any, ...]], claimed_at: datetime, sent_at: datetime,
+                       ) -> list[Key]:
         with self._conn.statement() as cur:  # one UPDATE: the rows it returns are committed
-            return recipient_log.record_results(cur, results)
+            return recipient_log.record_results(cur, results, claimed_at, sent_at)
 
     def channel_gate(self, channel: str, now: datetime, next_probe_at: Callable[[int], datetime],
                      ) -> tuple[str | None, bool]:

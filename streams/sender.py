@@ -574,7 +574,7 @@ class ChannelSender:
             for key, p in to_claim.items():
                 self._authoritative(p, members[key])
             return (self._skipped_rows(skipped, members, now),
-                    [(c, r, p.record["message_id"], self._channel, now, lease) for (c, r), p in to_claim.items()])
+                    [(c, r, p.record["message_id"]) for (c, r), p in to_claim.items()])
 
         result = self._store.claim(self._channel, list(by_key), prepare, now, lease)
         inactive = [p for p in pending if p.record["campaign_id"] not in result.active]
@@ -788,11 +788,11 @@ class ChannelSender:
                 expired += 1
                 continue
             if p.result == "sent":
-                rows.append((*key, "sent", attempt + 1, None, p.provider_id, now, p.claimed_at))
+                rows.append((*key, "sent", attempt + 1, None, p.provider_id))
                 effects[key] = partial(self._on_sent, p, attempt + 1)
                 continue
             if p.result == "held":  # not an attempt: back to retrying, sent once the channel closes again
-                rows.append((*key, "retrying", attempt, f"channel_paused: {p.reason}", None, None, p.claimed_at))
+                rows.append((*key, "retrying", attempt, f"channel_paused: {p.reason}", None))
                 effects[key] = partial(self._produce_retry, dict(r, not_before=int(self._clock() * 1000)), 0)
                 continue
             throttled = throttled or (p.reason or "").startswith("throttled")
@@ -800,12 +800,12 @@ class ChannelSender:
             decision = decide(states[r["campaign_id"]].policy, attempt, kind, random.random(), now,
                               tier_delays_s=self._tier_delays, retry_after_s=p.retry_after)
             if decision.action == "retry":
-                rows.append((*key, "retrying", attempt + 1, p.reason, None, None, p.claimed_at))
+                rows.append((*key, "retrying", attempt + 1, p.reason, None))
                 effects[key] = partial(self._on_retry, p, attempt + 1, decision)
             else:
                 reason = p.reason if decision.reason == "permanent_failure" else f"retries_exhausted: {p.reason}"
                 p.final_failure = True
-                rows.append((*key, "failed", attempt + 1, reason, None, None, p.claimed_at))
+                rows.append((*key, "failed", attempt + 1, reason, None))
                 effects[key] = partial(self._on_failed, p, attempt + 1, reason, decision.reason or "failed")
         if self._aimd is not None:
             clock = self._clock()
@@ -815,7 +815,10 @@ class ChannelSender:
                 self._aimd.on_success(len(claimed), clock)
         recorded: list[tuple[str, int]] = []
         if rows:  # none when every claim expired before its call
-            recorded = self._store.record_results(rows)
+            # One claim transaction made every claim of the batch (_claim): they share its claimed_at.
+            claimed_at = claimed[0].claimed_at
+            assert claimed_at is not None
+            recorded = self._store.record_results(rows, claimed_at, now)
         for key in recorded:
             effects[(key[0], key[1])]()
         held = {(c, r) for c, r in recorded}
