@@ -75,9 +75,14 @@ def test_a_block_that_raises_is_rolled_back_and_the_connection_goes_on(table) ->
 
 
 def test_a_block_without_statements_sends_nothing(table) -> None:
+    """A block that ran no statement opened no transaction: it ends, or fails, without a ROLLBACK that PostgreSQL
+    would answer with a warning (there is no transaction in progress) and leaves the connection idle."""
     _, store, _ = table
     with store.transaction():
         pass
+    with pytest.raises(RuntimeError), store.transaction():
+        raise RuntimeError("failed before its first statement")
+    assert store.raw.notices == []
     assert store.raw.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 
